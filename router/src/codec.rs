@@ -1,0 +1,300 @@
+//! The native wire format (SPEC §2.1): frames of `u32 big-endian length | payload`, where the
+//! payload is one MessagePack value:
+//!
+//! | first byte of the payload | meaning |
+//! |---|---|
+//! | a map (`0x80..=0x8f`, `0xde`, `0xdf`) | one [`Envelope`] |
+//! | an array (`0x90..=0x9f`, `0xdc`, `0xdd`) | a batch of envelopes |
+//! | a string (`0xa0..=0xbf`, `0xd9..=0xdb`) | a control word, such as `ack=count` |
+//!
+//! Server replies use the same framing, with a map payload (see [`Reply`]).
+//! Everything here is pure: transports feed bytes in and take bytes out.
+
+use std::io::Cursor;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+
+/// Length of the frame header.
+pub const HEADER_BYTES: usize = 4;
+/// Default cap on one frame's payload: large enough for a generous batch, small enough that a
+/// hostile length cannot make the server allocate much.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why a frame or payload could not be read. Any of these closes the connection that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {declared} bytes exceeds the limit of {max} bytes")]
+    TooLarge { declared: u64, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("frame payload is not a MessagePack map, array or string (first byte 0x{0:02x})")]
+    UnknownKind(u8),
+    #[error("malformed MessagePack payload: {0}")]
+    Decode(String),
+    #[error("{0} trailing bytes after the MessagePack value")]
+    Trailing(usize),
+    #[error("connection closed in the middle of a frame ({have} of {want} bytes received)")]
+    Truncated { have: usize, want: usize },
+}
+
+/// Splits the next complete frame off the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. A header declaring more than `max` bytes is an
+/// error at once, before anything is buffered for it.
+pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FrameError> {
+    if buf.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let declared = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if declared > max {
+        return Err(FrameError::TooLarge {
+            declared: declared as u64,
+            max,
+        });
+    }
+    if declared == 0 {
+        return Err(FrameError::Empty);
+    }
+    if buf.len() < HEADER_BYTES + declared {
+        buf.reserve(HEADER_BYTES + declared - buf.len());
+        return Ok(None);
+    }
+    buf.advance(HEADER_BYTES);
+    Ok(Some(buf.split_to(declared).freeze()))
+}
+
+/// Called at end of stream: leftover bytes mean the peer stopped mid-frame.
+pub fn check_eof(buf: &BytesMut) -> Result<(), FrameError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let want = if buf.len() >= HEADER_BYTES {
+        HEADER_BYTES + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+    } else {
+        HEADER_BYTES
+    };
+    Err(FrameError::Truncated {
+        have: buf.len(),
+        want,
+    })
+}
+
+/// Appends `u32 length | payload` to `out`.
+pub fn encode_frame(payload: &[u8], out: &mut BytesMut) {
+    out.reserve(HEADER_BYTES + payload.len());
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+/// Appends a frame whose payload is produced by `write` into `out`, patching the length after.
+pub fn encode_frame_with(out: &mut BytesMut, write: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32(0);
+    write(out);
+    let len = (out.len() - start - HEADER_BYTES) as u32;
+    out[start..start + HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+}
+
+/// What one frame carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Envelopes(Vec<Envelope>),
+    Control(String),
+}
+
+/// Decodes one frame's payload. Fields are not validated here; see [`Envelope::validate`].
+pub fn decode_payload(payload: &[u8]) -> Result<Payload, FrameError> {
+    let first = *payload.first().ok_or(FrameError::Empty)?;
+    match first {
+        0x80..=0x8f | 0xde | 0xdf => Ok(Payload::Envelopes(vec![decode_exact(payload)?])),
+        0x90..=0x9f | 0xdc | 0xdd => Ok(Payload::Envelopes(decode_exact(payload)?)),
+        0xa0..=0xbf | 0xd9..=0xdb => Ok(Payload::Control(decode_exact(payload)?)),
+        other => Err(FrameError::UnknownKind(other)),
+    }
+}
+
+/// Decodes a single MessagePack value that must fill `bytes` exactly.
+pub fn decode_exact<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    let value = T::deserialize(&mut de).map_err(|e| FrameError::Decode(e.to_string()))?;
+    let used = de.position() as usize;
+    if used != bytes.len() {
+        return Err(FrameError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+/// Appends one envelope as a MessagePack map with the SPEC §1 field names.
+pub fn encode_envelope(env: &Envelope, out: &mut BytesMut) {
+    let mut w = out.writer();
+    // Writing into memory cannot fail, and an Envelope has no unserialisable field.
+    let _ = env.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map());
+}
+
+/// Appends a batch (a MessagePack array of envelope maps).
+pub fn encode_batch<E: AsRef<Envelope>>(envs: &[E], out: &mut BytesMut) {
+    struct Batch<'a, E>(&'a [E]);
+    impl<E: AsRef<Envelope>> Serialize for Batch<'_, E> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(AsRef::as_ref))
+        }
+    }
+    let mut w = out.writer();
+    let _ = Batch(envs).serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map());
+}
+
+/// Encodes a control word such as `ack=count` as a complete frame.
+pub fn encode_control_frame(word: &str, out: &mut BytesMut) {
+    encode_frame_with(out, |b| {
+        let mut w = b.writer();
+        let _ = word.serialize(&mut rmp_serde::Serializer::new(&mut w));
+    });
+}
+
+/// The server's answer to one frame, sent when acknowledgements are on, and before closing a
+/// connection for a malformed frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reply {
+    /// Envelopes accepted from the frame this answers.
+    pub accepted: u64,
+    /// Why the frame, or the connection, was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        encode_frame_with(out, |b| {
+            let mut w = b.writer();
+            let _ = self.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map());
+        });
+    }
+}
+
+impl AsRef<Envelope> for Envelope {
+    fn as_ref(&self) -> &Envelope {
+        self
+    }
+}
+
+/// Convenience for tests and tools: a whole frame holding `envs` as one batch.
+pub fn batch_frame<E: AsRef<Envelope>>(envs: &[E]) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_frame_with(&mut out, |b| encode_batch(envs, b));
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Channel;
+
+    fn sample() -> Envelope {
+        let mut e = Envelope::new("cf/doppler", &b"hello\nwor\xffld"[..]);
+        e.origin = "RTR".into();
+        e.instance_id = "1".into();
+        e.channel = Channel::Err;
+        e.step = Some("build".into());
+        e.tags.insert("app_name".into(), "spring-music".into());
+        e.timestamp = 1_465_938_605_360_000_000;
+        e.seq = 42;
+        e
+    }
+
+    #[test]
+    fn envelope_round_trips_as_a_named_map() {
+        let env = sample();
+        let mut out = BytesMut::new();
+        encode_envelope(&env, &mut out);
+        assert_eq!(out[0], 0x89, "a fixmap of nine fields");
+        let back: Envelope = decode_exact(&out).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn frames_split_exactly_and_wait_for_more() {
+        let env = sample();
+        let frame = batch_frame(&[env.clone(), env.clone()]);
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(decode_frame(&mut buf, 1024).unwrap(), None);
+        buf.extend_from_slice(&frame[frame.len() - 1..]);
+        buf.extend_from_slice(&frame);
+        for _ in 0..2 {
+            let payload = decode_frame(&mut buf, 1024).unwrap().unwrap();
+            assert_eq!(
+                decode_payload(&payload).unwrap(),
+                Payload::Envelopes(vec![env.clone(), env.clone()])
+            );
+        }
+        assert!(buf.is_empty());
+        check_eof(&buf).unwrap();
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        assert_eq!(
+            decode_frame(&mut buf, 1024),
+            Err(FrameError::TooLarge {
+                declared: u32::MAX as u64,
+                max: 1024
+            })
+        );
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(decode_frame(&mut buf, 1024), Err(FrameError::Empty));
+        assert_eq!(
+            check_eof(&BytesMut::from(&[0, 0, 0, 9, 1, 2][..])),
+            Err(FrameError::Truncated { have: 6, want: 13 })
+        );
+        assert_eq!(decode_payload(&[0xc3]), Err(FrameError::UnknownKind(0xc3)));
+        assert!(matches!(
+            decode_payload(&[0x81, 0xa1]),
+            Err(FrameError::Decode(_))
+        ));
+        let mut two = BytesMut::new();
+        encode_envelope(&sample(), &mut two);
+        two.extend_from_slice(&[0xc0]);
+        assert_eq!(decode_payload(&two), Err(FrameError::Trailing(1)));
+    }
+
+    #[test]
+    fn producers_may_send_only_the_essentials_and_text_messages() {
+        #[derive(Serialize)]
+        struct Minimal<'a> {
+            source_id: &'a str,
+            message: &'a str,
+        }
+        let bytes = rmp_serde::to_vec_named(&Minimal {
+            source_id: "app",
+            message: "hi",
+        })
+        .unwrap();
+        let Payload::Envelopes(envs) = decode_payload(&bytes).unwrap() else {
+            panic!("not envelopes")
+        };
+        assert_eq!(envs, vec![Envelope::new("app", "hi")]);
+    }
+
+    #[test]
+    fn control_words_and_replies() {
+        let mut out = BytesMut::new();
+        encode_control_frame("ack=count", &mut out);
+        let payload = decode_frame(&mut out, 64).unwrap().unwrap();
+        assert_eq!(
+            decode_payload(&payload).unwrap(),
+            Payload::Control("ack=count".into())
+        );
+        let reply = Reply {
+            accepted: 3,
+            error: None,
+        };
+        let mut out = BytesMut::new();
+        reply.encode_frame(&mut out);
+        let payload = decode_frame(&mut out, 64).unwrap().unwrap();
+        assert_eq!(decode_exact::<Reply>(&payload).unwrap(), reply);
+    }
+}

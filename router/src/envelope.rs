@@ -1,0 +1,279 @@
+//! The envelope: one log line with its routing metadata (SPEC §1).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted `source_id`, in bytes.
+pub const MAX_SOURCE_ID_BYTES: usize = 256;
+/// Longest accepted `origin`, in bytes.
+pub const MAX_ORIGIN_BYTES: usize = 64;
+/// Longest accepted `instance_id`, in bytes.
+pub const MAX_INSTANCE_ID_BYTES: usize = 64;
+
+/// The origin code the router uses for envelopes about a source that it writes itself.
+pub const ORIGIN_ROUTER: &str = "LGR";
+
+/// stdout or stderr of the emitting process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Channel {
+    #[default]
+    #[serde(rename = "OUT", alias = "out", alias = "stdout")]
+    Out,
+    #[serde(rename = "ERR", alias = "err", alias = "stderr")]
+    Err,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Out => "OUT",
+            Channel::Err => "ERR",
+        }
+    }
+
+    /// Parses `OUT`/`ERR` (any case) and the `stdout`/`stderr` spellings.
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s.to_ascii_lowercase().as_str() {
+            "out" | "stdout" => Some(Channel::Out),
+            "err" | "stderr" => Some(Channel::Err),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One log line. Producers fill everything but `seq` (the router assigns it) and may leave
+/// `timestamp` at 0 (the router stamps the time of receipt).
+///
+/// On the wire this is a MessagePack map with exactly these field names; every field but
+/// `source_id` has a default, so a producer may send `{"source_id": "app", "message": "hi"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Envelope {
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The app, job or allocation the line belongs to; see [`validate_source_id`].
+    pub source_id: String,
+    /// Instance index within the source.
+    pub instance_id: String,
+    /// Origin code: `APP/PROC/WEB`, `RTR`, `STG`, `LGR`, …
+    pub origin: String,
+    pub channel: Channel,
+    /// A job's step or a group's task; `_server` is reserved for router-side events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// Opaque bytes: may hold newlines and invalid UTF-8.
+    pub message: Bytes,
+    /// Per-source sequence number assigned by the router: strictly increasing, no gaps.
+    pub seq: u64,
+}
+
+impl Default for Envelope {
+    fn default() -> Self {
+        Envelope {
+            timestamp: 0,
+            source_id: String::new(),
+            instance_id: "0".to_owned(),
+            origin: "APP".to_owned(),
+            channel: Channel::Out,
+            step: None,
+            tags: BTreeMap::new(),
+            message: Bytes::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl Envelope {
+    /// An envelope for `source_id` carrying `message`, with every other field at its default.
+    pub fn new(source_id: impl Into<String>, message: impl Into<Bytes>) -> Self {
+        Envelope {
+            source_id: source_id.into(),
+            message: message.into(),
+            ..Envelope::default()
+        }
+    }
+
+    /// Checks the fields a producer controls. The router calls this at every ingress.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        validate_source_id(&self.source_id)?;
+        validate_origin(&self.origin)?;
+        let inst = &self.instance_id;
+        if inst.is_empty()
+            || inst.len() > MAX_INSTANCE_ID_BYTES
+            || !inst.bytes().all(is_visible_ascii)
+        {
+            return Err(EnvelopeError::InstanceId(inst.clone()));
+        }
+        Ok(())
+    }
+
+    /// Approximate heap + inline footprint, used for the ring's byte budget.
+    pub fn size_bytes(&self) -> usize {
+        const FIXED: usize = std::mem::size_of::<Envelope>() + 16;
+        let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        FIXED
+            + self.source_id.len()
+            + self.instance_id.len()
+            + self.origin.len()
+            + self.step.as_ref().map_or(0, String::len)
+            + tags
+            + self.message.len()
+    }
+
+    /// `[ORIGIN/INSTANCE]`, as `cf logs` and the syslog PROCID show it.
+    pub fn origin_tag(&self) -> String {
+        format!("[{}/{}]", self.origin, self.instance_id)
+    }
+}
+
+fn is_visible_ascii(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b)
+}
+
+/// A `source_id` is 1–256 bytes of printable ASCII without spaces (0x21–0x7E).
+pub fn validate_source_id(id: &str) -> Result<(), EnvelopeError> {
+    if id.is_empty() || id.len() > MAX_SOURCE_ID_BYTES || !id.bytes().all(is_visible_ascii) {
+        return Err(EnvelopeError::SourceId(shorten(id)));
+    }
+    Ok(())
+}
+
+/// An origin is a short code of uppercase letters, digits, `/`, `_` and `-`.
+pub fn validate_origin(origin: &str) -> Result<(), EnvelopeError> {
+    let ok = !origin.is_empty()
+        && origin.len() <= MAX_ORIGIN_BYTES
+        && origin
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"/_-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(EnvelopeError::Origin(shorten(origin)))
+    }
+}
+
+/// Keeps error messages readable when someone sends a megabyte of id.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+/// Why an envelope was refused at ingress.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error(
+        "invalid source_id {0:?}: a source_id is 1 to 256 bytes of printable ASCII (0x21-0x7E), without spaces"
+    )]
+    SourceId(String),
+    #[error(
+        "invalid origin {0:?}: an origin is 1 to 64 characters of A-Z, 0-9, '/', '_' and '-', such as APP/PROC/WEB or RTR"
+    )]
+    Origin(String),
+    #[error(
+        "invalid instance_id {0:?}: an instance_id is 1 to 64 bytes of printable ASCII, without spaces"
+    )]
+    InstanceId(String),
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// RFC 3339 in UTC with whole seconds (`2026-11-21T10:04:05Z`), without a date library.
+pub fn rfc3339_seconds(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ids() {
+        assert!(validate_source_id("cf/doppler").is_ok());
+        assert!(validate_source_id(&"a".repeat(256)).is_ok());
+        assert!(validate_source_id("").is_err());
+        assert!(validate_source_id("a b").is_err());
+        assert!(validate_source_id("tab\there").is_err());
+        assert!(validate_source_id("é").is_err());
+        assert!(validate_source_id(&"a".repeat(257)).is_err());
+        let msg = validate_source_id("a b").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "invalid source_id \"a b\": a source_id is 1 to 256 bytes of printable ASCII (0x21-0x7E), without spaces"
+        );
+        let long = validate_source_id(&"x".repeat(5000))
+            .unwrap_err()
+            .to_string();
+        assert!(long.contains("(5000 bytes)") && long.len() < 300, "{long}");
+    }
+
+    #[test]
+    fn origins() {
+        for ok in ["APP/PROC/WEB", "RTR", "LGR", "STG", "CELL", "X_1-2"] {
+            assert!(validate_origin(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "app", "A B", &"A".repeat(65)] {
+            assert!(validate_origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
+        // 2016-06-14T21:10:05Z
+        assert_eq!(
+            rfc3339_seconds(1_465_938_605_360_000_000),
+            "2016-06-14T21:10:05Z"
+        );
+        assert_eq!(
+            rfc3339_seconds(951_782_400 * 1_000_000_000),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The core of Sluice, with no I/O: the [`Envelope`], its wire [`codec`], and the
+//! [`Router`] of per-source rings read through [`Cursor`]s.
+//!
+//! # Layout
+//!
+//! - [`envelope`]: the envelope of SPEC §1, field validation, timestamps.
+//! - [`codec`]: `u32 length | MessagePack` frames, envelopes, batches, control words, replies.
+//! - [`router`]: sources, rings, cursors, filters, start positions and exact loss notices.
+//!
+//! Transports (TCP, WebSocket, syslog, files) live in the `sluice` and `sluice-drains` crates
+//! and only move bytes in and out of what is defined here.
+
+pub mod codec;
+pub mod envelope;
+pub mod router;
+
+pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
+pub use router::{Cursor, Delivery, Filter, MissedNotice, Router, RouterConfig, Selector, Start};

@@ -1,0 +1,316 @@
+//! Behaviour of the router as a reader sees it: starts, filters, losses, the firehose.
+
+use sluice_router::{Channel, Delivery, Envelope, Filter, Router, RouterConfig, Selector, Start};
+
+fn router(entries: usize) -> Router {
+    Router::new(RouterConfig {
+        ring_max_entries: entries,
+        ..RouterConfig::default()
+    })
+}
+
+fn line(source: &str, origin: &str, channel: Channel, msg: &str) -> Envelope {
+    let mut e = Envelope::new(source, msg.to_owned());
+    e.origin = origin.into();
+    e.channel = channel;
+    e
+}
+
+fn publish(r: &Router, source: &str, n: usize) {
+    let batch = (0..n)
+        .map(|i| Envelope::new(source, format!("line {i}")))
+        .collect();
+    r.publish(batch).unwrap();
+}
+
+fn drain(c: &mut sluice_router::Cursor) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while c.poll_into(&mut out, 1000) > 0 {}
+    out
+}
+
+fn seqs(d: &[Delivery]) -> Vec<u64> {
+    d.iter()
+        .filter_map(|d| match d {
+            Delivery::Log(e) => Some(e.seq),
+            Delivery::Missed(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn seqs_start_at_one_per_source_and_have_no_gaps() {
+    let r = router(100);
+    publish(&r, "a", 3);
+    publish(&r, "b", 2);
+    publish(&r, "a", 2);
+    let got = r.recent("a", 100, &Filter::default()).unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(got.iter().all(|e| e.timestamp > 0), "stamped on receipt");
+    let b = r.recent("b", 100, &Filter::default()).unwrap();
+    assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(r.recent("nobody", 10, &Filter::default()).is_none());
+}
+
+#[test]
+fn a_batch_with_one_invalid_id_is_refused_whole() {
+    let r = router(100);
+    let err = r
+        .publish(vec![Envelope::new("ok", "x"), Envelope::new("not ok", "y")])
+        .unwrap_err();
+    assert!(err.to_string().starts_with("invalid source_id \"not ok\""));
+    assert!(r.recent("ok", 10, &Filter::default()).is_none());
+}
+
+#[test]
+fn live_back_and_after_seq_starts() {
+    let r = router(100);
+    publish(&r, "a", 10);
+    let mut live = r
+        .subscribe(Selector::Source("a".into()), Filter::default(), Start::Live)
+        .unwrap();
+    let mut back = r
+        .subscribe(
+            Selector::Source("a".into()),
+            Filter::default(),
+            Start::Back(3),
+        )
+        .unwrap();
+    let mut after = r
+        .subscribe(
+            Selector::Source("a".into()),
+            Filter::default(),
+            Start::AfterSeq(6),
+        )
+        .unwrap();
+    let mut all_back = r
+        .subscribe(
+            Selector::Source("a".into()),
+            Filter::default(),
+            Start::Back(1000),
+        )
+        .unwrap();
+    publish(&r, "a", 2);
+    assert_eq!(seqs(&drain(&mut live)), [11, 12]);
+    assert_eq!(seqs(&drain(&mut back)), [8, 9, 10, 11, 12]);
+    assert_eq!(seqs(&drain(&mut after)), [7, 8, 9, 10, 11, 12]);
+    assert_eq!(seqs(&drain(&mut all_back)), (1..=12).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_overtaken_cursor_is_told_exactly_what_it_missed() {
+    let r = router(10);
+    let mut slow = r
+        .subscribe(Selector::Source("a".into()), Filter::default(), Start::Live)
+        .unwrap();
+    publish(&r, "a", 4);
+    let mut out = Vec::new();
+    slow.poll_into(&mut out, 2);
+    assert_eq!(seqs(&out), [1, 2]);
+    publish(&r, "a", 30); // seqs 5..=34 published, ring holds 25..=34
+    let rest = drain(&mut slow);
+    let Delivery::Missed(notice) = &rest[0] else {
+        panic!("first is the notice")
+    };
+    assert_eq!(notice.count, 22, "seqs 3..=24");
+    assert_eq!(notice.last_missed_seq, 24);
+    assert_eq!(seqs(&rest[1..]), (25..=34).collect::<Vec<_>>());
+    assert_eq!(slow.delivered() + slow.missed(), 34);
+
+    let env = rest[0].clone().into_envelope("tail");
+    assert_eq!(env.origin, "LGR");
+    assert_eq!(env.channel, Channel::Err);
+    assert_eq!(env.tags["missed"], "22");
+    let since = &env.tags["since"];
+    assert_eq!(
+        String::from_utf8_lossy(&env.message),
+        format!("sluice dropped 22 messages for this tail since {since}: consumer too slow")
+    );
+}
+
+#[test]
+fn losses_under_a_filter_count_only_matching_envelopes() {
+    let r = router(4);
+    let f = Filter {
+        origin: Some("RTR".into()),
+        ..Filter::default()
+    };
+    let mut c = r
+        .subscribe(Selector::Source("a".into()), f, Start::Live)
+        .unwrap();
+    // 3 RTR lines among 20, all overwritten but the last 4 entries.
+    let batch: Vec<Envelope> = (0..20)
+        .map(|i| {
+            let origin = if i % 7 == 0 { "RTR" } else { "APP/PROC/WEB" };
+            line("a", origin, Channel::Out, &format!("{i}"))
+        })
+        .collect();
+    r.publish(batch).unwrap();
+    let out = drain(&mut c);
+    // i = 0, 7, 14 are RTR; the ring keeps i = 16..=19, so all three are lost.
+    assert!(matches!(&out[..], [Delivery::Missed(n)] if n.count == 3));
+    r.publish(vec![line("a", "RTR", Channel::Out, "late")])
+        .unwrap();
+    assert_eq!(seqs(&drain(&mut c)), [21]);
+    assert_eq!((c.delivered(), c.missed()), (1, 3));
+}
+
+#[test]
+fn filters_by_origin_prefix_channel_and_step() {
+    let r = router(100);
+    let mut step = line("a", "STG", Channel::Out, "staging");
+    step.step = Some("build".into());
+    r.publish(vec![
+        line("a", "APP/PROC/WEB", Channel::Out, "1"),
+        line("a", "APPX", Channel::Out, "2"),
+        line("a", "APP", Channel::Err, "3"),
+        line("a", "RTR", Channel::Out, "4"),
+        step,
+    ])
+    .unwrap();
+    let get = |f: Filter| {
+        r.recent("a", 100, &f)
+            .unwrap()
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.message).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let app = Filter {
+        origin: Some("APP".into()),
+        ..Filter::default()
+    };
+    assert_eq!(get(app), ["1", "3"]);
+    let err = Filter {
+        channel: Some(Channel::Err),
+        ..Filter::default()
+    };
+    assert_eq!(get(err), ["3"]);
+    let build = Filter {
+        step: Some("build".into()),
+        ..Filter::default()
+    };
+    assert_eq!(get(build), ["staging"]);
+    assert_eq!(r.recent("a", 2, &Filter::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn the_firehose_sees_sources_created_after_it() {
+    let r = router(100);
+    publish(&r, "old", 5);
+    let mut fire = r
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    publish(&r, "old", 1);
+    publish(&r, "new", 3);
+    let out = drain(&mut fire);
+    let mut got: Vec<(String, u64)> = out
+        .iter()
+        .map(|d| match d {
+            Delivery::Log(e) => (e.source_id.clone(), e.seq),
+            Delivery::Missed(_) => panic!("no loss"),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("new".into(), 1),
+            ("new".into(), 2),
+            ("new".into(), 3),
+            ("old".into(), 6)
+        ]
+    );
+}
+
+#[test]
+fn several_sources_at_once() {
+    let r = router(100);
+    let mut c = r
+        .subscribe(
+            Selector::Sources(vec!["a".into(), "b".into(), "a".into()]),
+            Filter::default(),
+            Start::Live,
+        )
+        .unwrap();
+    publish(&r, "a", 2);
+    publish(&r, "b", 2);
+    publish(&r, "c", 2);
+    assert_eq!(drain(&mut c).len(), 4);
+    assert!(
+        r.subscribe(
+            Selector::Sources(vec!["a b".into()]),
+            Filter::default(),
+            Start::Live
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn rings_are_bounded_by_bytes_and_by_the_global_budget() {
+    let r = Router::new(RouterConfig {
+        ring_max_entries: 1_000_000,
+        ring_max_bytes: 64 * 1024,
+        memory_budget_bytes: 256 * 1024,
+    });
+    let big = "x".repeat(1000);
+    for _ in 0..500 {
+        r.publish(vec![Envelope::new("a", big.clone())]).unwrap();
+    }
+    let a = r.source_stats("a").unwrap();
+    assert!(a.retained_bytes <= 64 * 1024, "{a:?}");
+    assert!(a.retained < 64);
+    assert_eq!(a.published, 500);
+    for s in 0..20 {
+        for _ in 0..100 {
+            r.publish(vec![Envelope::new(format!("s{s}"), big.clone())])
+                .unwrap();
+        }
+    }
+    assert!(r.retained_bytes() <= 256 * 1024, "{}", r.retained_bytes());
+    assert!(r.evicted_for_budget_total() > 0);
+    let total: usize = r.sources().iter().map(|s| s.retained_bytes).sum();
+    assert_eq!(
+        total,
+        r.retained_bytes(),
+        "the running total matches the rings"
+    );
+    // The newest source keeps its newest lines.
+    let newest = r.recent("s19", 1, &Filter::default()).unwrap();
+    assert_eq!(newest[0].seq, 100);
+}
+
+#[tokio::test]
+async fn a_waiting_cursor_wakes_on_publish() {
+    let r = router(10_000);
+    let mut c = r
+        .subscribe(Selector::Source("a".into()), Filter::default(), Start::Live)
+        .unwrap();
+    let mut fire = r
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    let r2 = r.clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..1000 {
+            r2.publish(vec![Envelope::new("a", format!("{i}"))])
+                .unwrap();
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        c.next_batch(&mut got, 64).await;
+    }
+    let mut fired = Vec::new();
+    while fired.len() < 1000 {
+        fire.next_batch(&mut fired, 64).await;
+    }
+    producer.await.unwrap();
+    assert_eq!(seqs(&got), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(seqs(&fired), (1..=1000).collect::<Vec<_>>());
+}

@@ -1,0 +1,186 @@
+//! `sluice.yaml`: plain serde data with every default embedded, so `sluice serve` runs with no
+//! file at all. Unknown keys are refused, and a bad file is reported with its line and column.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sluice_router::RouterConfig;
+use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    pub router: RouterConfig,
+    pub ingest: Ingest,
+    pub http: Http,
+}
+
+/// Where each listener binds. `null` disables a listener; port 0 picks a free port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// API, WebSocket tails, web page, `/metrics`.
+    pub http: Option<SocketAddr>,
+    /// Native envelope stream over TCP.
+    pub ingest: Option<SocketAddr>,
+    /// Native envelope stream over a Unix socket.
+    pub ingest_unix: Option<PathBuf>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            ingest: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            ingest_unix: None,
+        }
+    }
+}
+
+/// Native ingest limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ingest {
+    /// Largest frame accepted; a larger declared length closes the connection.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// HTTP and WebSocket settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Seconds between WebSocket pings to each tail.
+    pub ping_interval_secs: u64,
+    /// `recent` returns this many lines when no `limit` is given (`cf logs --recent` shows 1,000).
+    pub recent_default_limit: usize,
+    /// Seconds the server waits for tails and connections to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            ping_interval_secs: 30,
+            recent_default_limit: 1000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`, or returns the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses YAML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // An empty file (or one holding only comments) means "all defaults".
+        let config: Config = if text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        }) {
+            Config::default()
+        } else {
+            serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?
+        };
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.ingest.max_frame_bytes < 64 || self.ingest.max_frame_bytes > u32::MAX as usize {
+            return Err(format!(
+                "ingest.max_frame_bytes must be between 64 and {}, not {}",
+                u32::MAX,
+                self.ingest.max_frame_bytes
+            ));
+        }
+        let r = &self.router;
+        if r.ring_max_entries == 0 || r.ring_max_bytes == 0 || r.memory_budget_bytes == 0 {
+            return Err("router.ring_max_entries, router.ring_max_bytes and router.memory_budget_bytes must be above 0".into());
+        }
+        if self.http.ping_interval_secs == 0 {
+            return Err("http.ping_interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_documented_ports() {
+        let c = Config::default();
+        assert_eq!(c.listen.http.unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.ingest.unwrap().to_string(), "127.0.0.1:8081");
+        assert_eq!(c.router.ring_max_entries, 65_536);
+        assert_eq!(Config::parse("# nothing\n", Path::new("x.yaml")).unwrap(), c);
+    }
+
+    #[test]
+    fn partial_files_keep_the_other_defaults() {
+        let c = Config::parse(
+            "listen:\n  http: 127.0.0.1:0\n  ingest: null\nrouter:\n  ring_max_entries: 10\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.http.unwrap().port(), 0);
+        assert_eq!(c.listen.ingest, None);
+        assert_eq!(c.router.ring_max_entries, 10);
+        assert_eq!(c.router.ring_max_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_place() {
+        let err = Config::parse("listen:\n  htpp: 127.0.0.1:0\n", Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid config file s.yaml: listen: unknown field `htpp`"), "{err}");
+        assert!(err.contains("line 2 column 3"), "{err}");
+        let err = Config::parse("listen:\n  http: nowhere\n", Path::new("s.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}
