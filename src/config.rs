@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(c.listen.http.unwrap().to_string(), "127.0.0.1:8080");
         assert_eq!(c.listen.ingest.unwrap().to_string(), "127.0.0.1:8081");
         assert_eq!(c.router.ring_max_entries, 65_536);
-        assert_eq!(Config::parse("# nothing\n", Path::new("x.yaml")).unwrap(), c);
+        assert_eq!(
+            Config::parse("# nothing\n", Path::new("x.yaml")).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -176,7 +179,10 @@ mod tests {
         let err = Config::parse("listen:\n  htpp: 127.0.0.1:0\n", Path::new("s.yaml"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("invalid config file s.yaml: listen: unknown field `htpp`"), "{err}");
+        assert!(
+            err.starts_with("invalid config file s.yaml: listen: unknown field `htpp`"),
+            "{err}"
+        );
         assert!(err.contains("line 2 column 3"), "{err}");
         let err = Config::parse("listen:\n  http: nowhere\n", Path::new("s.yaml"))
             .unwrap_err()

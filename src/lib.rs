@@ -1,1 +1,26 @@
+//! Sluice: a pub/sub log router. Envelopes come in over the native stream, are kept in
+//! per-source rings by [`sluice_router`], and go out to WebSocket tails and the CLI.
+//!
+//! # Layout
+//!
+//! - [`config`]: `sluice.yaml`, every default embedded.
+//! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket).
+//! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
+//! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
+//! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
+//! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
+//! - [`cli`]: the `sluice` command line.
+//! - [`metrics`]: counters for `/metrics`.
+//!
+//! A native frame enters in [`ingest::native`], is ring-buffered by
+//! [`sluice_router::Router::publish`], and leaves through a [`sluice_router::Cursor`] in
+//! [`http::stream`].
 
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod format;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,145 @@
+//! The `sluice` command line: `serve`, `emit`, `logs`.
+//!
+//! Client commands find the server the way `serve` was configured: `--config FILE` (or
+//! `SLUICE_CONFIG`), or `--http ADDR` / `--ingest ADDR`, else the embedded defaults. Errors are
+//! one line on stderr, `sluice: ...`, and exit code 1.
+
+mod emit;
+mod logs;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{IngestAddr, check_addr};
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A pub/sub log router: tagged envelopes in; live tails, drains and archives out",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router: native ingest, the HTTP API and WebSocket tails.
+    ///
+    /// Every setting has an embedded default, so it runs with no file: HTTP on 127.0.0.1:8080,
+    /// native ingest on 127.0.0.1:8081. The bound addresses are printed to stdout, one
+    /// `listening NAME=ADDRESS` line each, then `ready`.
+    Serve(ServeArgs),
+    /// Send standard input to sluice, one envelope per line.
+    ///
+    /// Lines longer than --max-line-bytes are split, not dropped. Exits once the server has
+    /// acknowledged every line.
+    Emit(emit::EmitArgs),
+    /// Show a source's logs: follow them live (the default), or print the recent ones.
+    ///
+    /// Lines are printed in the `cf logs` format, in local time:
+    /// `2016-06-14T14:10:05.36-0700 [APP/PROC/WEB/0] OUT message`.
+    Logs(logs::LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (YAML); without it, the embedded defaults.
+    #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// How client commands find the server.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// The configuration file the server uses: its listen addresses are used.
+    #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The server's HTTP address (overrides the config file).
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub http: Option<String>,
+    /// The server's native ingest address, or a Unix socket path (overrides the config file).
+    #[arg(long, value_name = "HOST:PORT|PATH", global = true)]
+    pub ingest: Option<String>,
+}
+
+impl ConnArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref())?)
+    }
+
+    /// The HTTP address to use.
+    pub fn http(&self) -> anyhow::Result<String> {
+        if let Some(a) = &self.http {
+            check_addr("--http", a).map_err(anyhow::Error::msg)?;
+            return Ok(a.clone());
+        }
+        let config = self.config()?;
+        match config.listen.http {
+            Some(a) if a.port() != 0 => Ok(a.to_string()),
+            Some(_) => anyhow::bail!(
+                "the config file sets listen.http to port 0, so its address is only known at start: pass --http"
+            ),
+            None => anyhow::bail!("the config file disables listen.http: pass --http"),
+        }
+    }
+
+    /// The native ingest address to use.
+    pub fn ingest(&self) -> anyhow::Result<IngestAddr> {
+        if let Some(a) = &self.ingest {
+            let addr = IngestAddr::parse(a);
+            if let IngestAddr::Tcp(t) = &addr {
+                check_addr("--ingest", t).map_err(anyhow::Error::msg)?;
+            }
+            return Ok(addr);
+        }
+        let config = self.config()?;
+        if let Some(path) = config.listen.ingest_unix {
+            return Ok(IngestAddr::Unix(path));
+        }
+        match config.listen.ingest {
+            Some(a) if a.port() != 0 => Ok(IngestAddr::Tcp(a.to_string())),
+            Some(_) => anyhow::bail!(
+                "the config file sets listen.ingest to port 0, so its address is only known at start: pass --ingest"
+            ),
+            None => anyhow::bail!("the config file disables listen.ingest: pass --ingest"),
+        }
+    }
+}
+
+/// Runs the command line; the binary's `main` is only this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Emit(args) => emit::run(args).await,
+            Command::Logs(args) => logs::run(args).await,
+        }
+    });
+    // Tails may still be blocked on stdin or sockets; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

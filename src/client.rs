@@ -1,0 +1,390 @@
+//! Talking to a running server, for `sluice emit`, `sluice logs` and tests: native ingest with
+//! acknowledgements, `recent` over HTTP, and WebSocket tails.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sluice_router::codec::{self, Reply};
+use sluice_router::{Envelope, Filter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Characters left as they are in a path segment or query value.
+const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Why a client command failed, phrased for the person who ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to sluice at {addr}: {reason} (is `sluice serve` running there?)")]
+    Connect { addr: String, reason: String },
+    #[error("unknown source {0:?}: sluice has received no logs for it")]
+    UnknownSource(String),
+    #[error("the server refused the request: {0}")]
+    Refused(String),
+    #[error("lost the connection to sluice at {addr}: {reason}")]
+    Lost { addr: String, reason: String },
+    #[error("unexpected answer from sluice: {0}")]
+    Protocol(String),
+}
+
+/// Where the ingest listener is: a TCP address, or a Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestAddr {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for IngestAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngestAddr::Tcp(a) => f.write_str(a),
+            IngestAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl IngestAddr {
+    /// `host:port`, or a path (anything containing `/`, optionally prefixed `unix:`).
+    pub fn parse(s: &str) -> IngestAddr {
+        match s.strip_prefix("unix:") {
+            Some(path) => IngestAddr::Unix(path.into()),
+            None if s.contains('/') => IngestAddr::Unix(s.into()),
+            None => IngestAddr::Tcp(s.to_owned()),
+        }
+    }
+}
+
+/// A native ingest connection in `ack=count` mode: a writer for frames and a reader for the
+/// replies, usable from two tasks at once.
+#[derive(Debug)]
+pub struct IngestConnection {
+    pub writer: IngestWriter,
+    pub replies: ReplyReader,
+}
+
+/// The writing half of an [`IngestConnection`].
+pub struct IngestWriter {
+    w: Box<dyn AsyncWrite + Unpin + Send>,
+    addr: String,
+}
+
+/// The reading half of an [`IngestConnection`]: one [`Reply`] per frame sent.
+pub struct ReplyReader {
+    r: Box<dyn AsyncRead + Unpin + Send>,
+    buf: BytesMut,
+    addr: String,
+}
+
+impl std::fmt::Debug for IngestWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestWriter")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReplyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyReader")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Connects to native ingest over TCP or a Unix socket and turns acknowledgements on.
+pub async fn connect_ingest(addr: &IngestAddr) -> Result<IngestConnection, ClientError> {
+    let shown = addr.to_string();
+    let failed = |e: std::io::Error| ClientError::Connect {
+        addr: shown.clone(),
+        reason: io_reason(&e),
+    };
+    let (r, w): (
+        Box<dyn AsyncRead + Unpin + Send>,
+        Box<dyn AsyncWrite + Unpin + Send>,
+    ) = match addr {
+        IngestAddr::Tcp(a) => {
+            let s = TcpStream::connect(a.as_str()).await.map_err(failed)?;
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        IngestAddr::Unix(p) => {
+            let (r, w) = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(failed)?
+                .into_split();
+            (Box::new(r), Box::new(w))
+        }
+    };
+    let mut conn = IngestConnection {
+        writer: IngestWriter {
+            w,
+            addr: shown.clone(),
+        },
+        replies: ReplyReader {
+            r,
+            buf: BytesMut::new(),
+            addr: shown,
+        },
+    };
+    let mut hello = BytesMut::new();
+    codec::encode_control_frame("ack=count", &mut hello);
+    conn.writer.write(&hello).await?;
+    Ok(conn)
+}
+
+impl IngestConnection {
+    /// Sends one batch and waits for its acknowledgement.
+    pub async fn send_batch(&mut self, envs: &[Envelope]) -> Result<u64, ClientError> {
+        self.writer.write(&codec::batch_frame(envs)).await?;
+        self.replies.next().await
+    }
+}
+
+impl IngestWriter {
+    /// Writes already-framed bytes.
+    pub async fn write(&mut self, frames: &[u8]) -> Result<(), ClientError> {
+        self.w
+            .write_all(frames)
+            .await
+            .map_err(|e| ClientError::Lost {
+                addr: self.addr.clone(),
+                reason: io_reason(&e),
+            })
+    }
+
+    /// Tells the server nothing more is coming; it answers what it has, then closes.
+    pub async fn finish(&mut self) -> Result<(), ClientError> {
+        self.w.shutdown().await.map_err(|e| ClientError::Lost {
+            addr: self.addr.clone(),
+            reason: io_reason(&e),
+        })
+    }
+}
+
+impl ReplyReader {
+    /// Waits for the next reply. A reply carrying an error becomes [`ClientError::Refused`].
+    pub async fn next(&mut self) -> Result<u64, ClientError> {
+        loop {
+            match codec::decode_frame(&mut self.buf, 1 << 20) {
+                Ok(Some(frame)) => {
+                    let reply: Reply = codec::decode_exact(&frame)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    return match reply.error {
+                        Some(e) => Err(ClientError::Refused(e)),
+                        None => Ok(reply.accepted),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            let n = self
+                .r
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| ClientError::Lost {
+                    addr: self.addr.clone(),
+                    reason: io_reason(&e),
+                })?;
+            if n == 0 {
+                return Err(ClientError::Lost {
+                    addr: self.addr.clone(),
+                    reason: "the server closed the connection".into(),
+                });
+            }
+        }
+    }
+}
+
+/// What a tail or `recent` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub filter: Filter,
+    pub backfill: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    fn params(&self) -> String {
+        let mut p = Vec::new();
+        if let Some(o) = &self.filter.origin {
+            p.push(format!("origin={}", utf8_percent_encode(o, KEEP)));
+        }
+        if let Some(c) = self.filter.channel {
+            p.push(format!("channel={}", c.as_str()));
+        }
+        if let Some(s) = &self.filter.step {
+            p.push(format!("step={}", utf8_percent_encode(s, KEEP)));
+        }
+        if let Some(n) = self.backfill {
+            p.push(format!("backfill={n}"));
+        }
+        if let Some(n) = self.limit {
+            p.push(format!("limit={n}"));
+        }
+        p.join("&")
+    }
+}
+
+fn source_path(source: &str) -> String {
+    utf8_percent_encode(source, KEEP).to_string()
+}
+
+/// `GET /api/v1/sources/{id}/recent` as envelopes, oldest first.
+pub async fn recent(http: &str, source: &str, query: &Query) -> Result<Vec<Envelope>, ClientError> {
+    let url = format!(
+        "http://{http}/api/v1/sources/{}/recent?format=json&{}",
+        source_path(source),
+        query.params()
+    );
+    let resp = reqwest::get(&url).await.map_err(|e| http_error(http, &e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| http_error(http, &e))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ClientError::UnknownSource(source.to_owned()));
+    }
+    if !status.is_success() {
+        return Err(ClientError::Refused(error_message(&body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// A live WebSocket tail in `msgpack` format.
+#[derive(Debug)]
+pub struct Tail {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    http: String,
+}
+
+/// Opens `GET /api/v1/sources/{id}/stream?format=msgpack&...`.
+pub async fn tail(http: &str, source: &str, query: &Query) -> Result<Tail, ClientError> {
+    let url = format!(
+        "ws://{http}/api/v1/sources/{}/stream?format=msgpack&{}",
+        source_path(source),
+        query.params()
+    );
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok((ws, _)) => Ok(Tail {
+            ws,
+            http: http.to_owned(),
+        }),
+        Err(tungstenite::Error::Io(e)) => Err(ClientError::Connect {
+            addr: http.to_owned(),
+            reason: io_reason(&e),
+        }),
+        Err(tungstenite::Error::Http(resp)) => Err(ClientError::Refused(error_message(
+            resp.body().as_deref().unwrap_or_default(),
+        ))),
+        Err(e) => Err(ClientError::Protocol(e.to_string())),
+    }
+}
+
+impl Tail {
+    /// The next batch of envelopes; `Ok(None)` when the server closed the stream normally.
+    pub async fn next(&mut self) -> Result<Option<(Vec<Envelope>, Option<String>)>, ClientError> {
+        loop {
+            let Some(msg) = self.ws.next().await else {
+                return Ok(None);
+            };
+            let msg = msg.map_err(|e| ClientError::Lost {
+                addr: self.http.clone(),
+                reason: e.to_string(),
+            })?;
+            match msg {
+                Message::Binary(b) => {
+                    let envs: Vec<Envelope> = codec::decode_exact(&b)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    return Ok(Some((envs, None)));
+                }
+                Message::Close(frame) => {
+                    let reason = frame
+                        .map(|f| f.reason.to_string())
+                        .filter(|r| !r.is_empty());
+                    return Ok(Some((
+                        Vec::new(),
+                        Some(reason.unwrap_or_else(|| "closed".into())),
+                    )));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes the stream politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.send(Message::Close(None)).await;
+    }
+}
+
+fn http_error(addr: &str, e: &reqwest::Error) -> ClientError {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return ClientError::Connect {
+                addr: addr.to_owned(),
+                reason: io_reason(io),
+            };
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        return ClientError::Connect {
+            addr: addr.to_owned(),
+            reason: "connection failed".into(),
+        };
+    }
+    ClientError::Lost {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// The `error` field of a JSON error body, or the body itself.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: String,
+    }
+    match serde_json::from_slice::<E>(body) {
+        Ok(e) => e.error,
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    }
+}
+
+/// A short, lowercase reason for an I/O error ("connection refused").
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        NotFound => "no such socket".into(),
+        TimedOut => "timed out".into(),
+        ConnectionReset => "connection reset".into(),
+        BrokenPipe => "the server closed the connection".into(),
+        _ => {
+            let s = e.to_string();
+            // "Connection refused (os error 111)" -> "connection refused"
+            let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
+            s[..1].to_lowercase() + &s[1..]
+        }
+    }
+}
+
+/// Resolves a `host:port` to check it is well formed before connecting.
+pub fn check_addr(what: &str, addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "invalid {what} address {addr:?}: expected HOST:PORT, such as 127.0.0.1:8080"
+        )),
+    }
+}

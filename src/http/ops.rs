@@ -1,0 +1,23 @@
+//! Endpoints for operators: `/healthz`, `/readyz`, `/metrics`.
+
+use warp::Filter;
+use warp::http::header::CONTENT_TYPE;
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| "ok\n".into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .map(|| "ready\n".into_response());
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        let body = state.metrics.render(&state.router);
+        warp::reply::with_header(body, CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
+    });
+    healthz.or(readyz).unify().or(metrics).unify()
+}

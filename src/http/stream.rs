@@ -1,0 +1,177 @@
+//! WebSocket tails: `GET /api/v1/sources/{id}/stream` and `GET /api/v1/firehose`.
+//!
+//! Query: `origin`, `channel`, `step` (filters); `backfill=N` (start N matching lines back) or
+//! `since_seq=S` (resume after seq S); `format=json` (default: one envelope per text frame) or
+//! `msgpack` (binary frames, each a MessagePack array of envelopes, bytes exact). The firehose
+//! also takes `sources=a,b` to follow several sources instead of all.
+//!
+//! A tail sends backfill then live entries from one cursor, so there is no gap and no duplicate
+//! between them. When the client reads too slowly its cursor is overtaken, and it receives an
+//! `LGR` envelope on `ERR` with the exact count it missed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use sluice_router::codec::encode_batch;
+use sluice_router::{Cursor, Delivery, Selector, Start, validate_source_id};
+use warp::Filter;
+use warp::reply::{Reply, Response};
+use warp::ws::{Message, WebSocket, Ws};
+
+use super::{ApiError, AppState, filter_from_query, number_param, split_source_path};
+use crate::format::json_line;
+use crate::metrics::Metrics;
+
+/// Most envelopes read from the cursor per WebSocket write.
+const BATCH: usize = 256;
+/// Clients only send control frames; anything large is a mistake or an attack.
+const MAX_INCOMING_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    MsgPack,
+}
+
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let st = state.clone();
+    let source = warp::path!("api" / "v1" / "sources" / ..)
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ws())
+        .and_then(
+            move |tail: warp::path::Tail, q: HashMap<String, String>, ws: Ws| {
+                let state = st.clone();
+                async move {
+                    match split_source_path(tail.as_str()) {
+                        Some((id, "stream")) => Ok(open(state, Some(id), q, ws)),
+                        _ => Err(warp::reject::not_found()),
+                    }
+                }
+            },
+        );
+    let firehose = warp::path!("api" / "v1" / "firehose")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ws())
+        .map(move |q, ws| open(state.clone(), None, q, ws));
+    source.or(firehose).unify()
+}
+
+/// Validates the request, opens the cursor before upgrading (so backfill is fixed at request
+/// time), and hands the socket to [`tail`].
+fn open(state: AppState, source: Option<String>, q: HashMap<String, String>, ws: Ws) -> Response {
+    let opened = (|| {
+        let filter = filter_from_query(&q)?;
+        let backfill = number_param::<usize>(&q, "backfill")?;
+        let since = number_param::<u64>(&q, "since_seq")?;
+        let start = match (backfill, since) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request("use backfill or since_seq, not both"));
+            }
+            (Some(n), None) => Start::Back(n),
+            (None, Some(s)) => Start::AfterSeq(s),
+            (None, None) => Start::Live,
+        };
+        let format = match q.get("format").map(String::as_str) {
+            None | Some("") | Some("json") => Format::Json,
+            Some("msgpack") => Format::MsgPack,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid format {other:?}: use json or msgpack"
+                )));
+            }
+        };
+        let selector = match (source, q.get("sources")) {
+            (Some(id), _) => Selector::Source(id),
+            (None, Some(list)) if !list.is_empty() => {
+                Selector::Sources(list.split(',').map(str::to_owned).collect())
+            }
+            (None, _) => Selector::All,
+        };
+        if let Selector::Source(id) = &selector {
+            validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let cursor = state
+            .router
+            .subscribe(selector, filter, start)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((cursor, format))
+    })();
+    match opened {
+        Ok((cursor, format)) => ws
+            .max_message_size(MAX_INCOMING_MESSAGE_BYTES)
+            .on_upgrade(move |socket| tail(socket, cursor, format, state))
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn tail(socket: WebSocket, mut cursor: Cursor, format: Format, state: AppState) {
+    Metrics::add(&state.metrics.tails_opened, 1);
+    let (mut tx, mut rx) = socket.split();
+    let period = Duration::from_secs(state.config.http.ping_interval_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    let mut reported = (0u64, 0u64);
+    let outcome: Result<(), warp::Error> = loop {
+        batch.clear();
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                let _ = tx.send(Message::close_with(1001u16, "sluice is shutting down")).await;
+                break Ok(());
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(m)) if !m.is_close() => continue,
+                _ => break Ok(()),
+            },
+            _ = ping.tick() => {
+                if let Err(e) = tx.send(Message::ping(Bytes::new())).await {
+                    break Err(e);
+                }
+            }
+            _ = cursor.next_batch(&mut batch, BATCH) => {
+                // A slow client blocks here; meanwhile its cursor falls behind in the ring, which
+                // is what turns into an exact loss notice once it reads again.
+                if let Err(e) = send(&mut tx, &mut batch, format).await {
+                    break Err(e);
+                }
+                let now = (cursor.delivered(), cursor.missed());
+                Metrics::add(&state.metrics.tail_delivered, now.0 - reported.0);
+                Metrics::add(&state.metrics.tail_missed, now.1 - reported.1);
+                reported = now;
+            }
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(error = %e, "tail closed");
+    }
+    Metrics::add(&state.metrics.tails_closed, 1);
+}
+
+async fn send<S>(tx: &mut S, batch: &mut Vec<Delivery>, format: Format) -> Result<(), warp::Error>
+where
+    S: futures_util::Sink<Message, Error = warp::Error> + Unpin,
+{
+    match format {
+        Format::Json => {
+            for d in batch.drain(..) {
+                tx.feed(Message::text(json_line(&d.into_envelope("tail"))))
+                    .await?;
+            }
+        }
+        Format::MsgPack => {
+            let envs: Vec<_> = batch.drain(..).map(|d| d.into_envelope("tail")).collect();
+            let mut buf = BytesMut::new();
+            encode_batch(&envs, &mut buf);
+            tx.feed(Message::binary(buf.freeze())).await?;
+        }
+    }
+    tx.flush().await
+}

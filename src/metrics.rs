@@ -1,0 +1,105 @@
+//! Counters for operators, rendered as Prometheus text at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice_router::Router;
+
+/// Process-wide counters. Plain relaxed atomics: each is only ever added to.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Envelopes accepted by native ingest.
+    pub ingest_envelopes: AtomicU64,
+    /// Frames accepted by native ingest.
+    pub ingest_frames: AtomicU64,
+    /// Connections closed for a malformed, oversized or truncated frame.
+    pub ingest_malformed: AtomicU64,
+    /// Envelopes refused for invalid fields (the connection stays open).
+    pub ingest_refused: AtomicU64,
+    pub ingest_connections: AtomicU64,
+    /// Envelopes sent to WebSocket tails (loss notices not included).
+    pub tail_delivered: AtomicU64,
+    /// Envelopes tails were told they missed.
+    pub tail_missed: AtomicU64,
+    pub tails_opened: AtomicU64,
+    pub tails_closed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of these counters and the router's gauges.
+    pub fn render(&self, router: &Router) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "sluice_ingest_envelopes_total",
+            "Envelopes accepted by native ingest.",
+            get(&self.ingest_envelopes),
+        );
+        counter(
+            "sluice_ingest_frames_total",
+            "Frames accepted by native ingest.",
+            get(&self.ingest_frames),
+        );
+        counter(
+            "sluice_ingest_malformed_frames_total",
+            "Native ingest connections closed for a malformed, oversized or truncated frame.",
+            get(&self.ingest_malformed),
+        );
+        counter(
+            "sluice_ingest_refused_envelopes_total",
+            "Envelopes refused at native ingest for invalid fields.",
+            get(&self.ingest_refused),
+        );
+        counter(
+            "sluice_ingest_connections_total",
+            "Native ingest connections accepted.",
+            get(&self.ingest_connections),
+        );
+        counter(
+            "sluice_router_published_total",
+            "Envelopes published into the rings.",
+            router.published_total(),
+        );
+        counter(
+            "sluice_router_budget_evicted_total",
+            "Envelopes evicted to keep all rings within the memory budget.",
+            router.evicted_for_budget_total(),
+        );
+        counter(
+            "sluice_tail_delivered_total",
+            "Envelopes delivered to WebSocket tails.",
+            get(&self.tail_delivered),
+        );
+        counter(
+            "sluice_tail_missed_total",
+            "Envelopes WebSocket tails were told they missed because they read too slowly.",
+            get(&self.tail_missed),
+        );
+        counter(
+            "sluice_tails_opened_total",
+            "WebSocket tails opened.",
+            get(&self.tails_opened),
+        );
+        counter(
+            "sluice_tails_closed_total",
+            "WebSocket tails closed.",
+            get(&self.tails_closed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_router_retained_bytes Bytes held by all rings.\n# TYPE sluice_router_retained_bytes gauge\nsluice_router_retained_bytes {}",
+            router.retained_bytes()
+        );
+        out
+    }
+}

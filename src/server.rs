@@ -1,0 +1,207 @@
+//! Binding the listeners and running every server task with one stop signal.
+//!
+//! [`Listeners::bind`] binds; [`start`] takes the bound listeners (tests bind `127.0.0.1:0`) and
+//! returns a [`Running`] server; [`Running::stop`] cancels every task and waits for them, up to
+//! the configured grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_router::Router;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Listen};
+use crate::http::{self, AppState};
+use crate::ingest::native::NativeIngest;
+use crate::metrics::Metrics;
+
+/// Listeners bound before the server starts.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub ingest: Option<TcpListener>,
+    pub ingest_unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Io {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to listen on {what} {addr}: no auth tokens are configured, so sluice binds loopback addresses only (127.0.0.0/8, ::1)"
+    )]
+    NotLoopback {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot listen on ingest_unix {0}: another sluice is listening there")]
+    UnixInUse(String),
+}
+
+impl Listeners {
+    /// Binds every listener `listen` enables. Without auth tokens (none exist yet) only loopback
+    /// addresses are allowed, so nothing is exposed by accident.
+    pub async fn bind(listen: &Listen) -> Result<Listeners, BindError> {
+        async fn tcp(
+            what: &'static str,
+            addr: Option<SocketAddr>,
+        ) -> Result<Option<TcpListener>, BindError> {
+            let Some(addr) = addr else { return Ok(None) };
+            if !addr.ip().is_loopback() {
+                return Err(BindError::NotLoopback { what, addr });
+            }
+            TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|source| BindError::Io {
+                    what,
+                    addr: addr.to_string(),
+                    source,
+                })
+        }
+        let http = tcp("http", listen.http).await?;
+        let ingest = tcp("ingest", listen.ingest).await?;
+        let ingest_unix = match &listen.ingest_unix {
+            None => None,
+            Some(path) => Some((bind_unix(path).await?, path.clone())),
+        };
+        Ok(Listeners {
+            http,
+            ingest,
+            ingest_unix,
+        })
+    }
+}
+
+async fn bind_unix(path: &PathBuf) -> Result<UnixListener, BindError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        // A socket file left by a server that died: reuse it, unless someone still answers.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::UnixInUse(shown));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| BindError::Io {
+        what: "ingest_unix",
+        addr: shown,
+        source,
+    })
+}
+
+/// The addresses a running server listens on.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub http: Option<SocketAddr>,
+    pub ingest: Option<SocketAddr>,
+    pub ingest_unix: Option<PathBuf>,
+}
+
+impl Bound {
+    /// One `listening NAME=ADDRESS` line per listener, as `sluice serve` prints them.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = self.http {
+            out.push(format!("listening http={a}"));
+        }
+        if let Some(a) = self.ingest {
+            out.push(format!("listening ingest={a}"));
+        }
+        if let Some(p) = &self.ingest_unix {
+            out.push(format!("listening ingest_unix={}", p.display()));
+        }
+        out
+    }
+}
+
+/// A server that is running; dropping it does not stop it, [`Running::stop`] does.
+#[derive(Debug)]
+pub struct Running {
+    pub bound: Bound,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+    unix_path: Option<PathBuf>,
+}
+
+/// Starts every listener's task and returns at once.
+pub fn start(config: Config, listeners: Listeners) -> Running {
+    let config = Arc::new(config);
+    let router = Router::new(config.router.clone());
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut bound = Bound::default();
+
+    let ingest = NativeIngest {
+        router: router.clone(),
+        metrics: metrics.clone(),
+        max_frame_bytes: config.ingest.max_frame_bytes,
+    };
+    if let Some(listener) = listeners.ingest {
+        bound.ingest = listener.local_addr().ok();
+        tasks.spawn(
+            ingest
+                .clone()
+                .serve_tcp(listener, shutdown.clone(), tasks.clone()),
+        );
+    }
+    let mut unix_path = None;
+    if let Some((listener, path)) = listeners.ingest_unix {
+        bound.ingest_unix = Some(path.clone());
+        unix_path = Some(path);
+        tasks.spawn(ingest.serve_unix(listener, shutdown.clone(), tasks.clone()));
+    }
+    if let Some(listener) = listeners.http {
+        bound.http = listener.local_addr().ok();
+        let state = AppState {
+            router: router.clone(),
+            metrics: metrics.clone(),
+            config: config.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let stop = shutdown.clone();
+        tasks.spawn(
+            warp::serve(http::routes(state))
+                .incoming(listener)
+                .graceful(async move { stop.cancelled().await })
+                .run(),
+        );
+    }
+    Running {
+        bound,
+        router,
+        metrics,
+        shutdown,
+        tasks,
+        grace: Duration::from_secs(config.http.shutdown_grace_secs),
+        unix_path,
+    }
+}
+
+impl Running {
+    /// Stops accepting, closes tails and connections, and waits for every task (up to the grace
+    /// period). Returns false if some task was still running when the grace period ended.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let finished = tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_ok();
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+        finished
+    }
+}
