@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::io_reason;
+
 /// Characters left as they are in a path segment or query value.
 const KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -355,24 +357,6 @@ fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<E>(body) {
         Ok(e) => e.error,
         Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
-    }
-}
-
-/// A short, lowercase reason for an I/O error ("connection refused").
-fn io_reason(e: &std::io::Error) -> String {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => "connection refused".into(),
-        NotFound => "no such socket".into(),
-        TimedOut => "timed out".into(),
-        ConnectionReset => "connection reset".into(),
-        BrokenPipe => "the server closed the connection".into(),
-        _ => {
-            let s = e.to_string();
-            // "Connection refused (os error 111)" -> "connection refused"
-            let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
-            s[..1].to_lowercase() + &s[1..]
-        }
     }
 }
 

@@ -24,3 +24,23 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod server;
+
+/// A short, lowercase reason for an I/O error ("connection refused").
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        NotFound => "no such file or directory".into(),
+        AddrInUse => "address in use".into(),
+        PermissionDenied => "permission denied".into(),
+        TimedOut => "timed out".into(),
+        ConnectionReset => "connection reset".into(),
+        BrokenPipe => "the server closed the connection".into(),
+        _ => {
+            let s = e.to_string();
+            // "Connection refused (os error 111)" -> "connection refused"
+            let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
+            s[..1].to_lowercase() + &s[1..]
+        }
+    }
+}

@@ -30,11 +30,11 @@ pub struct Listeners {
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot listen on {what} {addr}: {source}")]
+    #[error("cannot listen on {what} {addr}: {reason}")]
     Io {
         what: &'static str,
         addr: String,
-        source: std::io::Error,
+        reason: String,
     },
     #[error(
         "refusing to listen on {what} {addr}: no auth tokens are configured, so sluice binds loopback addresses only (127.0.0.0/8, ::1)"
@@ -62,10 +62,10 @@ impl Listeners {
             TcpListener::bind(addr)
                 .await
                 .map(Some)
-                .map_err(|source| BindError::Io {
+                .map_err(|e| BindError::Io {
                     what,
                     addr: addr.to_string(),
-                    source,
+                    reason: crate::io_reason(&e),
                 })
         }
         let http = tcp("http", listen.http).await?;
@@ -91,10 +91,10 @@ async fn bind_unix(path: &PathBuf) -> Result<UnixListener, BindError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|source| BindError::Io {
+    UnixListener::bind(path).map_err(|e| BindError::Io {
         what: "ingest_unix",
         addr: shown,
-        source,
+        reason: crate::io_reason(&e),
     })
 }
 

@@ -69,12 +69,7 @@ impl Filter {
         if self.channel.is_some_and(|c| c != channel) {
             return false;
         }
-        if let Some(want) = &self.step {
-            if step != Some(want.as_str()) {
-                return false;
-            }
-        }
-        true
+        self.step.as_deref().is_none_or(|want| step == Some(want))
     }
 }
 

@@ -1,0 +1,155 @@
+//! The command line as a newcomer meets it: help, and one clear line for every mistake.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{SLUICE, temp_dir};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(SLUICE)
+        .args(args)
+        .env_remove("SLUICE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn every_command_has_complete_help() {
+    for (cmd, flags) in [
+        ("serve", &["--config"][..]),
+        (
+            "emit",
+            &[
+                "--source",
+                "--origin",
+                "--instance",
+                "--stderr",
+                "--step",
+                "--tag",
+                "--max-line-bytes",
+                "--ingest",
+                "--config",
+            ][..],
+        ),
+        (
+            "logs",
+            &[
+                "--recent", "--follow", "--lines", "--stdout", "--stderr", "--origin", "--step",
+                "--json", "--http", "--config",
+            ][..],
+        ),
+    ] {
+        let out = sluice(&[cmd, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for flag in flags {
+            assert!(
+                help.contains(flag),
+                "`sluice {cmd} --help` lacks {flag}:\n{help}"
+            );
+        }
+    }
+    let top = String::from_utf8(sluice(&["--help"]).stdout).unwrap();
+    for cmd in ["serve", "emit", "logs"] {
+        assert!(top.contains(cmd));
+    }
+}
+
+#[test]
+fn unreachable_servers_and_bad_addresses_are_one_line_errors() {
+    let out = sluice(&["logs", "app", "--recent", "--http", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "sluice: cannot connect to sluice at 127.0.0.1:1: connection refused (is `sluice serve` running there?)\n"
+    );
+    let out = sluice(&["logs", "app", "--http", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("sluice: cannot connect to sluice at 127.0.0.1:1"));
+
+    let out = sluice(&["emit", "--source", "app", "--ingest", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "sluice: cannot connect to sluice at 127.0.0.1:1: connection refused (is `sluice serve` running there?)\n"
+    );
+    let out = sluice(&["logs", "app", "--http", "nowhere"]);
+    assert_eq!(
+        stderr(&out),
+        "sluice: invalid --http address \"nowhere\": expected HOST:PORT, such as 127.0.0.1:8080\n"
+    );
+    let out = sluice(&["emit", "--source", "bad id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("sluice: invalid source_id \"bad id\""));
+    let out = sluice(&["emit", "--source", "a", "--tag", "novalue"]);
+    assert_eq!(
+        stderr(&out),
+        "sluice: invalid --tag \"novalue\": expected KEY=VALUE\n"
+    );
+}
+
+#[test]
+fn bad_config_files_name_the_key_and_the_place() {
+    let dir = temp_dir("cli");
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen:\n  http: 127.0.0.1:0\n  ingets: 127.0.0.1:0\n",
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "sluice: invalid config file {}: listen: unknown field `ingets`",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("line 3 column 3"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = sluice(&["serve", "--config", "/nonexistent/sluice.yaml"]);
+    assert_eq!(
+        stderr(&out),
+        "sluice: cannot read config file /nonexistent/sluice.yaml: no such file or directory\n"
+    );
+    // Clients read the same file: a port-0 server cannot be found through it.
+    std::fs::write(&path, "listen:\n  http: 127.0.0.1:0\n").unwrap();
+    let out = sluice(&["logs", "app", "--config", path.to_str().unwrap()]);
+    assert!(stderr(&out).contains("pass --http"), "{}", stderr(&out));
+
+    // A port already taken is named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    std::fs::write(
+        &path,
+        format!("listen:\n  http: {addr}\n  ingest: 127.0.0.1:0\n"),
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(
+        stderr(&out),
+        format!("sluice: cannot listen on http {addr}: address in use\n")
+    );
+}
+
+#[test]
+fn without_tokens_only_loopback_is_served() {
+    let dir = temp_dir("cli");
+    let path = dir.join("open.yaml");
+    std::fs::write(&path, "listen:\n  http: 0.0.0.0:0\n  ingest: 127.0.0.1:0\n").unwrap();
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "sluice: refusing to listen on http 0.0.0.0:0: no auth tokens are configured, so sluice binds loopback addresses only (127.0.0.0/8, ::1)\n"
+    );
+}

@@ -1,0 +1,154 @@
+//! Helpers for end-to-end tests: a real `sluice serve` child on `127.0.0.1:0` ports, and the
+//! clients a user would use against it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice serve` child process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub ingest: String,
+    pub dir: PathBuf,
+}
+
+/// A fresh directory under the system temp dir, unique to this test process and call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    /// Starts `sluice serve` with `extra` YAML appended to a config that binds port 0.
+    pub fn start(extra: &str) -> Server {
+        let dir = temp_dir("serve");
+        let config = dir.join("sluice.yaml");
+        std::fs::write(
+            &config,
+            format!("listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n{extra}"),
+        )
+        .unwrap();
+        let mut child = Command::new(SLUICE)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut http, mut ingest) = (String::new(), String::new());
+        for line in &mut lines {
+            let line = line.unwrap();
+            if let Some(a) = line.strip_prefix("listening http=") {
+                http = a.to_owned();
+            } else if let Some(a) = line.strip_prefix("listening ingest=") {
+                ingest = a.to_owned();
+            } else if line == "ready" {
+                break;
+            }
+        }
+        assert!(
+            !http.is_empty() && !ingest.is_empty(),
+            "sluice serve printed its addresses"
+        );
+        // Keep draining stdout so the child never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            http,
+            ingest,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.http)
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The value of a counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .parse()
+            .unwrap()
+    }
+
+    /// `published` of one source from `/api/v1/sources` (0 if unknown).
+    pub async fn published(&self, source: &str) -> u64 {
+        let all = self.get_json("/api/v1/sources").await;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source_id"] == source)
+            .map_or(0, |s| s["published"].as_u64().unwrap())
+    }
+
+    /// Waits (bounded) until `source` has `n` envelopes published.
+    pub async fn wait_published(&self, source: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.published(source).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "{source} never reached {n} envelopes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

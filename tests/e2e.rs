@@ -1,0 +1,221 @@
+//! End to end through the real binary: `sluice serve`, `sluice emit`, a WebSocket client, and
+//! `sluice logs`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{SLUICE, Server};
+use futures_util::StreamExt;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+const LINES: usize = 10_000;
+
+/// Runs `sluice emit` on `lines`, written from a thread with short pauses so readers can join
+/// while it is still sending.
+fn emit(server: &Server, source: &str, lines: Vec<String>) -> std::thread::JoinHandle<()> {
+    let mut child = Command::new(SLUICE)
+        .args(["emit", "--source", source, "--ingest", &server.ingest])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for (i, line) in lines.iter().enumerate() {
+            writeln!(stdin, "{line}").unwrap();
+            if i % 500 == 499 {
+                stdin.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        drop(stdin);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "sluice emit exited with {status}");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_joining_halfway_with_full_backfill_gets_every_line_once_in_order() {
+    let server = Server::start("");
+    let lines: Vec<String> = (0..LINES).map(|i| format!("line {i}")).collect();
+    let writer = emit(&server, "web-app", lines);
+    server.wait_published("web-app", (LINES / 2) as u64).await;
+    let (mut ws, _) = connect_async(server.ws("/api/v1/sources/web-app/stream?backfill=100000"))
+        .await
+        .unwrap();
+    let published_at_join = server.published("web-app").await;
+    let mut next = 0usize;
+    while next < LINES {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("the tail stalled")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let env: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(env["seq"], next as u64 + 1, "no gap, no duplicate");
+        assert_eq!(env["message"], format!("line {next}"));
+        assert_eq!(env["source_id"], "web-app");
+        assert_eq!(env["origin"], "APP");
+        assert_eq!(env["channel"], "OUT");
+        next += 1;
+    }
+    writer.join().unwrap();
+    assert!(
+        published_at_join < LINES as u64,
+        "the tail joined while emit was still sending ({published_at_join} published)"
+    );
+    // Nothing more arrives: exactly once.
+    let extra = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(
+        extra.is_err() || matches!(extra, Ok(Some(Ok(Message::Ping(_))))),
+        "{extra:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_recent_prints_the_last_hundred_in_the_cf_format() {
+    let server = Server::start("");
+    let lines: Vec<String> = (0..LINES).map(|i| format!("line {i} ✓")).collect();
+    emit(&server, "web-app", lines).join().unwrap();
+    server.wait_published("web-app", LINES as u64).await;
+
+    // Arizona keeps -0700 all year, so the expected text does not depend on the date.
+    let out = Command::new(SLUICE)
+        .args([
+            "logs",
+            "web-app",
+            "--recent",
+            "-n",
+            "100",
+            "--http",
+            &server.http,
+        ])
+        .env("TZ", "America/Phoenix")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let recent = server
+        .get_json("/api/v1/sources/web-app/recent?limit=100")
+        .await;
+    let recent = recent.as_array().unwrap();
+    assert_eq!(recent.len(), 100);
+    let mut expected = String::new();
+    for (k, env) in recent.iter().enumerate() {
+        let ns = env["timestamp"].as_i64().unwrap();
+        let local =
+            chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000) - 7 * 3600, 0).unwrap();
+        let hundredths = ns.rem_euclid(1_000_000_000) / 10_000_000;
+        let i = LINES - 100 + k;
+        expected.push_str(&format!(
+            "{}.{hundredths:02}-0700 [APP/0]      OUT line {i} ✓\n",
+            local.format("%Y-%m-%dT%H:%M:%S")
+        ));
+    }
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+
+    // The same lines as text/plain from the server, and as JSON lines from the CLI.
+    let json = Command::new(SLUICE)
+        .args([
+            "logs",
+            "web-app",
+            "--recent",
+            "-n",
+            "2",
+            "--json",
+            "--http",
+            &server.http,
+        ])
+        .output()
+        .unwrap();
+    let json = String::from_utf8(json.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(last["message"], format!("line {} ✓", LINES - 1));
+    assert_eq!(last["seq"], LINES as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follows_with_filters_and_reports_a_stopped_server() {
+    let mut server = Server::start("");
+    let follow = tokio::process::Command::new(SLUICE)
+        .args([
+            "logs",
+            "svc",
+            "-f",
+            "--stderr",
+            "--origin",
+            "RTR",
+            "--http",
+            &server.http,
+        ])
+        .env("TZ", "UTC")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The tail must be subscribed before the lines are sent: wait for the server to count it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.metric("sluice_tails_opened_total").await < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (origin, stderr, text) in [
+        ("RTR", true, "wanted"),
+        ("RTR", false, "stdout"),
+        ("APP", true, "app"),
+    ] {
+        let mut args = vec![
+            "emit",
+            "--source",
+            "svc",
+            "--origin",
+            origin,
+            "--ingest",
+            &server.ingest,
+        ];
+        if stderr {
+            args.push("--stderr");
+        }
+        let mut child = Command::new(SLUICE)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{text}").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    server.wait_published("svc", 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopping the server ends the tail with a clear reason and a failing exit code.
+    sigterm(server.child.id());
+    let out = tokio::time::timeout(Duration::from_secs(30), follow.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = server.child.wait();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.ends_with(" [RTR/0]      ERR wanted\n"), "{stdout}");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "sluice: the server ended the stream: sluice is shutting down\n"
+    );
+}
+
+/// SIGTERM through the `kill` command, as an operator would send it.
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
