@@ -219,3 +219,50 @@ fn sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_are_pinged_and_bad_parameters_are_refused_before_the_upgrade() {
+    let server = Server::start("http:\n  ping_interval_secs: 1\n");
+    let (mut ws, _) = connect_async(server.ws("/api/v1/sources/quiet/stream"))
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(msg, Message::Ping(_)), "{msg:?}");
+
+    for (query, error) in [
+        (
+            "channel=both",
+            "invalid channel \"both\": use OUT or ERR (or stdout, stderr)",
+        ),
+        (
+            "backfill=-1",
+            "invalid backfill \"-1\": expected a non-negative whole number",
+        ),
+        (
+            "backfill=1&since_seq=2",
+            "use backfill or since_seq, not both",
+        ),
+        ("format=xml", "invalid format \"xml\": use json or msgpack"),
+    ] {
+        let url = server.ws(&format!("/api/v1/sources/quiet/stream?{query}"));
+        let Err(tokio_tungstenite::tungstenite::Error::Http(resp)) = connect_async(url).await
+        else {
+            panic!("{query} was accepted");
+        };
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value =
+            serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"], error, "{query}");
+    }
+    // Plain HTTP on a WebSocket endpoint says what it is.
+    let resp = reqwest::get(server.url("/api/v1/sources/quiet/stream"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let unknown = reqwest::get(server.url("/api/v1/nothing")).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+}
