@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sluice_router::RouterConfig;
+
+use crate::drains::{Drains, DrainsConfig};
 use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
 
 /// The whole configuration file.
@@ -16,6 +18,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub ingest: Ingest,
     pub http: Http,
+    pub drains: DrainsConfig,
 }
 
 /// Where each listener binds. `null` disables a listener; port 0 picks a free port.
@@ -137,6 +140,10 @@ impl Config {
         }
         if self.http.ping_interval_secs == 0 {
             return Err("http.ping_interval_secs must be at least 1".into());
+        }
+        for (i, req) in self.drains.bind.iter().enumerate() {
+            Drains::validate(req, &self.drains.tls)
+                .map_err(|e| format!("drains.bind[{i}]: {e}"))?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - [`config`]: `sluice.yaml`, every default embedded.
 //! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket).
 //! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
+//! - [`drains`]: the syslog drains bound on this server, each reading its own cursor.
 //! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
 //! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod drains;
 pub mod format;
 pub mod http;
 pub mod ingest;

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_router::Router;
 
+use crate::drains::DrainView;
+
 /// Process-wide counters. Plain relaxed atomics: each is only ever added to.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -31,7 +33,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these counters and the router's gauges.
-    pub fn render(&self, router: &Router) -> String {
+    pub fn render(&self, router: &Router, drains: &[DrainView]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
@@ -100,6 +102,34 @@ impl Metrics {
             "# HELP sluice_router_retained_bytes Bytes held by all rings.\n# TYPE sluice_router_retained_bytes gauge\nsluice_router_retained_bytes {}",
             router.retained_bytes()
         );
+        for (name, help, get) in [
+            (
+                "sluice_drain_sent_total",
+                "Messages a syslog drain delivered.",
+                (|d: &DrainView| d.sent) as fn(&DrainView) -> u64,
+            ),
+            (
+                "sluice_drain_lost_total",
+                "Messages overwritten before a syslog drain could send them.",
+                |d| d.lost,
+            ),
+            (
+                "sluice_drain_errors_total",
+                "Failed connections and writes of a syslog drain.",
+                |d| d.errors,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for d in drains {
+                let _ = writeln!(
+                    out,
+                    "{name}{{drain=\"{}\",url=\"{}\"}} {}",
+                    d.id,
+                    d.url,
+                    get(d)
+                );
+            }
+        }
         out
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Listen};
+use crate::drains::{DrainError, Drains};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
 use crate::metrics::Metrics;
@@ -129,20 +130,30 @@ pub struct Running {
     pub bound: Bound,
     pub router: Router,
     pub metrics: Arc<Metrics>,
+    pub drains: Arc<Drains>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
     unix_path: Option<PathBuf>,
 }
 
-/// Starts every listener's task and returns at once.
-pub fn start(config: Config, listeners: Listeners) -> Running {
+/// Starts every listener's task and the configured drains, and returns at once.
+pub fn start(config: Config, listeners: Listeners) -> Result<Running, DrainError> {
     let config = Arc::new(config);
     let router = Router::new(config.router.clone());
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut bound = Bound::default();
+    let drains = Arc::new(Drains::new(
+        router.clone(),
+        config.drains.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    for req in &config.drains.bind {
+        drains.add(req)?;
+    }
 
     let ingest = NativeIngest {
         router: router.clone(),
@@ -169,6 +180,7 @@ pub fn start(config: Config, listeners: Listeners) -> Running {
             router: router.clone(),
             metrics: metrics.clone(),
             config: config.clone(),
+            drains: drains.clone(),
             shutdown: shutdown.clone(),
         };
         let stop = shutdown.clone();
@@ -179,15 +191,16 @@ pub fn start(config: Config, listeners: Listeners) -> Running {
                 .run(),
         );
     }
-    Running {
+    Ok(Running {
         bound,
         router,
         metrics,
+        drains,
         shutdown,
         tasks,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),
         unix_path,
-    }
+    })
 }
 
 impl Running {

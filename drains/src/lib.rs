@@ -8,6 +8,4 @@
 //! - `persister`: JSONL files per source, batched, with rotation and fsync policy.
 //! - `archive`: gzip and upload of finished jobs' files to S3, behind a small storage trait.
 //!
-//! Nothing is here yet: the syslog and persister issues build it.
-
-pub use sluice_router::Cursor;
+pub mod syslog;

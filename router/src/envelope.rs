@@ -200,17 +200,42 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// RFC 3339 in UTC with whole seconds (`2026-11-21T10:04:05Z`), without a date library.
+/// A UTC time broken into calendar fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub nanos: u32,
+}
+
+impl UtcTime {
+    /// Nanoseconds since the Unix epoch to calendar fields, without a date library.
+    pub fn from_ns(ns: i64) -> UtcTime {
+        let secs = ns.div_euclid(1_000_000_000);
+        let rem = secs.rem_euclid(86_400) as u32;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+            nanos: ns.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with whole seconds (`2026-11-21T10:04:05Z`).
 pub fn rfc3339_seconds(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let t = UtcTime::from_ns(ns);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

@@ -4,12 +4,14 @@
 //! |---|---|
 //! | [`sources`] | `GET /api/v1/sources`, `GET /api/v1/sources/{id}/recent` |
 //! | [`stream`] | `GET /api/v1/sources/{id}/stream`, `GET /api/v1/firehose` (WebSocket) |
+//! | [`drains`] | `POST /api/v1/drains`, `GET /api/v1/drains[/{id}]`, `DELETE /api/v1/drains/{id}` |
 //! | [`ops`] | `GET /healthz`, `GET /readyz`, `GET /metrics` |
 //!
 //! Source ids may contain `/` (`cf/doppler`): the id is everything between `sources/` and the
 //! last path segment, percent-decoded, so both `/sources/cf/doppler/recent` and
 //! `/sources/cf%2Fdoppler/recent` work.
 
+pub mod drains;
 pub mod ops;
 pub mod sources;
 pub mod stream;
@@ -34,6 +36,7 @@ pub struct AppState {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    pub drains: Arc<crate::drains::Drains>,
     /// Cancelled on shutdown: open tails close with a WebSocket close frame.
     pub shutdown: CancellationToken,
 }
@@ -44,6 +47,8 @@ pub fn routes(
 ) -> impl warp::Filter<Extract = (Response,), Error = Infallible> + Clone {
     sources::routes(state.clone())
         .or(stream::routes(state.clone()))
+        .unify()
+        .or(drains::routes(state.clone()))
         .unify()
         .or(ops::routes(state))
         .unify()
@@ -75,6 +80,13 @@ impl ApiError {
         }
     }
 
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+        }
+    }
+
     pub fn into_response(self) -> Response {
         #[derive(Serialize)]
         struct Body {
@@ -101,6 +113,11 @@ fn rejection_reply(rejection: warp::Rejection) -> Response {
         )
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         (StatusCode::BAD_REQUEST, e.to_string())
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".to_owned(),
+        )
     } else if let Some(e) = rejection.find::<warp::ws::MissingConnectionUpgrade>() {
         (
             StatusCode::BAD_REQUEST,

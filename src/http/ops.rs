@@ -16,7 +16,9 @@ pub fn routes(
         .and(warp::get())
         .map(|| "ready\n".into_response());
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        let body = state.metrics.render(&state.router);
+        let body = state
+            .metrics
+            .render(&state.router, &state.drains.list(None));
         warp::reply::with_header(body, CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
     });
     healthz.or(readyz).unify().or(metrics).unify()

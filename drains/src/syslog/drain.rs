@@ -1,0 +1,294 @@
+//! One syslog drain: reads its own cursor, formats, sends, reconnects.
+//!
+//! A drain that cannot deliver stops reading its cursor; the ring goes on without it, and when
+//! it is overtaken it learns exactly how many lines it lost. Both the connection failures (at
+//! most one notice per `failure_notice_interval`) and the losses are written into the source's
+//! own stream as `LGR` lines on `ERR`, so the app's owner sees them in `sluice logs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sluice_router::envelope::now_ns;
+use sluice_router::{Channel, Cursor, Delivery, Envelope, Router};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::format::format_rfc5424;
+use super::transport::{Connection, Outbox};
+use super::url::DrainUrl;
+
+/// Timing of reconnects and notices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainSettings {
+    /// First reconnect delay; it doubles after each failure.
+    pub reconnect_min_millis: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_secs: u64,
+    /// At most one "failed to connect" notice per drain in this many seconds.
+    pub failure_notice_interval_secs: u64,
+    /// Give up a connection attempt after this long.
+    pub connect_timeout_secs: u64,
+    /// Most messages written per batch.
+    pub batch_messages: usize,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        DrainSettings {
+            reconnect_min_millis: 100,
+            reconnect_max_secs: 30,
+            failure_notice_interval_secs: 30,
+            connect_timeout_secs: 10,
+            batch_messages: 512,
+        }
+    }
+}
+
+/// What a drain has done, for `/api/v1/drains` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct DrainCounters {
+    pub sent: AtomicU64,
+    /// Messages overwritten before the drain could read them.
+    pub lost: AtomicU64,
+    /// Failed connection attempts and failed writes.
+    pub errors: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+/// Everything a drain task needs besides its cursor.
+#[derive(Debug, Clone)]
+pub struct SyslogDrain {
+    pub url: DrainUrl,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub settings: DrainSettings,
+    /// Where notices about the drain are published.
+    pub router: Router,
+    /// The source this drain is bound to; `None` for a drain of every source.
+    pub source: Option<String>,
+    pub counters: Arc<DrainCounters>,
+}
+
+impl SyslogDrain {
+    /// Runs until `shutdown`; then sends what it holds (briefly) and returns.
+    pub async fn run(self, mut cursor: Cursor, shutdown: CancellationToken) {
+        let stream = Connection::is_stream(self.url.scheme);
+        let mut conn: Option<Connection> = None;
+        let mut outbox = Outbox::default();
+        let mut scratch = Vec::with_capacity(512);
+        let mut deliveries = Vec::with_capacity(self.settings.batch_messages);
+        let mut backoff = Backoff::new(&self.settings);
+        let mut last_failure_notice: Option<Instant> = None;
+        loop {
+            if outbox.is_empty() {
+                deliveries.clear();
+                let closed = async {
+                    match conn.as_mut() {
+                        Some(c) => c.closed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    e = closed => {
+                        tracing::debug!(drain = %self.url, error = %e, "syslog drain connection closed");
+                        conn = None;
+                        self.counters.connected.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ = cursor.next_batch(&mut deliveries, self.settings.batch_messages) => {}
+                }
+                for d in deliveries.drain(..) {
+                    match d {
+                        Delivery::Log(env) => {
+                            push_message(&env, &self.url, stream, &mut outbox, &mut scratch);
+                        }
+                        Delivery::Missed(m) => {
+                            self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
+                            let text = format!(
+                                "{} messages lost for source {} in syslog drain {}",
+                                m.count, m.source_id, self.url
+                            );
+                            tracing::warn!("{text}");
+                            self.notice(&m.source_id, text);
+                        }
+                    }
+                }
+                if outbox.is_empty() {
+                    continue;
+                }
+            }
+            if conn.is_none() {
+                let timeout = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
+                let attempt =
+                    tokio::time::timeout(timeout, Connection::open(&self.url, self.tls.as_ref()));
+                let result = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    r = attempt => r.unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))),
+                };
+                match result {
+                    Ok(c) => {
+                        conn = Some(c);
+                        backoff.reset();
+                        self.counters.connected.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        let interval =
+                            Duration::from_secs(self.settings.failure_notice_interval_secs);
+                        if last_failure_notice.is_none_or(|t| t.elapsed() >= interval) {
+                            last_failure_notice = Some(Instant::now());
+                            let text = format!(
+                                "failed to connect to syslog drain {}: {}",
+                                self.url,
+                                reason(&e)
+                            );
+                            tracing::warn!("{text}");
+                            if let Some(source) = &self.source {
+                                self.notice(source, text);
+                            }
+                        }
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff.next()) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            match c.send(&outbox).await {
+                Ok(()) => {
+                    self.counters
+                        .sent
+                        .fetch_add(outbox.len() as u64, Ordering::Relaxed);
+                    outbox.clear();
+                }
+                Err(e) => {
+                    // Keep the outbox: it is sent again on the next connection.
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(drain = %self.url, error = %e, "syslog drain write failed");
+                    conn = None;
+                    self.counters.connected.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        // Shutting down: one short try to deliver what is already formatted.
+        if let (Some(c), false) = (conn.as_mut(), outbox.is_empty())
+            && let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), c.send(&outbox)).await
+        {
+            self.counters
+                .sent
+                .fetch_add(outbox.len() as u64, Ordering::Relaxed);
+        }
+        self.counters.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Writes a router notice into `source`'s own stream.
+    fn notice(&self, source: &str, text: String) {
+        let mut env = Envelope::new(source, text);
+        env.origin = sluice_router::envelope::ORIGIN_ROUTER.to_owned();
+        env.channel = Channel::Err;
+        env.timestamp = now_ns();
+        env.tags.insert("drain".into(), self.url.to_string());
+        if let Err(e) = self.router.publish(vec![env]) {
+            tracing::warn!(error = %e, "cannot publish a drain notice");
+        }
+    }
+}
+
+fn push_message(
+    env: &Envelope,
+    url: &DrainUrl,
+    stream: bool,
+    outbox: &mut Outbox,
+    scratch: &mut Vec<u8>,
+) {
+    if stream {
+        scratch.clear();
+        format_rfc5424(env, url.format, scratch);
+        outbox
+            .bytes
+            .extend_from_slice(scratch.len().to_string().as_bytes());
+        outbox.bytes.push(b' ');
+        outbox.bytes.extend_from_slice(scratch);
+    } else {
+        format_rfc5424(env, url.format, &mut outbox.bytes);
+        outbox.bytes.pop(); // a datagram is one message: no trailing newline
+    }
+    outbox.ends.push(outbox.bytes.len());
+}
+
+/// "connection refused", not "Connection refused (os error 111)".
+fn reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s);
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => "unknown error".into(),
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to a cap.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(s: &DrainSettings) -> Backoff {
+        let min = Duration::from_millis(s.reconnect_min_millis.max(1));
+        Backoff {
+            min,
+            max: Duration::from_secs(s.reconnect_max_secs).max(min),
+            current: min,
+            rng: (now_ns() as u64) | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    fn next(&mut self) -> Duration {
+        // xorshift64: jitter needs spread, not cryptographic quality.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = d / 2;
+        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64 + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(&DrainSettings {
+            reconnect_min_millis: 100,
+            reconnect_max_secs: 1,
+            ..DrainSettings::default()
+        });
+        let delays: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        let caps = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
+        for (d, cap) in delays.iter().zip(caps) {
+            let cap = Duration::from_millis(cap);
+            assert!(
+                *d >= cap / 2 && *d <= cap,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,6 @@
+//! Syslog drains: the RFC 5424 [`format`] (pure), and transports that only move its bytes.
+
+pub mod drain;
+pub mod format;
+pub mod transport;
+pub mod url;
