@@ -13,8 +13,18 @@ ensure_tools() {
     exit 1
   fi
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
-  # Today's tests need only the Rust toolchain: the WebSocket client (tokio-tungstenite) and the
-  # HTTP client (reqwest) are dev-time crates. Peers arrive with the issues that need them.
+  # Real peers the tests talk to, from Debian's packages. rsyslogd lives in /usr/sbin.
+  local missing=()
+  [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
+  command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 }
 
 ensure_tools

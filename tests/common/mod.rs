@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod rsyslog;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -105,6 +107,18 @@ impl Server {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `POST path` with a JSON body; returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// The value of a counter or gauge from `/metrics`.

@@ -81,44 +81,7 @@ impl SyslogDrain {
         let mut backoff = Backoff::new(&self.settings);
         let mut last_failure_notice: Option<Instant> = None;
         loop {
-            if outbox.is_empty() {
-                deliveries.clear();
-                let closed = async {
-                    match conn.as_mut() {
-                        Some(c) => c.closed().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    e = closed => {
-                        tracing::debug!(drain = %self.url, error = %e, "syslog drain connection closed");
-                        conn = None;
-                        self.counters.connected.store(false, Ordering::Relaxed);
-                        continue;
-                    }
-                    _ = cursor.next_batch(&mut deliveries, self.settings.batch_messages) => {}
-                }
-                for d in deliveries.drain(..) {
-                    match d {
-                        Delivery::Log(env) => {
-                            push_message(&env, &self.url, stream, &mut outbox, &mut scratch);
-                        }
-                        Delivery::Missed(m) => {
-                            self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
-                            let text = format!(
-                                "{} messages lost for source {} in syslog drain {}",
-                                m.count, m.source_id, self.url
-                            );
-                            tracing::warn!("{text}");
-                            self.notice(&m.source_id, text);
-                        }
-                    }
-                }
-                if outbox.is_empty() {
-                    continue;
-                }
-            }
+            // Connect first, even with nothing to send: a dead target is announced at once.
             if conn.is_none() {
                 let timeout = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
                 let attempt =
@@ -155,6 +118,44 @@ impl SyslogDrain {
                         }
                         continue;
                     }
+                }
+            }
+            if outbox.is_empty() {
+                deliveries.clear();
+                let closed = async {
+                    match conn.as_mut() {
+                        Some(c) => c.closed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    e = closed => {
+                        tracing::debug!(drain = %self.url, error = %e, "syslog drain connection closed");
+                        conn = None;
+                        self.counters.connected.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ = cursor.next_batch(&mut deliveries, self.settings.batch_messages) => {}
+                }
+                for d in deliveries.drain(..) {
+                    match d {
+                        Delivery::Log(env) => {
+                            push_message(&env, &self.url, stream, &mut outbox, &mut scratch);
+                        }
+                        Delivery::Missed(m) => {
+                            self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
+                            let text = format!(
+                                "{} messages lost for source {} in syslog drain {}",
+                                m.count, m.source_id, self.url
+                            );
+                            tracing::warn!("{text}");
+                            self.notice(&m.source_id, text);
+                        }
+                    }
+                }
+                if outbox.is_empty() {
+                    continue;
                 }
             }
             let Some(c) = conn.as_mut() else { continue };

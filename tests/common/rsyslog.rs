@@ -1,0 +1,136 @@
+//! A real rsyslogd in the foreground with a generated config: imtcp (octet-counted framing on)
+//! and imudp on free loopback ports, each writing what it parsed to its own file with a template
+//! that shows every RFC 5424 field: `PRI|TIMESTAMP|HOSTNAME|APP-NAME|PROCID|MSGID|SD|MSG`.
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::temp_dir;
+
+pub struct Rsyslog {
+    child: Child,
+    pub tcp_port: u16,
+    pub udp_port: u16,
+    pub tcp_out: PathBuf,
+    pub udp_out: PathBuf,
+    dir: PathBuf,
+}
+
+/// rsyslogd is in /usr/sbin, which is not always on PATH.
+fn rsyslogd() -> PathBuf {
+    for p in ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "rsyslogd".into()
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Rsyslog {
+    pub fn start() -> Rsyslog {
+        Rsyslog::start_on(free_tcp_port())
+    }
+
+    /// Starts on a given TCP port (for outage tests that start the receiver late).
+    pub fn start_on(tcp_port: u16) -> Rsyslog {
+        let dir = temp_dir("rsyslog");
+        let udp_port = free_udp_port();
+        let tcp_out = dir.join("tcp.log");
+        let udp_out = dir.join("udp.log");
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}" maxMessageSize="256k")
+module(load="imtcp")
+module(load="imudp")
+template(name="fields" type="string" string="%pri%|%timereported:::date-rfc3339%|%hostname%|%app-name%|%procid%|%msgid%|%structured-data%|%msg%\n")
+ruleset(name="tcp") {{ action(type="omfile" file="{tcp}" template="fields") }}
+ruleset(name="udp") {{ action(type="omfile" file="{udp}" template="fields") }}
+input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="tcp" supportOctetCountedFraming="on")
+input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="udp")
+"#,
+                dir = dir.display(),
+                tcp = tcp_out.display(),
+                udp = udp_out.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(rsyslogd())
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsyslogd (./test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", tcp_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Rsyslog {
+            child,
+            tcp_port,
+            udp_port,
+            tcp_out,
+            udp_out,
+            dir,
+        }
+    }
+
+    /// The lines rsyslog wrote to `file` so far.
+    pub fn lines(file: &Path) -> Vec<String> {
+        std::fs::read_to_string(file)
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `file` holds at least `n` lines, and returns them.
+    pub async fn wait_lines(file: &Path, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = Rsyslog::lines(file);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rsyslog wrote {} of {n} lines",
+                lines.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
