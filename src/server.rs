@@ -182,6 +182,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, DrainError
             config: config.clone(),
             drains: drains.clone(),
             shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         };
         let stop = shutdown.clone();
         tasks.spawn(

@@ -39,6 +39,8 @@ pub struct AppState {
     pub drains: Arc<crate::drains::Drains>,
     /// Cancelled on shutdown: open tails close with a WebSocket close frame.
     pub shutdown: CancellationToken,
+    /// Tails hold a token of it, so shutdown waits for their close frames to go out.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// All routes.

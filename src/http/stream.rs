@@ -113,6 +113,8 @@ fn open(state: AppState, source: Option<String>, q: HashMap<String, String>, ws:
 }
 
 async fn tail(socket: WebSocket, mut cursor: Cursor, format: Format, state: AppState) {
+    // warp spawns this task; the token makes shutdown wait for it all the same.
+    let _running = state.tasks.token();
     Metrics::add(&state.metrics.tails_opened, 1);
     let (mut tx, mut rx) = socket.split();
     let period = Duration::from_secs(state.config.http.ping_interval_secs);
