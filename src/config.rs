@@ -19,6 +19,8 @@ pub struct Config {
     pub ingest: Ingest,
     pub http: Http,
     pub drains: DrainsConfig,
+    pub syslog: Syslog,
+    pub tls: Tls,
 }
 
 /// Where each listener binds. `null` disables a listener; port 0 picks a free port.
@@ -31,6 +33,12 @@ pub struct Listen {
     pub ingest: Option<SocketAddr>,
     /// Native envelope stream over a Unix socket.
     pub ingest_unix: Option<PathBuf>,
+    /// Syslog over TCP, RFC 6587 framing (octet counting or line feeds, frame by frame).
+    pub syslog_tcp: Option<SocketAddr>,
+    /// Syslog over UDP, one message per datagram.
+    pub syslog_udp: Option<SocketAddr>,
+    /// Syslog over TLS, with `tls.cert_file` and `tls.key_file`.
+    pub syslog_tls: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -39,6 +47,9 @@ impl Default for Listen {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             ingest: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             ingest_unix: None,
+            syslog_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
+            syslog_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5514))),
+            syslog_tls: None,
         }
     }
 }
@@ -57,6 +68,35 @@ impl Default for Ingest {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         }
     }
+}
+
+/// Syslog ingress limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Syslog {
+    /// Messages longer than this are split into several envelopes, not dropped.
+    pub max_message_bytes: usize,
+    /// A TCP frame or line longer than this closes the connection.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Syslog {
+    fn default() -> Self {
+        Syslog {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// The server's certificate, for `listen.syslog_tls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
 }
 
 /// HTTP and WebSocket settings.
@@ -140,6 +180,19 @@ impl Config {
         }
         if self.http.ping_interval_secs == 0 {
             return Err("http.ping_interval_secs must be at least 1".into());
+        }
+        if self.listen.syslog_tls.is_some()
+            && (self.tls.cert_file.is_none() || self.tls.key_file.is_none())
+        {
+            return Err("listen.syslog_tls needs tls.cert_file and tls.key_file".into());
+        }
+        if self.syslog.max_message_bytes == 0
+            || self.syslog.max_frame_bytes < self.syslog.max_message_bytes
+        {
+            return Err(
+                "syslog.max_message_bytes must be above 0 and at most syslog.max_frame_bytes"
+                    .into(),
+            );
         }
         for (i, req) in self.drains.bind.iter().enumerate() {
             Drains::validate(req, &self.drains.tls)

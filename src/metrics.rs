@@ -19,6 +19,12 @@ pub struct Metrics {
     /// Envelopes refused for invalid fields (the connection stays open).
     pub ingest_refused: AtomicU64,
     pub ingest_connections: AtomicU64,
+    /// Syslog messages accepted (over TCP, UDP and TLS).
+    pub syslog_messages: AtomicU64,
+    /// Syslog messages that could not become envelopes (no usable source id).
+    pub syslog_refused: AtomicU64,
+    /// Syslog connections closed for bad framing, truncation or a failed TLS handshake.
+    pub syslog_malformed: AtomicU64,
     /// Envelopes sent to WebSocket tails (loss notices not included).
     pub tail_delivered: AtomicU64,
     /// Envelopes tails were told they missed.
@@ -66,6 +72,21 @@ impl Metrics {
             "sluice_ingest_connections_total",
             "Native ingest connections accepted.",
             get(&self.ingest_connections),
+        );
+        counter(
+            "sluice_syslog_messages_total",
+            "Syslog messages accepted.",
+            get(&self.syslog_messages),
+        );
+        counter(
+            "sluice_syslog_refused_total",
+            "Syslog messages refused (no usable source id).",
+            get(&self.syslog_refused),
+        );
+        counter(
+            "sluice_syslog_malformed_total",
+            "Syslog connections closed for bad framing, truncation or a failed TLS handshake.",
+            get(&self.syslog_malformed),
         );
         counter(
             "sluice_router_published_total",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_router::Router;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +18,7 @@ use crate::config::{Config, Listen};
 use crate::drains::{DrainError, Drains};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
+use crate::ingest::syslog::{SyslogIngest, tls_acceptor};
 use crate::metrics::Metrics;
 
 /// Listeners bound before the server starts.
@@ -26,6 +27,9 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     pub ingest: Option<TcpListener>,
     pub ingest_unix: Option<(UnixListener, PathBuf)>,
+    pub syslog_tcp: Option<TcpListener>,
+    pub syslog_udp: Option<UdpSocket>,
+    pub syslog_tls: Option<TcpListener>,
 }
 
 /// A listener that could not be bound.
@@ -46,6 +50,8 @@ pub enum BindError {
     },
     #[error("cannot listen on ingest_unix {0}: another sluice is listening there")]
     UnixInUse(String),
+    #[error("cannot listen on syslog_tls: {0}")]
+    Tls(String),
 }
 
 impl Listeners {
@@ -75,10 +81,29 @@ impl Listeners {
             None => None,
             Some(path) => Some((bind_unix(path).await?, path.clone())),
         };
+        let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp).await?;
+        let syslog_tls = tcp("syslog_tls", listen.syslog_tls).await?;
+        let syslog_udp = match listen.syslog_udp {
+            None => None,
+            Some(addr) if !addr.ip().is_loopback() => {
+                return Err(BindError::NotLoopback {
+                    what: "syslog_udp",
+                    addr,
+                });
+            }
+            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(|e| BindError::Io {
+                what: "syslog_udp",
+                addr: addr.to_string(),
+                reason: crate::io_reason(&e),
+            })?),
+        };
         Ok(Listeners {
             http,
             ingest,
             ingest_unix,
+            syslog_tcp,
+            syslog_udp,
+            syslog_tls,
         })
     }
 }
@@ -105,6 +130,9 @@ pub struct Bound {
     pub http: Option<SocketAddr>,
     pub ingest: Option<SocketAddr>,
     pub ingest_unix: Option<PathBuf>,
+    pub syslog_tcp: Option<SocketAddr>,
+    pub syslog_udp: Option<SocketAddr>,
+    pub syslog_tls: Option<SocketAddr>,
 }
 
 impl Bound {
@@ -120,8 +148,26 @@ impl Bound {
         if let Some(p) = &self.ingest_unix {
             out.push(format!("listening ingest_unix={}", p.display()));
         }
+        for (name, addr) in [
+            ("syslog_tcp", self.syslog_tcp),
+            ("syslog_udp", self.syslog_udp),
+            ("syslog_tls", self.syslog_tls),
+        ] {
+            if let Some(a) = addr {
+                out.push(format!("listening {name}={a}"));
+            }
+        }
         out
     }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A server that is running; dropping it does not stop it, [`Running::stop`] does.
@@ -138,7 +184,7 @@ pub struct Running {
 }
 
 /// Starts every listener's task and the configured drains, and returns at once.
-pub fn start(config: Config, listeners: Listeners) -> Result<Running, DrainError> {
+pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let router = Router::new(config.router.clone());
     let metrics = Arc::new(Metrics::default());
@@ -173,6 +219,40 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, DrainError
         bound.ingest_unix = Some(path.clone());
         unix_path = Some(path);
         tasks.spawn(ingest.serve_unix(listener, shutdown.clone(), tasks.clone()));
+    }
+    let syslog = SyslogIngest {
+        router: router.clone(),
+        metrics: metrics.clone(),
+        max_message_bytes: config.syslog.max_message_bytes,
+        max_frame_bytes: config.syslog.max_frame_bytes,
+    };
+    if let Some(listener) = listeners.syslog_tcp {
+        bound.syslog_tcp = listener.local_addr().ok();
+        tasks.spawn(
+            syslog
+                .clone()
+                .serve_tcp(listener, None, shutdown.clone(), tasks.clone()),
+        );
+    }
+    if let Some(listener) = listeners.syslog_tls {
+        let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+            return Err(BindError::Tls(
+                "listen.syslog_tls needs tls.cert_file and tls.key_file".into(),
+            )
+            .into());
+        };
+        let acceptor = tls_acceptor(cert, key).map_err(BindError::Tls)?;
+        bound.syslog_tls = listener.local_addr().ok();
+        tasks.spawn(syslog.clone().serve_tcp(
+            listener,
+            Some(acceptor),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+    if let Some(socket) = listeners.syslog_udp {
+        bound.syslog_udp = socket.local_addr().ok();
+        tasks.spawn(syslog.serve_udp(socket, shutdown.clone()));
     }
     if let Some(listener) = listeners.http {
         bound.http = listener.local_addr().ok();

@@ -2,3 +2,4 @@
 //! [`sluice_router::Router`]; none of them waits for a consumer.
 
 pub mod native;
+pub mod syslog;

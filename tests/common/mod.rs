@@ -18,6 +18,8 @@ pub struct Server {
     pub child: Child,
     pub http: String,
     pub ingest: String,
+    pub syslog_tcp: String,
+    pub syslog_udp: String,
     pub dir: PathBuf,
 }
 
@@ -41,7 +43,9 @@ impl Server {
         let config = dir.join("sluice.yaml");
         std::fs::write(
             &config,
-            format!("listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n{extra}"),
+            format!(
+                "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: 127.0.0.1:0\n  syslog_udp: 127.0.0.1:0\n{extra}"
+            ),
         )
         .unwrap();
         let mut child = Command::new(SLUICE)
@@ -55,12 +59,17 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let (mut http, mut ingest) = (String::new(), String::new());
+        let (mut syslog_tcp, mut syslog_udp) = (String::new(), String::new());
         for line in &mut lines {
             let line = line.unwrap();
             if let Some(a) = line.strip_prefix("listening http=") {
                 http = a.to_owned();
             } else if let Some(a) = line.strip_prefix("listening ingest=") {
                 ingest = a.to_owned();
+            } else if let Some(a) = line.strip_prefix("listening syslog_tcp=") {
+                syslog_tcp = a.to_owned();
+            } else if let Some(a) = line.strip_prefix("listening syslog_udp=") {
+                syslog_udp = a.to_owned();
             } else if line == "ready" {
                 break;
             }
@@ -75,6 +84,8 @@ impl Server {
             child,
             http,
             ingest,
+            syslog_tcp,
+            syslog_udp,
             dir,
         }
     }

@@ -102,6 +102,40 @@ input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="udp")
         }
     }
 
+    /// An rsyslog that receives on its own TCP port (octet counted) and forwards everything with
+    /// `omfwd` to `tcp_target` (octet-counted framing) and `udp_target`, in RFC 5424.
+    pub fn forwarder(tcp_target: &str, udp_target: &str) -> Rsyslog {
+        let dir = temp_dir("rsyslog-fwd");
+        let tcp_port = free_tcp_port();
+        let conf = dir.join("rsyslog.conf");
+        let (th, tp) = tcp_target.rsplit_once(':').unwrap();
+        let (uh, up) = udp_target.rsplit_once(':').unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}")
+module(load="imtcp")
+ruleset(name="fwd") {{
+  action(type="omfwd" target="{th}" port="{tp}" protocol="tcp" TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+  action(type="omfwd" target="{uh}" port="{up}" protocol="udp" template="RSYSLOG_SyslogProtocol23Format")
+}}
+input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="fwd" supportOctetCountedFraming="on")
+"#,
+                dir = dir.display(),
+            ),
+        )
+        .unwrap();
+        let child = launch(&dir, &conf, tcp_port);
+        Rsyslog {
+            child,
+            tcp_port,
+            udp_port: 0,
+            tcp_out: PathBuf::new(),
+            udp_out: PathBuf::new(),
+            dir,
+        }
+    }
+
     /// The lines rsyslog wrote to `file` so far.
     pub fn lines(file: &Path) -> Vec<String> {
         std::fs::read_to_string(file)
@@ -125,6 +159,28 @@ input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="udp")
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+fn launch(dir: &Path, conf: &Path, tcp_port: u16) -> Child {
+    let child = Command::new(rsyslogd())
+        .arg("-n")
+        .arg("-f")
+        .arg(conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rsyslogd (./test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", tcp_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "rsyslogd did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Rsyslog {

@@ -1,0 +1,203 @@
+//! Syslog ingress (SPEC §2.2): TCP with RFC 6587 framing, UDP, and TLS.
+//!
+//! Syslog senders get no answer, so bad input is logged and counted: a message that cannot
+//! become an envelope (no usable source id) is dropped and counted as refused; a stream that
+//! cannot be framed (a bad octet count, a frame over `syslog.max_frame_bytes`) is closed, and
+//! what was accepted before it is kept.
+
+pub mod parse;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_router::{Envelope, Router};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use parse::{next_frame, parse_message};
+
+/// What every syslog listener shares.
+#[derive(Debug, Clone)]
+pub struct SyslogIngest {
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    /// Messages longer than this are split into several envelopes.
+    pub max_message_bytes: usize,
+    /// A frame or line longer than this closes the connection.
+    pub max_frame_bytes: usize,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SyslogIngest {
+    pub async fn serve_tcp(
+        self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = shutdown.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "syslog accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            let stop = shutdown.clone();
+            let tls = tls.clone();
+            tasks.spawn(async move {
+                let peer = peer.to_string();
+                match tls {
+                    None => this.connection(stream, &peer, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => this.connection(s, &peer, stop).await,
+                            Ok(Err(e)) => {
+                                Metrics::add(&this.metrics.syslog_malformed, 1);
+                                tracing::warn!(%peer, error = %e, "syslog tls handshake failed");
+                            }
+                            Err(_) => tracing::warn!(%peer, "syslog tls handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn connection<S: AsyncRead + Unpin>(
+        self,
+        mut stream: S,
+        peer: &str,
+        shutdown: CancellationToken,
+    ) {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut batch: Vec<Envelope> = Vec::new();
+        loop {
+            loop {
+                match next_frame(&mut buf, self.max_frame_bytes) {
+                    Ok(Some(frame)) => self.message(&frame, &mut batch),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.publish(&mut batch);
+                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        tracing::warn!(%peer, reason = %e, "closing syslog connection");
+                        return;
+                    }
+                }
+            }
+            self.publish(&mut batch);
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_CHUNK);
+            }
+            let n = tokio::select! {
+                n = stream.read_buf(&mut buf) => n,
+                () = shutdown.cancelled() => return,
+            };
+            match n {
+                Ok(0) => {
+                    // A last line without its line feed is still a line.
+                    let rest = buf.split();
+                    if !rest.is_empty() && !rest[0].is_ascii_digit() {
+                        self.message(&rest, &mut batch);
+                        self.publish(&mut batch);
+                    } else if !rest.is_empty() {
+                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        tracing::warn!(%peer, bytes = rest.len(), "syslog connection closed in the middle of a frame");
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "syslog connection failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One datagram is one message.
+    pub async fn serve_udp(self, socket: UdpSocket, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 65_536];
+        let mut batch = Vec::new();
+        loop {
+            let received = tokio::select! {
+                r = socket.recv_from(&mut buf) => r,
+                () = shutdown.cancelled() => return,
+            };
+            match received {
+                Ok((n, _)) => {
+                    self.message(&buf[..n], &mut batch);
+                    self.publish(&mut batch);
+                }
+                Err(e) => tracing::debug!(error = %e, "syslog udp receive failed"),
+            }
+        }
+    }
+
+    fn message(&self, raw: &[u8], batch: &mut Vec<Envelope>) {
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        if let Err(e) = parse_message(raw, self.max_message_bytes, batch) {
+            Metrics::add(&self.metrics.syslog_refused, 1);
+            tracing::debug!(reason = %e, "syslog message refused");
+        }
+    }
+
+    fn publish(&self, batch: &mut Vec<Envelope>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        match self.router.publish(std::mem::take(batch)) {
+            Ok(_) => Metrics::add(&self.metrics.syslog_messages, n),
+            Err(e) => {
+                // parse_message validated each envelope; this is a bug if it happens.
+                Metrics::add(&self.metrics.syslog_refused, n);
+                tracing::warn!(reason = %e, "syslog batch refused");
+            }
+        }
+    }
+}
+
+/// Builds the TLS acceptor for `syslog_tls` from PEM files.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read tls.cert_file {}: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "no certificate in tls.cert_file {}",
+            cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read tls.key_file {}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("invalid tls certificate or key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,307 @@
+//! Syslog messages to envelopes (SPEC §2.2): RFC 5424 and RFC 3164 through `syslog_loose`, and
+//! RFC 6587 framing. Pure functions; the listeners only move bytes.
+//!
+//! Mapping: APP-NAME → `source_id` (else HOSTNAME); PROCID `[TYPE/INSTANCE]` → `origin` and
+//! `instance_id` (any other PROCID → origin `SYSLOG`, the PROCID as instance); severity 0–3 →
+//! `ERR`, else `OUT`; structured data `tags@47450` → `tags`; the timestamp when there is one.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use chrono::Datelike;
+use sluice_router::{Channel, Envelope, envelope::validate_origin, validate_source_id};
+use syslog_loose::{ProcId, Variant};
+
+/// The origin given to syslog lines whose PROCID is not `[TYPE/INSTANCE]`.
+pub const SYSLOG_ORIGIN: &str = "SYSLOG";
+
+/// Why a syslog message was not turned into envelopes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyslogError {
+    #[error("syslog message has neither APP-NAME nor HOSTNAME to use as source_id")]
+    NoSource,
+    #[error("syslog message refused: {0}")]
+    Invalid(String),
+}
+
+/// Parses one syslog message into one envelope, or several when its text is longer than
+/// `max_message_bytes` (split, not dropped; each part keeps the header's fields).
+pub fn parse_message(
+    raw: &[u8],
+    max_message_bytes: usize,
+    out: &mut Vec<Envelope>,
+) -> Result<(), SyslogError> {
+    let text: Cow<'_, str> = String::from_utf8_lossy(raw);
+    let parsed = syslog_loose::parse_message_with_year(
+        &text,
+        |_| chrono::Utc::now().year(),
+        Variant::Either,
+    );
+    let mut env = Envelope::new(String::new(), Bytes::new());
+
+    let source = parsed
+        .appname
+        .filter(|a| !a.is_empty() && *a != "-")
+        .or(parsed.hostname.filter(|h| !h.is_empty() && *h != "-"))
+        .ok_or(SyslogError::NoSource)?;
+    validate_source_id(source).map_err(|e| SyslogError::Invalid(e.to_string()))?;
+    env.source_id = source.to_owned();
+
+    match &parsed.procid {
+        Some(ProcId::Name(name))
+            if name.starts_with('[') && name.ends_with(']') && name.len() > 2 =>
+        {
+            let inner = &name[1..name.len() - 1];
+            let (origin, instance) = match inner.rsplit_once('/') {
+                Some((o, i)) if !o.is_empty() && !i.is_empty() => (o, i),
+                _ => (inner, "0"),
+            };
+            let origin = origin.to_ascii_uppercase();
+            env.origin = if validate_origin(&origin).is_ok() {
+                origin
+            } else {
+                SYSLOG_ORIGIN.to_owned()
+            };
+            env.instance_id = instance.to_owned();
+        }
+        Some(other) => {
+            env.origin = SYSLOG_ORIGIN.to_owned();
+            env.instance_id = other.to_string();
+        }
+        None => env.origin = SYSLOG_ORIGIN.to_owned(),
+    }
+    if env.instance_id.is_empty()
+        || env.instance_id.len() > 64
+        || !env.instance_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    {
+        env.instance_id = "0".to_owned();
+    }
+    env.channel = match parsed.severity {
+        Some(s) if (s as u8) <= 3 => Channel::Err,
+        _ => Channel::Out,
+    };
+    if let Some(ts) = parsed.timestamp {
+        env.timestamp = ts.timestamp_nanos_opt().unwrap_or(0);
+    }
+    for element in &parsed.structured_data {
+        if element.id == "tags@47450" {
+            for (k, v) in &element.params {
+                env.tags.insert(k.to_string(), unescape_param(v));
+            }
+        }
+    }
+
+    // The message as bytes. When the input was not UTF-8 the parser saw a lossy copy; if the
+    // header before the message was ASCII, that copy's header has the same bytes as the input,
+    // so the input from the same offset on is the exact message.
+    let msg: &str = parsed.msg;
+    let mut body: &[u8] = match &text {
+        Cow::Borrowed(_) => msg.as_bytes(),
+        Cow::Owned(_) => {
+            let offset = msg.as_ptr() as usize - text.as_ptr() as usize;
+            match raw.get(..offset) {
+                Some(header) if header.is_ascii() => &raw[offset..],
+                _ => msg.as_bytes(),
+            }
+        }
+    };
+    while let [rest @ .., b'\n' | b'\r'] = body {
+        body = rest;
+    }
+    if body.len() <= max_message_bytes {
+        env.message = Bytes::copy_from_slice(body);
+        out.push(env);
+        return Ok(());
+    }
+    for chunk in body.chunks(max_message_bytes.max(1)) {
+        let mut part = env.clone();
+        part.message = Bytes::copy_from_slice(chunk);
+        out.push(part);
+    }
+    Ok(())
+}
+
+/// SD-PARAM values escape `"`, `\\` and `]` with a backslash (RFC 5424 §6.3.3); a backslash
+/// before anything else stands for itself.
+fn unescape_param(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && matches!(chars.peek(), Some('"' | '\\' | ']')) {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why a stream could not be framed; the connection is closed with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("octet count {0:?} is not a number")]
+    BadCount(String),
+    #[error("syslog frame of {declared} bytes exceeds the limit of {max} bytes")]
+    TooLarge { declared: usize, max: usize },
+}
+
+/// RFC 6587 framing, told apart frame by frame: a frame starting with a digit is octet counted
+/// (`LEN SP MSG`), anything else runs to the next line feed.
+///
+/// Splits the next frame off `buf`; `Ok(None)` when more bytes are needed. A line or frame
+/// longer than `max_frame_bytes` is an error (messages up to that size are split by
+/// [`parse_message`], not dropped).
+pub fn next_frame(
+    buf: &mut bytes::BytesMut,
+    max_frame_bytes: usize,
+) -> Result<Option<Bytes>, FramingError> {
+    // Skip stray line breaks between frames.
+    while matches!(buf.first(), Some(b'\n' | b'\r')) {
+        let _ = buf.split_to(1);
+    }
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first.is_ascii_digit() {
+        let Some(sp) = buf.iter().take(12).position(|&b| b == b' ') else {
+            if buf.len() >= 12 {
+                return Err(FramingError::BadCount(
+                    String::from_utf8_lossy(&buf[..12]).into_owned(),
+                ));
+            }
+            return Ok(None);
+        };
+        let digits = &buf[..sp];
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| FramingError::BadCount(String::from_utf8_lossy(digits).into_owned()))?;
+        if len > max_frame_bytes {
+            return Err(FramingError::TooLarge {
+                declared: len,
+                max: max_frame_bytes,
+            });
+        }
+        if buf.len() < sp + 1 + len {
+            buf.reserve(sp + 1 + len - buf.len());
+            return Ok(None);
+        }
+        let _ = buf.split_to(sp + 1);
+        return Ok(Some(buf.split_to(len).freeze()));
+    }
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let line = buf.split_to(i + 1).freeze();
+            Ok(Some(line.slice(..i)))
+        }
+        None if buf.len() > max_frame_bytes => Err(FramingError::TooLarge {
+            declared: buf.len(),
+            max: max_frame_bytes,
+        }),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn one(raw: &[u8]) -> Envelope {
+        let mut out = Vec::new();
+        parse_message(raw, 1 << 16, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn rfc5424_as_sluice_drains_write_it() {
+        let e = one(b"<11>1 2016-06-14T21:10:05.360000+00:00 org.space.app my-app [APP/PROC/WEB/3] - [tags@47450 app_name=\"web\" q=\"a\\\"b\\]c\"] boom\n");
+        assert_eq!(e.source_id, "my-app");
+        assert_eq!(
+            (e.origin.as_str(), e.instance_id.as_str()),
+            ("APP/PROC/WEB", "3")
+        );
+        assert_eq!(e.channel, Channel::Err);
+        assert_eq!(e.timestamp, 1_465_938_605_360_000_000);
+        assert_eq!(e.tags["app_name"], "web");
+        assert_eq!(e.tags["q"], "a\"b]c");
+        assert_eq!(&e.message[..], b"boom");
+    }
+
+    #[test]
+    fn rfc3164_and_plain_procids() {
+        let e = one(b"<30>Jun 14 21:10:05 host cron[1234]: job done");
+        assert_eq!(e.source_id, "cron");
+        assert_eq!(
+            (e.origin.as_str(), e.instance_id.as_str()),
+            ("SYSLOG", "1234")
+        );
+        assert_eq!(e.channel, Channel::Out);
+        assert_eq!(&e.message[..], b"job done");
+        let e = one(b"<14>1 - web01 - - - - hello");
+        assert_eq!(e.source_id, "web01", "no APP-NAME: the hostname");
+        assert_eq!(e.timestamp, 0, "stamped by the router on receipt");
+    }
+
+    #[test]
+    fn invalid_utf8_in_the_message_is_kept_exactly() {
+        let e = one(b"<14>1 2016-06-14T21:10:05Z h app [RTR/1] - - caf\xc3\xa9 \xff\xfe end");
+        assert_eq!(&e.message[..], b"caf\xc3\xa9 \xff\xfe end");
+        assert_eq!(e.origin, "RTR");
+    }
+
+    #[test]
+    fn long_messages_are_split_not_dropped() {
+        let mut raw = b"<14>1 - h app - - - ".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 250));
+        let mut out = Vec::new();
+        parse_message(&raw, 100, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|e| e.message.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        assert!(out.iter().all(|e| e.source_id == "app"));
+    }
+
+    #[test]
+    fn sources_that_cannot_be_ids_are_refused() {
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_message(b"<14>1 - - - - - - x", 100, &mut out),
+            Err(SyslogError::NoSource)
+        );
+    }
+
+    #[test]
+    fn framing_is_told_apart_frame_by_frame() {
+        let mut buf = BytesMut::from(&b"11 <14>1 - h a\n<14>1 - h b\n\n9 <14>1 - h"[..]);
+        assert_eq!(
+            next_frame(&mut buf, 100).unwrap().unwrap(),
+            &b"<14>1 - h a"[..]
+        );
+        assert_eq!(
+            next_frame(&mut buf, 100).unwrap().unwrap(),
+            &b"<14>1 - h b"[..]
+        );
+        assert_eq!(
+            next_frame(&mut buf, 100).unwrap().unwrap(),
+            &b"<14>1 - h"[..]
+        );
+        assert_eq!(next_frame(&mut buf, 100).unwrap(), None);
+        let mut buf = BytesMut::from(&b"12x4 <14>"[..]);
+        assert_eq!(
+            next_frame(&mut buf, 100),
+            Err(FramingError::BadCount("12x4".into()))
+        );
+        let mut buf = BytesMut::from(&b"999999 <14>"[..]);
+        assert_eq!(
+            next_frame(&mut buf, 100),
+            Err(FramingError::TooLarge {
+                declared: 999_999,
+                max: 100
+            })
+        );
+    }
+}
