@@ -16,6 +16,7 @@ ensure_tools() {
   # Real peers the tests talk to, from Debian's packages. rsyslogd lives in /usr/sbin.
   local missing=()
   [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
+  [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing+=(rsyslog-openssl)
   command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod rsyslog;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ pub struct Server {
     pub ingest: String,
     pub syslog_tcp: String,
     pub syslog_udp: String,
+    /// Set when the config enables `listen.syslog_tls`.
+    pub syslog_tls: Option<String>,
     pub dir: PathBuf,
 }
 
@@ -60,6 +63,7 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let (mut http, mut ingest) = (String::new(), String::new());
         let (mut syslog_tcp, mut syslog_udp) = (String::new(), String::new());
+        let mut syslog_tls = None;
         for line in &mut lines {
             let line = line.unwrap();
             if let Some(a) = line.strip_prefix("listening http=") {
@@ -70,6 +74,8 @@ impl Server {
                 syslog_tcp = a.to_owned();
             } else if let Some(a) = line.strip_prefix("listening syslog_udp=") {
                 syslog_udp = a.to_owned();
+            } else if let Some(a) = line.strip_prefix("listening syslog_tls=") {
+                syslog_tls = Some(a.to_owned());
             } else if line == "ready" {
                 break;
             }
@@ -86,6 +92,7 @@ impl Server {
             ingest,
             syslog_tcp,
             syslog_udp,
+            syslog_tls,
             dir,
         }
     }

@@ -136,6 +136,44 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="fwd" supportOc
         }
     }
 
+    /// An rsyslog with two TLS inputs (its OpenSSL driver): `tcp_port` accepts any client
+    /// (`anon`), `udp_port` (reused as the second TLS port) requires a client certificate signed
+    /// by `ca` (`x509/certvalid`). Both write to `tcp_out`.
+    pub fn tls(ca: &Path, cert: &Path, key: &Path) -> Rsyslog {
+        let dir = temp_dir("rsyslog-tls");
+        let (anon, mutual) = (free_tcp_port(), free_tcp_port());
+        let out = dir.join("tls.log");
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}" DefaultNetstreamDriverCAFile="{ca}" DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+template(name="fields" type="string" string="%pri%|%timereported:::date-rfc3339%|%hostname%|%app-name%|%procid%|%msgid%|%structured-data%|%msg%
+")
+ruleset(name="r") {{ action(type="omfile" file="{out}" template="fields") }}
+input(type="imtcp" address="127.0.0.1" port="{anon}" ruleset="r")
+input(type="imtcp" address="127.0.0.1" port="{mutual}" ruleset="r" streamDriver.authMode="x509/certvalid")
+"#,
+                dir = dir.display(),
+                ca = ca.display(),
+                cert = cert.display(),
+                key = key.display(),
+                out = out.display(),
+            ),
+        )
+        .unwrap();
+        let child = launch(&dir, &conf, anon);
+        Rsyslog {
+            child,
+            tcp_port: anon,
+            udp_port: mutual,
+            tcp_out: out,
+            udp_out: PathBuf::new(),
+            dir,
+        }
+    }
+
     /// The lines rsyslog wrote to `file` so far.
     pub fn lines(file: &Path) -> Vec<String> {
         std::fs::read_to_string(file)

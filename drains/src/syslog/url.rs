@@ -51,7 +51,7 @@ pub struct DrainUrl {
     pub format: FormatOptions,
     /// `?insecure-skip-verify=true` on a TLS or https drain: accept any certificate.
     pub insecure_skip_verify: bool,
-    /// The URL as it may be shown: no user, password or query.
+    /// The URL as it may be shown: no user, password or query other than Sluice's own options.
     redacted: String,
     /// The URL as given, for equality and for the API's owner (never logged).
     original: String,
@@ -122,7 +122,20 @@ impl DrainUrl {
             Scheme::Https | Scheme::HttpsBatch => url.path().to_owned(),
             _ => String::new(),
         };
-        let redacted = format!("{}://{host_shown}:{port}{path}", scheme.as_str());
+        // Options are not secrets, and two drains that differ only by them must look different.
+        let mut options = Vec::new();
+        if format.disable_metadata {
+            options.push("disable-metadata=true");
+        }
+        if insecure_skip_verify {
+            options.push("insecure-skip-verify=true");
+        }
+        let query = if options.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", options.join("&"))
+        };
+        let redacted = format!("{}://{host_shown}:{port}{path}{query}", scheme.as_str());
         let endpoint = match scheme {
             Scheme::Https | Scheme::HttpsBatch => {
                 let rest = &s[s.find("://").map_or(0, |i| i + 3)..];
@@ -185,7 +198,10 @@ mod tests {
         let u = DrainUrl::parse("syslog-udp://[::1]:5514/?disable-metadata=true").unwrap();
         assert!(u.format.disable_metadata);
         assert_eq!(u.authority(), "[::1]:5514");
-        assert_eq!(u.to_string(), "syslog-udp://[::1]:5514");
+        assert_eq!(
+            u.to_string(),
+            "syslog-udp://[::1]:5514?disable-metadata=true"
+        );
         let u = DrainUrl::parse("https-batch://user:secret@logs.example.com/in?token=abc").unwrap();
         assert_eq!(
             u.endpoint,
