@@ -1,0 +1,99 @@
+//! Syslog both ways: formatting envelopes as RFC 5424 for drains, and parsing RFC 5424 lines
+//! (with RFC 6587 octet-counting framing) into envelopes at ingress.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::ingest::syslog::parse::{next_frame, parse_message};
+use sluice_drains::syslog::format::{FormatOptions, format_rfc5424};
+use sluice_router::Envelope;
+
+const BATCH: usize = 100;
+
+fn envelopes() -> Vec<Envelope> {
+    (0..BATCH)
+        .map(|i| {
+            let mut e = Envelope::new(
+                "spring-music",
+                format!(
+                    "GET /api/{i} HTTP/1.1 200 0 103455 response_time:0.059468637 {}",
+                    "x".repeat(40)
+                ),
+            );
+            e.timestamp = 1_700_000_000_000_000_000 + i as i64 * 1000;
+            e.origin = "RTR".into();
+            e.instance_id = "1".into();
+            e.tags.insert("organization_name".into(), "acme".into());
+            e.tags.insert("space_name".into(), "prod".into());
+            e.tags.insert("app_name".into(), "spring-music".into());
+            e
+        })
+        .collect()
+}
+
+fn format(c: &mut Criterion) {
+    let envs = envelopes();
+    let mut group = c.benchmark_group("syslog_format");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut out = Vec::with_capacity(64 * 1024);
+    group.bench_function("rfc5424_with_tags", |b| {
+        b.iter(|| {
+            out.clear();
+            for e in &envs {
+                format_rfc5424(black_box(e), FormatOptions::default(), &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    group.bench_function("rfc5424_without_metadata", |b| {
+        b.iter(|| {
+            out.clear();
+            for e in &envs {
+                format_rfc5424(
+                    black_box(e),
+                    FormatOptions {
+                        disable_metadata: true,
+                    },
+                    &mut out,
+                );
+            }
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn parse(c: &mut Criterion) {
+    // ~160-byte octet-counted RFC 5424 lines, as SPEC §9's syslog row uses.
+    let mut stream = Vec::new();
+    for e in envelopes() {
+        let mut line = Vec::new();
+        format_rfc5424(
+            &e,
+            FormatOptions {
+                disable_metadata: true,
+            },
+            &mut line,
+        );
+        stream.extend_from_slice(format!("{} ", line.len()).as_bytes());
+        stream.extend_from_slice(&line);
+    }
+    let mut group = c.benchmark_group("syslog_parse");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut out = Vec::with_capacity(BATCH);
+    group.bench_function("octet_counted_rfc5424", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut buf = BytesMut::from(&stream[..]);
+            while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+                parse_message(&frame, 64 * 1024, &mut out).unwrap();
+            }
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, format, parse);
+criterion_main!(benches);
