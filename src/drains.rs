@@ -77,8 +77,6 @@ pub enum DrainError {
     Tls(String),
     #[error("this url is already bound for this source, as drain {0}")]
     Duplicate(String),
-    #[error("{0} drains are not available yet")]
-    Unsupported(&'static str),
 }
 
 #[derive(Debug)]
@@ -129,12 +127,10 @@ impl Drains {
         }
         let url = DrainUrl::parse(&req.url)?;
         let tls = match url.scheme {
-            Scheme::Tls => {
+            Scheme::Tls | Scheme::Https | Scheme::HttpsBatch => {
                 let opts = req.tls.as_ref().unwrap_or(defaults);
                 Some(tls_client_config(opts, &url).map_err(DrainError::Tls)?)
             }
-            Scheme::Https => return Err(DrainError::Unsupported("https://")),
-            Scheme::HttpsBatch => return Err(DrainError::Unsupported("https-batch://")),
             Scheme::Tcp | Scheme::Udp => None,
         };
         Ok((url, tls))

@@ -46,3 +46,9 @@ pub fn io_reason(e: &std::io::Error) -> String {
         }
     }
 }
+
+/// Makes ring rustls's process-wide crypto provider (reqwest asks for one; Sluice builds without
+/// aws-lc). Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

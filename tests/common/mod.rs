@@ -42,6 +42,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 impl Server {
     /// Starts `sluice serve` with `extra` YAML appended to a config that binds port 0.
     pub fn start(extra: &str) -> Server {
+        sluice::install_crypto_provider();
         let dir = temp_dir("serve");
         let config = dir.join("sluice.yaml");
         std::fs::write(

@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::format::format_rfc5424;
+use super::https::{BATCH_MAX_BYTES, BATCH_WAIT, HttpsClient};
 use super::transport::{Connection, Outbox};
-use super::url::DrainUrl;
+use super::url::{DrainUrl, Scheme};
 
 /// Timing of reconnects and notices.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,6 +74,9 @@ pub struct SyslogDrain {
 impl SyslogDrain {
     /// Runs until `shutdown`; then sends what it holds (briefly) and returns.
     pub async fn run(self, mut cursor: Cursor, shutdown: CancellationToken) {
+        if matches!(self.url.scheme, Scheme::Https | Scheme::HttpsBatch) {
+            return self.run_https(cursor, shutdown).await;
+        }
         let stream = Connection::is_stream(self.url.scheme);
         let mut conn: Option<Connection> = None;
         let mut outbox = Outbox::default();
@@ -143,15 +147,7 @@ impl SyslogDrain {
                         Delivery::Log(env) => {
                             push_message(&env, &self.url, stream, &mut outbox, &mut scratch);
                         }
-                        Delivery::Missed(m) => {
-                            self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
-                            let text = format!(
-                                "{} messages lost for source {} in syslog drain {}",
-                                m.count, m.source_id, self.url
-                            );
-                            tracing::warn!("{text}");
-                            self.notice(&m.source_id, text);
-                        }
+                        Delivery::Missed(m) => self.announce_loss(&m),
                     }
                 }
                 if outbox.is_empty() {
@@ -184,6 +180,122 @@ impl SyslogDrain {
                 .fetch_add(outbox.len() as u64, Ordering::Relaxed);
         }
         self.counters.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// The HTTPS variant: the same cursor, notices and backoff; POSTs instead of a socket.
+    /// `https://` posts each message on its own; `https-batch://` joins what is waiting (up to
+    /// [`BATCH_MAX_BYTES`], waiting at most [`BATCH_WAIT`] for more) into one POST.
+    async fn run_https(self, mut cursor: Cursor, shutdown: CancellationToken) {
+        let batch = self.url.scheme == Scheme::HttpsBatch;
+        let timeout = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
+        let client = match self
+            .tls
+            .as_ref()
+            .map(|tls| HttpsClient::new(&self.url, tls, timeout))
+        {
+            Some(Ok(c)) => c,
+            other => {
+                let reason = other
+                    .and_then(Result::err)
+                    .unwrap_or_else(|| "no tls configuration".into());
+                tracing::error!(drain = %self.url, %reason, "cannot build the https client");
+                return;
+            }
+        };
+        // Messages formatted and not yet delivered, oldest first.
+        let mut pending: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+        let mut pending_bytes = 0usize;
+        let mut deliveries = Vec::with_capacity(self.settings.batch_messages);
+        let mut backoff = Backoff::new(&self.settings);
+        let mut last_failure_notice: Option<Instant> = None;
+        loop {
+            if pending.is_empty() {
+                let deadline = Instant::now() + BATCH_WAIT;
+                loop {
+                    deliveries.clear();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep_until(deadline), if !pending.is_empty() => break,
+                        _ = cursor.next_batch(&mut deliveries, self.settings.batch_messages) => {}
+                    }
+                    for d in deliveries.drain(..) {
+                        match d {
+                            Delivery::Log(env) => {
+                                let mut msg = Vec::with_capacity(256);
+                                format_rfc5424(&env, self.url.format, &mut msg);
+                                pending_bytes += msg.len();
+                                pending.push_back(msg);
+                            }
+                            Delivery::Missed(m) => self.announce_loss(&m),
+                        }
+                    }
+                    if !batch || pending_bytes >= BATCH_MAX_BYTES {
+                        break;
+                    }
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+            }
+            let attempt = if batch {
+                let mut body = Vec::with_capacity(pending_bytes.min(BATCH_MAX_BYTES));
+                let mut n = 0;
+                for msg in &pending {
+                    if n > 0 && body.len() + msg.len() > BATCH_MAX_BYTES {
+                        break;
+                    }
+                    body.extend_from_slice(msg);
+                    n += 1;
+                }
+                client.post(body).await.map(|()| n)
+            } else {
+                let msg = pending.front().cloned().unwrap_or_default();
+                client.post(msg).await.map(|()| 1)
+            };
+            match attempt {
+                Ok(n) => {
+                    for msg in pending.drain(..n) {
+                        pending_bytes -= msg.len();
+                    }
+                    self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters.connected.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.connected.store(false, Ordering::Relaxed);
+                    let interval = Duration::from_secs(self.settings.failure_notice_interval_secs);
+                    if last_failure_notice.is_none_or(|t| t.elapsed() >= interval) {
+                        last_failure_notice = Some(Instant::now());
+                        let verb = if e.connect {
+                            "connect to"
+                        } else {
+                            "deliver to"
+                        };
+                        let text =
+                            format!("failed to {verb} syslog drain {}: {}", self.url, e.reason);
+                        tracing::warn!("{text}");
+                        if let Some(source) = &self.source {
+                            self.notice(source, text);
+                        }
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn announce_loss(&self, m: &sluice_router::MissedNotice) {
+        self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
+        let text = format!(
+            "{} messages lost for source {} in syslog drain {}",
+            m.count, m.source_id, self.url
+        );
+        tracing::warn!("{text}");
+        self.notice(&m.source_id, text);
     }
 
     /// Writes a router notice into `source`'s own stream.

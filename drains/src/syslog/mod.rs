@@ -2,5 +2,6 @@
 
 pub mod drain;
 pub mod format;
+pub mod https;
 pub mod transport;
 pub mod url;
