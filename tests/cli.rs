@@ -126,6 +126,21 @@ fn bad_config_files_name_the_key_and_the_place() {
     let out = sluice(&["logs", "app", "--config", path.to_str().unwrap()]);
     assert!(stderr(&out).contains("pass --http"), "{}", stderr(&out));
 
+    // A bad drain in the file stops the start, naming the entry.
+    std::fs::write(
+        &path,
+        "drains:\n  bind:\n    - source_id: a\n      url: ftp://x:1\n",
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "sluice: invalid config file {}: drains.bind[0]: unsupported drain url scheme \"ftp\": use syslog://, syslog-tls://, syslog-udp://, https:// or https-batch://\n",
+            path.display()
+        )
+    );
+
     // A port already taken is named.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();

@@ -486,3 +486,32 @@ async fn hostile_drain_requests_get_a_reason_and_credentials_never_leak() {
         201
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_bound_in_the_config_file_can_take_every_source() {
+    let rsyslog = Rsyslog::start();
+    let server = Server::start(&format!(
+        "drains:\n  bind:\n    - url: syslog://127.0.0.1:{}\n",
+        rsyslog.tcp_port
+    ));
+    let drains = server.get_json("/api/v1/drains").await;
+    assert_eq!(drains[0]["source_id"], serde_json::Value::Null);
+    send(
+        &server,
+        vec![
+            envelope("alpha", 1),
+            envelope("beta", 2),
+            envelope("alpha", 3),
+        ],
+    )
+    .await;
+    let mut lines = Rsyslog::wait_lines(&rsyslog.tcp_out, 3).await;
+    lines.sort();
+    let mut want = vec![
+        expected("alpha", 1),
+        expected("beta", 2),
+        expected("alpha", 3),
+    ];
+    want.sort();
+    assert_eq!(lines, want);
+}
