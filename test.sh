@@ -19,6 +19,7 @@ ensure_tools() {
   [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing+=(rsyslog-openssl)
   command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the HTTPS receiver in tests/fixtures
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     local sudo=""

@@ -14,9 +14,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 const LINES: usize = 10_000;
 
-/// Runs `sluice emit` on `lines`, written from a thread with short pauses so readers can join
-/// while it is still sending.
-fn emit(server: &Server, source: &str, lines: Vec<String>) -> std::thread::JoinHandle<()> {
+/// Runs `sluice emit` on `lines`, written from a thread with short pauses. With `halfway`, the
+/// thread stops after half the lines until it is told to go on, so a reader can join mid-stream.
+fn emit(
+    server: &Server,
+    source: &str,
+    lines: Vec<String>,
+    halfway: Option<std::sync::mpsc::Receiver<()>>,
+) -> std::thread::JoinHandle<()> {
     let mut child = Command::new(SLUICE)
         .args(["emit", "--source", source, "--ingest", &server.ingest])
         .stdin(Stdio::piped())
@@ -25,6 +30,12 @@ fn emit(server: &Server, source: &str, lines: Vec<String>) -> std::thread::JoinH
     let mut stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || {
         for (i, line) in lines.iter().enumerate() {
+            if i == lines.len() / 2
+                && let Some(go_on) = &halfway
+            {
+                stdin.flush().unwrap();
+                go_on.recv().unwrap();
+            }
             writeln!(stdin, "{line}").unwrap();
             if i % 500 == 499 {
                 stdin.flush().unwrap();
@@ -41,12 +52,14 @@ fn emit(server: &Server, source: &str, lines: Vec<String>) -> std::thread::JoinH
 async fn a_tail_joining_halfway_with_full_backfill_gets_every_line_once_in_order() {
     let server = Server::start("");
     let lines: Vec<String> = (0..LINES).map(|i| format!("line {i}")).collect();
-    let writer = emit(&server, "web-app", lines);
+    let (go_on, halfway) = std::sync::mpsc::channel();
+    let writer = emit(&server, "web-app", lines, Some(halfway));
     server.wait_published("web-app", (LINES / 2) as u64).await;
     let (mut ws, _) = connect_async(server.ws("/api/v1/sources/web-app/stream?backfill=100000"))
         .await
         .unwrap();
     let published_at_join = server.published("web-app").await;
+    go_on.send(()).unwrap();
     let mut next = 0usize;
     while next < LINES {
         let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
@@ -80,7 +93,7 @@ async fn a_tail_joining_halfway_with_full_backfill_gets_every_line_once_in_order
 async fn logs_recent_prints_the_last_hundred_in_the_cf_format() {
     let server = Server::start("");
     let lines: Vec<String> = (0..LINES).map(|i| format!("line {i} ✓")).collect();
-    emit(&server, "web-app", lines).join().unwrap();
+    emit(&server, "web-app", lines, None).join().unwrap();
     server.wait_published("web-app", LINES as u64).await;
 
     // Arizona keeps -0700 all year, so the expected text does not depend on the date.
@@ -193,7 +206,12 @@ async fn logs_follows_with_filters_and_reports_a_stopped_server() {
         assert!(child.wait().unwrap().success());
     }
     server.wait_published("svc", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the server has written the line to the tail, a close frame can only come after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.metric("sluice_tail_delivered_total").await < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Stopping the server ends the tail with a clear reason and a failing exit code.
     sigterm(server.child.id());
     let out = tokio::time::timeout(Duration::from_secs(30), follow.wait_with_output())
