@@ -102,6 +102,15 @@ impl std::fmt::Debug for ReplyReader {
 
 /// Connects to native ingest over TCP or a Unix socket and turns acknowledgements on.
 pub async fn connect_ingest(addr: &IngestAddr) -> Result<IngestConnection, ClientError> {
+    connect_ingest_with(addr, "ack=count").await
+}
+
+/// Like [`connect_ingest`] with another acknowledgement mode: `ack=durable` answers each batch
+/// only once it is in the persister's file.
+pub async fn connect_ingest_with(
+    addr: &IngestAddr,
+    ack: &str,
+) -> Result<IngestConnection, ClientError> {
     let shown = addr.to_string();
     let failed = |e: std::io::Error| ClientError::Connect {
         addr: shown.clone(),
@@ -137,7 +146,7 @@ pub async fn connect_ingest(addr: &IngestAddr) -> Result<IngestConnection, Clien
         },
     };
     let mut hello = BytesMut::new();
-    codec::encode_control_frame("ack=count", &mut hello);
+    codec::encode_control_frame(ack, &mut hello);
     conn.writer.write(&hello).await?;
     Ok(conn)
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sluice_router::RouterConfig;
 
 use crate::drains::{Drains, DrainsConfig};
+use sluice_drains::persister::Fsync;
 use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
 
 /// The whole configuration file.
@@ -21,6 +22,7 @@ pub struct Config {
     pub drains: DrainsConfig,
     pub syslog: Syslog,
     pub tls: Tls,
+    pub log_storage: LogStorage,
 }
 
 /// Where each listener binds. `null` disables a listener; port 0 picks a free port.
@@ -66,6 +68,40 @@ impl Default for Ingest {
     fn default() -> Self {
         Ingest {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Where logs are kept on disk (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogStorage {
+    /// One JSONL file per source in here.
+    pub local_dir: PathBuf,
+    /// `never`, `interval` or `always`.
+    pub fsync: Fsync,
+    /// With `fsync: interval`, how often.
+    pub fsync_interval_millis: u64,
+    /// A source's file is rotated when it reaches this size.
+    pub max_file_size_bytes: u64,
+    /// Files kept per source: the current one and `max_files - 1` rotated ones.
+    pub max_files: usize,
+    /// Files kept open at once; the least recently written are closed first.
+    pub max_open_files: usize,
+    /// S3 archival of completed jobs; not in this build yet.
+    pub s3: Option<serde_norway::Value>,
+}
+
+impl Default for LogStorage {
+    fn default() -> Self {
+        LogStorage {
+            local_dir: "./sluice-data/logs".into(),
+            fsync: Fsync::Interval,
+            fsync_interval_millis: 1000,
+            max_file_size_bytes: 100 * 1024 * 1024,
+            max_files: 10,
+            max_open_files: 256,
+            s3: None,
         }
     }
 }
@@ -193,6 +229,17 @@ impl Config {
                 "syslog.max_message_bytes must be above 0 and at most syslog.max_frame_bytes"
                     .into(),
             );
+        }
+        let ls = &self.log_storage;
+        if ls.s3.is_some() {
+            return Err("log_storage.s3: S3 archival is not available in this build yet".into());
+        }
+        if ls.max_files == 0
+            || ls.max_open_files == 0
+            || ls.max_file_size_bytes < 1024
+            || ls.fsync_interval_millis == 0
+        {
+            return Err("log_storage: max_files, max_open_files and fsync_interval_millis must be at least 1, max_file_size_bytes at least 1024".into());
         }
         for (i, req) in self.drains.bind.iter().enumerate() {
             Drains::validate(req, &self.drains.tls)

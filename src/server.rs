@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_router::Router;
+use sluice_drains::persister::{Persister, PersisterConfig, PersisterHandle};
+use sluice_router::{Filter, Router, Selector, Start};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -168,6 +169,56 @@ pub enum StartError {
     Drain(#[from] DrainError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("cannot use log_storage.local_dir {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+}
+
+/// Starts the persister on a thread of its own: file writes and fsyncs block, and must not hold
+/// up the tasks that serve connections. A tracked task waits for it on shutdown.
+fn start_persister(
+    config: &Config,
+    router: &Router,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<PersisterHandle, StartError> {
+    let ls = &config.log_storage;
+    let (persister, handle, control) = Persister::new(PersisterConfig {
+        local_dir: ls.local_dir.clone(),
+        fsync: ls.fsync,
+        fsync_interval: Duration::from_millis(ls.fsync_interval_millis),
+        max_file_size_bytes: ls.max_file_size_bytes,
+        max_files: ls.max_files,
+        max_open_files: ls.max_open_files,
+    })
+    .map_err(|e| StartError::Storage {
+        dir: ls.local_dir.display().to_string(),
+        reason: crate::io_reason(&e),
+    })?;
+    let cursor = router
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .expect("the firehose needs no id");
+    let stop = shutdown.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("sluice-persister".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(persister.run(cursor, control, stop)),
+                Err(e) => tracing::error!(error = %e, "cannot start the persister"),
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| StartError::Storage {
+            dir: ls.local_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    tasks.spawn(async move {
+        let _ = done_rx.await;
+    });
+    Ok(handle)
 }
 
 /// A server that is running; dropping it does not stop it, [`Running::stop`] does.
@@ -177,6 +228,7 @@ pub struct Running {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub drains: Arc<Drains>,
+    pub persister: PersisterHandle,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -201,10 +253,12 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError
         drains.add(req)?;
     }
 
+    let persister = start_persister(&config, &router, &shutdown, &tasks)?;
     let ingest = NativeIngest {
         router: router.clone(),
         metrics: metrics.clone(),
         max_frame_bytes: config.ingest.max_frame_bytes,
+        durability: persister.durability.clone(),
     };
     if let Some(listener) = listeners.ingest {
         bound.ingest = listener.local_addr().ok();
@@ -261,6 +315,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError
             metrics: metrics.clone(),
             config: config.clone(),
             drains: drains.clone(),
+            persister: persister.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -277,6 +332,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError
         router,
         metrics,
         drains,
+        persister,
         shutdown,
         tasks,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),

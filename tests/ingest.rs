@@ -121,7 +121,7 @@ async fn bad_frames_close_only_their_own_connection_with_a_reason() {
     assert_eq!(
         send_raw(&server, &hello, false).await,
         Some(vec![error(
-            "unknown control word \"ack=maybe\": the server understands ack=count and ack=none"
+            "unknown control word \"ack=maybe\": the server understands ack=count, ack=durable and ack=none"
         )])
     );
     still_fine(&mut good, 5).await;

@@ -8,4 +8,5 @@
 //! - `persister`: JSONL files per source, batched, with rotation and fsync policy.
 //! - `archive`: gzip and upload of finished jobs' files to S3, behind a small storage trait.
 //!
+pub mod persister;
 pub mod syslog;

@@ -333,6 +333,24 @@ impl Router {
     /// all), stamps those without a timestamp, assigns `seq`s and wakes waiting cursors.
     /// Never waits for a reader. Returns how many were published.
     pub fn publish(&self, batch: Vec<Envelope>) -> Result<usize, EnvelopeError> {
+        self.publish_inner(batch, None)
+    }
+
+    /// [`Router::publish`], also reporting the `seq`s assigned: one `(source, first, last)` per
+    /// run of consecutive envelopes of the same source. For acknowledgements that wait on disk.
+    pub fn publish_ranges(
+        &self,
+        batch: Vec<Envelope>,
+        ranges: &mut Vec<(Arc<str>, u64, u64)>,
+    ) -> Result<usize, EnvelopeError> {
+        self.publish_inner(batch, Some(ranges))
+    }
+
+    fn publish_inner(
+        &self,
+        batch: Vec<Envelope>,
+        mut ranges: Option<&mut Vec<(Arc<str>, u64, u64)>>,
+    ) -> Result<usize, EnvelopeError> {
         for env in &batch {
             env.validate()?;
         }
@@ -346,6 +364,7 @@ impl Router {
             let source = shared.source(&first.source_id);
             {
                 let mut ring = source.ring.lock();
+                let first_seq = ring.next_seq;
                 let mut env = Some(first);
                 while let Some(mut e) = env.take() {
                     if e.timestamp == 0 {
@@ -360,6 +379,9 @@ impl Router {
                     env = iter.next_if(|n| n.source_id == *source.id);
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
+                if let Some(r) = ranges.as_deref_mut() {
+                    r.push((source.id.clone(), first_seq, ring.next_seq - 1));
+                }
             }
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.

@@ -37,6 +37,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub drains: Arc<crate::drains::Drains>,
+    pub persister: sluice_drains::persister::PersisterHandle,
     /// Cancelled on shutdown: open tails close with a WebSocket close frame.
     pub shutdown: CancellationToken,
     /// Tails hold a token of it, so shutdown waits for their close frames to go out.

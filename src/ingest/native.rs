@@ -2,16 +2,19 @@
 //!
 //! A connection carries frames (see [`sluice_router::codec`]). It may first send the control
 //! word `ack=count`; from then on every frame is answered with a [`Reply`] carrying the number of
-//! envelopes accepted, so an emitter knows what arrived. Without it, the server only answers
-//! frames it refuses.
+//! envelopes accepted, so an emitter knows what arrived. With `ack=durable` the answer waits
+//! until the persister has the batch in its file (synced, with `fsync: always`), so an emitter
+//! can retry without loss. Without either, the server only answers frames it refuses.
 //!
 //! Bad input costs only the connection that sent it: a malformed, oversized or truncated frame
 //! is answered with a reply naming the problem, then that connection is closed; a batch with an
 //! invalid field is refused whole, answered, and the connection carries on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
+use sluice_drains::persister::Durability;
 use sluice_router::Router;
 use sluice_router::codec::{self, FrameError, Payload, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,12 +30,19 @@ pub struct NativeIngest {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub max_frame_bytes: usize,
+    /// How far the persister has written, for `ack=durable`.
+    pub durability: Arc<Durability>,
 }
+
+/// How long an `ack=durable` batch may wait for the persister.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ack {
     None,
     Count,
+    /// Answer only once the persister has the batch on disk.
+    Durable,
 }
 
 /// A reason to close one connection.
@@ -40,10 +50,10 @@ enum Ack {
 enum ConnError {
     #[error(transparent)]
     Frame(#[from] FrameError),
-    #[error("unknown control word {0:?}: the server understands ack=count and ack=none")]
+    #[error(
+        "unknown control word {0:?}: the server understands ack=count, ack=durable and ack=none"
+    )]
     Control(String),
-    #[error("ack=durable needs the persister, which this server does not run yet")]
-    DurableUnavailable,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -111,10 +121,16 @@ impl NativeIngest {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::new();
         let mut ack = Ack::None;
+        let mut ranges: Vec<(Arc<str>, u64, u64)> = Vec::new();
         let result: Result<(), ConnError> = async {
             loop {
                 while let Some(frame) = codec::decode_frame(&mut buf, self.max_frame_bytes)? {
-                    self.frame(&frame, &mut ack, &mut out)?;
+                    self.frame(&frame, &mut ack, &mut out, &mut ranges)?;
+                    if !ranges.is_empty() {
+                        // Durable: the answer waits for the disk. Later frames wait behind it.
+                        let reply = self.wait_durable(&mut ranges).await;
+                        reply.encode_frame(&mut out);
+                    }
                 }
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
@@ -159,18 +175,51 @@ impl NativeIngest {
         }
     }
 
-    /// Handles one frame, appending any reply to `out`.
-    fn frame(&self, frame: &[u8], ack: &mut Ack, out: &mut BytesMut) -> Result<(), ConnError> {
+    /// Waits until every range of the batch just published is on disk.
+    async fn wait_durable(&self, ranges: &mut Vec<(Arc<str>, u64, u64)>) -> Reply {
+        let accepted: u64 = ranges.iter().map(|(_, first, last)| last - first + 1).sum();
+        for (source, first, last) in ranges.drain(..) {
+            if let Err(e) = self
+                .durability
+                .wait(&source, first, last, DURABLE_TIMEOUT)
+                .await
+            {
+                return Reply {
+                    accepted: 0,
+                    error: Some(e.to_string()),
+                };
+            }
+        }
+        Reply {
+            accepted,
+            error: None,
+        }
+    }
+
+    /// Handles one frame, appending any reply to `out`; with `ack=durable`, leaves the seq
+    /// ranges published in `ranges` for the caller to wait on.
+    fn frame(
+        &self,
+        frame: &[u8],
+        ack: &mut Ack,
+        out: &mut BytesMut,
+        ranges: &mut Vec<(Arc<str>, u64, u64)>,
+    ) -> Result<(), ConnError> {
         match codec::decode_payload(frame)? {
             Payload::Control(word) => match word.as_str() {
                 "ack=count" => *ack = Ack::Count,
+                "ack=durable" => *ack = Ack::Durable,
                 "ack=none" => *ack = Ack::None,
-                "ack=durable" => return Err(ConnError::DurableUnavailable),
                 _ => return Err(ConnError::Control(word)),
             },
             Payload::Envelopes(envelopes) => {
                 let n = envelopes.len() as u64;
-                match self.router.publish(envelopes) {
+                let published = if *ack == Ack::Durable {
+                    self.router.publish_ranges(envelopes, ranges)
+                } else {
+                    self.router.publish(envelopes)
+                };
+                match published {
                     Ok(_) => {
                         Metrics::add(&self.metrics.ingest_frames, 1);
                         Metrics::add(&self.metrics.ingest_envelopes, n);

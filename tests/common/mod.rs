@@ -23,6 +23,8 @@ pub struct Server {
     pub syslog_udp: String,
     /// Set when the config enables `listen.syslog_tls`.
     pub syslog_tls: Option<String>,
+    /// `log_storage.local_dir`; a test's own config can name it as `{logs}`.
+    pub logs: PathBuf,
     pub dir: PathBuf,
 }
 
@@ -40,15 +42,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 impl Server {
-    /// Starts `sluice serve` with `extra` YAML appended to a config that binds port 0.
+    /// Starts `sluice serve` with `extra` YAML appended to a config that binds port 0. Logs go
+    /// to a directory of this server's own (`{logs}` in `extra` names it).
     pub fn start(extra: &str) -> Server {
         sluice::install_crypto_provider();
         let dir = temp_dir("serve");
         let config = dir.join("sluice.yaml");
+        let logs = dir.join("logs");
+        let extra = extra.replace("{logs}", &logs.display().to_string());
+        let storage = if extra.contains("log_storage:") {
+            String::new()
+        } else {
+            format!("log_storage:\n  local_dir: {}\n", logs.display())
+        };
         std::fs::write(
             &config,
             format!(
-                "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: 127.0.0.1:0\n  syslog_udp: 127.0.0.1:0\n{extra}"
+                "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: 127.0.0.1:0\n  syslog_udp: 127.0.0.1:0\n{extra}{storage}"
             ),
         )
         .unwrap();
@@ -94,6 +104,7 @@ impl Server {
             syslog_tcp,
             syslog_udp,
             syslog_tls,
+            logs,
             dir,
         }
     }

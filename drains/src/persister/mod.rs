@@ -1,0 +1,564 @@
+//! The persister (SPEC §6): every source's envelopes as JSONL lines in its own file, written in
+//! batches from one cursor over all sources.
+//!
+//! - Files: `local_dir/<stem>.jsonl` (see [`names::file_stem`]), rotated at
+//!   `max_file_size_bytes` to `<stem>.jsonl.1`, `.2`, … keeping `max_files` files in all.
+//! - `fsync`: `never`, `interval` (every `fsync_interval_millis`), or `always` (after each batch).
+//! - When the persister's cursor is overrun it writes a `_server` line with the exact count lost.
+//! - A write that fails (disk full) keeps its bytes for the next try, up to a bound; past it the
+//!   lines are counted and announced with a `_server` line once writing works again.
+//! - [`Durability`] tells native ingest when a batch is on disk, for `ack=durable`.
+
+pub mod line;
+pub mod names;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use sluice_router::envelope::now_ns;
+use sluice_router::{Channel, Cursor, Delivery, Envelope, MissedNotice};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use line::{Line, SERVER_STEP, write_line};
+pub use names::file_stem;
+
+/// When written lines are forced to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Never,
+    #[default]
+    Interval,
+    Always,
+}
+
+/// The persister's part of `log_storage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersisterConfig {
+    pub local_dir: PathBuf,
+    pub fsync: Fsync,
+    pub fsync_interval: Duration,
+    pub max_file_size_bytes: u64,
+    pub max_files: usize,
+    pub max_open_files: usize,
+}
+
+/// Bytes a failing file may hold back for a retry before its lines are counted lost.
+const MAX_RETRY_BYTES: usize = 16 * 1024 * 1024;
+/// Deliveries read from the cursor per batch.
+const BATCH: usize = 4096;
+
+/// How far each source is on disk; shared with native ingest for `ack=durable`.
+#[derive(Debug, Default)]
+pub struct Durability {
+    marks: DashMap<Arc<str>, Mark>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Mark {
+    /// Every seq up to this one is written (and synced, with `fsync: always`).
+    written: u64,
+    /// The newest seq the persister lost (overrun, or a write that kept failing).
+    lost_through: u64,
+}
+
+/// Why a durable acknowledgement could not be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    #[error(
+        "the batch was lost before it reached disk (the persister fell behind or could not write): send it again"
+    )]
+    Lost,
+    #[error("timed out waiting for the persister to write the batch")]
+    Timeout,
+}
+
+impl Durability {
+    /// Waits until seqs `first..=last` of `source` are on disk.
+    pub async fn wait(
+        &self,
+        source: &str,
+        first: u64,
+        last: u64,
+        timeout: Duration,
+    ) -> Result<(), DurableError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mark = self.marks.get(source).map(|m| *m).unwrap_or_default();
+            if mark.lost_through >= first {
+                return Err(DurableError::Lost);
+            }
+            if mark.written >= last {
+                return Ok(());
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return Err(DurableError::Timeout),
+            }
+        }
+    }
+
+    fn update(&self, source: &Arc<str>, written: u64, lost_through: u64) {
+        let mut m = self.marks.entry(source.clone()).or_default();
+        m.written = m.written.max(written);
+        m.lost_through = m.lost_through.max(lost_through);
+    }
+}
+
+/// What the persister has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PersisterCounters {
+    pub lines: AtomicU64,
+    pub bytes: AtomicU64,
+    pub lost: AtomicU64,
+    pub errors: AtomicU64,
+    pub rotations: AtomicU64,
+}
+
+/// Requests to the persister task.
+#[derive(Debug)]
+pub enum Control {
+    /// Close `source`'s file once every seq up to `upto` is written, and answer with it.
+    Complete {
+        source: String,
+        upto: u64,
+        reply: oneshot::Sender<Result<Completed, String>>,
+    },
+}
+
+/// A source's file after completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The current file (absent if nothing was ever written).
+    pub path: Option<PathBuf>,
+    /// Rotated files, oldest first.
+    pub rotated: Vec<PathBuf>,
+}
+
+/// A handle to ask the persister things.
+#[derive(Debug, Clone)]
+pub struct PersisterHandle {
+    pub control: mpsc::Sender<Control>,
+    pub durability: Arc<Durability>,
+    pub counters: Arc<PersisterCounters>,
+    pub config: Arc<PersisterConfig>,
+}
+
+impl PersisterHandle {
+    /// Waits until `source` is written through `upto`, then closes its file.
+    pub async fn complete(&self, source: &str, upto: u64) -> Result<Completed, String> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Complete {
+                source: source.to_owned(),
+                upto,
+                reply,
+            })
+            .await
+            .map_err(|_| "the persister has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the persister has stopped".to_owned())?
+    }
+}
+
+struct OpenFile {
+    file: Option<File>,
+    path: PathBuf,
+    /// Bytes in the file plus `buf`.
+    size: u64,
+    /// Lines not yet written to the file.
+    buf: Vec<u8>,
+    buf_lines: u64,
+    /// Highest seq in `buf` (or written).
+    seq: u64,
+    unsynced: bool,
+    last_used: u64,
+    /// Lines given up on after repeated write failures, to announce.
+    dropped: u64,
+    last_error: Option<String>,
+}
+
+/// The persister task's state.
+pub struct Persister {
+    config: Arc<PersisterConfig>,
+    durability: Arc<Durability>,
+    counters: Arc<PersisterCounters>,
+    files: HashMap<Arc<str>, OpenFile>,
+    /// Highest seq handled (written or lost) per source, for completions.
+    handled: HashMap<Arc<str>, u64>,
+    pending: Vec<Control>,
+    tick: u64,
+    last_sync: Instant,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister")
+            .field("dir", &self.config.local_dir)
+            .finish()
+    }
+}
+
+/// The current file of a source, and its `n`th rotated file.
+pub fn file_path(dir: &Path, source: &str) -> PathBuf {
+    dir.join(format!("{}.jsonl", file_stem(source)))
+}
+
+pub fn rotated_path(dir: &Path, source: &str, n: usize) -> PathBuf {
+    dir.join(format!("{}.jsonl.{n}", file_stem(source)))
+}
+
+/// The legacy plain-text log of a source (`<stem>.log`), read if present.
+pub fn legacy_path(dir: &Path, source: &str) -> PathBuf {
+    dir.join(format!("{}.log", file_stem(source)))
+}
+
+impl Persister {
+    /// Creates the directory and the handle; run the returned persister with [`Persister::run`].
+    pub fn new(
+        config: PersisterConfig,
+    ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
+        std::fs::create_dir_all(&config.local_dir)?;
+        let config = Arc::new(config);
+        let durability = Arc::new(Durability::default());
+        let counters = Arc::new(PersisterCounters::default());
+        let (tx, rx) = mpsc::channel(64);
+        let persister = Persister {
+            config: config.clone(),
+            durability: durability.clone(),
+            counters: counters.clone(),
+            files: HashMap::new(),
+            handled: HashMap::new(),
+            pending: Vec::new(),
+            tick: 0,
+            last_sync: Instant::now(),
+        };
+        let handle = PersisterHandle {
+            control: tx,
+            durability,
+            counters,
+            config,
+        };
+        Ok((persister, handle, rx))
+    }
+
+    /// Runs until `shutdown`, then writes what its cursor still holds, syncs and returns.
+    pub async fn run(
+        mut self,
+        mut cursor: Cursor,
+        mut control: mpsc::Receiver<Control>,
+        shutdown: CancellationToken,
+    ) {
+        let mut deliveries = Vec::with_capacity(BATCH);
+        loop {
+            let unsynced =
+                self.files.values().any(|f| f.unsynced) && self.config.fsync == Fsync::Interval;
+            let sync_at = self.last_sync + self.config.fsync_interval;
+            let retry = self.files.values().any(|f| !f.buf.is_empty());
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(c) = control.recv() => self.pending.push(c),
+                () = tokio::time::sleep_until(sync_at), if unsynced => {}
+                () = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
+                _ = cursor.next_batch(&mut deliveries, BATCH) => {}
+            }
+            self.write(&mut deliveries);
+            self.settle();
+        }
+        // Shutting down: take what is already published, write it, sync it.
+        while cursor.poll_into(&mut deliveries, BATCH) > 0 {
+            self.write(&mut deliveries);
+        }
+        self.settle();
+        self.sync_all();
+        for c in self.pending.drain(..) {
+            let Control::Complete { reply, .. } = c;
+            let _ = reply.send(Err("sluice is shutting down".into()));
+        }
+    }
+
+    fn write(&mut self, deliveries: &mut Vec<Delivery>) {
+        for d in deliveries.drain(..) {
+            match d {
+                Delivery::Log(env) => {
+                    let source: Arc<str> = Arc::from(env.source_id.as_str());
+                    self.append(&source, &env);
+                    self.handled.insert(source, env.seq);
+                }
+                Delivery::Missed(m) => self.missed(&m),
+            }
+        }
+    }
+
+    fn missed(&mut self, m: &MissedNotice) {
+        self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
+        tracing::warn!(source = %m.source_id, lost = m.count, "the persister fell behind");
+        let mut env = m.to_envelope("persister");
+        env.step = Some(SERVER_STEP.into());
+        self.append(&m.source_id, &env);
+        self.handled.insert(m.source_id.clone(), m.last_missed_seq);
+        self.durability.update(&m.source_id, 0, m.last_missed_seq);
+    }
+
+    fn append(&mut self, source: &Arc<str>, env: &Envelope) {
+        self.tick += 1;
+        let tick = self.tick;
+        let file = self.open(source);
+        let before = file.buf.len();
+        write_line(env, &mut file.buf);
+        file.size += (file.buf.len() - before) as u64;
+        file.buf_lines += 1;
+        file.seq = file.seq.max(env.seq);
+        file.last_used = tick;
+        if file.size >= self.config.max_file_size_bytes {
+            self.rotate(source);
+        }
+    }
+
+    fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
+        if !self.files.contains_key(source) {
+            if self.files.len() >= self.config.max_open_files {
+                self.close_least_used();
+            }
+            let path = file_path(&self.config.local_dir, source);
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            self.files.insert(
+                source.clone(),
+                OpenFile {
+                    file: None,
+                    path,
+                    size,
+                    buf: Vec::with_capacity(8192),
+                    buf_lines: 0,
+                    seq: 0,
+                    unsynced: false,
+                    last_used: 0,
+                    dropped: 0,
+                    last_error: None,
+                },
+            );
+        }
+        self.files.get_mut(source).expect("just inserted")
+    }
+
+    fn close_least_used(&mut self) {
+        let Some(victim) = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.buf.is_empty())
+            .min_by_key(|(_, f)| f.last_used)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        if let Some(mut f) = self.files.remove(&victim)
+            && f.unsynced
+            && let Some(file) = f.file.take()
+        {
+            let _ = file.sync_data();
+        }
+    }
+
+    /// Writes out every buffer, syncs as configured, moves the durability marks, and answers
+    /// completions that are now possible.
+    fn settle(&mut self) {
+        let mut touched = Vec::new();
+        for (source, f) in self.files.iter_mut() {
+            if f.buf.is_empty() && f.dropped == 0 {
+                continue;
+            }
+            match flush(f) {
+                Ok(()) => {
+                    if f.dropped > 0 {
+                        let mut env = Envelope::new(
+                            &**source,
+                            format!(
+                                "sluice could not write {} messages for this persister: {}",
+                                f.dropped,
+                                f.last_error.take().unwrap_or_default()
+                            ),
+                        );
+                        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
+                        env.channel = Channel::Err;
+                        env.step = Some(SERVER_STEP.into());
+                        env.timestamp = now_ns();
+                        env.seq = f.seq;
+                        write_line(&env, &mut f.buf);
+                        f.dropped = 0;
+                        let _ = flush(f);
+                    }
+                    touched.push(source.clone());
+                }
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let reason = e.to_string();
+                    if f.last_error.as_deref() != Some(&reason) {
+                        tracing::error!(file = %f.path.display(), error = %reason, "cannot write log file");
+                    }
+                    f.last_error = Some(reason);
+                    if f.buf.len() > MAX_RETRY_BYTES {
+                        // Give up on these lines; say so once writing works again.
+                        self.counters.lost.fetch_add(f.buf_lines, Ordering::Relaxed);
+                        f.dropped += f.buf_lines;
+                        f.size -= f.buf.len() as u64;
+                        f.buf.clear();
+                        f.buf_lines = 0;
+                        self.durability.update(source, 0, f.seq);
+                    }
+                }
+            }
+        }
+        let sync_now = match self.config.fsync {
+            Fsync::Always => true,
+            Fsync::Interval => self.last_sync.elapsed() >= self.config.fsync_interval,
+            Fsync::Never => false,
+        };
+        if sync_now {
+            self.sync_all();
+        }
+        for source in touched {
+            if let Some(f) = self.files.get(&source) {
+                self.durability.update(&source, f.seq, 0);
+            }
+        }
+        self.durability.notify.notify_waiters();
+        self.answer_completions();
+    }
+
+    fn sync_all(&mut self) {
+        for f in self.files.values_mut() {
+            if f.unsynced
+                && let Some(file) = &f.file
+            {
+                if let Err(e) = file.sync_data() {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
+                } else {
+                    f.unsynced = false;
+                }
+            }
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn rotate(&mut self, source: &Arc<str>) {
+        let dir = self.config.local_dir.clone();
+        let Some(f) = self.files.get_mut(source) else {
+            return;
+        };
+        if flush(f).is_err() {
+            return; // keep writing to the current file; rotation is tried again later
+        }
+        if let Some(file) = f.file.take() {
+            let _ = file.sync_data();
+        }
+        let keep = self.config.max_files.max(1) - 1;
+        let result = (|| -> std::io::Result<()> {
+            if keep == 0 {
+                return std::fs::remove_file(&f.path);
+            }
+            let _ = std::fs::remove_file(rotated_path(&dir, source, keep));
+            for n in (1..keep).rev() {
+                let from = rotated_path(&dir, source, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated_path(&dir, source, n + 1))?;
+                }
+            }
+            std::fs::rename(&f.path, rotated_path(&dir, source, 1))
+        })();
+        match result {
+            Ok(()) => {
+                f.size = 0;
+                f.unsynced = false;
+                self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %f.path.display(), error = %e, "cannot rotate log file");
+            }
+        }
+    }
+
+    fn answer_completions(&mut self) {
+        let mut still = Vec::new();
+        for c in std::mem::take(&mut self.pending) {
+            let Control::Complete {
+                source,
+                upto,
+                reply,
+            } = c;
+            let handled = self.handled.get(source.as_str()).copied().unwrap_or(0);
+            if handled < upto {
+                still.push(Control::Complete {
+                    source,
+                    upto,
+                    reply,
+                });
+                continue;
+            }
+            let key: Arc<str> = Arc::from(source.as_str());
+            if let Some(mut f) = self.files.remove(&key) {
+                if let Err(e) = flush(&mut f) {
+                    let _ = reply.send(Err(format!("cannot write {}: {e}", f.path.display())));
+                    self.files.insert(key, f);
+                    continue;
+                }
+                if let Some(file) = f.file.take() {
+                    let _ = file.sync_data();
+                }
+            }
+            let _ = reply.send(Ok(self.completed(&source)));
+        }
+        self.pending = still;
+    }
+
+    fn completed(&self, source: &str) -> Completed {
+        let dir = &self.config.local_dir;
+        let path = Some(file_path(dir, source)).filter(|p| p.exists());
+        let mut rotated: Vec<PathBuf> = (1..self.config.max_files.max(1))
+            .map(|n| rotated_path(dir, source, n))
+            .filter(|p| p.exists())
+            .collect();
+        rotated.reverse();
+        Completed { path, rotated }
+    }
+}
+
+/// Writes `f.buf` to the file (opening it if needed).
+fn flush(f: &mut OpenFile) -> std::io::Result<()> {
+    if f.buf.is_empty() {
+        return Ok(());
+    }
+    if f.file.is_none() {
+        f.file = Some(OpenOptions::new().create(true).append(true).open(&f.path)?);
+    }
+    let file = f.file.as_mut().expect("opened above");
+    // Track what got written, so a retry after a failure (disk full) does not repeat it.
+    while !f.buf.is_empty() {
+        match file.write(&f.buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                f.buf.drain(..n);
+                f.unsynced = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    f.buf_lines = 0;
+    Ok(())
+}

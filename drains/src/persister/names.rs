@@ -1,0 +1,96 @@
+//! File names from source ids. Plain ids stay readable (`my-app` → `my-app.jsonl`); everything
+//! else is percent-encoded, so no id can name a path outside the storage directory: `/` becomes
+//! `%2F`, a leading `.` becomes `%2E` (no `.`, `..` or hidden files), and ids too long for a file
+//! name are cut and given a hash of the whole id.
+
+use std::fmt::Write;
+
+/// Longest encoded stem kept whole; file systems allow 255 bytes per name, and rotation and
+/// archive suffixes need room.
+const MAX_STEM: usize = 200;
+
+/// The file stem for `source_id` (without `.jsonl`).
+pub fn file_stem(source_id: &str) -> String {
+    let mut out = String::with_capacity(source_id.len());
+    for (i, b) in source_id.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    if out.len() > MAX_STEM {
+        let mut cut = MAX_STEM - 18;
+        // Do not cut through a %XX escape.
+        while out.as_bytes()[..cut]
+            .iter()
+            .rev()
+            .take(2)
+            .any(|&b| b == b'%')
+        {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        let _ = write!(out, "~{:016x}", fnv1a64(source_id.as_bytes()));
+    }
+    out
+}
+
+/// FNV-1a, 64 bits: stable across versions and platforms, which the std hasher is not promised
+/// to be; names must not change between releases.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_stay_readable_and_hostile_ones_stay_inside() {
+        assert_eq!(file_stem("my-app"), "my-app");
+        assert_eq!(file_stem("job_42.v2"), "job_42.v2");
+        assert_eq!(file_stem("cf/doppler"), "cf%2Fdoppler");
+        assert_eq!(file_stem("../../etc/passwd"), "%2E.%2F..%2Fetc%2Fpasswd");
+        assert_eq!(file_stem(".."), "%2E.");
+        assert_eq!(file_stem("."), "%2E");
+        assert_eq!(file_stem(".hidden"), "%2Ehidden");
+        assert_eq!(file_stem("%2e%2e%2f"), "%252e%252e%252f");
+        assert_eq!(file_stem("a\\b:c*"), "a%5Cb%3Ac%2A");
+        for id in [
+            "../../etc/passwd",
+            "a/b",
+            "..",
+            "%2e%2e%2f",
+            "./x",
+            "x/../../y",
+        ] {
+            let stem = file_stem(id);
+            assert!(
+                !stem.contains('/') && stem != "." && stem != ".." && !stem.starts_with('.'),
+                "{id} -> {stem}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_ids_are_cut_with_a_hash_and_stay_distinct() {
+        let a = file_stem(&"/".repeat(256));
+        let b = file_stem(&format!("{}x", "/".repeat(255)));
+        assert!(
+            a.len() <= MAX_STEM && b.len() <= MAX_STEM,
+            "{} {}",
+            a.len(),
+            b.len()
+        );
+        assert_ne!(a, b);
+        assert!(!a.ends_with('%'));
+        assert_eq!(file_stem(&"a".repeat(256)).len(), MAX_STEM - 1);
+    }
+}
