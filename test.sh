@@ -20,6 +20,8 @@ ensure_tools() {
   command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the HTTPS receiver in tests/fixtures
+  command -v jq >/dev/null 2>&1 || missing+=(jq)            # Strøm's documented `curl | jq` call
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     local sudo=""

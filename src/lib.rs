@@ -7,6 +7,7 @@
 //! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket).
 //! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
 //! - [`drains`]: the syslog drains bound on this server, each reading its own cursor.
+//! - [`jobs`]: job logs read back from disk and ring, merged by seq (Strøm's API).
 //! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
 //! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
@@ -24,6 +25,7 @@ pub mod drains;
 pub mod format;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod metrics;
 pub mod server;
 

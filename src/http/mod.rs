@@ -5,6 +5,7 @@
 //! | [`sources`] | `GET /api/v1/sources`, `GET /api/v1/sources/{id}/recent` |
 //! | [`stream`] | `GET /api/v1/sources/{id}/stream`, `GET /api/v1/firehose` (WebSocket) |
 //! | [`drains`] | `POST /api/v1/drains`, `GET /api/v1/drains[/{id}]`, `DELETE /api/v1/drains/{id}` |
+//! | [`jobs`] | job completion and Strøm's API (`/worker/jobs/...`, `/api/jobs/...`) |
 //! | [`ops`] | `GET /healthz`, `GET /readyz`, `GET /metrics` |
 //!
 //! Source ids may contain `/` (`cf/doppler`): the id is everything between `sources/` and the
@@ -12,6 +13,7 @@
 //! `/sources/cf%2Fdoppler/recent` work.
 
 pub mod drains;
+pub mod jobs;
 pub mod ops;
 pub mod sources;
 pub mod stream;
@@ -52,6 +54,8 @@ pub fn routes(
         .or(stream::routes(state.clone()))
         .unify()
         .or(drains::routes(state.clone()))
+        .unify()
+        .or(jobs::routes(state.clone()))
         .unify()
         .or(ops::routes(state))
         .unify()

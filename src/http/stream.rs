@@ -112,7 +112,19 @@ fn open(state: AppState, source: Option<String>, q: HashMap<String, String>, ws:
     }
 }
 
-async fn tail(socket: WebSocket, mut cursor: Cursor, format: Format, state: AppState) {
+async fn tail(socket: WebSocket, cursor: Cursor, format: Format, state: AppState) {
+    pump(socket, cursor, state, move |batch| render(batch, format)).await;
+}
+
+/// Runs a WebSocket from a cursor until the client leaves or the server stops: each batch read
+/// becomes the messages `render` makes of it; pings keep the connection alive. Shared by every
+/// streaming endpoint.
+pub(crate) async fn pump(
+    socket: WebSocket,
+    mut cursor: Cursor,
+    state: AppState,
+    mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
+) {
     // warp spawns this task; the token makes shutdown wait for it all the same.
     let _running = state.tasks.token();
     Metrics::add(&state.metrics.tails_opened, 1);
@@ -141,7 +153,7 @@ async fn tail(socket: WebSocket, mut cursor: Cursor, format: Format, state: AppS
             _ = cursor.next_batch(&mut batch, BATCH) => {
                 // A slow client blocks here; meanwhile its cursor falls behind in the ring, which
                 // is what turns into an exact loss notice once it reads again.
-                if let Err(e) = send(&mut tx, &mut batch, format).await {
+                if let Err(e) = send(&mut tx, render(&mut batch)).await {
                     break Err(e);
                 }
                 let now = (cursor.delivered(), cursor.missed());
@@ -157,23 +169,28 @@ async fn tail(socket: WebSocket, mut cursor: Cursor, format: Format, state: AppS
     Metrics::add(&state.metrics.tails_closed, 1);
 }
 
-async fn send<S>(tx: &mut S, batch: &mut Vec<Delivery>, format: Format) -> Result<(), warp::Error>
-where
-    S: futures_util::Sink<Message, Error = warp::Error> + Unpin,
-{
+/// JSON: one envelope per text frame; msgpack: the whole batch in one binary frame.
+fn render(batch: &mut Vec<Delivery>, format: Format) -> Vec<Message> {
     match format {
-        Format::Json => {
-            for d in batch.drain(..) {
-                tx.feed(Message::text(json_line(&d.into_envelope("tail"))))
-                    .await?;
-            }
-        }
+        Format::Json => batch
+            .drain(..)
+            .map(|d| Message::text(json_line(&d.into_envelope("tail"))))
+            .collect(),
         Format::MsgPack => {
             let envs: Vec<_> = batch.drain(..).map(|d| d.into_envelope("tail")).collect();
             let mut buf = BytesMut::new();
             encode_batch(&envs, &mut buf);
-            tx.feed(Message::binary(buf.freeze())).await?;
+            vec![Message::binary(buf.freeze())]
         }
+    }
+}
+
+async fn send<S>(tx: &mut S, messages: Vec<Message>) -> Result<(), warp::Error>
+where
+    S: futures_util::Sink<Message, Error = warp::Error> + Unpin,
+{
+    for m in messages {
+        tx.feed(m).await?;
     }
     tx.flush().await
 }

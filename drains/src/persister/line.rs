@@ -55,6 +55,21 @@ pub struct Line {
     pub seq: Option<u64>,
 }
 
+impl Line {
+    /// The line the persister writes for `env`, as a value.
+    pub fn from_envelope(env: &Envelope) -> Line {
+        let mut out = Vec::with_capacity(128 + env.message.len());
+        write_line(env, &mut out);
+        // write_line produces valid JSON of exactly this shape.
+        serde_json::from_slice(&out).expect("write_line writes a Line")
+    }
+
+    /// One JSONL line, without its newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

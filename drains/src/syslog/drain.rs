@@ -305,6 +305,8 @@ impl SyslogDrain {
         env.channel = Channel::Err;
         env.timestamp = now_ns();
         env.tags.insert("drain".into(), self.url.to_string());
+        // Router-side events about a source: Strøm's "server events" step.
+        env.step = Some(crate::persister::SERVER_STEP.into());
         if let Err(e) = self.router.publish(vec![env]) {
             tracing::warn!(error = %e, "cannot publish a drain notice");
         }

@@ -1,0 +1,247 @@
+//! Job lifecycle and Strøm's API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/v1/sources/{id}/complete`, `POST /worker/jobs/{id}/complete` | `{"status": "completed"\|"failed"}`: the file is written through every line published so far, synced and closed |
+//! | `POST /worker/jobs/{id}/logs` | Strøm's worker shape: `{"step_name": "build", "lines": [{"ts", "stream", "line"}]}` |
+//! | `GET /api/jobs/{id}/logs` | `{"logs": "<JSONL>"}` |
+//! | `GET /api/jobs/{id}/steps/{step}/logs` | the same, one step (`_server`: router-side events) |
+//! | `GET /api/jobs/{id}/logs/stream` | WebSocket: every line so far, then live, one JSONL line per text frame, with no gap |
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_drains::persister::Line;
+use sluice_router::{Channel, Delivery, Envelope, Filter, Selector, Start, validate_source_id};
+use warp::Filter as _;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::ws::{Message, Ws};
+
+use super::{ApiError, AppState};
+use crate::jobs::{JobStatus, disk_lines_between, read_lines, to_jsonl};
+
+/// Worker batches can be large; this bounds what one request may buffer.
+const MAX_WORKER_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+pub fn routes(
+    state: AppState,
+) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let st = state.clone();
+    let complete = warp::path!("api" / "v1" / "sources" / String / "complete")
+        .or(warp::path!("worker" / "jobs" / String / "complete"))
+        .unify()
+        .and(warp::post())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::bytes())
+        .and_then(move |id: String, body: Bytes| {
+            let st = st.clone();
+            async move {
+                Ok::<_, warp::Rejection>(
+                    complete(&st, &id, &body)
+                        .await
+                        .unwrap_or_else(ApiError::into_response),
+                )
+            }
+        });
+    let st = state.clone();
+    let worker_logs = warp::path!("worker" / "jobs" / String / "logs")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_WORKER_BODY_BYTES))
+        .and(warp::body::bytes())
+        .map(move |id: String, body: Bytes| {
+            worker_logs(&st, &id, &body).unwrap_or_else(ApiError::into_response)
+        });
+    let st = state.clone();
+    let logs = warp::path!("api" / "jobs" / String / "logs")
+        .and(warp::get())
+        .map(move |id: String| job_logs(&st, &id, None).unwrap_or_else(ApiError::into_response));
+    let st = state.clone();
+    let step_logs = warp::path!("api" / "jobs" / String / "steps" / String / "logs")
+        .and(warp::get())
+        .map(move |id: String, step: String| {
+            let step = decode(&step).unwrap_or(step);
+            job_logs(&st, &id, Some(&step)).unwrap_or_else(ApiError::into_response)
+        });
+    let stream = warp::path!("api" / "jobs" / String / "logs" / "stream")
+        .and(warp::get())
+        .and(warp::ws())
+        .map(move |id: String, ws: Ws| job_stream(state.clone(), &id, ws));
+    complete
+        .or(worker_logs)
+        .unify()
+        .or(stream)
+        .unify()
+        .or(logs)
+        .unify()
+        .or(step_logs)
+        .unify()
+}
+
+fn decode(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+fn job_id(raw: &str) -> Result<String, ApiError> {
+    let id = decode(raw).ok_or_else(|| ApiError::bad_request("the job id is not valid UTF-8"))?;
+    validate_source_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(id)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRequest {
+    status: JobStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct CompleteResponse {
+    source_id: String,
+    status: JobStatus,
+    /// The job's local file, synced and closed (absent if it never logged).
+    file: Option<String>,
+    rotated: Vec<String>,
+}
+
+async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let id = job_id(raw_id)?;
+    let req: CompleteRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid completion: {e} (send {{\"status\": \"completed\"}} or \"failed\")"
+        ))
+    })?;
+    let upto = state.router.source_stats(&id).map_or(0, |s| s.published);
+    let done = state
+        .persister
+        .complete(&id, upto)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e,
+        })?;
+    tracing::info!(job = %id, status = ?req.status, "job completed");
+    Ok(warp::reply::json(&CompleteResponse {
+        source_id: id,
+        status: req.status,
+        file: done.path.map(|p| p.display().to_string()),
+        rotated: done
+            .rotated
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkerLogs {
+    #[serde(default)]
+    step_name: Option<String>,
+    lines: Vec<WorkerLine>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkerLine {
+    #[serde(default)]
+    ts: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    line: String,
+}
+
+fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let id = job_id(raw_id)?;
+    let req: WorkerLogs = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid worker logs: {e}")))?;
+    let mut batch = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.into_iter().enumerate() {
+        let mut env = Envelope::new(id.clone(), l.line);
+        env.step = req.step_name.clone().filter(|s| !s.is_empty());
+        env.channel = match l.stream.as_deref() {
+            None | Some("stdout") => Channel::Out,
+            Some("stderr") => Channel::Err,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "lines[{i}].stream: {other:?} is not stdout or stderr"
+                )));
+            }
+        };
+        if let Some(ts) = l.ts.filter(|t| !t.is_empty()) {
+            let parsed = chrono::DateTime::parse_from_rfc3339(&ts).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "lines[{i}].ts: {ts:?} is not an RFC 3339 time: {e}"
+                ))
+            })?;
+            env.timestamp = parsed.timestamp_nanos_opt().unwrap_or(0);
+        }
+        batch.push(env);
+    }
+    let n = state
+        .router
+        .publish(batch)
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    Ok(warp::reply::json(&serde_json::json!({ "accepted": n })).into_response())
+}
+
+fn job_logs(state: &AppState, raw_id: &str, step: Option<&str>) -> Result<Response, ApiError> {
+    let id = job_id(raw_id)?;
+    let lines = read_lines(&state.router, &state.persister, &id, step)
+        .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
+    Ok(warp::reply::json(&serde_json::json!({ "logs": to_jsonl(&lines) })).into_response())
+}
+
+/// Every line so far, then live. The cursor starts at the ring's beginning; what the ring no
+/// longer holds (reported as missed) is read back from the job's files, so the stream has no gap
+/// where Strøm's had one between backfill and subscribe.
+fn job_stream(state: AppState, raw_id: &str, ws: Ws) -> Response {
+    let id = match job_id(raw_id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let cursor = match state.router.subscribe(
+        Selector::Source(id.clone()),
+        Filter::default(),
+        Start::AfterSeq(0),
+    ) {
+        Ok(c) => c,
+        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+    };
+    let st = state.clone();
+    ws.on_upgrade(move |socket| async move {
+        let mut sent_through = 0u64;
+        let render = move |batch: &mut Vec<Delivery>| {
+            let mut out = Vec::with_capacity(batch.len());
+            for d in batch.drain(..) {
+                match d {
+                    Delivery::Log(env) => {
+                        sent_through = env.seq;
+                        out.push(Message::text(Line::from_envelope(&env).to_json()));
+                    }
+                    Delivery::Missed(m) => {
+                        let from_disk = disk_lines_between(
+                            &st.persister,
+                            &id,
+                            sent_through + 1,
+                            m.last_missed_seq,
+                        );
+                        let recovered = from_disk.len() as u64;
+                        out.extend(from_disk.iter().map(|l| Message::text(l.to_json())));
+                        if recovered < m.count {
+                            let mut notice = m.clone();
+                            notice.count = m.count - recovered;
+                            out.push(Message::text(
+                                Line::from_envelope(&notice.to_envelope("stream")).to_json(),
+                            ));
+                        }
+                        sent_through = m.last_missed_seq;
+                    }
+                }
+            }
+            out
+        };
+        super::stream::pump(socket, cursor, state, render).await;
+    })
+    .into_response()
+}

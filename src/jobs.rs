@@ -1,0 +1,132 @@
+//! Jobs, as Strøm sees them: a source whose lines carry steps, that ends with a status, and
+//! whose log is read back as JSONL wherever it now lives.
+//!
+//! Reads merge, by `seq` and without duplicates: the source's local files (rotated ones oldest
+//! first, then the current one), or the legacy `<stem>.log` when there is no JSONL, and the
+//! lines still in the ring (which the persister may not have written yet).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sluice_drains::persister::{Line, PersisterHandle, file_path, legacy_path, rotated_path};
+use sluice_router::{Filter, Router};
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Completed,
+    Failed,
+}
+
+/// Every line of `source` (of one `step`, if given), oldest first; `None` if nothing is known
+/// of it at all.
+pub fn read_lines(
+    router: &Router,
+    persister: &PersisterHandle,
+    source: &str,
+    step: Option<&str>,
+) -> Option<Vec<Line>> {
+    let (mut by_seq, unsequenced, mut found) = read_disk(persister, source);
+    if let Some(recent) = router.recent(source, usize::MAX, &Filter::default()) {
+        found |= !recent.is_empty() || router.source_stats(source).is_some_and(|s| s.published > 0);
+        for env in recent {
+            by_seq
+                .entry(env.seq)
+                .or_insert_with(|| Line::from_envelope(&env));
+        }
+    }
+    if !found {
+        return None;
+    }
+    let lines = unsequenced.into_iter().chain(by_seq.into_values());
+    Some(match step {
+        Some(step) => lines.filter(|l| l.step.as_deref() == Some(step)).collect(),
+        None => lines.collect(),
+    })
+}
+
+/// The lines of `source` on disk with a seq in `from..=to`, in order.
+pub fn disk_lines_between(
+    persister: &PersisterHandle,
+    source: &str,
+    from: u64,
+    to: u64,
+) -> Vec<Line> {
+    read_disk(persister, source)
+        .0
+        .range(from..=to)
+        .map(|(_, l)| l.clone())
+        .collect()
+}
+
+/// The local files: sequenced lines by seq, unsequenced ones in order, and whether any file was
+/// there.
+fn read_disk(persister: &PersisterHandle, source: &str) -> (BTreeMap<u64, Line>, Vec<Line>, bool) {
+    let dir = &persister.config.local_dir;
+    let mut files: Vec<std::path::PathBuf> = (1..persister.config.max_files.max(1))
+        .rev()
+        .map(|n| rotated_path(dir, source, n))
+        .collect();
+    files.push(file_path(dir, source));
+    let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
+    let mut unsequenced: Vec<Line> = Vec::new();
+    let mut found = false;
+    for path in &files {
+        found |= read_jsonl(path, &mut by_seq, &mut unsequenced);
+    }
+    if !found {
+        found = read_legacy(&legacy_path(dir, source), &mut unsequenced);
+    }
+    (by_seq, unsequenced, found)
+}
+
+/// Lines as one JSONL text, as Strøm's `{"logs": ...}` carries it.
+pub fn to_jsonl(lines: &[Line]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&l.to_json());
+        out.push('\n');
+    }
+    out
+}
+
+fn read_jsonl(path: &Path, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    for raw in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Line>(raw) {
+            Ok(line) => match line.seq {
+                Some(seq) => {
+                    by_seq.entry(seq).or_insert(line);
+                }
+                None => unsequenced.push(line),
+            },
+            // A torn last line after a crash: skip it, keep the rest.
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "skipping an unreadable log line")
+            }
+        }
+    }
+    true
+}
+
+/// A pre-JSONL log: one plain line per line.
+fn read_legacy(path: &Path, out: &mut Vec<Line>) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    for raw in String::from_utf8_lossy(&bytes).lines() {
+        out.push(Line {
+            ts: String::new(),
+            stream: "stdout".into(),
+            step: None,
+            line: raw.to_owned(),
+            origin: None,
+            seq: None,
+        });
+    }
+    true
+}

@@ -1,0 +1,232 @@
+//! Jobs the way Strøm's workers and users see them: worker ingest, JSONL reads by job and by
+//! step, completion, reads that outlive the ring, legacy files, and a gapless stream.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+fn jsonl(logs: &Value) -> Vec<Value> {
+    logs["logs"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn worker_lines(server: &Server, job: &str, step: &str, lines: Vec<Value>) -> (u16, Value) {
+    server
+        .post_json(
+            &format!("/worker/jobs/{job}/logs"),
+            json!({"step_name": step, "lines": lines}),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lines_read_back_by_job_and_by_step() {
+    let server = Server::start("");
+    let (status, answer) = worker_lines(
+        &server,
+        "job-1",
+        "build",
+        vec![
+            json!({"ts": "2025-02-12T10:56:45.123Z", "stream": "stdout", "line": "compiling"}),
+            json!({"ts": "2025-02-12T10:56:46Z", "stream": "stderr", "line": "warning: x"}),
+        ],
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({"accepted": 2})));
+    worker_lines(
+        &server,
+        "job-1",
+        "test",
+        vec![json!({"ts": "2025-02-12T10:57:00.5+01:00", "line": "ok"})],
+    )
+    .await;
+
+    let all = jsonl(&server.get_json("/api/jobs/job-1/logs").await);
+    assert_eq!(
+        all,
+        [
+            json!({"ts": "2025-02-12T10:56:45.123Z", "stream": "stdout", "step": "build", "line": "compiling", "origin": "APP/0", "seq": 1}),
+            json!({"ts": "2025-02-12T10:56:46.000Z", "stream": "stderr", "step": "build", "line": "warning: x", "origin": "APP/0", "seq": 2}),
+            json!({"ts": "2025-02-12T09:57:00.500Z", "stream": "stdout", "step": "test", "line": "ok", "origin": "APP/0", "seq": 3}),
+        ]
+    );
+    let test_only = jsonl(&server.get_json("/api/jobs/job-1/steps/test/logs").await);
+    assert_eq!(test_only.len(), 1);
+    assert_eq!(
+        server.get_json("/api/jobs/job-1/steps/_server/logs").await,
+        json!({"logs": ""})
+    );
+
+    // Bad worker input is refused with the line at fault, and nothing of it is kept.
+    let cases = [
+        (
+            json!({"step_name": "s", "lines": [{"line": "a"}, {"ts": "yesterday", "line": "b"}]}),
+            "lines[1].ts: \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            json!({"step_name": "s", "lines": [{"stream": "stdin", "line": "a"}]}),
+            "lines[0].stream: \"stdin\" is not stdout or stderr",
+        ),
+        (
+            json!({"step_name": "s"}),
+            "invalid worker logs: missing field `lines`",
+        ),
+    ];
+    for (body, reason) in cases {
+        let (status, answer) = server.post_json("/worker/jobs/job-1/logs", body).await;
+        assert_eq!(status, 400);
+        assert!(
+            answer["error"].as_str().unwrap().starts_with(reason),
+            "{answer}"
+        );
+    }
+    let (status, _) = server
+        .post_json("/worker/jobs/bad%20id/logs", json!({"lines": []}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        jsonl(&server.get_json("/api/jobs/job-1/logs").await).len(),
+        3
+    );
+    let resp = reqwest::get(server.url("/api/jobs/never-seen/logs"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stroms_documented_server_events_call_works_as_documented() {
+    let server = Server::start("drains:\n  delivery:\n    reconnect_min_millis: 20\n");
+    worker_lines(
+        &server,
+        "job-7",
+        "deploy",
+        vec![json!({"line": "starting"})],
+    )
+    .await;
+    // A drain that cannot connect is a router-side event about the job: step _server, stderr.
+    let (status, _) = server
+        .post_json(
+            "/api/v1/drains",
+            json!({"source_id": "job-7", "url": "syslog://127.0.0.1:1"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "curl -s http://{}/api/jobs/job-7/steps/_server/logs | jq -r .logs",
+                server.http
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        if text.contains("failed to connect") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no server event yet: {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["step"], "_server");
+    assert_eq!(line["stream"], "stderr");
+    assert_eq!(
+        line["line"],
+        "failed to connect to syslog drain syslog://127.0.0.1:1: connection refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_jobs_read_back_whole_after_the_ring_moved_on_and_stream_without_a_gap() {
+    let server = Server::start("router:\n  ring_max_entries: 10\n");
+    for chunk in 0..5 {
+        let lines = (0..10)
+            .map(|i| json!({"line": format!("line {}", chunk * 10 + i)}))
+            .collect();
+        worker_lines(&server, "job-9", "run", lines).await;
+    }
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/job-9/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed");
+    assert!(
+        done["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("/logs/job-9.jsonl")
+    );
+
+    // The ring holds 41..=50; the file has everything.
+    let all = jsonl(&server.get_json("/api/jobs/job-9/logs").await);
+    let seqs: Vec<u64> = all.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+
+    // The stream: 1..=40 from the file, 41..=50 from the ring, then live, each once, in order.
+    let (mut ws, _) = connect_async(server.ws("/api/jobs/job-9/logs/stream"))
+        .await
+        .unwrap();
+    worker_lines(&server, "job-9", "run", vec![json!({"line": "late"})]).await;
+    let mut got = Vec::new();
+    while got.len() < 51 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            got.push(serde_json::from_str::<Value>(&t).unwrap());
+        }
+    }
+    let seqs: Vec<u64> = got.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=51).collect::<Vec<_>>());
+    assert_eq!(got[50]["line"], "late");
+
+    // Strøm's worker path completes the same way.
+    let (status, _) = server.post_json("/worker/jobs/job-9/complete", json!({"status": "failed"})).await;
+    assert_eq!(status, 200);
+
+    // Bad completions.
+    let (status, answer) = server
+        .post_json("/api/v1/sources/job-9/complete", json!({"status": "done"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `done`"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_log_files_are_read_when_there_is_no_jsonl() {
+    let server = Server::start("");
+    std::fs::create_dir_all(&server.logs).unwrap();
+    std::fs::write(server.logs.join("old-job.log"), "first line\nsecond line\n").unwrap();
+    let logs = jsonl(&server.get_json("/api/jobs/old-job/logs").await);
+    let text: Vec<&str> = logs.iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(text, ["first line", "second line"]);
+}
