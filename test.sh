@@ -5,7 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-log() { printf '==> %s\n' "$*" >&2; }
+log() { printf '==> %s\n' "$*" >&2; 
+  # A real S3-compatible server for the archive tests: moto, from PyPI, in a venv of its own.
+  local tools="${SLUICE_TEST_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice-test-tools}"
+  if [ ! -x "$tools/moto/bin/moto_server" ]; then
+    log "installing moto[server] into $tools/moto"
+    python3 -m venv "$tools/moto" 2>/dev/null || {
+      DEBIAN_FRONTEND=noninteractive ${sudo:-} apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$tools/moto"
+    }
+    "$tools/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+  fi
+  export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"
+}
 
 ensure_tools() {
   if ! command -v cargo >/dev/null 2>&1; then
@@ -22,13 +34,25 @@ ensure_tools() {
   command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the HTTPS receiver in tests/fixtures
   command -v jq >/dev/null 2>&1 || missing+=(jq)            # Strøm's documented `curl | jq` call
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+
+  # A real S3-compatible server for the archive tests: moto, from PyPI, in a venv of its own.
+  local tools="${SLUICE_TEST_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice-test-tools}"
+  if [ ! -x "$tools/moto/bin/moto_server" ]; then
+    log "installing moto[server] into $tools/moto"
+    python3 -m venv "$tools/moto" 2>/dev/null || {
+      DEBIAN_FRONTEND=noninteractive ${sudo:-} apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$tools/moto"
+    }
+    "$tools/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+  fi
+  export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"
 }
 
 ensure_tools

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sluice_router::RouterConfig;
 
 use crate::drains::{Drains, DrainsConfig};
+use sluice_drains::archive::S3Config;
 use sluice_drains::persister::Fsync;
 use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
 
@@ -88,8 +89,10 @@ pub struct LogStorage {
     pub max_files: usize,
     /// Files kept open at once; the least recently written are closed first.
     pub max_open_files: usize,
-    /// S3 archival of completed jobs; not in this build yet.
-    pub s3: Option<serde_norway::Value>,
+    /// Keep a job's local files after S3 has its archive.
+    pub keep_local: bool,
+    /// S3 archival of completed jobs; absent, jobs stay local.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for LogStorage {
@@ -101,6 +104,7 @@ impl Default for LogStorage {
             max_file_size_bytes: 100 * 1024 * 1024,
             max_files: 10,
             max_open_files: 256,
+            keep_local: false,
             s3: None,
         }
     }
@@ -231,8 +235,16 @@ impl Config {
             );
         }
         let ls = &self.log_storage;
-        if ls.s3.is_some() {
-            return Err("log_storage.s3: S3 archival is not available in this build yet".into());
+        if let Some(s3) = &ls.s3 {
+            if s3.bucket.is_empty() {
+                return Err("log_storage.s3.bucket must be set".into());
+            }
+            if s3.part_size_bytes < sluice_drains::archive::MIN_PART_BYTES {
+                return Err(format!(
+                    "log_storage.s3.part_size_bytes must be at least {} (S3's smallest part)",
+                    sluice_drains::archive::MIN_PART_BYTES
+                ));
+            }
         }
         if ls.max_files == 0
             || ls.max_open_files == 0

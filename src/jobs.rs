@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sluice_drains::archive::Archive;
 use sluice_drains::persister::{Line, PersisterHandle, file_path, legacy_path, rotated_path};
 use sluice_router::{Filter, Router};
 
@@ -82,6 +83,53 @@ fn read_disk(persister: &PersisterHandle, source: &str) -> (BTreeMap<u64, Line>,
     (by_seq, unsequenced, found)
 }
 
+/// [`read_lines`], and then what the S3 archive holds of the job, merged by seq: reads keep
+/// working after the local files are gone.
+pub async fn read_lines_archived(
+    router: &Router,
+    persister: &PersisterHandle,
+    archive: Option<&Archive>,
+    source: &str,
+    step: Option<&str>,
+) -> Result<Option<Vec<Line>>, String> {
+    let local = read_lines(router, persister, source, None);
+    let Some(key) = archive.and_then(|a| a.archived_key(source).map(|k| (a, k))) else {
+        return Ok(local.map(|lines| filter_step(lines, step)));
+    };
+    let (archive, key) = key;
+    let text = archive.fetch(&key).await?;
+    let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
+    let mut unsequenced = Vec::new();
+    parse_jsonl(
+        &String::from_utf8_lossy(&text),
+        &mut by_seq,
+        &mut unsequenced,
+    );
+    for line in local.unwrap_or_default() {
+        match line.seq {
+            Some(seq) => {
+                by_seq.entry(seq).or_insert(line);
+            }
+            None => unsequenced.push(line),
+        }
+    }
+    let lines = unsequenced
+        .into_iter()
+        .chain(by_seq.into_values())
+        .collect();
+    Ok(Some(filter_step(lines, step)))
+}
+
+fn filter_step(lines: Vec<Line>, step: Option<&str>) -> Vec<Line> {
+    match step {
+        Some(step) => lines
+            .into_iter()
+            .filter(|l| l.step.as_deref() == Some(step))
+            .collect(),
+        None => lines,
+    }
+}
+
 /// Lines as one JSONL text, as Strøm's `{"logs": ...}` carries it.
 pub fn to_jsonl(lines: &[Line]) -> String {
     let mut out = String::new();
@@ -96,6 +144,11 @@ fn read_jsonl(path: &Path, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut V
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
+    parse_jsonl(&text, by_seq, unsequenced);
+    true
+}
+
+fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
     for raw in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<Line>(raw) {
             Ok(line) => match line.seq {
@@ -105,12 +158,9 @@ fn read_jsonl(path: &Path, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut V
                 None => unsequenced.push(line),
             },
             // A torn last line after a crash: skip it, keep the rest.
-            Err(e) => {
-                tracing::debug!(file = %path.display(), error = %e, "skipping an unreadable log line")
-            }
+            Err(e) => tracing::debug!(error = %e, "skipping an unreadable log line"),
         }
     }
-    true
 }
 
 /// A pre-JSONL log: one plain line per line.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_drains::archive::Archive;
 use sluice_drains::persister::{Persister, PersisterConfig, PersisterHandle};
 use sluice_router::{Filter, Router, Selector, Start};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
@@ -235,8 +236,9 @@ pub struct Running {
     unix_path: Option<PathBuf>,
 }
 
-/// Starts every listener's task and the configured drains, and returns at once.
-pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
+/// Starts every listener's task, the persister, the archiver and the configured drains, and
+/// returns once they run.
+pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let router = Router::new(config.router.clone());
     let metrics = Arc::new(Metrics::default());
@@ -254,6 +256,24 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError
     }
 
     let persister = start_persister(&config, &router, &shutdown, &tasks)?;
+    let archive = match &config.log_storage.s3 {
+        None => None,
+        Some(s3) => {
+            let archive = Archive::new(
+                s3.clone(),
+                &config.log_storage.local_dir,
+                config.log_storage.keep_local,
+            )
+            .await
+            .map_err(|e| StartError::Storage {
+                dir: config.log_storage.local_dir.display().to_string(),
+                reason: crate::io_reason(&e),
+            })?;
+            // Pending uploads from before a restart are picked up at once.
+            tasks.spawn(archive.clone().run(router.clone(), shutdown.clone()));
+            Some(archive)
+        }
+    };
     let ingest = NativeIngest {
         router: router.clone(),
         metrics: metrics.clone(),
@@ -316,6 +336,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Running, StartError
             config: config.clone(),
             drains: drains.clone(),
             persister: persister.clone(),
+            archive: archive.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };

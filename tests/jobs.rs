@@ -204,7 +204,9 @@ async fn completed_jobs_read_back_whole_after_the_ring_moved_on_and_stream_witho
     assert_eq!(got[50]["line"], "late");
 
     // Strøm's worker path completes the same way.
-    let (status, _) = server.post_json("/worker/jobs/job-9/complete", json!({"status": "failed"})).await;
+    let (status, _) = server
+        .post_json("/worker/jobs/job-9/complete", json!({"status": "failed"}))
+        .await;
     assert_eq!(status, 200);
 
     // Bad completions.

@@ -8,5 +8,6 @@
 //! - `persister`: JSONL files per source, batched, with rotation and fsync policy.
 //! - `archive`: gzip and upload of finished jobs' files to S3, behind a small storage trait.
 //!
+pub mod archive;
 pub mod persister;
 pub mod syslog;

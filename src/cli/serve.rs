@@ -19,7 +19,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .init();
     let config = Config::load(args.config.as_deref())?;
     let listeners = Listeners::bind(&config.listen).await?;
-    let running = server::start(config, listeners)?;
+    let running = server::start(config, listeners).await?;
     {
         let mut out = std::io::stdout().lock();
         for line in running.bound.lines() {

@@ -18,7 +18,9 @@ use warp::reply::{Reply, Response};
 use warp::ws::{Message, Ws};
 
 use super::{ApiError, AppState};
-use crate::jobs::{JobStatus, disk_lines_between, read_lines, to_jsonl};
+use sluice_drains::archive::{Record, object_key};
+
+use crate::jobs::{JobStatus, disk_lines_between, read_lines_archived, to_jsonl};
 
 /// Worker batches can be large; this bounds what one request may buffer.
 const MAX_WORKER_BODY_BYTES: u64 = 16 * 1024 * 1024;
@@ -54,13 +56,29 @@ pub fn routes(
     let st = state.clone();
     let logs = warp::path!("api" / "jobs" / String / "logs")
         .and(warp::get())
-        .map(move |id: String| job_logs(&st, &id, None).unwrap_or_else(ApiError::into_response));
+        .and_then(move |id: String| {
+            let st = st.clone();
+            async move {
+                Ok::<_, warp::Rejection>(
+                    job_logs(&st, &id, None)
+                        .await
+                        .unwrap_or_else(ApiError::into_response),
+                )
+            }
+        });
     let st = state.clone();
     let step_logs = warp::path!("api" / "jobs" / String / "steps" / String / "logs")
         .and(warp::get())
-        .map(move |id: String, step: String| {
-            let step = decode(&step).unwrap_or(step);
-            job_logs(&st, &id, Some(&step)).unwrap_or_else(ApiError::into_response)
+        .and_then(move |id: String, step: String| {
+            let st = st.clone();
+            async move {
+                let step = decode(&step).unwrap_or(step);
+                Ok::<_, warp::Rejection>(
+                    job_logs(&st, &id, Some(&step))
+                        .await
+                        .unwrap_or_else(ApiError::into_response),
+                )
+            }
         });
     let stream = warp::path!("api" / "jobs" / String / "logs" / "stream")
         .and(warp::get())
@@ -103,6 +121,14 @@ struct CompleteResponse {
     /// The job's local file, synced and closed (absent if it never logged).
     file: Option<String>,
     rotated: Vec<String>,
+    /// Where the archive will be, when S3 is configured: the upload runs in the background.
+    archive: Option<ArchiveTarget>,
+}
+
+#[derive(Debug, Serialize)]
+struct ArchiveTarget {
+    bucket: String,
+    key: String,
 }
 
 async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, ApiError> {
@@ -122,6 +148,41 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             message: e,
         })?;
     tracing::info!(job = %id, status = ?req.status, "job completed");
+    let mut archive_target = None;
+    if let Some(archive) = &state.archive {
+        // The key takes workspace, task and job_id from the job's newest line.
+        let tags = state
+            .router
+            .recent(&id, 1, &sluice_router::Filter::default())
+            .and_then(|mut r| r.pop())
+            .map(|e| e.tags.clone())
+            .unwrap_or_default();
+        let key = object_key(
+            archive.prefix(),
+            &tags,
+            &id,
+            sluice_router::envelope::now_ns(),
+        );
+        let mut files = done.rotated.clone();
+        files.extend(done.path.clone());
+        let record = Record {
+            source: id.clone(),
+            status: match req.status {
+                JobStatus::Completed => "completed".into(),
+                JobStatus::Failed => "failed".into(),
+            },
+            key: key.clone(),
+            files,
+        };
+        archive.enqueue(&record).map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot record the archive upload: {}", crate::io_reason(&e)),
+        })?;
+        archive_target = Some(ArchiveTarget {
+            bucket: archive.bucket().to_owned(),
+            key,
+        });
+    }
     Ok(warp::reply::json(&CompleteResponse {
         source_id: id,
         status: req.status,
@@ -131,6 +192,7 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        archive: archive_target,
     })
     .into_response())
 }
@@ -185,10 +247,25 @@ fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, 
     Ok(warp::reply::json(&serde_json::json!({ "accepted": n })).into_response())
 }
 
-fn job_logs(state: &AppState, raw_id: &str, step: Option<&str>) -> Result<Response, ApiError> {
+async fn job_logs(
+    state: &AppState,
+    raw_id: &str,
+    step: Option<&str>,
+) -> Result<Response, ApiError> {
     let id = job_id(raw_id)?;
-    let lines = read_lines(&state.router, &state.persister, &id, step)
-        .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
+    let lines = read_lines_archived(
+        &state.router,
+        &state.persister,
+        state.archive.as_ref(),
+        &id,
+        step,
+    )
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!("cannot read the archive of job {id:?}: {e}"),
+    })?
+    .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
     Ok(warp::reply::json(&serde_json::json!({ "logs": to_jsonl(&lines) })).into_response())
 }
 

@@ -40,6 +40,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub drains: Arc<crate::drains::Drains>,
     pub persister: sluice_drains::persister::PersisterHandle,
+    /// Set when `log_storage.s3` is configured.
+    pub archive: Option<sluice_drains::archive::Archive>,
     /// Cancelled on shutdown: open tails close with a WebSocket close frame.
     pub shutdown: CancellationToken,
     /// Tails hold a token of it, so shutdown waits for their close frames to go out.

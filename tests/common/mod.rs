@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 pub mod rsyslog;
+pub mod s3;
 pub mod tls;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -62,41 +63,9 @@ impl Server {
             ),
         )
         .unwrap();
-        let mut child = Command::new(SLUICE)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sluice serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut http, mut ingest) = (String::new(), String::new());
-        let (mut syslog_tcp, mut syslog_udp) = (String::new(), String::new());
-        let mut syslog_tls = None;
-        for line in &mut lines {
-            let line = line.unwrap();
-            if let Some(a) = line.strip_prefix("listening http=") {
-                http = a.to_owned();
-            } else if let Some(a) = line.strip_prefix("listening ingest=") {
-                ingest = a.to_owned();
-            } else if let Some(a) = line.strip_prefix("listening syslog_tcp=") {
-                syslog_tcp = a.to_owned();
-            } else if let Some(a) = line.strip_prefix("listening syslog_udp=") {
-                syslog_udp = a.to_owned();
-            } else if let Some(a) = line.strip_prefix("listening syslog_tls=") {
-                syslog_tls = Some(a.to_owned());
-            } else if line == "ready" {
-                break;
-            }
-        }
-        assert!(
-            !http.is_empty() && !ingest.is_empty(),
-            "sluice serve printed its addresses"
-        );
-        // Keep draining stdout so the child never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addrs) = spawn(&config);
+        let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed.clone();
+        let syslog_tls = addrs.syslog_tls;
         Server {
             child,
             http,
@@ -186,6 +155,78 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The addresses a `sluice serve` printed.
+#[derive(Clone)]
+struct Addrs {
+    /// http, ingest, syslog_tcp, syslog_udp.
+    fixed: [String; 4],
+    syslog_tls: Option<String>,
+}
+
+/// Starts `sluice serve --config CONFIG` and reads its `listening` lines up to `ready`.
+fn spawn(config: &Path) -> (Child, Addrs) {
+    let mut child = Command::new(SLUICE)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("SLUICE_LOG", "warn")
+        // For the S3 tests: moto takes any credentials; no instance metadata lookups.
+        .env("AWS_ACCESS_KEY_ID", "sluice-test")
+        .env("AWS_SECRET_ACCESS_KEY", "sluice-test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start sluice serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut fixed: [String; 4] = Default::default();
+    let mut syslog_tls = None;
+    for line in &mut lines {
+        let line = line.unwrap();
+        let Some((name, addr)) = line
+            .strip_prefix("listening ")
+            .and_then(|l| l.split_once('='))
+        else {
+            if line == "ready" {
+                break;
+            }
+            continue;
+        };
+        match name {
+            "http" => fixed[0] = addr.to_owned(),
+            "ingest" => fixed[1] = addr.to_owned(),
+            "syslog_tcp" => fixed[2] = addr.to_owned(),
+            "syslog_udp" => fixed[3] = addr.to_owned(),
+            "syslog_tls" => syslog_tls = Some(addr.to_owned()),
+            _ => {}
+        }
+    }
+    assert!(
+        !fixed[0].is_empty() && !fixed[1].is_empty(),
+        "sluice serve printed its addresses"
+    );
+    // Keep draining stdout so the child never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, Addrs { fixed, syslog_tls })
+}
+
+impl Server {
+    /// Kills the server with SIGKILL (as a crash would) and starts it again on the same config
+    /// and directories; ports are new.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addrs) = spawn(&self.dir.join("sluice.yaml"));
+        self.child = child;
+        let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed;
+        self.http = http;
+        self.ingest = ingest;
+        self.syslog_tcp = syslog_tcp;
+        self.syslog_udp = syslog_udp;
+        self.syslog_tls = addrs.syslog_tls;
     }
 }
 

@@ -1,0 +1,72 @@
+//! The persister: envelopes/s from the router into JSONL files, `fsync: interval`. Each sample
+//! publishes a run of 150-byte lines into one source and times until the persister has written
+//! and closed them all (publishing included, which is ~5% of the time per `benches/router.rs`).
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_drains::persister::{Fsync, Persister, PersisterConfig};
+use sluice_router::{Envelope, Filter, Router, RouterConfig, Selector, Start};
+use tokio_util::sync::CancellationToken;
+
+const N: u64 = 100_000;
+
+fn persister(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-bench-persister-{}", std::process::id()));
+    let mut group = c.benchmark_group("persister");
+    group.throughput(Throughput::Elements(N));
+    group.sample_size(10);
+    group.bench_function("jsonl_fsync_interval", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let router = Router::new(RouterConfig {
+                        ring_max_entries: 1 << 20,
+                        ring_max_bytes: 1 << 30,
+                        memory_budget_bytes: 1 << 31,
+                    });
+                    let cursor = router
+                        .subscribe(Selector::All, Filter::default(), Start::Live)
+                        .unwrap();
+                    let (p, handle, control) = Persister::new(PersisterConfig {
+                        local_dir: dir.clone(),
+                        fsync: Fsync::Interval,
+                        fsync_interval: Duration::from_secs(1),
+                        max_file_size_bytes: 1 << 30,
+                        max_files: 2,
+                        max_open_files: 16,
+                    })
+                    .unwrap();
+                    let stop = CancellationToken::new();
+                    let task = tokio::spawn(p.run(cursor, control, stop.clone()));
+                    let line = "x".repeat(150);
+                    let source = format!("bench-{i}");
+                    let start = Instant::now();
+                    for _ in 0..N / 100 {
+                        let batch = (0..100)
+                            .map(|_| Envelope::new(source.clone(), line.clone()))
+                            .collect();
+                        router.publish(batch).unwrap();
+                    }
+                    handle.complete(&source, N).await.unwrap();
+                    total += start.elapsed();
+                    stop.cancel();
+                    task.await.unwrap();
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, persister);
+criterion_main!(benches);

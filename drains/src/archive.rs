@@ -1,0 +1,518 @@
+//! The archive (SPEC §6): a completed job's files, gzip-compressed, uploaded to S3 under
+//! `{prefix}{workspace}/{task}/YYYY/MM/DD/YYYY-MM-DDTHH-MM-SS_{job_id}.jsonl.gz`.
+//!
+//! - Completion writes a durable record (`local_dir/.archive/pending/<stem>.json`) before it is
+//!   answered; the archiver works through the records and a restart resumes them. The key is in
+//!   the record, so a retry or a restart overwrites the same object: never a duplicate.
+//! - Uploads stream: the files are read in chunks through a gzip encoder; compressed output goes
+//!   out in multipart parts of `part_size_bytes`, or in one PUT when it is smaller than a part.
+//!   Memory stays around one part.
+//! - Only when S3 confirms are the local files removed (unless `keep_local`); then the record
+//!   moves to `.archive/done/<stem>.json`, which reads use to find the object.
+//! - Failures retry with backoff and reach the job's own stream as `_server` lines.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde::{Deserialize, Serialize};
+use sluice_router::envelope::{UtcTime, now_ns};
+use sluice_router::{Channel, Envelope, Router};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::persister::{SERVER_STEP, file_stem};
+
+/// `log_storage.s3`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix, `""` by default (`"logs/"` puts everything under `logs/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// An S3-compatible endpoint (MinIO, a test server); AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Multipart part size; the compressed output goes out in parts of this size.
+    #[serde(default = "default_part_size")]
+    pub part_size_bytes: usize,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_part_size() -> usize {
+    8 * 1024 * 1024
+}
+
+/// The smallest part S3 accepts (but for the last one).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Tags that place a job in the archive, with their defaults.
+pub const WORKSPACE_TAG: &str = "workspace";
+pub const TASK_TAG: &str = "task";
+pub const JOB_ID_TAG: &str = "job_id";
+pub const DEFAULT_WORKSPACE: &str = "default";
+pub const DEFAULT_TASK: &str = "default";
+
+/// A job waiting for (or done with) its upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub source: String,
+    pub status: String,
+    pub key: String,
+    /// Oldest first: rotated files, then the current one.
+    pub files: Vec<PathBuf>,
+}
+
+/// The object key for a job completed at `completed_ns`. Each part is encoded like a file stem,
+/// so no tag can climb out of the prefix (`..`, `/`).
+pub fn object_key(
+    prefix: &str,
+    tags: &BTreeMap<String, String>,
+    source: &str,
+    completed_ns: i64,
+) -> String {
+    let part = |tag: &str, default: &str| {
+        let value = tags
+            .get(tag)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(default);
+        file_stem(value)
+    };
+    let t = UtcTime::from_ns(completed_ns);
+    format!(
+        "{prefix}{}/{}/{:04}/{:02}/{:02}/{:04}-{:02}-{:02}T{:02}-{:02}-{:02}_{}.jsonl.gz",
+        part(WORKSPACE_TAG, DEFAULT_WORKSPACE),
+        part(TASK_TAG, DEFAULT_TASK),
+        t.year,
+        t.month,
+        t.day,
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        part(JOB_ID_TAG, source),
+    )
+}
+
+/// An S3 client for `config`: the standard AWS credential chain (or `credentials`, when given),
+/// rustls with ring, path-style addressing for custom endpoints.
+pub async fn s3_client(
+    config: &S3Config,
+    credentials: Option<aws_sdk_s3::config::Credentials>,
+) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new(config.region.clone()));
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some(credentials) = credentials {
+        loader = loader.credentials_provider(credentials);
+    }
+    let shared = loader.load().await;
+    let s3 = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(config.endpoint.is_some())
+        .build();
+    Client::from_conf(s3)
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ArchiveCounters {
+    pub uploaded: AtomicU64,
+    pub bytes: AtomicU64,
+    pub failures: AtomicU64,
+    /// Records waiting to be uploaded.
+    pub backlog: AtomicU64,
+}
+
+/// The archiver: shared by completion (which adds records) and reads (which fetch objects).
+#[derive(Debug, Clone)]
+pub struct Archive {
+    client: Client,
+    config: Arc<S3Config>,
+    dir: PathBuf,
+    keep_local: bool,
+    wake: Arc<Notify>,
+    pub counters: Arc<ArchiveCounters>,
+}
+
+impl Archive {
+    /// Builds the S3 client (standard AWS credential chain, rustls with ring) and the record
+    /// directories under `local_dir/.archive`.
+    pub async fn new(
+        config: S3Config,
+        local_dir: &Path,
+        keep_local: bool,
+    ) -> std::io::Result<Archive> {
+        let dir = local_dir.join(".archive");
+        std::fs::create_dir_all(dir.join("pending"))?;
+        std::fs::create_dir_all(dir.join("done"))?;
+        Ok(Archive {
+            client: s3_client(&config, None).await,
+            config: Arc::new(config),
+            dir,
+            keep_local,
+            wake: Arc::new(Notify::new()),
+            counters: Arc::new(ArchiveCounters::default()),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// Records a job for upload, durably (written, synced, renamed into place), and wakes the
+    /// archiver.
+    pub fn enqueue(&self, record: &Record) -> std::io::Result<()> {
+        let stem = file_stem(&record.source);
+        let tmp = self.dir.join("pending").join(format!("{stem}.json.tmp"));
+        let path = self.dir.join("pending").join(format!("{stem}.json"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Ok(d) = std::fs::File::open(self.dir.join("pending")) {
+            let _ = d.sync_all();
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The key a job was archived under, if it was.
+    pub fn archived_key(&self, source: &str) -> Option<String> {
+        let path = self
+            .dir
+            .join("done")
+            .join(format!("{}.json", file_stem(source)));
+        let record: Record = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        Some(record.key)
+    }
+
+    /// Downloads and gunzips an object.
+    pub async fn fetch(&self, key: &str) -> Result<Vec<u8>, String> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes();
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut text)
+            .map_err(|e| format!("cannot gunzip s3://{}/{key}: {e}", self.config.bucket))?;
+        Ok(text)
+    }
+
+    /// Works through pending records until `shutdown`; each failure waits with backoff.
+    pub async fn run(self, router: Router, shutdown: CancellationToken) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let pending = self.pending();
+            self.counters
+                .backlog
+                .store(pending.len() as u64, Ordering::Relaxed);
+            let mut failed = false;
+            for record in pending {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let upload = self.upload(&record);
+                let result = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = upload => r,
+                };
+                match result {
+                    Ok(bytes) => {
+                        self.counters.uploaded.fetch_add(1, Ordering::Relaxed);
+                        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        tracing::info!(job = %record.source, key = %record.key, bytes, "job archived");
+                        if let Err(e) = self.finish(&record) {
+                            tracing::error!(job = %record.source, error = %e, "cannot clean up after archiving");
+                        }
+                        delay = Duration::from_millis(500);
+                    }
+                    Err(reason) => {
+                        failed = true;
+                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                        let text = format!(
+                            "failed to archive job logs to s3://{}/{}: {reason}",
+                            self.config.bucket, record.key
+                        );
+                        tracing::warn!("{text}");
+                        let mut env = Envelope::new(record.source.clone(), text);
+                        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
+                        env.channel = Channel::Err;
+                        env.step = Some(SERVER_STEP.into());
+                        env.timestamp = now_ns();
+                        let _ = router.publish(vec![env]);
+                    }
+                }
+            }
+            self.counters
+                .backlog
+                .store(self.pending().len() as u64, Ordering::Relaxed);
+            let wait = if failed {
+                delay
+            } else {
+                Duration::from_secs(3600)
+            };
+            if failed {
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn pending(&self) -> Vec<Record> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("pending")) else {
+            return Vec::new();
+        };
+        let mut records: Vec<Record> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect();
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        records
+    }
+
+    /// After S3 confirmed: drop the local files (unless kept), then move the record to `done`.
+    fn finish(&self, record: &Record) -> std::io::Result<()> {
+        if !self.keep_local {
+            for f in &record.files {
+                match std::fs::remove_file(f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        let stem = file_stem(&record.source);
+        std::fs::rename(
+            self.dir.join("pending").join(format!("{stem}.json")),
+            self.dir.join("done").join(format!("{stem}.json")),
+        )
+    }
+
+    /// Gzips the record's files into the object, streaming. Returns the compressed size.
+    async fn upload(&self, record: &Record) -> Result<u64, String> {
+        let mut multipart: Option<(String, Vec<CompletedPart>)> = None;
+        let result = self.upload_parts(record, &mut multipart).await;
+        if result.is_err()
+            && let Some((upload_id, _)) = multipart
+        {
+            // Do not leave half an upload behind (it costs storage until it is aborted).
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(&record.key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        record: &Record,
+        multipart: &mut Option<(String, Vec<CompletedPart>)>,
+    ) -> Result<u64, String> {
+        let part_size = self.config.part_size_bytes.max(MIN_PART_BYTES);
+        let mut encoder = GzEncoder::new(
+            Vec::with_capacity(part_size + 64 * 1024),
+            Compression::default(),
+        );
+        let mut total = 0u64;
+        let mut chunk = vec![0u8; 256 * 1024];
+        for path in &record.files {
+            let mut file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            loop {
+                let n = file
+                    .read(&mut chunk)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                encoder.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+                if encoder.get_ref().len() >= part_size {
+                    let part = std::mem::take(encoder.get_mut());
+                    total += part.len() as u64;
+                    self.put_part(&record.key, multipart, part).await?;
+                }
+            }
+        }
+        let mut rest = std::mem::take(encoder.get_mut());
+        rest.extend_from_slice(&encoder.finish().map_err(|e| e.to_string())?);
+        total += rest.len() as u64;
+        if multipart.is_none() {
+            self.client
+                .put_object()
+                .bucket(&self.config.bucket)
+                .key(&record.key)
+                .content_type("application/gzip")
+                .body(ByteStream::from(rest))
+                .send()
+                .await
+                .map_err(|e| describe(&e))?;
+            return Ok(total);
+        }
+        // The last part may be smaller than the minimum.
+        self.put_part(&record.key, multipart, rest).await?;
+        let (upload_id, parts) = multipart.clone().expect("started above");
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(&record.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        *multipart = None;
+        Ok(total)
+    }
+
+    /// Uploads one part, starting the multipart upload on the first.
+    async fn put_part(
+        &self,
+        key: &str,
+        multipart: &mut Option<(String, Vec<CompletedPart>)>,
+        body: Vec<u8>,
+    ) -> Result<(), String> {
+        if multipart.is_none() {
+            let created = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(key)
+                .content_type("application/gzip")
+                .send()
+                .await
+                .map_err(|e| describe(&e))?;
+            let id = created
+                .upload_id()
+                .ok_or("S3 gave no upload id")?
+                .to_owned();
+            *multipart = Some((id, Vec::new()));
+        }
+        let (upload_id, parts) = multipart.as_mut().expect("created above");
+        let number = parts.len() as i32 + 1;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .upload_id(upload_id.as_str())
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+}
+
+/// An SDK error on one line: the service's `Code: message` when S3 answered, else the chain of
+/// causes (connection refused, timeouts).
+fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    if let Some(service) = e.as_service_error()
+        && let Some(code) = service.code()
+    {
+        return match service.message() {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_owned(),
+        };
+    }
+    aws_sdk_s3::error::DisplayErrorContext(e)
+        .to_string()
+        .replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_dated_layout_and_stay_under_the_prefix() {
+        let ns = 1_739_357_805_123_000_000; // 2025-02-12T10:56:45Z
+        let mut tags = BTreeMap::new();
+        assert_eq!(
+            object_key("logs/", &tags, "job-1", ns),
+            "logs/default/default/2025/02/12/2025-02-12T10-56-45_job-1.jsonl.gz"
+        );
+        tags.insert("workspace".into(), "acme".into());
+        tags.insert("task".into(), "deploy".into());
+        tags.insert("job_id".into(), "42".into());
+        assert_eq!(
+            object_key("", &tags, "job-1", ns),
+            "acme/deploy/2025/02/12/2025-02-12T10-56-45_42.jsonl.gz"
+        );
+        tags.insert("workspace".into(), "../../etc".into());
+        tags.insert("job_id".into(), "a/../../b".into());
+        let key = object_key("logs/", &tags, "x", ns);
+        assert!(key.starts_with("logs/"), "{key}");
+        assert!(
+            !key.split('/').any(|seg| seg == ".." || seg == "."),
+            "{key}"
+        );
+        assert_eq!(key.matches('/').count(), 6, "{key}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Completed jobs archived to a real S3-compatible server (moto): the exact key, the exact bytes,
+//! reads after the local file is gone, and an upload that survives `kill -9`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use common::rsyslog::free_tcp_port;
+use common::s3::{Moto, client, gunzipped, keys};
+use serde_json::{Value, json};
+use sluice::client::{IngestAddr, connect_ingest};
+use sluice_router::Envelope;
+
+const BUCKET: &str = "sluice-logs";
+
+fn config(endpoint: &str, keep_local: bool) -> String {
+    format!(
+        "log_storage:\n  local_dir: {{logs}}\n  keep_local: {keep_local}\n  s3:\n    bucket: {BUCKET}\n    prefix: \"logs/\"\n    endpoint: {endpoint}\n    part_size_bytes: 5242880\n"
+    )
+}
+
+/// Lines that do not compress much, so 100,000 of them take a multipart upload.
+fn noisy(i: u64) -> String {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut s = format!("entry {i} ");
+    for _ in 0..10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s
+}
+
+async fn send(server: &Server, job: &str, n: u64) {
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    for start in (0..n).step_by(1000) {
+        let batch: Vec<Envelope> = (start..(start + 1000).min(n))
+            .map(|i| {
+                let mut e = Envelope::new(job, noisy(i));
+                e.step = Some("run".into());
+                e.tags.insert("workspace".into(), "acme".into());
+                e.tags.insert("task".into(), "nightly-build".into());
+                e.tags.insert("job_id".into(), job.into());
+                e
+            })
+            .collect();
+        conn.send_batch(&batch).await.unwrap();
+    }
+}
+
+async fn wait_for<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come_back_from_it() {
+    let moto = Moto::start_on(free_tcp_port());
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let server = Server::start(&config(&moto.endpoint(), true));
+    const N: u64 = 100_000;
+    send(&server, "job-42", N).await;
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/job-42/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    let key = done["archive"]["key"].as_str().unwrap().to_owned();
+    assert_eq!(done["archive"]["bucket"], BUCKET);
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    assert!(
+        key.starts_with(&format!("logs/acme/nightly-build/{today}/")),
+        "{key}"
+    );
+    assert!(key.ends_with("_job-42.jsonl.gz"), "{key}");
+    let stamp = key
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches("_job-42.jsonl.gz");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H-%M-%S").is_ok(),
+        "{stamp}"
+    );
+
+    let done_record = server.logs.join(".archive/done/job-42.json");
+    wait_for("the upload", 120, async || {
+        done_record.exists().then_some(())
+    })
+    .await;
+    assert_eq!(
+        keys(&s3, BUCKET).await,
+        std::slice::from_ref(&key),
+        "exactly one object, at the exact key"
+    );
+    let on_disk = std::fs::read(server.logs.join("job-42.jsonl")).unwrap();
+    assert_eq!(on_disk.iter().filter(|&&b| b == b'\n').count() as u64, N);
+    assert_eq!(
+        gunzipped(&s3, BUCKET, &key).await,
+        on_disk,
+        "the object is the file, gzipped"
+    );
+    let head = s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let etag = head.e_tag().unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').contains('-'),
+        "a multipart upload's ETag ({etag})"
+    );
+
+    // Without the local file, the job reads back from S3, the same lines.
+    std::fs::remove_file(server.logs.join("job-42.jsonl")).unwrap();
+    let logs = server.get_json("/api/jobs/job-42/logs").await;
+    assert_eq!(logs["logs"].as_str().unwrap().as_bytes(), &on_disk[..]);
+    let steps = server.get_json("/api/jobs/job-42/steps/run/logs").await;
+    assert_eq!(steps["logs"].as_str().unwrap().lines().count() as u64, N);
+
+    // Hostile ids and tags still land under the prefix.
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let mut e = Envelope::new("../../etc/passwd", "x");
+    e.tags.insert("workspace".into(), "../..".into());
+    e.tags.insert("job_id".into(), "a/../b".into());
+    conn.send_batch(&[e]).await.unwrap();
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/..%2F..%2Fetc%2Fpasswd/complete",
+            json!({"status": "failed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    let key = done["archive"]["key"].as_str().unwrap();
+    assert!(
+        key.starts_with("logs/") && !key.split('/').any(|s| s == ".." || s == "."),
+        "{key}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
+    let port = free_tcp_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = Server::start(&config(&endpoint, false));
+    send(&server, "job-7", 1_000).await;
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/job-7/complete",
+            json!({"status": "failed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    let key = done["archive"]["key"].as_str().unwrap().to_owned();
+    // S3 is down: the upload waits, recorded on disk; then the server dies.
+    assert!(server.logs.join(".archive/pending/job-7.json").exists());
+    server.crash_and_restart();
+    assert!(
+        server.logs.join("job-7.jsonl").exists(),
+        "the local file stays until S3 confirms"
+    );
+
+    let moto = Moto::start_on(port);
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    wait_for("the archive after restart", 120, async || {
+        server
+            .logs
+            .join(".archive/done/job-7.json")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        keys(&s3, BUCKET).await,
+        std::slice::from_ref(&key),
+        "one object, no duplicate"
+    );
+    let text = String::from_utf8(gunzipped(&s3, BUCKET, &key).await).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let entries: Vec<&Value> = lines.iter().filter(|l| l["step"] == "run").collect();
+    assert_eq!(entries.len(), 1_000, "nothing lost");
+    for (i, l) in entries.iter().enumerate() {
+        assert_eq!(l["line"], noisy(i as u64));
+        assert_eq!(l["seq"], i as u64 + 1);
+    }
+    assert!(
+        !server.logs.join("job-7.jsonl").exists(),
+        "the local file goes once S3 has it"
+    );
+    // The failures while S3 was down were written as server events.
+    assert!(
+        lines.iter().any(|l| l["step"] == "_server"
+            && l["line"]
+                .as_str()
+                .unwrap()
+                .starts_with("failed to archive job logs to s3://sluice-logs/")),
+        "{text}"
+    );
+}
