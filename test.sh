@@ -5,19 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-log() { printf '==> %s\n' "$*" >&2; 
-  # A real S3-compatible server for the archive tests: moto, from PyPI, in a venv of its own.
-  local tools="${SLUICE_TEST_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice-test-tools}"
-  if [ ! -x "$tools/moto/bin/moto_server" ]; then
-    log "installing moto[server] into $tools/moto"
-    python3 -m venv "$tools/moto" 2>/dev/null || {
-      DEBIAN_FRONTEND=noninteractive ${sudo:-} apt-get install -y -qq python3-venv >/dev/null
-      python3 -m venv "$tools/moto"
-    }
-    "$tools/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]'
-  fi
-  export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"
-}
+log() { printf '==> %s\n' "$*" >&2; }
 
 ensure_tools() {
   if ! command -v cargo >/dev/null 2>&1; then
@@ -25,10 +13,11 @@ ensure_tools() {
     exit 1
   fi
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
   # Real peers the tests talk to, from Debian's packages. rsyslogd lives in /usr/sbin.
   local missing=()
   [ -x /usr/sbin/rsyslogd ] || command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
-  [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing+=(rsyslog-openssl)
+  ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || missing+=(rsyslog-openssl)
   command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the HTTPS receiver in tests/fixtures
@@ -46,10 +35,10 @@ ensure_tools() {
   local tools="${SLUICE_TEST_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice-test-tools}"
   if [ ! -x "$tools/moto/bin/moto_server" ]; then
     log "installing moto[server] into $tools/moto"
-    python3 -m venv "$tools/moto" 2>/dev/null || {
-      DEBIAN_FRONTEND=noninteractive ${sudo:-} apt-get install -y -qq python3-venv >/dev/null
+    if ! python3 -m venv "$tools/moto" 2>/dev/null; then
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$tools/moto"
-    }
+    fi
     "$tools/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]'
   fi
   export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"

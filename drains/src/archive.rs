@@ -167,11 +167,22 @@ impl Archive {
         local_dir: &Path,
         keep_local: bool,
     ) -> std::io::Result<Archive> {
+        let client = s3_client(&config, None).await;
+        Archive::new_with_client(config, local_dir, keep_local, client)
+    }
+
+    /// [`Archive::new`] with a client built elsewhere (benchmarks, tests).
+    pub fn new_with_client(
+        config: S3Config,
+        local_dir: &Path,
+        keep_local: bool,
+        client: Client,
+    ) -> std::io::Result<Archive> {
         let dir = local_dir.join(".archive");
         std::fs::create_dir_all(dir.join("pending"))?;
         std::fs::create_dir_all(dir.join("done"))?;
         Ok(Archive {
-            client: s3_client(&config, None).await,
+            client,
             config: Arc::new(config),
             dir,
             keep_local,
