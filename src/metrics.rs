@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_router::Router;
 
+use sluice_drains::archive::ArchiveCounters;
+use sluice_drains::persister::PersisterCounters;
+
 use crate::drains::DrainView;
 
 /// Process-wide counters. Plain relaxed atomics: each is only ever added to.
@@ -39,81 +42,101 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these counters and the router's gauges.
-    pub fn render(&self, router: &Router, drains: &[DrainView]) -> String {
+    pub fn render(
+        &self,
+        router: &Router,
+        drains: &[DrainView],
+        persister: &PersisterCounters,
+        archive: Option<&ArchiveCounters>,
+    ) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
+        fn counter(out: &mut String, name: &str, help: &str, value: u64) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
-        };
+        }
         counter(
+            &mut out,
             "sluice_ingest_envelopes_total",
             "Envelopes accepted by native ingest.",
             get(&self.ingest_envelopes),
         );
         counter(
+            &mut out,
             "sluice_ingest_frames_total",
             "Frames accepted by native ingest.",
             get(&self.ingest_frames),
         );
         counter(
+            &mut out,
             "sluice_ingest_malformed_frames_total",
             "Native ingest connections closed for a malformed, oversized or truncated frame.",
             get(&self.ingest_malformed),
         );
         counter(
+            &mut out,
             "sluice_ingest_refused_envelopes_total",
             "Envelopes refused at native ingest for invalid fields.",
             get(&self.ingest_refused),
         );
         counter(
+            &mut out,
             "sluice_ingest_connections_total",
             "Native ingest connections accepted.",
             get(&self.ingest_connections),
         );
         counter(
+            &mut out,
             "sluice_syslog_messages_total",
             "Syslog messages accepted.",
             get(&self.syslog_messages),
         );
         counter(
+            &mut out,
             "sluice_syslog_refused_total",
             "Syslog messages refused (no usable source id).",
             get(&self.syslog_refused),
         );
         counter(
+            &mut out,
             "sluice_syslog_malformed_total",
             "Syslog connections closed for bad framing, truncation or a failed TLS handshake.",
             get(&self.syslog_malformed),
         );
         counter(
+            &mut out,
             "sluice_router_published_total",
             "Envelopes published into the rings.",
             router.published_total(),
         );
         counter(
+            &mut out,
             "sluice_router_budget_evicted_total",
             "Envelopes evicted to keep all rings within the memory budget.",
             router.evicted_for_budget_total(),
         );
         counter(
+            &mut out,
             "sluice_tail_delivered_total",
             "Envelopes delivered to WebSocket tails.",
             get(&self.tail_delivered),
         );
         counter(
+            &mut out,
             "sluice_tail_missed_total",
             "Envelopes WebSocket tails were told they missed because they read too slowly.",
             get(&self.tail_missed),
         );
         counter(
+            &mut out,
             "sluice_tails_opened_total",
             "WebSocket tails opened.",
             get(&self.tails_opened),
         );
         counter(
+            &mut out,
             "sluice_tails_closed_total",
             "WebSocket tails closed.",
             get(&self.tails_closed),
@@ -123,6 +146,56 @@ impl Metrics {
             "# HELP sluice_router_retained_bytes Bytes held by all rings.\n# TYPE sluice_router_retained_bytes gauge\nsluice_router_retained_bytes {}",
             router.retained_bytes()
         );
+        let relaxed = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "sluice_persister_lines_total",
+            "Lines the persister wrote.",
+            relaxed(&persister.lines),
+        );
+        counter(
+            &mut out,
+            "sluice_persister_lost_total",
+            "Lines the persister lost (overrun, or writes that kept failing).",
+            relaxed(&persister.lost),
+        );
+        counter(
+            &mut out,
+            "sluice_persister_errors_total",
+            "Failed writes, syncs and rotations of log files (a full disk, say).",
+            relaxed(&persister.errors),
+        );
+        counter(
+            &mut out,
+            "sluice_persister_rotations_total",
+            "Log files rotated.",
+            relaxed(&persister.rotations),
+        );
+        if let Some(a) = archive {
+            counter(
+                &mut out,
+                "sluice_archive_uploads_total",
+                "Jobs archived to S3.",
+                relaxed(&a.uploaded),
+            );
+            counter(
+                &mut out,
+                "sluice_archive_bytes_total",
+                "Compressed bytes uploaded to S3.",
+                relaxed(&a.bytes),
+            );
+            counter(
+                &mut out,
+                "sluice_archive_failures_total",
+                "Failed archive uploads (each is retried).",
+                relaxed(&a.failures),
+            );
+            let _ = writeln!(
+                out,
+                "# HELP sluice_archive_backlog Jobs waiting for their archive upload.\n# TYPE sluice_archive_backlog gauge\nsluice_archive_backlog {}",
+                relaxed(&a.backlog)
+            );
+        }
         for (name, help, get) in [
             (
                 "sluice_drain_sent_total",

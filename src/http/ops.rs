@@ -16,9 +16,12 @@ pub fn routes(
         .and(warp::get())
         .map(|| "ready\n".into_response());
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        let body = state
-            .metrics
-            .render(&state.router, &state.drains.list(None));
+        let body = state.metrics.render(
+            &state.router,
+            &state.drains.list(None),
+            &state.persister.counters,
+            state.archive.as_ref().map(|a| &*a.counters),
+        );
         warp::reply::with_header(body, CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
     });
     healthz.or(readyz).unify().or(metrics).unify()

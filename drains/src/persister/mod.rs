@@ -381,8 +381,10 @@ impl Persister {
             if f.buf.is_empty() && f.dropped == 0 {
                 continue;
             }
+            let lines = f.buf_lines;
             match flush(f) {
                 Ok(()) => {
+                    self.counters.lines.fetch_add(lines, Ordering::Relaxed);
                     if f.dropped > 0 {
                         let mut env = Envelope::new(
                             &**source,

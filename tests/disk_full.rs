@@ -1,0 +1,128 @@
+//! A full disk: the persister reports it, consumers lose nothing, and once there is room again
+//! every accepted line reaches the file exactly once, in order. The disk is a real tmpfs of a
+//! few kilobytes (the tests run as root, as CI does here).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, temp_dir};
+use futures_util::StreamExt;
+use sluice::client::{IngestAddr, connect_ingest};
+use sluice_router::Envelope;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn line ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_costs_nothing_accepted_and_the_file_catches_up_when_room_returns() {
+    let logs = temp_dir("disk-full").join("logs");
+    let _disk = Tmpfs::mount(&logs, "256k");
+    // Leave a few kilobytes: room for some lines, not for all.
+    let filler = logs.join("filler");
+    std::fs::write(&filler, vec![0u8; 240 * 1024]).unwrap();
+    let server = Server::start(&format!("log_storage:\n  local_dir: {}\n", logs.display()));
+    let (mut tail, _) = connect_async(server.ws("/api/v1/sources/disk/stream"))
+        .await
+        .unwrap();
+
+    const N: u64 = 400;
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch: Vec<Envelope> = (0..N)
+        .map(|i| Envelope::new("disk", format!("line {i:04} {}", "y".repeat(100))))
+        .collect();
+    assert_eq!(
+        conn.send_batch(&batch).await.unwrap(),
+        N,
+        "accepted while the disk is full"
+    );
+
+    // The tail gets everything, full disk or not.
+    let mut seen = 0;
+    while seen < N {
+        let msg = tokio::time::timeout(Duration::from_secs(10), tail.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if matches!(msg, Message::Text(_)) {
+            seen += 1;
+        }
+    }
+    // The persister says so, and the file is short.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("sluice_persister_errors_total").await == 0 {
+        assert!(Instant::now() < deadline, "no write error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let file = logs.join("disk.jsonl");
+    // While full, the last line may be half written; the retry appends exactly the rest.
+    let complete = std::fs::read(&file)
+        .unwrap_or_default()
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    assert!(
+        (complete as u64) < N,
+        "{complete} lines fit on the full disk"
+    );
+
+    // Room again: the retry writes the rest, each line once, none torn.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        let complete = std::fs::read(&file)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        if complete >= N {
+            break lines(&file);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{complete} of {N} lines after room returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seqs: Vec<u64> = written.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    assert_eq!(server.metric("sluice_persister_lost_total").await, 0);
+}
