@@ -169,8 +169,17 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
         .await;
     assert_eq!(status, 200, "{done}");
     let key = done["archive"]["key"].as_str().unwrap().to_owned();
-    // S3 is down: the upload waits, recorded on disk; then the server dies.
+    // S3 is down: the upload waits, recorded on disk, and the failure is a server event in the
+    // job's file. Then the server dies.
     assert!(server.logs.join(".archive/pending/job-7.json").exists());
+    let file = server.logs.join("job-7.jsonl");
+    wait_for("the failure in the job's file", 60, async || {
+        std::fs::read_to_string(&file)
+            .ok()?
+            .contains("failed to archive job logs to s3://")
+            .then_some(())
+    })
+    .await;
     server.crash_and_restart();
     assert!(
         server.logs.join("job-7.jsonl").exists(),
