@@ -66,10 +66,14 @@ fn port(addr: &str) -> &str {
 async fn logger_lines_arrive_with_source_origin_instance_and_channel() {
     let server = Server::start("");
     let tail = Tail::open(&server, "billing").await;
-    for (prio, text) in [
+    // Each logger run is its own connection, and order holds only within one: wait for each.
+    for (n, (prio, text)) in [
         ("local3.err", "card declined"),
         ("local3.info", "invoice sent"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let status = Command::new("logger")
             .args([
                 "--tcp",
@@ -93,6 +97,7 @@ async fn logger_lines_arrive_with_source_origin_instance_and_channel() {
             .status()
             .unwrap();
         assert!(status.success());
+        tail.wait(n + 1).await;
     }
     let status = Command::new("logger")
         .args([

@@ -230,13 +230,30 @@ impl UtcTime {
     }
 }
 
+impl UtcTime {
+    /// Appends `YYYY-MM-DDTHH:MM:SS`, a fraction of `frac_digits` digits (none for 0, at most
+    /// 9, truncated), then `zone` (`Z`, `+00:00`). Shared by every timestamp format Sluice writes.
+    pub fn write_rfc3339(&self, out: &mut Vec<u8>, frac_digits: u32, zone: &str) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        );
+        let digits = frac_digits.min(9);
+        if digits > 0 {
+            let frac = self.nanos / 10u32.pow(9 - digits);
+            let _ = write!(out, ".{frac:0width$}", width = digits as usize);
+        }
+        out.extend_from_slice(zone.as_bytes());
+    }
+}
+
 /// RFC 3339 in UTC with whole seconds (`2026-11-21T10:04:05Z`).
 pub fn rfc3339_seconds(ns: i64) -> String {
-    let t = UtcTime::from_ns(ns);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second
-    )
+    let mut out = Vec::with_capacity(20);
+    UtcTime::from_ns(ns).write_rfc3339(&mut out, 0, "Z");
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::{Accept, accept_loop};
 use crate::metrics::Metrics;
 
 /// What every native ingest connection shares.
@@ -69,23 +70,7 @@ impl NativeIngest {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let this = self.clone();
-                    let stop = shutdown.clone();
-                    tasks.spawn(
-                        async move { this.connection(stream, peer.to_string(), stop).await },
-                    );
-                }
-                Err(e) => accept_error(e).await,
-            }
-        }
+        self.serve(listener, shutdown, tasks).await;
     }
 
     /// Accepts Unix socket connections until `shutdown`.
@@ -95,22 +80,20 @@ impl NativeIngest {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let this = self.clone();
-                    let stop = shutdown.clone();
-                    tasks.spawn(
-                        async move { this.connection(stream, "unix".to_owned(), stop).await },
-                    );
-                }
-                Err(e) => accept_error(e).await,
-            }
-        }
+        self.serve(listener, shutdown, tasks).await;
+    }
+
+    async fn serve<L>(self, listener: L, shutdown: CancellationToken, tasks: TaskTracker)
+    where
+        L: Accept,
+        L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        accept_loop(listener, &shutdown, |stream, peer| {
+            let this = self.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move { this.connection(stream, peer, stop).await });
+        })
+        .await;
     }
 
     async fn connection<S>(self, mut stream: S, peer: String, shutdown: CancellationToken)
@@ -245,10 +228,4 @@ impl NativeIngest {
         }
         Ok(())
     }
-}
-
-/// Accept errors (out of file descriptors, mostly) are transient: log, pause, carry on.
-async fn accept_error(e: std::io::Error) {
-    tracing::warn!(error = %e, "accept failed");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }

@@ -14,21 +14,12 @@ pub const SERVER_STEP: &str = "_server";
 /// Appends the JSONL line (with its newline) for `env` to `out`.
 pub fn write_line(env: &Envelope, out: &mut Vec<u8>) {
     let t = UtcTime::from_ns(env.timestamp);
-    let _ = write!(
-        out,
-        "{{\"ts\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\",\"stream\":\"{}\"",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        t.nanos / 1_000_000,
-        match env.channel {
-            Channel::Out => "stdout",
-            Channel::Err => "stderr",
-        }
-    );
+    out.extend_from_slice(b"{\"ts\":\"");
+    t.write_rfc3339(out, 3, "Z\",\"stream\":\"");
+    out.extend_from_slice(match env.channel {
+        Channel::Out => b"stdout\"",
+        Channel::Err => b"stderr\"",
+    });
     if let Some(step) = &env.step {
         out.extend_from_slice(b",\"step\":");
         let _ = serde_json::to_writer(&mut *out, step);

@@ -44,17 +44,8 @@ pub fn format_rfc5424(env: &Envelope, opts: FormatOptions, out: &mut Vec<u8>) {
     };
     let t = UtcTime::from_ns(env.timestamp);
     // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "<{pri}>1 {:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00 ",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        t.nanos / 1000
-    );
+    let _ = write!(out, "<{pri}>1 ");
+    t.write_rfc3339(out, 6, "+00:00 ");
     hostname(env, out);
     out.push(b' ');
     push_printable(out, env.source_id.as_bytes(), MAX_APP_NAME);

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::accept_loop;
 use crate::metrics::Metrics;
 use parse::{next_frame, parse_message};
 
@@ -46,24 +47,11 @@ impl SyslogIngest {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = shutdown.cancelled() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "syslog accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        accept_loop(listener, &shutdown, |stream, peer| {
             let this = self.clone();
             let stop = shutdown.clone();
             let tls = tls.clone();
             tasks.spawn(async move {
-                let peer = peer.to_string();
                 match tls {
                     None => this.connection(stream, &peer, stop).await,
                     Some(acceptor) => {
@@ -80,7 +68,8 @@ impl SyslogIngest {
                     }
                 }
             });
-        }
+        })
+        .await;
     }
 
     async fn connection<S: AsyncRead + Unpin>(
