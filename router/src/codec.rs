@@ -16,6 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
+use crate::msgpack;
 
 /// Length of the frame header.
 pub const HEADER_BYTES: usize = 4;
@@ -109,8 +110,8 @@ pub enum Payload {
 pub fn decode_payload(payload: &[u8]) -> Result<Payload, FrameError> {
     let first = *payload.first().ok_or(FrameError::Empty)?;
     match first {
-        0x80..=0x8f | 0xde | 0xdf => Ok(Payload::Envelopes(vec![decode_exact(payload)?])),
-        0x90..=0x9f | 0xdc | 0xdd => Ok(Payload::Envelopes(decode_exact(payload)?)),
+        0x80..=0x8f | 0xde | 0xdf => Ok(Payload::Envelopes(vec![msgpack::read_envelope(payload)?])),
+        0x90..=0x9f | 0xdc | 0xdd => Ok(Payload::Envelopes(msgpack::read_batch(payload)?)),
         0xa0..=0xbf | 0xd9..=0xdb => Ok(Payload::Control(decode_exact(payload)?)),
         other => Err(FrameError::UnknownKind(other)),
     }
@@ -129,21 +130,12 @@ pub fn decode_exact<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Fra
 
 /// Appends one envelope as a MessagePack map with the SPEC §1 field names.
 pub fn encode_envelope(env: &Envelope, out: &mut BytesMut) {
-    let mut w = out.writer();
-    // Writing into memory cannot fail, and an Envelope has no unserialisable field.
-    let _ = env.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map());
+    msgpack::write_envelope(env, out);
 }
 
 /// Appends a batch (a MessagePack array of envelope maps).
 pub fn encode_batch<E: AsRef<Envelope>>(envs: &[E], out: &mut BytesMut) {
-    struct Batch<'a, E>(&'a [E]);
-    impl<E: AsRef<Envelope>> Serialize for Batch<'_, E> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(AsRef::as_ref))
-        }
-    }
-    let mut w = out.writer();
-    let _ = Batch(envs).serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map());
+    msgpack::write_batch(envs, out);
 }
 
 /// Encodes a control word such as `ack=count` as a complete frame.

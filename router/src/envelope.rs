@@ -234,16 +234,41 @@ impl UtcTime {
     /// Appends `YYYY-MM-DDTHH:MM:SS`, a fraction of `frac_digits` digits (none for 0, at most
     /// 9, truncated), then `zone` (`Z`, `+00:00`). Shared by every timestamp format Sluice writes.
     pub fn write_rfc3339(&self, out: &mut Vec<u8>, frac_digits: u32, zone: &str) {
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        );
+        // Written digit by digit: this runs for every line the persister and drains write.
+        fn two(out: &mut Vec<u8>, n: u32, sep: u8) {
+            out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8, sep]);
+        }
+        if (0..=9999).contains(&self.year) {
+            let y = self.year as u32;
+            out.extend_from_slice(&[
+                b'0' + (y / 1000) as u8,
+                b'0' + (y / 100 % 10) as u8,
+                b'0' + (y / 10 % 10) as u8,
+                b'0' + (y % 10) as u8,
+                b'-',
+            ]);
+        } else {
+            use std::io::Write;
+            let _ = write!(out, "{:04}-", self.year);
+        }
+        two(out, self.month, b'-');
+        two(out, self.day, b'T');
+        two(out, self.hour, b':');
+        two(out, self.minute, b':');
+        out.extend_from_slice(&[
+            b'0' + (self.second / 10) as u8,
+            b'0' + (self.second % 10) as u8,
+        ]);
         let digits = frac_digits.min(9);
         if digits > 0 {
-            let frac = self.nanos / 10u32.pow(9 - digits);
-            let _ = write!(out, ".{frac:0width$}", width = digits as usize);
+            out.push(b'.');
+            let mut frac = self.nanos / 10u32.pow(9 - digits);
+            let start = out.len();
+            out.resize(start + digits as usize, b'0');
+            for i in (0..digits as usize).rev() {
+                out[start + i] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
         }
         out.extend_from_slice(zone.as_bytes());
     }
@@ -317,5 +342,26 @@ mod tests {
             rfc3339_seconds(951_782_400 * 1_000_000_000),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn every_fraction_width_matches_the_formatter() {
+        for ns in [0, 1, 999_999_999, 1_465_938_605_360_123_456, i64::MAX, -1] {
+            let t = UtcTime::from_ns(ns);
+            for digits in 0..=9u32 {
+                let mut fast = Vec::new();
+                t.write_rfc3339(&mut fast, digits, "+00:00");
+                let mut slow = format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    t.year, t.month, t.day, t.hour, t.minute, t.second
+                );
+                if digits > 0 {
+                    let frac = t.nanos / 10u32.pow(9 - digits);
+                    slow += &format!(".{frac:0width$}", width = digits as usize);
+                }
+                slow += "+00:00";
+                assert_eq!(String::from_utf8(fast).unwrap(), slow, "{ns} {digits}");
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`envelope`]: the envelope of SPEC §1, field validation, timestamps.
 //! - [`codec`]: `u32 length | MessagePack` frames, envelopes, batches, control words, replies.
+//! - [`msgpack`]: the envelope's MessagePack form, written and read by hand for speed.
 //! - [`router`]: sources, rings, cursors, filters, start positions and exact loss notices.
 //!
 //! Transports (TCP, WebSocket, syslog, files) live in the `sluice` and `sluice-drains` crates
@@ -12,6 +13,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod msgpack;
 pub mod router;
 
 pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};

@@ -217,6 +217,9 @@ struct Ring {
     last_key: usize,
     max_entries: usize,
     max_bytes: usize,
+    /// Envelopes just evicted, dropped by the publisher after it lets go of the lock: freeing
+    /// them is the costliest part of eviction and readers should not wait for it.
+    evicted: Vec<Arc<Envelope>>,
 }
 
 #[derive(Debug)]
@@ -246,6 +249,7 @@ impl Ring {
             last_key: 0,
             max_entries: config.ring_max_entries.max(1),
             max_bytes: config.ring_max_bytes.max(1),
+            evicted: Vec::new(),
         }
     }
 
@@ -304,6 +308,7 @@ impl Ring {
         self.keys[slot.key as usize].evicted += 1;
         self.first_seq += 1;
         self.bytes -= slot.size as usize;
+        self.evicted.push(slot.env);
         slot.size as usize
     }
 }
@@ -360,6 +365,7 @@ impl Router {
         let shared = &*self.shared;
         let mut added = 0usize;
         let mut freed = 0usize;
+        let mut evicted: Vec<Arc<Envelope>> = Vec::new();
         while let Some(first) = iter.next() {
             let source = shared.source(&first.source_id);
             {
@@ -382,7 +388,9 @@ impl Router {
                 if let Some(r) = ranges.as_deref_mut() {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
+                std::mem::swap(&mut ring.evicted, &mut evicted);
             }
+            evicted.clear();
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.
             fence(Ordering::SeqCst);
@@ -597,7 +605,9 @@ impl Shared {
             if ring.slots.len() < ring.slots.capacity() / 4 {
                 ring.slots.shrink_to_fit();
             }
+            let dead = std::mem::take(&mut ring.evicted);
             drop(ring);
+            drop(dead);
             self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
             self.evicted_for_budget
                 .fetch_add(evicted as u64, Ordering::Relaxed);

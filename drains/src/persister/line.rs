@@ -2,8 +2,6 @@
 //! `{"ts":"2025-02-12T10:56:45.123Z","stream":"stdout","step":"say-hello","line":"Hello World","origin":"APP/0","seq":17}`
 //! (`step` is left out when the envelope has none).
 
-use std::io::Write;
-
 use serde::{Deserialize, Serialize};
 use sluice_router::envelope::UtcTime;
 use sluice_router::{Channel, Envelope};
@@ -12,7 +10,11 @@ use sluice_router::{Channel, Envelope};
 pub const SERVER_STEP: &str = "_server";
 
 /// Appends the JSONL line (with its newline) for `env` to `out`.
+///
+/// This runs once per line the persister writes, so it writes straight into `out`: no
+/// formatting machinery, no intermediate strings unless the message is not valid UTF-8.
 pub fn write_line(env: &Envelope, out: &mut Vec<u8>) {
+    out.reserve(112 + env.message.len() + env.origin.len() + env.instance_id.len());
     let t = UtcTime::from_ns(env.timestamp);
     out.extend_from_slice(b"{\"ts\":\"");
     t.write_rfc3339(out, 3, "Z\",\"stream\":\"");
@@ -21,14 +23,81 @@ pub fn write_line(env: &Envelope, out: &mut Vec<u8>) {
         Channel::Err => b"stderr\"",
     });
     if let Some(step) = &env.step {
-        out.extend_from_slice(b",\"step\":");
-        let _ = serde_json::to_writer(&mut *out, step);
+        out.extend_from_slice(b",\"step\":\"");
+        escape_json(step.as_bytes(), out);
+        out.push(b'"');
     }
-    out.extend_from_slice(b",\"line\":");
-    let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(&env.message));
-    out.extend_from_slice(b",\"origin\":");
-    let _ = serde_json::to_writer(&mut *out, &format!("{}/{}", env.origin, env.instance_id));
-    let _ = writeln!(out, ",\"seq\":{}}}", env.seq);
+    out.extend_from_slice(b",\"line\":\"");
+    match std::str::from_utf8(&env.message) {
+        Ok(text) => escape_json(text.as_bytes(), out),
+        Err(_) => escape_json(String::from_utf8_lossy(&env.message).as_bytes(), out),
+    }
+    out.extend_from_slice(b"\",\"origin\":\"");
+    escape_json(env.origin.as_bytes(), out);
+    out.push(b'/');
+    escape_json(env.instance_id.as_bytes(), out);
+    out.extend_from_slice(b"\",\"seq\":");
+    write_u64(env.seq, out);
+    out.extend_from_slice(b"}\n");
+}
+
+/// What each byte becomes inside a JSON string: 0 = itself, `u` = `\u00XX`, else `\` + it.
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Appends valid UTF-8 `s` as the inside of a JSON string, escaped as serde_json escapes it.
+fn escape_json(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let e = ESCAPE[b as usize];
+        if e == 0 {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        if e == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', e]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+}
+
+fn write_u64(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A JSONL line read back.
@@ -64,6 +133,33 @@ impl Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaping_matches_serde_json_for_every_byte_and_invalid_utf8() {
+        let mut all: Vec<u8> = (0u8..=0x7f).collect();
+        all.extend_from_slice("é中😀".as_bytes());
+        let text = String::from_utf8(all).unwrap();
+        for message in [text.as_bytes(), &b"ok \xff\xfe bad"[..], b""] {
+            let mut e = Envelope::new("a", message.to_vec());
+            e.step = Some("st\"ep\\".into());
+            e.seq = u64::MAX;
+            let mut out = Vec::new();
+            write_line(&e, &mut out);
+            let back: Line = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back.line, String::from_utf8_lossy(message));
+            assert_eq!(back.step.as_deref(), Some("st\"ep\\"));
+            assert_eq!(back.seq, Some(u64::MAX));
+            let mut expected = Vec::new();
+            serde_json::to_writer(&mut expected, &*String::from_utf8_lossy(message)).unwrap();
+            let expected = String::from_utf8(expected).unwrap();
+            assert!(
+                String::from_utf8(out)
+                    .unwrap()
+                    .contains(&format!(",\"line\":{expected},")),
+                "escaped as serde_json escapes"
+            );
+        }
+    }
 
     #[test]
     fn strom_fields_first_then_origin_and_seq() {

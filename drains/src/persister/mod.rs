@@ -202,6 +202,9 @@ pub struct Persister {
     pending: Vec<Control>,
     tick: u64,
     last_sync: Instant,
+    /// Losses not yet logged: an overrun persister says so at most once a second.
+    unlogged_loss: u64,
+    last_loss_log: Option<Instant>,
 }
 
 impl std::fmt::Debug for Persister {
@@ -245,6 +248,8 @@ impl Persister {
             pending: Vec::new(),
             tick: 0,
             last_sync: Instant::now(),
+            unlogged_loss: 0,
+            last_loss_log: None,
         };
         let handle = PersisterHandle {
             control: tx,
@@ -292,21 +297,75 @@ impl Persister {
     }
 
     fn write(&mut self, deliveries: &mut Vec<Delivery>) {
+        // Consecutive lines of one source are appended as a run: one file lookup, one
+        // bookkeeping update, no allocation per line.
+        let mut run: Vec<Arc<Envelope>> = Vec::new();
         for d in deliveries.drain(..) {
             match d {
                 Delivery::Log(env) => {
-                    let source: Arc<str> = Arc::from(env.source_id.as_str());
-                    self.append(&source, &env);
-                    self.handled.insert(source, env.seq);
+                    if run.last().is_some_and(|l| l.source_id != env.source_id) {
+                        self.append_run(&mut run);
+                    }
+                    run.push(env);
                 }
-                Delivery::Missed(m) => self.missed(&m),
+                Delivery::Missed(m) => {
+                    self.append_run(&mut run);
+                    self.missed(&m);
+                }
             }
         }
+        self.append_run(&mut run);
+    }
+
+    /// Appends lines of one source, rotating its file whenever it reaches the size limit.
+    fn append_run(&mut self, run: &mut Vec<Arc<Envelope>>) {
+        let Some(last) = run.last() else { return };
+        let source = match self.files.get_key_value(last.source_id.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(last.source_id.as_str()),
+        };
+        let last_seq = last.seq;
+        self.tick += 1;
+        let tick = self.tick;
+        let max = self.config.max_file_size_bytes;
+        let mut lines = run.drain(..).peekable();
+        while lines.peek().is_some() {
+            let file = self.open(&source);
+            file.last_used = tick;
+            let mut full = false;
+            for env in lines.by_ref() {
+                let before = file.buf.len();
+                write_line(&env, &mut file.buf);
+                file.size += (file.buf.len() - before) as u64;
+                file.buf_lines += 1;
+                file.seq = file.seq.max(env.seq);
+                if file.size >= max {
+                    full = true;
+                    break;
+                }
+            }
+            if full {
+                self.rotate(&source);
+            }
+        }
+        self.handled.insert(source, last_seq);
     }
 
     fn missed(&mut self, m: &MissedNotice) {
         self.counters.lost.fetch_add(m.count, Ordering::Relaxed);
-        tracing::warn!(source = %m.source_id, lost = m.count, "the persister fell behind");
+        self.unlogged_loss += m.count;
+        if self
+            .last_loss_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                source = %m.source_id,
+                lost = self.unlogged_loss,
+                "the persister fell behind (lines lost since the last warning, all sources)"
+            );
+            self.unlogged_loss = 0;
+            self.last_loss_log = Some(Instant::now());
+        }
         let mut env = m.to_envelope("persister");
         env.step = Some(SERVER_STEP.into());
         self.append(&m.source_id, &env);
@@ -381,10 +440,8 @@ impl Persister {
             if f.buf.is_empty() && f.dropped == 0 {
                 continue;
             }
-            let lines = f.buf_lines;
-            match flush(f) {
+            match flush(f, &self.counters) {
                 Ok(()) => {
-                    self.counters.lines.fetch_add(lines, Ordering::Relaxed);
                     if f.dropped > 0 {
                         let mut env = Envelope::new(
                             &**source,
@@ -401,7 +458,7 @@ impl Persister {
                         env.seq = f.seq;
                         write_line(&env, &mut f.buf);
                         f.dropped = 0;
-                        let _ = flush(f);
+                        let _ = flush(f, &self.counters);
                     }
                     touched.push(source.clone());
                 }
@@ -462,7 +519,7 @@ impl Persister {
         let Some(f) = self.files.get_mut(source) else {
             return;
         };
-        if flush(f).is_err() {
+        if flush(f, &self.counters).is_err() {
             return; // keep writing to the current file; rotation is tried again later
         }
         if let Some(file) = f.file.take() {
@@ -514,7 +571,7 @@ impl Persister {
             }
             let key: Arc<str> = Arc::from(source.as_str());
             if let Some(mut f) = self.files.remove(&key) {
-                if let Err(e) = flush(&mut f) {
+                if let Err(e) = flush(&mut f, &self.counters) {
                     let _ = reply.send(Err(format!("cannot write {}: {e}", f.path.display())));
                     self.files.insert(key, f);
                     continue;
@@ -541,7 +598,8 @@ impl Persister {
 }
 
 /// Writes `f.buf` to the file (opening it if needed).
-fn flush(f: &mut OpenFile) -> std::io::Result<()> {
+/// Writes out a file's buffer, counting its lines once they are all written.
+fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> {
     if f.buf.is_empty() {
         return Ok(());
     }
@@ -561,6 +619,7 @@ fn flush(f: &mut OpenFile) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+    counters.lines.fetch_add(f.buf_lines, Ordering::Relaxed);
     f.buf_lines = 0;
     Ok(())
 }

@@ -1,0 +1,159 @@
+//! The server under test: a `sluice serve` this tool starts on loopback port 0, or any running
+//! server (Sluice, rsyslog, Vector) given by its addresses and process id.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where to send, where to read, and whom to measure.
+#[derive(Debug)]
+pub struct Target {
+    pub http: Option<String>,
+    pub ingest: Option<String>,
+    pub syslog: Option<String>,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Target {
+    pub fn attach(
+        http: Option<String>,
+        ingest: Option<String>,
+        syslog: Option<String>,
+        pid: Option<u32>,
+    ) -> Target {
+        Target {
+            http,
+            ingest,
+            syslog,
+            pid,
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// Starts `binary serve` with every listener on `127.0.0.1:0`, logs in a fresh temporary
+    /// directory, and `extra` YAML appended to the config.
+    pub fn spawn(binary: &Path, extra: &str) -> anyhow::Result<Target> {
+        let dir = std::env::temp_dir().join(format!("sluice-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let logs = dir.join("logs");
+        let storage = if extra.contains("log_storage:") {
+            String::new()
+        } else {
+            format!("log_storage:\n  local_dir: {}\n", logs.display())
+        };
+        let config = dir.join("sluice.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: 127.0.0.1:0\n  syslog_udp: null\n{extra}\n{storage}"
+            ),
+        )?;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", binary.display()))?;
+        let mut target = Target {
+            http: None,
+            ingest: None,
+            syslog: None,
+            pid: Some(child.id()),
+            child: None,
+            dir: Some(dir),
+        };
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        target.child = Some(child);
+        for line in &mut lines {
+            let line = line?;
+            if line == "ready" {
+                break;
+            }
+            if let Some((name, addr)) = line
+                .strip_prefix("listening ")
+                .and_then(|l| l.split_once('='))
+            {
+                let addr = Some(addr.to_owned());
+                match name {
+                    "http" => target.http = addr,
+                    "ingest" => target.ingest = addr,
+                    "syslog_tcp" => target.syslog = addr,
+                    _ => {}
+                }
+            }
+        }
+        anyhow::ensure!(
+            target.http.is_some(),
+            "{} serve exited before it was ready",
+            binary.display()
+        );
+        std::thread::spawn(move || for _ in lines {});
+        Ok(target)
+    }
+
+    /// Peak and current resident memory of the server, in bytes.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let kb = status.lines().find_map(|l| l.strip_prefix(name))?;
+            Some(kb.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// CPU seconds the server has used (user + system).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(&self.pid?.to_string())
+    }
+
+    /// A counter from the server's `/metrics` (0 when there is no HTTP address or no such line).
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> u64 {
+        let Some(http) = &self.http else { return 0 };
+        let Ok(resp) = client.get(format!("http://{http}/metrics")).send().await else {
+            return 0;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        // Counters with labels (per drain) are summed.
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// CPU seconds (user + system) of `/proc/{pid}` (`self` for this process).
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
