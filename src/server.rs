@@ -68,14 +68,24 @@ impl Listeners {
             if !addr.ip().is_loopback() {
                 return Err(BindError::NotLoopback { what, addr });
             }
-            TcpListener::bind(addr)
-                .await
-                .map(Some)
-                .map_err(|e| BindError::Io {
-                    what,
-                    addr: addr.to_string(),
-                    reason: crate::io_reason(&e),
-                })
+            // TCP_NODELAY on the listener is inherited by every accepted socket (Linux): tail
+            // frames and acknowledgements leave at once instead of waiting behind Nagle.
+            let listener = || -> std::io::Result<TcpListener> {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.set_nodelay(true)?;
+                socket.bind(addr)?;
+                socket.listen(1024)
+            };
+            listener().map(Some).map_err(|e| BindError::Io {
+                what,
+                addr: addr.to_string(),
+                reason: crate::io_reason(&e),
+            })
         }
         let http = tcp("http", listen.http).await?;
         let ingest = tcp("ingest", listen.ingest).await?;

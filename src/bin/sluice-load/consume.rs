@@ -232,11 +232,12 @@ async fn count_frames(mut conn: TcpStream, progress: Arc<SinkProgress>) {
 }
 
 /// Counts lines written to the files under a path (a file or a directory, recursively), reading
-/// only what was appended since the last call.
+/// only what was appended since the last call. Files are known by inode, so a file renamed by
+/// rotation is not counted twice.
 #[derive(Debug)]
 pub struct LineCounter {
     root: PathBuf,
-    seen: HashMap<PathBuf, u64>,
+    seen: HashMap<(u64, u64), u64>,
     lines: u64,
 }
 
@@ -253,11 +254,13 @@ impl LineCounter {
         let mut files = Vec::new();
         collect(&self.root, &mut files)?;
         for path in files {
-            let offset = self.seen.entry(path.clone()).or_insert(0);
+            use std::io::{Read, Seek, SeekFrom};
+            use std::os::unix::fs::MetadataExt;
             let Ok(mut f) = std::fs::File::open(&path) else {
                 continue;
             };
-            use std::io::{Read, Seek, SeekFrom};
+            let meta = f.metadata()?;
+            let offset = self.seen.entry((meta.dev(), meta.ino())).or_insert(0);
             f.seek(SeekFrom::Start(*offset))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -337,5 +340,31 @@ mod tests {
         assert_eq!(progress.gaps.load(Ordering::Relaxed), 2);
         assert_eq!(hist.len(), 2);
         assert_eq!(last, Some(10));
+    }
+
+    #[test]
+    fn line_counter_follows_appends_and_rotation_renames() {
+        let dir = std::env::temp_dir().join(format!("sluice-load-lines-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.jsonl");
+        std::fs::write(&file, "1\n2\n").unwrap();
+        std::fs::write(dir.join(".archive"), "not\nlog\nlines\n").unwrap();
+        let mut counter = LineCounter::new(&dir);
+        assert_eq!(counter.poll().unwrap(), 2);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(b"3\n").unwrap();
+        std::fs::rename(&file, dir.join("a.jsonl.1")).unwrap();
+        std::fs::write(&file, "4\n").unwrap();
+        assert_eq!(
+            counter.poll().unwrap(),
+            4,
+            "the rotated file is the same file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -277,8 +277,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .sum();
         let now = Snapshot::take(&target, &client).await;
         let published = now.published - before.published;
+        // Everything sent is published (syslog may still be in the socket), and written or lost.
         if persister_done.is_none()
             && target.http.is_some()
+            && published >= sent_total
             && now.persisted + now.persist_lost - before.persisted - before.persist_lost
                 >= published.max(1)
         {
