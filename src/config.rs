@@ -149,6 +149,11 @@ pub struct Http {
     pub recent_default_limit: usize,
     /// Seconds the server waits for tails and connections to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Most bytes each HTTP connection may queue in the kernel unsent (`TCP_NOTSENT_LOWAT`).
+    /// Bounds what a tail that stops reading costs the kernel: with Linux's autotuning each
+    /// could hold megabytes, and ten thousand would exhaust the machine's TCP memory and slow
+    /// every other socket. Unlike a small `SO_SNDBUF` it does not throttle a tail that reads.
+    pub socket_unsent_limit_bytes: u32,
 }
 
 impl Default for Http {
@@ -157,6 +162,7 @@ impl Default for Http {
             ping_interval_secs: 30,
             recent_default_limit: 1000,
             shutdown_grace_secs: 10,
+            socket_unsent_limit_bytes: 64 * 1024,
         }
     }
 }

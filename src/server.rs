@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Listen};
+use crate::config::{Config, Http, Listen};
 use crate::drains::{DrainError, Drains};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
@@ -59,17 +59,19 @@ pub enum BindError {
 impl Listeners {
     /// Binds every listener `listen` enables. Without auth tokens (none exist yet) only loopback
     /// addresses are allowed, so nothing is exposed by accident.
-    pub async fn bind(listen: &Listen) -> Result<Listeners, BindError> {
+    pub async fn bind(listen: &Listen, http: &Http) -> Result<Listeners, BindError> {
         async fn tcp(
             what: &'static str,
             addr: Option<SocketAddr>,
+            unsent_limit: Option<u32>,
         ) -> Result<Option<TcpListener>, BindError> {
             let Some(addr) = addr else { return Ok(None) };
             if !addr.ip().is_loopback() {
                 return Err(BindError::NotLoopback { what, addr });
             }
-            // TCP_NODELAY on the listener is inherited by every accepted socket (Linux): tail
-            // frames and acknowledgements leave at once instead of waiting behind Nagle.
+            // Options set on the listener are inherited by every accepted socket (Linux):
+            // TCP_NODELAY so tail frames and acknowledgements leave at once instead of waiting
+            // behind Nagle; for HTTP, a bound on unsent bytes for tails that stop reading.
             let listener = || -> std::io::Result<TcpListener> {
                 let socket = if addr.is_ipv4() {
                     tokio::net::TcpSocket::new_v4()?
@@ -78,6 +80,9 @@ impl Listeners {
                 };
                 socket.set_reuseaddr(true)?;
                 socket.set_nodelay(true)?;
+                if let Some(bytes) = unsent_limit {
+                    socket2::SockRef::from(&socket).set_tcp_notsent_lowat(bytes)?;
+                }
                 socket.bind(addr)?;
                 socket.listen(1024)
             };
@@ -87,14 +92,14 @@ impl Listeners {
                 reason: crate::io_reason(&e),
             })
         }
-        let http = tcp("http", listen.http).await?;
-        let ingest = tcp("ingest", listen.ingest).await?;
+        let http_listener = tcp("http", listen.http, Some(http.socket_unsent_limit_bytes)).await?;
+        let ingest = tcp("ingest", listen.ingest, None).await?;
         let ingest_unix = match &listen.ingest_unix {
             None => None,
             Some(path) => Some((bind_unix(path).await?, path.clone())),
         };
-        let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp).await?;
-        let syslog_tls = tcp("syslog_tls", listen.syslog_tls).await?;
+        let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp, None).await?;
+        let syslog_tls = tcp("syslog_tls", listen.syslog_tls, None).await?;
         let syslog_udp = match listen.syslog_udp {
             None => None,
             Some(addr) if !addr.ip().is_loopback() => {
@@ -110,7 +115,7 @@ impl Listeners {
             })?),
         };
         Ok(Listeners {
-            http,
+            http: http_listener,
             ingest,
             ingest_unix,
             syslog_tcp,

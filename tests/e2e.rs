@@ -281,6 +281,11 @@ async fn tails_are_pinged_and_bad_parameters_are_refused_before_the_upgrade() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "missing header `connection: upgrade`: this endpoint is a WebSocket"
+    );
     let unknown = reqwest::get(server.url("/api/v1/nothing")).await.unwrap();
     assert_eq!(unknown.status(), 404);
 }

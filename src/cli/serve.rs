@@ -18,7 +18,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::load(args.config.as_deref())?;
-    let listeners = Listeners::bind(&config.listen).await?;
+    let listeners = Listeners::bind(&config.listen, &config.http).await?;
     let running = server::start(config, listeners).await?;
     {
         let mut out = std::io::stdout().lock();

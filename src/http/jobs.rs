@@ -8,6 +8,7 @@
 //! | `GET /api/jobs/{id}/steps/{step}/logs` | the same, one step (`_server`: router-side events) |
 //! | `GET /api/jobs/{id}/logs/stream` | WebSocket: every line so far, then live, one JSONL line per text frame, with no gap |
 
+use super::ws::{Message, Upgrade};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_drains::persister::Line;
@@ -15,7 +16,6 @@ use sluice_router::{Channel, Delivery, Envelope, Filter, Selector, Start, valida
 use warp::Filter as _;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::ws::{Message, Ws};
 
 use super::{ApiError, AppState};
 use sluice_drains::archive::{Record, object_key};
@@ -82,8 +82,8 @@ pub fn routes(
         });
     let stream = warp::path!("api" / "jobs" / String / "logs" / "stream")
         .and(warp::get())
-        .and(warp::ws())
-        .map(move |id: String, ws: Ws| job_stream(state.clone(), &id, ws));
+        .and(super::ws::upgrade())
+        .map(move |id: String, ws: Upgrade| job_stream(state.clone(), &id, ws));
     complete
         .or(worker_logs)
         .unify()
@@ -272,7 +272,7 @@ async fn job_logs(
 /// Every line so far, then live. The cursor starts at the ring's beginning; what the ring no
 /// longer holds (reported as missed) is read back from the job's files, so the stream has no gap
 /// where Strøm's had one between backfill and subscribe.
-fn job_stream(state: AppState, raw_id: &str, ws: Ws) -> Response {
+fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
     let id = match job_id(raw_id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
@@ -320,5 +320,4 @@ fn job_stream(state: AppState, raw_id: &str, ws: Ws) -> Response {
         };
         super::stream::pump(socket, cursor, state, render).await;
     })
-    .into_response()
 }

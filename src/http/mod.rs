@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod ops;
 pub mod sources;
 pub mod stream;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -127,11 +128,8 @@ fn rejection_reply(rejection: warp::Rejection) -> Response {
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large".to_owned(),
         )
-    } else if let Some(e) = rejection.find::<warp::ws::MissingConnectionUpgrade>() {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("{e}: this endpoint is a WebSocket"),
-        )
+    } else if let Some(e) = rejection.find::<ws::NotAWebSocket>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
     } else {
         (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
     };

@@ -10,24 +10,34 @@
 //! `LGR` envelope on `ERR` with the exact count it missed.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sluice_router::codec::encode_batch;
 use sluice_router::{Cursor, Delivery, Selector, Start, validate_source_id};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
-use warp::reply::{Reply, Response};
-use warp::ws::{Message, WebSocket, Ws};
+use warp::reply::Response;
 
+use super::ws::{Message, Socket, Upgrade};
 use super::{ApiError, AppState, filter_from_query, number_param, split_source_path};
 use crate::format::json_line;
 use crate::metrics::Metrics;
 
-/// Most envelopes read from the cursor per WebSocket write.
-const BATCH: usize = 256;
-/// Clients only send control frames; anything large is a mistake or an attack.
-const MAX_INCOMING_MESSAGE_BYTES: usize = 64 * 1024;
+/// Envelopes read from the cursor per WebSocket write, at first and after any write that had to
+/// wait for the client. A tail that stops reading holds one such message (about 8 KiB of
+/// MessagePack) until it reads again or leaves, so this is what 10,000 stalled tails cost.
+const BATCH_MIN: usize = 32;
+/// Batches double up to this while the client takes each write at once: fewer, larger writes
+/// for a tail that keeps up.
+const BATCH_MAX: usize = 512;
+/// Full batches written at once before the batch may double: about 1 MiB, more than the kernel
+/// buffers of a client that has stopped reading can take, so such a tail stays at `BATCH_MIN`.
+const FAST_STREAK: u32 = 64;
+/// A write that takes longer than this waited for the client.
+const SLOW_WRITE: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -43,9 +53,9 @@ pub fn routes(
         .and(warp::path::tail())
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
-        .and(warp::ws())
+        .and(super::ws::upgrade())
         .and_then(
-            move |tail: warp::path::Tail, q: HashMap<String, String>, ws: Ws| {
+            move |tail: warp::path::Tail, q: HashMap<String, String>, ws: Upgrade| {
                 let state = st.clone();
                 async move {
                     match split_source_path(tail.as_str()) {
@@ -58,14 +68,19 @@ pub fn routes(
     let firehose = warp::path!("api" / "v1" / "firehose")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
-        .and(warp::ws())
+        .and(super::ws::upgrade())
         .map(move |q, ws| open(state.clone(), None, q, ws));
     source.or(firehose).unify()
 }
 
 /// Validates the request, opens the cursor before upgrading (so backfill is fixed at request
 /// time), and hands the socket to [`tail`].
-fn open(state: AppState, source: Option<String>, q: HashMap<String, String>, ws: Ws) -> Response {
+fn open(
+    state: AppState,
+    source: Option<String>,
+    q: HashMap<String, String>,
+    ws: Upgrade,
+) -> Response {
     let opened = (|| {
         let filter = filter_from_query(&q)?;
         let backfill = number_param::<usize>(&q, "backfill")?;
@@ -104,15 +119,12 @@ fn open(state: AppState, source: Option<String>, q: HashMap<String, String>, ws:
         Ok((cursor, format))
     })();
     match opened {
-        Ok((cursor, format)) => ws
-            .max_message_size(MAX_INCOMING_MESSAGE_BYTES)
-            .on_upgrade(move |socket| tail(socket, cursor, format, state))
-            .into_response(),
+        Ok((cursor, format)) => ws.on_upgrade(move |socket| tail(socket, cursor, format, state)),
         Err(e) => e.into_response(),
     }
 }
 
-async fn tail(socket: WebSocket, cursor: Cursor, format: Format, state: AppState) {
+async fn tail(socket: Socket, cursor: Cursor, format: Format, state: AppState) {
     pump(socket, cursor, state, move |batch| render(batch, format)).await;
 }
 
@@ -120,7 +132,7 @@ async fn tail(socket: WebSocket, cursor: Cursor, format: Format, state: AppState
 /// becomes the messages `render` makes of it; pings keep the connection alive. Shared by every
 /// streaming endpoint.
 pub(crate) async fn pump(
-    socket: WebSocket,
+    socket: Socket,
     mut cursor: Cursor,
     state: AppState,
     mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
@@ -131,14 +143,19 @@ pub(crate) async fn pump(
     let (mut tx, mut rx) = socket.split();
     let period = Duration::from_secs(state.config.http.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH_MIN);
+    let mut batch_max = BATCH_MIN;
+    let mut streak = 0u32;
     let mut reported = (0u64, 0u64);
-    let outcome: Result<(), warp::Error> = loop {
+    let outcome: Result<(), super::ws::Error> = loop {
         batch.clear();
         tokio::select! {
             biased;
             () = state.shutdown.cancelled() => {
-                let _ = tx.send(Message::close_with(1001u16, "sluice is shutting down")).await;
+                let _ = tx.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "sluice is shutting down".into(),
+                }))).await;
                 break Ok(());
             }
             msg = rx.next() => match msg {
@@ -146,15 +163,25 @@ pub(crate) async fn pump(
                 _ => break Ok(()),
             },
             _ = ping.tick() => {
-                if let Err(e) = tx.send(Message::ping(Bytes::new())).await {
+                if let Err(e) = tx.send(Message::Ping(Bytes::new())).await {
                     break Err(e);
                 }
             }
-            _ = cursor.next_batch(&mut batch, BATCH) => {
+            n = cursor.next_batch(&mut batch, batch_max) => {
                 // A slow client blocks here; meanwhile its cursor falls behind in the ring, which
                 // is what turns into an exact loss notice once it reads again.
-                if let Err(e) = send(&mut tx, render(&mut batch)).await {
+                let messages = render(&mut batch);
+                let started = Instant::now();
+                if let Err(e) = send(&mut tx, messages).await {
                     break Err(e);
+                }
+                if started.elapsed() >= SLOW_WRITE {
+                    (batch_max, streak) = (BATCH_MIN, 0);
+                } else if n >= batch_max {
+                    streak += 1;
+                    if streak >= FAST_STREAK {
+                        (batch_max, streak) = ((batch_max * 2).min(BATCH_MAX), 0);
+                    }
                 }
                 let now = (cursor.delivered(), cursor.missed());
                 Metrics::add(&state.metrics.tail_delivered, now.0 - reported.0);
@@ -185,9 +212,9 @@ fn render(batch: &mut Vec<Delivery>, format: Format) -> Vec<Message> {
     }
 }
 
-async fn send<S>(tx: &mut S, messages: Vec<Message>) -> Result<(), warp::Error>
+async fn send<S>(tx: &mut S, messages: Vec<Message>) -> Result<(), super::ws::Error>
 where
-    S: futures_util::Sink<Message, Error = warp::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = super::ws::Error> + Unpin,
 {
     for m in messages {
         tx.feed(m).await?;

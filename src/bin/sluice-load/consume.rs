@@ -162,17 +162,32 @@ fn walk_batch(b: &[u8], seen: &mut Seen<'_>) -> anyhow::Result<()> {
 
 /// Opens `n` tails that never read: the server must keep up with ingest regardless, and hold no
 /// more than each tail's cursor (plus what the kernel buffers) for them.
+///
+/// Their receive buffers are set to `rcvbuf` bytes. On loopback a client's receive buffer is
+/// this machine's memory, and 10,000 of Linux's default 128 KiB would put the whole machine's
+/// TCP stack under memory pressure; a real client's buffer is on its own machine.
 pub async fn stalled_tails(
     url: &str,
     n: usize,
+    rcvbuf: u32,
 ) -> anyhow::Result<Vec<impl Send + 'static + use<>>> {
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("stalled tails need a ws://IP:PORT url, not {url}"))?;
+    let connect = |url: String| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        anyhow::Ok(ws)
+    };
     let mut held = Vec::with_capacity(n);
-    let mut pending = futures_util::stream::iter(
-        (0..n).map(|_| tokio_tungstenite::connect_async(url.to_owned())),
-    )
-    .buffer_unordered(128);
+    let mut pending =
+        futures_util::stream::iter((0..n).map(|_| connect(url.to_owned()))).buffer_unordered(128);
     while let Some(conn) = pending.next().await {
-        let (ws, _) = conn.map_err(|e| anyhow::anyhow!("cannot open stalled tail {url}: {e}"))?;
+        let ws = conn.map_err(|e| anyhow::anyhow!("cannot open stalled tail {url}: {e}"))?;
         held.push(ws);
     }
     Ok(held)

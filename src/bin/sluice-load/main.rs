@@ -80,6 +80,9 @@ struct Args {
     /// WebSocket tails of `load-0` that never read a byte.
     #[arg(long, default_value_t = 0)]
     stalled_tails: usize,
+    /// Receive buffer of each stalled tail's socket, in bytes (see `consume::stalled_tails`).
+    #[arg(long, default_value_t = 16 * 1024)]
+    stalled_rcvbuf: u32,
     /// Syslog drains to bind on `load-0` (at most the server's drains.per_source_limit).
     #[arg(long, default_value_t = 0)]
     drains: usize,
@@ -203,7 +206,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stalled = if args.stalled_tails > 0 {
         let t = Instant::now();
-        let held = consume::stalled_tails(&tail_url(0)?, args.stalled_tails).await?;
+        let held =
+            consume::stalled_tails(&tail_url(0)?, args.stalled_tails, args.stalled_rcvbuf).await?;
         eprintln!(
             "opened {} stalled tails in {:.1} s",
             held.len(),
