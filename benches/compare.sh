@@ -7,11 +7,17 @@
 #
 #   benches/compare.sh                      # 1,000,000 lines, 3 runs each
 #   LINES=2000000 RUNS=5 benches/compare.sh
+#   benches/compare.sh drain                # one Sluice syslog drain into rsyslog instead
+#
+# `drain`: native envelopes into Sluice, one syslog drain to rsyslog (imtcp -> omfile); the rate
+# is lines in rsyslog's file per second, until all of them are there.
 #
 # Needs: cargo (builds sluice and sluice-load in release), rsyslog (installed with apt-get when
 # missing and running as root; otherwise the exact command is printed), jq, python3.
 set -euo pipefail
 
+WORKLOAD=${1:-file}
+case $WORKLOAD in file|drain) ;; *) echo "usage: $0 [file|drain]" >&2; exit 2 ;; esac
 LINES=${LINES:-1000000}
 RUNS=${RUNS:-3}
 # Message text per line; with the header sluice-load writes, a line is 160 bytes.
@@ -54,11 +60,11 @@ wait_port() {
 }
 
 # Each run prints: lines-per-second complete(true/false) peak-rss-MiB
-run_sluice() {
-    local dir=$WORK/sluice-$1
+# Rings large enough to hold the whole burst: consumers never slow ingest, so with the default
+# rings a flat-out sender would overrun them and the output would never be complete.
+sluice_config() {
+    local dir=$1
     mkdir -p "$dir"
-    # Rings large enough to hold the whole burst: the persister never slows ingest, so with the
-    # default rings a flat-out sender would overrun it and the file would never be complete.
     cat > "$dir/extra.yaml" <<EOF
 router:
   ring_max_entries: 4194304
@@ -68,26 +74,41 @@ log_storage:
   local_dir: $dir/logs
   max_file_size_bytes: 10737418240
 EOF
+}
+
+run_sluice() {
+    local dir=$WORK/sluice-$1
+    sluice_config "$dir"
     "$LOAD" --protocol syslog --size "$SIZE" --count "$LINES" --duration 600 --tails 0 \
         --batch 100 --config "$dir/extra.yaml" --json 2>"$dir/err" | tail -1 > "$dir/report.json"
     jq -r '[.persister.envelopes_per_sec, (.persister.lines >= .sent and .persister.announced_lost == 0), .server_peak_rss_mib] | @tsv' "$dir/report.json"
 }
 
-run_rsyslog() {
-    local dir=$WORK/rsyslog-$1 port
+# Starts rsyslog (imtcp -> omfile into $1/out.log) on a free port; sets RSYSLOG_PID, RSYSLOG_PORT.
+# $2: the omfile template (rsyslog's default file format when empty).
+start_rsyslog() {
+    local dir=$1 template=${2:-}
     mkdir -p "$dir/spool"
-    port=$(free_port)
+    RSYSLOG_PORT=$(free_port)
+    local port=$RSYSLOG_PORT
     cat > "$dir/rsyslog.conf" <<EOF
 global(workDirectory="$dir/spool")
 module(load="imtcp")
 input(type="imtcp" address="127.0.0.1" port="$port" ruleset="bench" supportOctetCountedFraming="on")
+template(name="msgonly" type="string" string="%msg%\n")
 ruleset(name="bench") {
-  action(type="omfile" file="$dir/out.log" asyncWriting="on" ioBufferSize="256k" flushOnTXEnd="off" flushInterval="1")
+  action(type="omfile" file="$dir/out.log" asyncWriting="on" ioBufferSize="256k" flushOnTXEnd="off" flushInterval="1"${template:+ template=\"$template\"})
 }
 EOF
     "$RSYSLOGD" -n -f "$dir/rsyslog.conf" -i "$dir/rsyslog.pid" 2>"$dir/rsyslog.err" &
-    local pid=$!
+    RSYSLOG_PID=$!
     wait_port "$port"
+}
+
+run_rsyslog() {
+    local dir=$WORK/rsyslog-$1
+    start_rsyslog "$dir"
+    local port=$RSYSLOG_PORT pid=$RSYSLOG_PID
     "$LOAD" --protocol syslog --size "$SIZE" --count "$LINES" --duration 600 --tails 0 \
         --batch 100 --syslog "127.0.0.1:$port" --pid "$pid" --wait-lines "$dir/out.log" \
         --json 2>"$dir/err" | tail -1 > "$dir/report.json"
@@ -121,6 +142,26 @@ EOF
     jq -r '[.in_envelopes_per_sec, true, .server_peak_rss_mib] | @tsv' "$dir/report.json"
 }
 
+run_drain() {
+    local dir=$WORK/drain-$1
+    # rsyslog is only the receiver here: the cheapest template, so that it limits as little as it can.
+    start_rsyslog "$dir" msgonly
+    sluice_config "$dir"
+    "$LOAD" --protocol native --size 150 --count "$LINES" --duration 600 --tails 0 --drains 1 \
+        --drain-url "syslog://127.0.0.1:$RSYSLOG_PORT" --wait-lines "$dir/out.log" \
+        --config "$dir/extra.yaml" --json 2>"$dir/err" | tail -1 > "$dir/report.json"
+    kill "$RSYSLOG_PID"; wait "$RSYSLOG_PID" 2>/dev/null || true
+    jq -r '[.file.lines_per_sec, (.file.complete and .drains.announced_lost == 0), .server_peak_rss_mib] | @tsv' "$dir/report.json"
+}
+
+if [ "$WORKLOAD" = drain ]; then
+    for run in $(seq "$RUNS"); do
+        read -r rate ok rss < <(run_drain "$run")
+        printf 'drain run %d: %10.0f messages/s into rsyslog  complete=%s  Sluice peak RSS %s MiB\n' "$run" "$rate" "$ok" "$rss"
+    done
+    exit 0
+fi
+
 peers=(sluice rsyslog)
 if command -v vector >/dev/null; then
     peers+=(vector)
@@ -144,8 +185,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 echo
 echo "syslog TCP -> file, 1 connection, $LINES lines of $((SIZE + 70)) bytes, median of $RUNS runs ($(nproc) cores, $(date -u +%Y-%m-%d))"
 echo
-printf '| %-36s | %12s | %14s | %13s |\n' "server and path" "lines/s" "Sluice / peer" "peak RSS MiB"
-printf '|%s|%s|%s|%s|\n' "--------------------------------------" "--------------:" "----------------:" "---------------:"
+printf '| %-40s | %12s | %14s | %13s |\n' "server and path" "lines/s" "Sluice / peer" "peak RSS MiB"
+printf '|%s|%s|%s|%s|\n' "------------------------------------------" "--------------:" "----------------:" "---------------:"
 sluice_rate=$(echo "${rates[sluice]}" | median)
 for p in "${peers[@]}"; do
     rate=$(echo "${rates[$p]}" | median)
@@ -156,5 +197,5 @@ for p in "${peers[@]}"; do
         vector) label="Vector (syslog -> blackhole)"; ratio=$(awk "BEGIN {printf \"%.2f\", $sluice_rate / $rate}") ;;
     esac
     [ "${complete[$p]:-yes}" = yes ] || label="$label (INCOMPLETE)"
-    printf '| %-36s | %12.0f | %14s | %13.1f |\n' "$label" "$rate" "$ratio" "$rss"
+    printf '| %-40s | %12.0f | %14s | %13.1f |\n' "$label" "$rate" "$ratio" "$rss"
 done
