@@ -78,6 +78,11 @@ fn main() {
     out.flush().unwrap();
     drop(out);
     let rss_before = peak_rss_bytes();
+    // SLUICE_BENCH_GZIP_LEVEL compares levels; the default is the config's default.
+    let level: u32 = std::env::var("SLUICE_BENCH_GZIP_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -91,6 +96,7 @@ fn main() {
             prefix: String::new(),
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             part_size_bytes: 8 << 20,
+            compression_level: level,
         };
         let creds = aws_sdk_s3::config::Credentials::new("bench", "bench", None, None, "bench");
         let client = s3_client(&config, Some(creds)).await;
@@ -130,7 +136,7 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("archive/upload_gzip_{size}_bytes");
+    println!("archive/upload_gzip_{size}_bytes (gzip level {level})");
     println!("  input            {:.1} MiB", written as f64 / 1048576.0);
     println!(
         "  compressed       {:.1} MiB ({:.1}x)",

@@ -47,6 +47,14 @@ pub struct S3Config {
     /// Multipart part size; the compressed output goes out in parts of this size.
     #[serde(default = "default_part_size")]
     pub part_size_bytes: usize,
+    /// gzip level, 0 (store) to 9 (smallest). 1 by default: about five times faster than 6 for
+    /// objects a few per cent larger on log text (BENCHMARKS.md).
+    #[serde(default = "default_compression_level")]
+    pub compression_level: u32,
+}
+
+fn default_compression_level() -> u32 {
+    1
 }
 
 fn default_region() -> String {
@@ -369,35 +377,31 @@ impl Archive {
         multipart: &mut Option<(String, Vec<CompletedPart>)>,
     ) -> Result<u64, String> {
         let part_size = self.config.part_size_bytes.max(MIN_PART_BYTES);
-        let mut encoder = GzEncoder::new(
-            Vec::with_capacity(part_size + 64 * 1024),
-            Compression::default(),
-        );
+        let level = Compression::new(self.config.compression_level.min(9));
+        // Compression runs on a blocking thread, a part ahead of the upload: while one part is
+        // on its way to S3 the next is being compressed. At most three parts exist at once (one
+        // uploading, one queued, one filling), so memory stays bounded by the part size.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let files = record.files.clone();
+        let compressor =
+            tokio::task::spawn_blocking(move || compress_parts(&files, part_size, level, &tx));
         let mut total = 0u64;
-        let mut chunk = vec![0u8; 256 * 1024];
-        for path in &record.files {
-            let mut file = match std::fs::File::open(path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-            };
-            loop {
-                let n = file
-                    .read(&mut chunk)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if n == 0 {
-                    break;
+        let mut rest = None;
+        while let Some(part) = rx.recv().await {
+            match part? {
+                Part::Full(body) => {
+                    total += body.len() as u64;
+                    self.put_part(&record.key, multipart, body).await?;
                 }
-                encoder.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
-                if encoder.get_ref().len() >= part_size {
-                    let part = std::mem::take(encoder.get_mut());
-                    total += part.len() as u64;
-                    self.put_part(&record.key, multipart, part).await?;
+                Part::Last(body) => {
+                    rest = Some(body);
+                    break;
                 }
             }
         }
-        let mut rest = std::mem::take(encoder.get_mut());
-        rest.extend_from_slice(&encoder.finish().map_err(|e| e.to_string())?);
+        drop(rx);
+        let _ = compressor.await;
+        let rest = rest.ok_or("the compressor stopped before the end")?;
         total += rest.len() as u64;
         if multipart.is_none() {
             self.client
@@ -475,6 +479,58 @@ impl Archive {
         );
         Ok(())
     }
+}
+
+/// A compressed part of an object, the last one marked (it may be smaller than a part).
+enum Part {
+    Full(Vec<u8>),
+    Last(Vec<u8>),
+}
+
+/// Gzips `files` into parts of about `part_size` bytes, handing each to `tx` as it fills; stops
+/// early if the uploader hangs up. Errors are sent on, as the last message.
+fn compress_parts(
+    files: &[PathBuf],
+    part_size: usize,
+    level: Compression,
+    tx: &tokio::sync::mpsc::Sender<Result<Part, String>>,
+) {
+    let new_part = || Vec::with_capacity(part_size + 64 * 1024);
+    let result = (|| -> Result<Option<Vec<u8>>, String> {
+        let mut encoder = GzEncoder::new(new_part(), level);
+        let mut chunk = vec![0u8; 256 * 1024];
+        for path in files {
+            let mut file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            loop {
+                let n = file
+                    .read(&mut chunk)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                encoder.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+                if encoder.get_ref().len() >= part_size {
+                    let part = std::mem::replace(encoder.get_mut(), new_part());
+                    if tx.blocking_send(Ok(Part::Full(part))).is_err() {
+                        return Ok(None); // the upload failed; it reports why
+                    }
+                }
+            }
+        }
+        let mut rest = std::mem::take(encoder.get_mut());
+        rest.extend_from_slice(&encoder.finish().map_err(|e| e.to_string())?);
+        Ok(Some(rest))
+    })();
+    let last = match result {
+        Ok(None) => return,
+        Ok(Some(rest)) => Ok(Part::Last(rest)),
+        Err(e) => Err(e),
+    };
+    let _ = tx.blocking_send(last);
 }
 
 /// An SDK error on one line: the service's `Code: message` when S3 answered, else the chain of

@@ -63,6 +63,7 @@ pub async fn client(endpoint: &str) -> Client {
         prefix: String::new(),
         endpoint: Some(endpoint.to_owned()),
         part_size_bytes: 5 << 20,
+        compression_level: 1,
     };
     let credentials =
         aws_sdk_s3::config::Credentials::new("sluice-test", "sluice-test", None, None, "tests");
