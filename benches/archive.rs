@@ -4,6 +4,10 @@
 //! `cargo bench --bench archive` (1 GiB; `SLUICE_ARCHIVE_BENCH_BYTES` changes it). Needs
 //! `moto_server`: run `./test.sh` once, or set `SLUICE_MOTO_SERVER`.
 
+// The allocator the `sluice` binary uses, so that figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};

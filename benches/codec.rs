@@ -1,5 +1,9 @@
 //! The native wire format: encoding a batch into a frame, and decoding it back.
 
+// The allocator the `sluice` binary uses, so that figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use bytes::BytesMut;

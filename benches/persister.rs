@@ -2,6 +2,10 @@
 //! publishes a run of 150-byte lines into one source and times until the persister has written
 //! and closed them all (publishing included, which is ~5% of the time per `benches/router.rs`).
 
+// The allocator the `sluice` binary uses, so that figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

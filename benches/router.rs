@@ -2,6 +2,10 @@
 //! read, which is the worst case for neither side, and shows that writers never wait for them),
 //! and with one cursor draining everything published.
 
+// The allocator the `sluice` binary uses, so that figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

@@ -1,6 +1,10 @@
 //! Syslog both ways: formatting envelopes as RFC 5424 for drains, and parsing RFC 5424 lines
 //! (with RFC 6587 octet-counting framing) into envelopes at ingress.
 
+// The allocator the `sluice` binary uses, so that figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use bytes::BytesMut;

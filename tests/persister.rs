@@ -153,13 +153,21 @@ async fn files_rotate_by_size_keeping_max_files() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mut names: Vec<String> = std::fs::read_dir(logs)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = |logs: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    // The oldest file is set aside and deleted off the writer's thread: wait for that.
+    while names(logs).iter().any(|n| n.ends_with(".deleting")) {
+        assert!(Instant::now() < deadline, "{:?}", names(logs));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
-        names,
+        names(logs),
         ["busy.jsonl", "busy.jsonl.1", "busy.jsonl.2"],
         "three files kept"
     );
@@ -170,6 +178,14 @@ async fn files_rotate_by_size_keeping_max_files() {
     for f in ["busy.jsonl.2", "busy.jsonl.1"] {
         assert!(std::fs::metadata(logs.join(f)).unwrap().len() >= 4096);
     }
+    // A deletion the process did not finish is finished at the next start.
+    std::fs::write(logs.join("busy.jsonl.3.deleting"), "old\n").unwrap();
+    let mut server = server;
+    server.crash_and_restart();
+    assert_eq!(
+        names(&server.logs),
+        ["busy.jsonl", "busy.jsonl.1", "busy.jsonl.2"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

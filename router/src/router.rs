@@ -217,9 +217,6 @@ struct Ring {
     last_key: usize,
     max_entries: usize,
     max_bytes: usize,
-    /// Envelopes just evicted, dropped by the publisher after it lets go of the lock: freeing
-    /// them is the costliest part of eviction and readers should not wait for it.
-    evicted: Vec<Arc<Envelope>>,
 }
 
 #[derive(Debug)]
@@ -249,7 +246,6 @@ impl Ring {
             last_key: 0,
             max_entries: config.ring_max_entries.max(1),
             max_bytes: config.ring_max_bytes.max(1),
-            evicted: Vec::new(),
         }
     }
 
@@ -308,7 +304,6 @@ impl Ring {
         self.keys[slot.key as usize].evicted += 1;
         self.first_seq += 1;
         self.bytes -= slot.size as usize;
-        self.evicted.push(slot.env);
         slot.size as usize
     }
 }
@@ -365,7 +360,6 @@ impl Router {
         let shared = &*self.shared;
         let mut added = 0usize;
         let mut freed = 0usize;
-        let mut evicted: Vec<Arc<Envelope>> = Vec::new();
         while let Some(first) = iter.next() {
             let source = shared.source(&first.source_id);
             {
@@ -388,9 +382,7 @@ impl Router {
                 if let Some(r) = ranges.as_deref_mut() {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
-                std::mem::swap(&mut ring.evicted, &mut evicted);
             }
-            evicted.clear();
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.
             fence(Ordering::SeqCst);
@@ -605,9 +597,7 @@ impl Shared {
             if ring.slots.len() < ring.slots.capacity() / 4 {
                 ring.slots.shrink_to_fit();
             }
-            let dead = std::mem::take(&mut ring.evicted);
             drop(ring);
-            drop(dead);
             self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
             self.evicted_for_budget
                 .fetch_add(evicted as u64, Ordering::Relaxed);

@@ -27,9 +27,9 @@ use crate::format::json_line;
 use crate::metrics::Metrics;
 
 /// Envelopes read from the cursor per WebSocket write, at first and after any write that had to
-/// wait for the client. A tail that stops reading holds one such message (about 8 KiB of
+/// wait for the client. A tail that stops reading holds one such message (about 4 KiB of
 /// MessagePack) until it reads again or leaves, so this is what 10,000 stalled tails cost.
-const BATCH_MIN: usize = 32;
+const BATCH_MIN: usize = 16;
 /// Batches double up to this while the client takes each write at once: fewer, larger writes
 /// for a tail that keeps up.
 const BATCH_MAX: usize = 512;

@@ -52,6 +52,9 @@ pub struct PersisterConfig {
     pub max_open_files: usize,
 }
 
+/// Appended to the name of a file a rotation is deleting in the background.
+const DOOMED_SUFFIX: &str = ".deleting";
+
 /// Bytes a failing file may hold back for a retry before its lines are counted lost.
 const MAX_RETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Deliveries read from the cursor per batch.
@@ -205,6 +208,10 @@ pub struct Persister {
     /// Losses not yet logged: an overrun persister says so at most once a second.
     unlogged_loss: u64,
     last_loss_log: Option<Instant>,
+    /// The `fsync: interval` sync in progress, on a thread of its own.
+    background_sync: Option<std::thread::JoinHandle<()>>,
+    /// Rotations finishing off this thread: syncing the closed file, deleting the oldest.
+    rotations: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Persister {
@@ -235,6 +242,12 @@ impl Persister {
         config: PersisterConfig,
     ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
         std::fs::create_dir_all(&config.local_dir)?;
+        // Files a rotation was deleting when the process stopped.
+        for entry in std::fs::read_dir(&config.local_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(DOOMED_SUFFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let config = Arc::new(config);
         let durability = Arc::new(Durability::default());
         let counters = Arc::new(PersisterCounters::default());
@@ -250,6 +263,8 @@ impl Persister {
             last_sync: Instant::now(),
             unlogged_loss: 0,
             last_loss_log: None,
+            background_sync: None,
+            rotations: Vec::new(),
         };
         let handle = PersisterHandle {
             control: tx,
@@ -289,7 +304,10 @@ impl Persister {
             self.write(&mut deliveries);
         }
         self.settle();
-        self.sync_all();
+        self.sync_all(true);
+        for r in self.rotations.drain(..) {
+            let _ = r.join();
+        }
         for c in self.pending.drain(..) {
             let Control::Complete { reply, .. } = c;
             let _ = reply.send(Err("sluice is shutting down".into()));
@@ -487,7 +505,7 @@ impl Persister {
             Fsync::Never => false,
         };
         if sync_now {
-            self.sync_all();
+            self.sync_all(self.config.fsync == Fsync::Always);
         }
         for source in touched {
             if let Some(f) = self.files.get(&source) {
@@ -498,39 +516,93 @@ impl Persister {
         self.answer_completions();
     }
 
-    fn sync_all(&mut self) {
+    /// Syncs every file written since the last sync. With `wait` false (`fsync: interval`) the
+    /// syncs run on a thread of their own: syncing a second of writes at full speed can take
+    /// longer than a ring holds, and the writer must not stall behind the disk meanwhile.
+    fn sync_all(&mut self, wait: bool) {
+        if let Some(running) = self.background_sync.take() {
+            if !wait && !running.is_finished() {
+                self.background_sync = Some(running);
+                return; // still syncing the previous round; try again at the next settle
+            }
+            let _ = running.join();
+        }
+        let mut files = Vec::new();
         for f in self.files.values_mut() {
             if f.unsynced
                 && let Some(file) = &f.file
             {
-                if let Err(e) = file.sync_data() {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
+                if wait {
+                    if let Err(e) = file.sync_data() {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
+                        continue;
+                    }
                 } else {
-                    f.unsynced = false;
+                    match file.try_clone() {
+                        Ok(clone) => files.push((clone, f.path.clone())),
+                        Err(_) => continue,
+                    }
                 }
+                f.unsynced = false;
             }
         }
         self.last_sync = Instant::now();
+        if files.is_empty() {
+            return;
+        }
+        let counters = self.counters.clone();
+        let sync = move || {
+            for (file, path) in files {
+                if let Err(e) = file.sync_data() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
+                }
+            }
+        };
+        match std::thread::Builder::new()
+            .name("sluice-fsync".into())
+            .spawn(sync)
+        {
+            Ok(handle) => self.background_sync = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the fsync thread"),
+        }
     }
 
     fn rotate(&mut self, source: &Arc<str>) {
         let dir = self.config.local_dir.clone();
+        let always = self.config.fsync == Fsync::Always;
         let Some(f) = self.files.get_mut(source) else {
             return;
         };
         if flush(f, &self.counters).is_err() {
             return; // keep writing to the current file; rotation is tried again later
         }
-        if let Some(file) = f.file.take() {
+        // Syncing the closed file and deleting the oldest each take tens of milliseconds at full
+        // speed, longer than a ring holds: they finish on a thread of their own, unless every
+        // write must be synced before it is acknowledged (`fsync: always`).
+        let mut closed = f.file.take();
+        if always && let Some(file) = closed.take() {
             let _ = file.sync_data();
         }
         let keep = self.config.max_files.max(1) - 1;
+        let mut doomed = None;
         let result = (|| -> std::io::Result<()> {
+            // Renamed aside at once, deleted later: the name is free for the next rotation.
+            let mut set_aside = |path: &Path| -> std::io::Result<()> {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(DOOMED_SUFFIX);
+                std::fs::rename(path, &aside)?;
+                doomed = Some(PathBuf::from(aside));
+                Ok(())
+            };
             if keep == 0 {
-                return std::fs::remove_file(&f.path);
+                return set_aside(&f.path);
             }
-            let _ = std::fs::remove_file(rotated_path(&dir, source, keep));
+            let oldest = rotated_path(&dir, source, keep);
+            if oldest.exists() {
+                set_aside(&oldest)?;
+            }
             for n in (1..keep).rev() {
                 let from = rotated_path(&dir, source, n);
                 if from.exists() {
@@ -549,6 +621,29 @@ impl Persister {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(file = %f.path.display(), error = %e, "cannot rotate log file");
             }
+        }
+        if closed.is_none() && doomed.is_none() {
+            return;
+        }
+        let counters = self.counters.clone();
+        let finish = move || {
+            if let Some(file) = closed
+                && let Err(e) = file.sync_data()
+            {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot sync a rotated log file");
+            }
+            if let Some(path) = doomed {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        self.rotations.retain(|r| !r.is_finished());
+        match std::thread::Builder::new()
+            .name("sluice-rotate".into())
+            .spawn(finish)
+        {
+            Ok(handle) => self.rotations.push(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the rotation thread"),
         }
     }
 
