@@ -60,16 +60,18 @@ wait_port() {
 }
 
 # Each run prints: lines-per-second complete(true/false) peak-rss-MiB
-# Rings large enough to hold the whole burst: consumers never slow ingest, so with the default
-# rings a flat-out sender would overrun them and the output would never be complete.
+# Rings large enough to ride out the burst: consumers never slow ingest, so with the default
+# rings (65,536 entries) a flat-out sender would overrun them and the output would never be
+# complete. $2: ring entries (the persister keeps up, so a quarter of the lines is plenty; a drain
+# into rsyslog falls behind the sender, so that run holds all of them).
 sluice_config() {
-    local dir=$1
+    local dir=$1 entries=$2
     mkdir -p "$dir"
     cat > "$dir/extra.yaml" <<EOF
 router:
-  ring_max_entries: 4194304
-  ring_max_bytes: 2147483648
-  memory_budget_bytes: 4294967296
+  ring_max_entries: $entries
+  ring_max_bytes: $((entries * 1024))
+  memory_budget_bytes: $((entries * 2048))
 log_storage:
   local_dir: $dir/logs
   max_file_size_bytes: 10737418240
@@ -78,7 +80,7 @@ EOF
 
 run_sluice() {
     local dir=$WORK/sluice-$1
-    sluice_config "$dir"
+    sluice_config "$dir" $((LINES / 4))
     "$LOAD" --protocol syslog --size "$SIZE" --count "$LINES" --duration 600 --tails 0 \
         --batch 100 --config "$dir/extra.yaml" --json 2>"$dir/err" | tail -1 > "$dir/report.json"
     jq -r '[.persister.envelopes_per_sec, (.persister.lines >= .sent and .persister.announced_lost == 0), .server_peak_rss_mib] | @tsv' "$dir/report.json"
@@ -146,7 +148,7 @@ run_drain() {
     local dir=$WORK/drain-$1
     # rsyslog is only the receiver here: the cheapest template, so that it limits as little as it can.
     start_rsyslog "$dir" msgonly
-    sluice_config "$dir"
+    sluice_config "$dir" "$LINES"
     "$LOAD" --protocol native --size 150 --count "$LINES" --duration 600 --tails 0 --drains 1 \
         --drain-url "syslog://127.0.0.1:$RSYSLOG_PORT" --wait-lines "$dir/out.log" \
         --config "$dir/extra.yaml" --json 2>"$dir/err" | tail -1 > "$dir/report.json"
