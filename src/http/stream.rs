@@ -26,9 +26,9 @@ use super::{ApiError, AppState, filter_from_query, number_param, split_source_pa
 use crate::format::json_line;
 use crate::metrics::Metrics;
 
-/// Envelopes read from the cursor per WebSocket write, at first and after any write that had to
-/// wait for the client. A tail that stops reading holds one such message (about 4 KiB of
-/// MessagePack) until it reads again or leaves, so this is what 10,000 stalled tails cost.
+/// Envelopes read from the cursor per WebSocket write, at first; each write that has to wait for
+/// the client halves the batch, down to this. A tail that stops reading holds one such message
+/// (about 4 KiB of MessagePack) until it reads again or leaves: what 10,000 stalled tails cost.
 const BATCH_MIN: usize = 16;
 /// Batches double up to this while the client takes each write at once: fewer, larger writes
 /// for a tail that keeps up.
@@ -176,7 +176,9 @@ pub(crate) async fn pump(
                     break Err(e);
                 }
                 if started.elapsed() >= SLOW_WRITE {
-                    (batch_max, streak) = (BATCH_MIN, 0);
+                    // Halved, not reset: a busy machine makes a fast client's write slow now
+                    // and then; a client that stops reading gets back to the minimum quickly.
+                    (batch_max, streak) = ((batch_max / 2).max(BATCH_MIN), 0);
                 } else if n >= batch_max {
                     streak += 1;
                     if streak >= FAST_STREAK {
