@@ -26,6 +26,8 @@ pub struct TailProgress {
     pub announced: AtomicU64,
     /// Envelopes missing between consecutive seqs: what was really lost.
     pub gaps: AtomicU64,
+    /// Envelopes whose seq was not above the previous one's: delivered twice, or out of order.
+    pub out_of_order: AtomicU64,
     /// Wall clock of the last log envelope received, ns since the epoch.
     pub last_ns: AtomicU64,
 }
@@ -107,12 +109,14 @@ impl Seen<'_> {
                 .fetch_add(f.missed, Ordering::Relaxed);
             return;
         }
-        if let Some(prev) = *self.last_seq
-            && f.seq > prev + 1
-        {
-            self.progress
-                .gaps
-                .fetch_add(f.seq - prev - 1, Ordering::Relaxed);
+        if let Some(prev) = *self.last_seq {
+            if f.seq > prev + 1 {
+                self.progress
+                    .gaps
+                    .fetch_add(f.seq - prev - 1, Ordering::Relaxed);
+            } else if f.seq <= prev {
+                self.progress.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
         }
         *self.last_seq = Some(f.seq);
         let micros = ((self.now - f.timestamp) / 1000).max(1) as u64;

@@ -345,12 +345,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     let mut sent_total = 0;
     let mut sent_bytes = 0;
-    for (_, sent, task) in producers {
+    let mut sent_by_source = std::collections::HashMap::new();
+    for (source, sent, task) in producers {
         if let Ok(Err(e)) = task.await {
             errors.push(format!("producer: {e}"));
         }
         sent_total += sent.envelopes.load(Ordering::Relaxed);
         sent_bytes += sent.bytes.load(Ordering::Relaxed);
+        *sent_by_source.entry(source).or_insert(0) += sent.envelopes.load(Ordering::Relaxed);
     }
     let mut latency = consume::histogram();
     let mut tail_reports = Vec::new();
@@ -362,13 +364,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let received = p.received.load(Ordering::Relaxed);
         let secs = (p.last_ns.load(Ordering::Relaxed) as i64 - start_ns).max(1) as f64 / 1e9;
+        let expected: u64 = sent_by_source.get(&source).copied().unwrap_or(0);
+        let out_of_order = p.out_of_order.load(Ordering::Relaxed);
         tail_reports.push(json!({
             "source": format!("load-{source}"),
             "received": received,
             "envelopes_per_sec": received as f64 / secs,
             "mib_per_sec": p.bytes.load(Ordering::Relaxed) as f64 / secs / MIB,
             "announced_lost": p.announced.load(Ordering::Relaxed),
-            "actual_lost": p.gaps.load(Ordering::Relaxed),
+            // What never arrived: gaps between seqs, and any shortfall after the last one.
+            "actual_lost": expected.saturating_sub(received - out_of_order),
+            "seq_gaps": p.gaps.load(Ordering::Relaxed),
+            "out_of_order": out_of_order,
         }));
     }
 
@@ -498,13 +505,17 @@ fn print_report(r: &serde_json::Value) {
     );
     for t in r["tails"].as_array().into_iter().flatten() {
         println!(
-            "tail      {}: {} received, {:.0} env/s, {:.1} MiB/s; lost {} announced, {} actual",
+            "tail      {}: {} received, {:.0} env/s, {:.1} MiB/s; lost {} announced, {} actual{}",
             t["source"].as_str().unwrap_or(""),
             t["received"],
             f(&t["envelopes_per_sec"]),
             f(&t["mib_per_sec"]),
             t["announced_lost"],
             t["actual_lost"],
+            match t["out_of_order"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} OUT OF ORDER OR DUPLICATED"),
+                _ => String::new(),
+            }
         );
     }
     if let Some(l) = r.get("latency_us") {
