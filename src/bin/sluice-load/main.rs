@@ -302,7 +302,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|s| s.messages.load(Ordering::Relaxed))
             .sum();
-        if sinks_done.is_none() && drained >= published * sinks.len() as u64 {
+        let drain_lost = now.drain_lost - before.drain_lost;
+        if sinks_done.is_none() && drained + drain_lost >= published * sinks.len() as u64 {
             sinks_done = Some(start.elapsed());
         }
         let tails_done = tails.iter().all(|(source, p, _)| {
