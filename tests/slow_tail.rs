@@ -121,3 +121,34 @@ async fn a_stalled_tail_learns_exactly_what_it_missed_and_a_fast_one_misses_noth
     );
     assert_eq!(server.metric("sluice_tail_missed_total").await, missed);
 }
+
+/// Idle tails must be cheap: each holds a cursor and a socket, not a 128 KiB read buffer (what
+/// tungstenite allocates, and zero-fills, by default). A thousand of them stay well under what a
+/// thousand such buffers would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_tails_cost_little_memory() {
+    const TAILS: usize = 1000;
+    let server = Server::start("");
+    let before = server.rss_bytes();
+    let mut held = Vec::with_capacity(TAILS);
+    for _ in 0..TAILS {
+        let (ws, _) = connect_async(server.ws("/api/v1/sources/idle/stream"))
+            .await
+            .unwrap();
+        held.push(ws);
+    }
+    // Every tail is subscribed once the server has counted it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.metric("sluice_tails_opened_total").await < TAILS as u64 {
+        assert!(std::time::Instant::now() < deadline, "tails never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grown = server.rss_bytes().saturating_sub(before);
+    // ~10 KiB a tail today; 128 KiB read buffers alone would be 125 MiB.
+    assert!(
+        grown < 40 << 20,
+        "{TAILS} idle tails grew the server by {} MiB",
+        grown >> 20
+    );
+    drop(held);
+}
