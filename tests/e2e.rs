@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{SLUICE, Server};
+use common::{SLUICE, Server, output_ok};
 use futures_util::StreamExt;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
@@ -97,23 +97,18 @@ async fn logs_recent_prints_the_last_hundred_in_the_cf_format() {
     server.wait_published("web-app", LINES as u64).await;
 
     // Arizona keeps -0700 all year, so the expected text does not depend on the date.
-    let out = Command::new(SLUICE)
-        .args([
-            "logs",
-            "web-app",
-            "--recent",
-            "-n",
-            "100",
-            "--http",
-            &server.http,
-        ])
-        .env("TZ", "America/Phoenix")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(SLUICE)
+            .args([
+                "logs",
+                "web-app",
+                "--recent",
+                "-n",
+                "100",
+                "--http",
+                &server.http,
+            ])
+            .env("TZ", "America/Phoenix"),
     );
 
     let recent = server

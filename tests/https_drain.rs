@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
 use common::tls::Certs;
+use common::{Server, send_lines};
 use serde_json::{Value, json};
-use sluice::client::{IngestAddr, connect_ingest};
-use sluice_router::Envelope;
 
 struct Sink {
     child: Child,
@@ -69,16 +67,6 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-async fn send(server: &Server, source: &str, n: usize) {
-    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
-        .await
-        .unwrap();
-    let batch: Vec<Envelope> = (0..n)
-        .map(|i| Envelope::new(source, format!("line {i}")))
-        .collect();
-    assert_eq!(conn.send_batch(&batch).await.unwrap(), n as u64);
-}
-
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -114,7 +102,7 @@ async fn https_drains_post_each_message_or_batches_of_them() {
         );
     }
     const N: usize = 50;
-    send(&server, "web", N).await;
+    send_lines(&server, "web", N).await;
 
     wait_until("single posts", || single.posts().len() >= N).await;
     let posts = single.posts();
@@ -183,21 +171,10 @@ async fn https_drains_check_certificates_and_report_refusals() {
         )
         .await;
     assert_eq!(status, 201);
-    send(&server, "api", 1).await;
-    let notices = || async {
-        let recent = server
-            .get_json("/api/v1/sources/api/recent?origin=LGR")
-            .await;
-        recent
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["message"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
+    send_lines(&server, "api", 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n = notices().await;
+        let n = server.router_notices("api").await;
         let unverified = n.iter().any(|m| {
             m.starts_with(&format!(
                 "failed to connect to syslog drain https://localhost:{}/: ",

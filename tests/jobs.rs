@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, output_ok};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
@@ -125,19 +125,10 @@ async fn stroms_documented_server_events_call_works_as_documented() {
     assert_eq!(status, 201);
     let deadline = Instant::now() + Duration::from_secs(30);
     let out = loop {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "curl -s http://{}/api/jobs/job-7/steps/_server/logs | jq -r .logs",
-                server.http
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = output_ok(Command::new("sh").arg("-c").arg(format!(
+            "curl -s http://{}/api/jobs/job-7/steps/_server/logs | jq -r .logs",
+            server.http
+        )));
         let text = String::from_utf8(out.stdout).unwrap();
         if text.contains("failed to connect") {
             break text;

@@ -150,21 +150,6 @@ async fn rsyslog_parses_udp_drains_and_metadata_can_be_left_out() {
     }
 }
 
-/// Reads the source's recent lines and returns the router's notices about drains.
-async fn drain_notices(server: &Server, source: &str) -> Vec<String> {
-    let recent = server
-        .get_json(&format!(
-            "/api/v1/sources/{source}/recent?limit=100000&origin=LGR"
-        ))
-        .await;
-    recent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Everything a tail on `source` receives, collected by a task that reads continuously.
 struct Collector {
     seen: Arc<Mutex<Vec<serde_json::Value>>>,
@@ -439,7 +424,7 @@ async fn hostile_drain_requests_get_a_reason_and_credentials_never_leak() {
 
     // Credentials appear nowhere: listing, metrics, notices in the source's stream.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while drain_notices(&server, "a").await.len() < 2 {
+    while server.router_notices("a").await.len() < 2 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

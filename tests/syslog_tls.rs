@@ -6,34 +6,12 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::Server;
 use common::rsyslog::Rsyslog;
 use common::tls::Certs;
+use common::{Server, send_lines};
 use serde_json::json;
 use sluice::client::{IngestAddr, connect_ingest};
 use sluice_router::Envelope;
-
-async fn send(server: &Server, source: &str, n: usize) {
-    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
-        .await
-        .unwrap();
-    let batch: Vec<Envelope> = (0..n)
-        .map(|i| Envelope::new(source, format!("line {i}")))
-        .collect();
-    assert_eq!(conn.send_batch(&batch).await.unwrap(), n as u64);
-}
-
-async fn notices(server: &Server, source: &str) -> Vec<String> {
-    let recent = server
-        .get_json(&format!("/api/v1/sources/{source}/recent?origin=LGR"))
-        .await;
-    recent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_drains_verify_certificates_unless_told_not_to_and_do_mutual_tls() {
@@ -73,11 +51,11 @@ async fn tls_drains_verify_certificates_unless_told_not_to_and_do_mutual_tls() {
     let refusal = format!(
         "failed to connect to syslog drain syslog-tls://127.0.0.1:{anon}: invalid peer certificate: UnknownIssuer"
     );
-    while !notices(&server, "tls-app").await.contains(&refusal) {
+    while !server.router_notices("tls-app").await.contains(&refusal) {
         assert!(
             Instant::now() < deadline,
             "no refusal notice: {:?}",
-            notices(&server, "tls-app").await
+            server.router_notices("tls-app").await
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -92,7 +70,7 @@ async fn tls_drains_verify_certificates_unless_told_not_to_and_do_mutual_tls() {
         }
     }
     const N: usize = 100;
-    send(&server, "tls-app", N).await;
+    send_lines(&server, "tls-app", N).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let lines = loop {
         let lines: Vec<String> = Rsyslog::lines(&rsyslog.tcp_out)

@@ -118,6 +118,11 @@ pub fn encoded_len(env: &Envelope) -> usize {
 /// Appends `env` as a map with the SPEC §1 field names (`step` left out when it has none).
 pub fn write_envelope(env: &Envelope, out: &mut BytesMut) {
     out.reserve(encoded_len(env));
+    write_fields(env, out);
+}
+
+/// [`write_envelope`] into room already reserved.
+fn write_fields(env: &Envelope, out: &mut BytesMut) {
     out.extend_from_slice(&[if env.step.is_some() { 0x89 } else { 0x88 }]);
     out.extend_from_slice(b"\xa9timestamp");
     put_int(out, env.timestamp);
@@ -150,7 +155,7 @@ pub fn write_batch<E: AsRef<Envelope>>(envs: &[E], out: &mut BytesMut) {
     out.reserve(envs.iter().map(|e| encoded_len(e.as_ref())).sum::<usize>() + 5);
     put_len(out, envs.len(), 0x90, 0xdc, 0xdd);
     for e in envs {
-        write_envelope(e.as_ref(), out);
+        write_fields(e.as_ref(), out);
     }
 }
 

@@ -135,6 +135,22 @@ impl Server {
             .unwrap()
     }
 
+    /// The router's own notices (`LGR` lines) among a source's recent lines: drain failures,
+    /// losses.
+    pub async fn router_notices(&self, source: &str) -> Vec<String> {
+        let recent = self
+            .get_json(&format!(
+                "/api/v1/sources/{source}/recent?limit=100000&origin=LGR"
+            ))
+            .await;
+        recent
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// `published` of one source from `/api/v1/sources` (0 if unknown).
     pub async fn published(&self, source: &str) -> u64 {
         let all = self.get_json("/api/v1/sources").await;
@@ -156,6 +172,29 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Sends `n` envelopes `line 0`, `line 1`, … for `source` over native ingest, acknowledged.
+pub async fn send_lines(server: &Server, source: &str, n: usize) {
+    let mut conn =
+        sluice::client::connect_ingest(&sluice::client::IngestAddr::Tcp(server.ingest.clone()))
+            .await
+            .unwrap();
+    let batch: Vec<sluice_router::Envelope> = (0..n)
+        .map(|i| sluice_router::Envelope::new(source, format!("line {i}")))
+        .collect();
+    assert_eq!(conn.send_batch(&batch).await.unwrap(), n as u64);
+}
+
+/// Runs `cmd` to completion and asserts that it succeeded, with its stderr as the message.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The addresses a `sluice serve` printed.

@@ -548,24 +548,8 @@ impl Persister {
             }
         }
         self.last_sync = Instant::now();
-        if files.is_empty() {
-            return;
-        }
-        let counters = self.counters.clone();
-        let sync = move || {
-            for (file, path) in files {
-                if let Err(e) = file.sync_data() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
-                }
-            }
-        };
-        match std::thread::Builder::new()
-            .name("sluice-fsync".into())
-            .spawn(sync)
-        {
-            Ok(handle) => self.background_sync = Some(handle),
-            Err(e) => tracing::error!(error = %e, "cannot start the fsync thread"),
+        if !files.is_empty() {
+            self.background_sync = in_background("sluice-fsync", files, None, &self.counters);
         }
     }
 
@@ -625,26 +609,16 @@ impl Persister {
         if closed.is_none() && doomed.is_none() {
             return;
         }
-        let counters = self.counters.clone();
-        let finish = move || {
-            if let Some(file) = closed
-                && let Err(e) = file.sync_data()
-            {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot sync a rotated log file");
-            }
-            if let Some(path) = doomed {
-                let _ = std::fs::remove_file(path);
-            }
-        };
+        // Where the closed file lives now, for the log if its sync fails.
+        let closed_path = rotated_path(&dir, source, 1);
+        let closed: Vec<_> = closed.map(|f| (f, closed_path)).into_iter().collect();
         self.rotations.retain(|r| !r.is_finished());
-        match std::thread::Builder::new()
-            .name("sluice-rotate".into())
-            .spawn(finish)
-        {
-            Ok(handle) => self.rotations.push(handle),
-            Err(e) => tracing::error!(error = %e, "cannot start the rotation thread"),
-        }
+        self.rotations.extend(in_background(
+            "sluice-rotate",
+            closed,
+            doomed,
+            &self.counters,
+        ));
     }
 
     fn answer_completions(&mut self) {
@@ -693,6 +667,33 @@ impl Persister {
 }
 
 /// Writes `f.buf` to the file (opening it if needed).
+/// Syncs `files`, then deletes `doomed`, on a thread of its own; a failed sync is counted and
+/// logged there. `None` if the thread could not start (said in the log).
+fn in_background(
+    name: &str,
+    files: Vec<(File, PathBuf)>,
+    doomed: Option<PathBuf>,
+    counters: &Arc<PersisterCounters>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let counters = counters.clone();
+    let work = move || {
+        for (file, path) in files {
+            if let Err(e) = file.sync_data() {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
+            }
+        }
+        if let Some(path) = doomed {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .inspect_err(|e| tracing::error!(error = %e, thread = name, "cannot start a thread"))
+        .ok()
+}
+
 /// Writes out a file's buffer, counting its lines once they are all written.
 fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> {
     if f.buf.is_empty() {

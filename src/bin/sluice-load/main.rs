@@ -463,6 +463,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!("{report}");
     }
+    // A run with a failed producer or consumer measured something else than was asked.
+    anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
     Ok(())
 }
 
