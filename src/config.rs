@@ -63,12 +63,16 @@ impl Default for Listen {
 pub struct Ingest {
     /// Largest frame accepted; a larger declared length closes the connection.
     pub max_frame_bytes: usize,
+    /// How long an `ack=durable` frame waits for the persister before it is answered with a
+    /// timeout; counted for each frame from its arrival.
+    pub durable_timeout_secs: u64,
 }
 
 impl Default for Ingest {
     fn default() -> Self {
         Ingest {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            durable_timeout_secs: 30,
         }
     }
 }
@@ -219,6 +223,9 @@ impl Config {
                 u32::MAX,
                 self.ingest.max_frame_bytes
             ));
+        }
+        if self.ingest.durable_timeout_secs == 0 {
+            return Err("ingest.durable_timeout_secs must be at least 1".into());
         }
         let r = &self.router;
         if r.ring_max_entries == 0 || r.ring_max_bytes == 0 || r.memory_budget_bytes == 0 {

@@ -43,8 +43,12 @@ pub fn io_reason(e: &std::io::Error) -> String {
         _ => {
             let s = e.to_string();
             // "Connection refused (os error 111)" -> "connection refused"
-            let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
-            s[..1].to_lowercase() + &s[1..]
+            let s = s.split(" (os error").next().unwrap_or(&s);
+            let mut chars = s.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => "unknown error".into(),
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! the configured grace period.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 pub struct Listeners {
     pub http: Option<TcpListener>,
     pub ingest: Option<TcpListener>,
-    pub ingest_unix: Option<(UnixListener, PathBuf)>,
+    pub ingest_unix: Option<(UnixListener, PathBuf, UnixSocketId)>,
     pub syslog_tcp: Option<TcpListener>,
     pub syslog_udp: Option<UdpSocket>,
     pub syslog_tls: Option<TcpListener>,
@@ -52,6 +52,8 @@ pub enum BindError {
     },
     #[error("cannot listen on ingest_unix {0}: another sluice is listening there")]
     UnixInUse(String),
+    #[error("refusing to listen on ingest_unix {0}: the path exists and is not a socket")]
+    UnixNotSocket(String),
     #[error("cannot listen on syslog_tls: {0}")]
     Tls(String),
 }
@@ -96,7 +98,10 @@ impl Listeners {
         let ingest = tcp("ingest", listen.ingest, None).await?;
         let ingest_unix = match &listen.ingest_unix {
             None => None,
-            Some(path) => Some((bind_unix(path).await?, path.clone())),
+            Some(path) => {
+                let (listener, id) = bind_unix(path).await?;
+                Some((listener, path.clone(), id))
+            }
         };
         let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp, None).await?;
         let syslog_tls = tcp("syslog_tls", listen.syslog_tls, None).await?;
@@ -125,20 +130,43 @@ impl Listeners {
     }
 }
 
-async fn bind_unix(path: &PathBuf) -> Result<UnixListener, BindError> {
+async fn bind_unix(path: &PathBuf) -> Result<(UnixListener, UnixSocketId), BindError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let shown = path.display().to_string();
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket may be replaced: never a file or a link someone put there.
+        if !meta.file_type().is_socket() {
+            return Err(BindError::UnixNotSocket(shown));
+        }
         // A socket file left by a server that died: reuse it, unless someone still answers.
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(BindError::UnixInUse(shown));
         }
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|e| BindError::Io {
+    let io = |e: std::io::Error| BindError::Io {
         what: "ingest_unix",
-        addr: shown,
+        addr: shown.clone(),
         reason: crate::io_reason(&e),
-    })
+    };
+    let listener = UnixListener::bind(path).map_err(io)?;
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    Ok((listener, (meta.dev(), meta.ino())))
+}
+
+/// The device and inode of the socket file Sluice made, so that stopping removes that file
+/// and nothing else that may have taken its name since.
+type UnixSocketId = (u64, u64);
+
+/// Removes the socket at `path` if it is still the one Sluice made.
+fn remove_own_socket(path: &Path, id: UnixSocketId) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+        && (meta.dev(), meta.ino()) == id
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The addresses a running server listens on.
@@ -176,6 +204,25 @@ impl Bound {
         }
         out
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, as servers that hold many sockets
+/// and files do, and returns the limit now in force (`None`: unlimited or unknown).
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum;
+    if limit.current != want {
+        let raised = Rlimit {
+            current: want,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return want,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
+    }
+    limit.current
 }
 
 /// Why the server could not start.
@@ -248,7 +295,8 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
-    unix_path: Option<PathBuf>,
+    /// The socket file to remove at stop, if it is still ours.
+    unix_path: Option<(PathBuf, UnixSocketId)>,
 }
 
 /// Starts every listener's task, the persister, the archiver and the configured drains, and
@@ -294,6 +342,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         metrics: metrics.clone(),
         max_frame_bytes: config.ingest.max_frame_bytes,
         durability: persister.durability.clone(),
+        durable_timeout: Duration::from_secs(config.ingest.durable_timeout_secs),
     };
     if let Some(listener) = listeners.ingest {
         bound.ingest = listener.local_addr().ok();
@@ -304,9 +353,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         );
     }
     let mut unix_path = None;
-    if let Some((listener, path)) = listeners.ingest_unix {
+    if let Some((listener, path, id)) = listeners.ingest_unix {
         bound.ingest_unix = Some(path.clone());
-        unix_path = Some(path);
+        unix_path = Some((path, id));
         tasks.spawn(ingest.serve_unix(listener, shutdown.clone(), tasks.clone()));
     }
     let syslog = SyslogIngest {
@@ -385,8 +434,8 @@ impl Running {
         let finished = tokio::time::timeout(self.grace, self.tasks.wait())
             .await
             .is_ok();
-        if let Some(path) = &self.unix_path {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, id)) = &self.unix_path {
+            remove_own_socket(path, *id);
         }
         finished
     }

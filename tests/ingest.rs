@@ -102,11 +102,17 @@ async fn bad_frames_close_only_their_own_connection_with_a_reason() {
     );
     still_fine(&mut good, 3).await;
 
-    // A complete frame, then a truncated one: the first is kept, the second is counted.
+    // A complete frame, then a truncated one: the first is kept, the second is counted and
+    // answered (the peer closed only its writing side).
     let malformed_before = server.metric("sluice_ingest_malformed_frames_total").await;
     let mut bytes = codec::batch_frame(&[Envelope::new("half", "kept")]).to_vec();
     bytes.extend_from_slice(&[0, 0, 0, 100, 0x91, 0x81]);
-    assert_eq!(send_raw(&server, &bytes, true).await, Some(vec![]));
+    assert_eq!(
+        send_raw(&server, &bytes, true).await,
+        Some(vec![error(
+            "connection closed in the middle of a frame (6 of 104 bytes received)"
+        )])
+    );
     assert_eq!(
         server.metric("sluice_ingest_malformed_frames_total").await,
         malformed_before + 1

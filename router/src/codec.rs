@@ -24,7 +24,8 @@ pub const HEADER_BYTES: usize = 4;
 /// hostile length cannot make the server allocate much.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
-/// Why a frame or payload could not be read. Any of these closes the connection that sent it.
+/// Why a frame or payload could not be read. [`FrameError::Invalid`] refuses that frame only;
+/// the others close the connection that sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {declared} bytes exceeds the limit of {max} bytes")]
@@ -35,6 +36,10 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("malformed MessagePack payload: {0}")]
     Decode(String),
+    /// Well-formed MessagePack with a field of the wrong type or value (a `channel` of
+    /// `"STDWHAT"`, a string `timestamp`): the frame's length is known, so the stream is intact.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
     #[error("{0} trailing bytes after the MessagePack value")]
     Trailing(usize),
     #[error("connection closed in the middle of a frame ({have} of {want} bytes received)")]
@@ -104,6 +109,13 @@ pub fn encode_frame_with(out: &mut BytesMut, write: impl FnOnce(&mut BytesMut)) 
 pub enum Payload {
     Envelopes(Vec<Envelope>),
     Control(String),
+}
+
+impl FrameError {
+    /// Whether the connection can carry on after refusing this frame.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, FrameError::Invalid(_))
+    }
 }
 
 /// Decodes one frame's payload. Fields are not validated here; see [`Envelope::validate`].

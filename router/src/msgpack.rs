@@ -165,6 +165,11 @@ fn err(msg: impl Into<String>) -> FrameError {
     FrameError::Decode(msg.into())
 }
 
+/// A known field with a value of the wrong type or out of range.
+fn invalid(msg: impl Into<String>) -> FrameError {
+    FrameError::Invalid(msg.into())
+}
+
 /// A cursor over MessagePack bytes: the envelope reader, and enough of the format for a tool to
 /// walk envelopes without building them.
 #[derive(Debug)]
@@ -239,7 +244,7 @@ impl<'a> Reader<'a> {
             0xda | 0xc5 => self.be(2)?,
             0xdb | 0xc6 => self.be(4)?,
             m => {
-                return Err(err(format!(
+                return Err(invalid(format!(
                     "field `{field}`: expected a string, found marker 0x{m:02x}"
                 )));
             }
@@ -251,7 +256,7 @@ impl<'a> Reader<'a> {
         let raw = self.raw(field)?;
         std::str::from_utf8(raw)
             .map(str::to_owned)
-            .map_err(|_| err(format!("field `{field}`: invalid UTF-8")))
+            .map_err(|_| invalid(format!("field `{field}`: invalid UTF-8")))
     }
 
     /// An integer of any width; `field` names it in the error.
@@ -268,7 +273,7 @@ impl<'a> Reader<'a> {
             0xd2 => i128::from(self.be(4)? as u32 as i32),
             0xd3 => i128::from(self.be(8)? as i64),
             m => {
-                return Err(err(format!(
+                return Err(invalid(format!(
                     "field `{field}`: expected an integer, found marker 0x{m:02x}"
                 )));
             }
@@ -276,34 +281,35 @@ impl<'a> Reader<'a> {
     }
 
     /// Steps over one value of any type.
+    ///
+    /// Iterative, with a count of values still to skip: a hostile frame of 20,000 nested arrays
+    /// costs a counter, not 20,000 stack frames (the recursive version aborted the process).
     pub fn skip(&mut self) -> Result<(), FrameError> {
-        match self.peek()? {
-            0x00..=0x7f | 0xe0..=0xff | 0xcc..=0xd3 => drop(self.int("")?),
-            0xc0 | 0xc2 | 0xc3 => self.pos += 1,
-            0xa0..=0xbf | 0xd9..=0xdb | 0xc4..=0xc6 => drop(self.raw("")?),
-            0xca => drop(self.take(5)?),
-            0xcb => drop(self.take(9)?),
-            0xd4 => drop(self.take(3)?),
-            0xd5 => drop(self.take(4)?),
-            0xd6 => drop(self.take(6)?),
-            0xd7 => drop(self.take(10)?),
-            0xd8 => drop(self.take(18)?),
-            m @ (0xc7..=0xc9) => {
-                self.pos += 1;
-                let n = self.be(1 << (m - 0xc7))? as usize;
-                self.take(n + 1)?;
-            }
-            0x80..=0x8f | 0xde | 0xdf => {
-                for _ in 0..self.map_len()? * 2 {
-                    self.skip()?;
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            match self.peek()? {
+                0x00..=0x7f | 0xe0..=0xff | 0xcc..=0xd3 => drop(self.int("")?),
+                0xc0 | 0xc2 | 0xc3 => self.pos += 1,
+                0xa0..=0xbf | 0xd9..=0xdb | 0xc4..=0xc6 => drop(self.raw("")?),
+                0xca => drop(self.take(5)?),
+                0xcb => drop(self.take(9)?),
+                0xd4 => drop(self.take(3)?),
+                0xd5 => drop(self.take(4)?),
+                0xd6 => drop(self.take(6)?),
+                0xd7 => drop(self.take(10)?),
+                0xd8 => drop(self.take(18)?),
+                m @ (0xc7..=0xc9) => {
+                    self.pos += 1;
+                    let n = self.be(1 << (m - 0xc7))? as usize;
+                    self.take(n + 1)?;
                 }
+                // `map_len` and `array_len` refuse lengths beyond the data, so `pending` stays
+                // below twice the frame's size.
+                0x80..=0x8f | 0xde | 0xdf => pending += 2 * self.map_len()? as u64,
+                0x90..=0x9f | 0xdc | 0xdd => pending += self.array_len()? as u64,
+                m => return Err(err(format!("unknown MessagePack marker 0x{m:02x}"))),
             }
-            0x90..=0x9f | 0xdc | 0xdd => {
-                for _ in 0..self.array_len()? {
-                    self.skip()?;
-                }
-            }
-            m => return Err(err(format!("unknown MessagePack marker 0x{m:02x}"))),
         }
         Ok(())
     }
@@ -321,11 +327,14 @@ impl<'a> Reader<'a> {
         let mut message = Bytes::new();
         let mut seq = 0u64;
         for _ in 0..fields {
-            let key = self.raw("field name")?;
+            let key = match self.raw("field name") {
+                Err(FrameError::Invalid(e)) => return Err(err(e)),
+                other => other?,
+            };
             match key {
                 b"timestamp" => {
                     timestamp = i64::try_from(self.int("timestamp")?)
-                        .map_err(|_| err("field `timestamp`: out of range"))?;
+                        .map_err(|_| invalid("field `timestamp`: out of range"))?;
                 }
                 b"source_id" => source_id = Some(self.string("source_id")?),
                 b"instance_id" => instance_id = Some(self.string("instance_id")?),
@@ -335,7 +344,7 @@ impl<'a> Reader<'a> {
                         b"OUT" | b"out" | b"stdout" => Channel::Out,
                         b"ERR" | b"err" | b"stderr" => Channel::Err,
                         other => {
-                            return Err(err(format!(
+                            return Err(invalid(format!(
                                 "field `channel`: unknown variant {:?}, expected OUT or ERR",
                                 String::from_utf8_lossy(other)
                             )));
@@ -355,7 +364,15 @@ impl<'a> Reader<'a> {
                     if self.peek()? == 0xc0 {
                         self.pos += 1;
                     } else {
-                        for _ in 0..self.map_len()? {
+                        let n = match self.peek()? {
+                            0x80..=0x8f | 0xde | 0xdf => self.map_len()?,
+                            m => {
+                                return Err(invalid(format!(
+                                    "field `tags`: expected a map, found marker 0x{m:02x}"
+                                )));
+                            }
+                        };
+                        for _ in 0..n {
                             let k = self.string("tags")?;
                             let v = self.string("tags")?;
                             tags.insert(k, v);
@@ -365,7 +382,7 @@ impl<'a> Reader<'a> {
                 b"message" => message = Bytes::copy_from_slice(self.raw("message")?),
                 b"seq" => {
                     seq = u64::try_from(self.int("seq")?)
-                        .map_err(|_| err("field `seq`: out of range"))?;
+                        .map_err(|_| invalid("field `seq`: out of range"))?;
                 }
                 _ => self.skip()?,
             }
@@ -523,5 +540,31 @@ mod tests {
             read_envelope(&[0x80, 0xc0]),
             Err(FrameError::Trailing(1))
         ));
+    }
+
+    #[test]
+    fn skips_deeply_nested_unknown_fields_without_recursing() {
+        // {"source_id":"x","y":[[[[ ... 200,000 levels ... ]]]]}: the recursive skip overflowed
+        // the stack at about 20,000.
+        let depth = 200_000;
+        let mut bytes = vec![0x82, 0xa9];
+        bytes.extend_from_slice(b"source_id");
+        bytes.extend_from_slice(&[0xa1, b'x', 0xa1, b'y']);
+        bytes.extend(std::iter::repeat_n(0x91, depth));
+        bytes.push(0x90);
+        let env = read_envelope(&bytes).unwrap();
+        assert_eq!(env.source_id, "x");
+        // Cut short, the same nesting is an error, not a crash.
+        let e = read_envelope(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(matches!(e, FrameError::Decode(_)), "{e}");
+        // Maps nest the same way.
+        let mut maps = vec![0x82, 0xa9];
+        maps.extend_from_slice(b"source_id");
+        maps.extend_from_slice(&[0xa1, b'x', 0xa1, b'y']);
+        for _ in 0..depth {
+            maps.extend_from_slice(&[0x81, 0xa0]);
+        }
+        maps.push(0x80);
+        assert_eq!(read_envelope(&maps).unwrap().source_id, "x");
     }
 }

@@ -18,7 +18,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::load(args.config.as_deref())?;
+    let open_files = server::raise_open_files_limit();
     let listeners = Listeners::bind(&config.listen, &config.http).await?;
+    let config_max_open_files = config.log_storage.max_open_files;
     let running = server::start(config, listeners).await?;
     {
         let mut out = std::io::stdout().lock();
@@ -29,6 +31,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     tracing::info!("no auth tokens configured: listening on loopback addresses only");
+    match open_files {
+        Some(n) => {
+            tracing::info!(limit = n, "open files limit");
+            // The persister's files, the listeners and a margin for connections.
+            let files = config_max_open_files as u64;
+            if files + 64 > n {
+                tracing::warn!(
+                    limit = n,
+                    max_open_files = files,
+                    "log_storage.max_open_files leaves little room for connections under this open files limit"
+                );
+            }
+        }
+        None => tracing::info!("open files limit: unlimited"),
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     if !running.stop().await {
@@ -37,18 +54,59 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT or SIGTERM.
+/// Waits for a signal that asks the server to stop: SIGTERM, SIGINT or SIGQUIT. Signals whose
+/// default action would kill the process without a flush (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM,
+/// SIGPIPE and the like) are caught and logged instead, so no signal but SIGKILL loses what was
+/// accepted. SIGHUP has nothing to reload yet: drains change through the API.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let stop = [
+        ("SIGTERM", SignalKind::terminate()),
+        ("SIGINT", SignalKind::interrupt()),
+        ("SIGQUIT", SignalKind::quit()),
+    ];
+    let ignore = [
+        ("SIGHUP", SignalKind::hangup()),
+        ("SIGUSR1", SignalKind::user_defined1()),
+        ("SIGUSR2", SignalKind::user_defined2()),
+        ("SIGALRM", SignalKind::alarm()),
+        ("SIGPIPE", SignalKind::pipe()),
+        ("SIGIO", SignalKind::io()),
+        ("SIGVTALRM", SignalKind::from_raw(26)),
+        ("SIGPROF", SignalKind::from_raw(27)),
+        ("SIGPWR", SignalKind::from_raw(30)),
+        ("SIGSTKFLT", SignalKind::from_raw(16)),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, bool)>();
+    let all = stop.iter().map(|&(n, k)| (n, k, true));
+    let all = all.chain(ignore.iter().map(|&(n, k)| (n, k, false)));
+    for (name, kind, stops) in all {
+        match signal(kind) {
+            Ok(mut sig) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while sig.recv().await.is_some() {
+                        if tx.send((name, stops)).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
+            Err(e) => tracing::warn!(signal = name, error = %e, "cannot handle signal"),
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+    while let Some((name, stops)) = rx.recv().await {
+        if stops {
+            tracing::info!(signal = name, "stopping");
+            return;
+        }
+        if name == "SIGHUP" {
+            tracing::info!(
+                signal = name,
+                "nothing to reload: drains change through the API; ignoring it"
+            );
+        } else {
+            tracing::info!(signal = name, "ignoring signal");
         }
     }
 }

@@ -8,17 +8,22 @@
 //!
 //! Bad input costs only the connection that sent it: a malformed, oversized or truncated frame
 //! is answered with a reply naming the problem, then that connection is closed; a batch with an
-//! invalid field is refused whole, answered, and the connection carries on.
+//! invalid field (of any kind: a bad `channel` as much as a bad `source_id`) is refused whole,
+//! answered, and the connection carries on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::StreamExt;
+use futures_util::future::Either;
+use futures_util::stream::FuturesOrdered;
 use sluice_drains::persister::Durability;
 use sluice_router::Router;
 use sluice_router::codec::{self, FrameError, Payload, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,10 +38,12 @@ pub struct NativeIngest {
     pub max_frame_bytes: usize,
     /// How far the persister has written, for `ack=durable`.
     pub durability: Arc<Durability>,
+    /// How long an `ack=durable` frame may wait for the persister.
+    pub durable_timeout: Duration,
 }
 
-/// How long an `ack=durable` batch may wait for the persister.
-const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames read ahead while earlier ones wait for their answers; then reading pauses.
+const MAX_ANSWERS_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ack {
@@ -105,31 +112,51 @@ impl NativeIngest {
         let mut out = BytesMut::new();
         let mut ack = Ack::None;
         let mut ranges: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        // Answers not yet written, in the order of their frames. A durable answer waits for the
+        // disk; reading goes on meanwhile, so every frame's wait starts when it arrives and each
+        // is answered within its own timeout (one after another, a second frame waited twice).
+        let mut answers = FuturesOrdered::new();
+        let mut eof = false;
         let result: Result<(), ConnError> = async {
             loop {
-                while let Some(frame) = codec::decode_frame(&mut buf, self.max_frame_bytes)? {
-                    self.frame(&frame, &mut ack, &mut out, &mut ranges)?;
+                while answers.len() < MAX_ANSWERS_IN_FLIGHT
+                    && let Some(frame) = codec::decode_frame(&mut buf, self.max_frame_bytes)?
+                {
+                    let immediate = self.frame(&frame, &mut ack, &mut ranges)?;
                     if !ranges.is_empty() {
-                        // Durable: the answer waits for the disk. Later frames wait behind it.
-                        let reply = self.wait_durable(&mut ranges).await;
-                        reply.encode_frame(&mut out);
+                        let wait = wait_durable(
+                            self.durability.clone(),
+                            std::mem::take(&mut ranges),
+                            Instant::now() + self.durable_timeout,
+                        );
+                        answers.push_back(Either::Right(wait));
+                    } else if let Some(reply) = immediate {
+                        if answers.is_empty() {
+                            reply.encode_frame(&mut out);
+                        } else {
+                            answers.push_back(Either::Left(std::future::ready(reply)));
+                        }
                     }
                 }
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
                     out.clear();
                 }
+                if eof && answers.is_empty() {
+                    codec::check_eof(&buf)?;
+                    return Ok(());
+                }
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(READ_CHUNK);
                 }
-                let n = tokio::select! {
-                    n = stream.read_buf(&mut buf) => n?,
+                let reading = !eof && answers.len() < MAX_ANSWERS_IN_FLIGHT;
+                tokio::select! {
+                    n = stream.read_buf(&mut buf), if reading => eof = n? == 0,
+                    Some(reply) = answers.next(), if !answers.is_empty() => {
+                        reply.encode_frame(&mut out);
+                    }
                     // Stop reading; what was accepted is already in the router.
                     () = shutdown.cancelled() => return Ok(()),
-                };
-                if n == 0 {
-                    codec::check_eof(&buf)?;
-                    return Ok(());
                 }
             }
         }
@@ -140,61 +167,58 @@ impl NativeIngest {
             Err(e) => {
                 Metrics::add(&self.metrics.ingest_malformed, 1);
                 tracing::warn!(%peer, reason = %e, "closing ingest connection");
-                if !matches!(e, ConnError::Frame(FrameError::Truncated { .. })) {
-                    // Best effort: a peer that is not reading must not hold the task open.
-                    let mut reply = BytesMut::new();
+                // Frames before the bad one are answered first, in order, then the reason.
+                // Best effort, bounded: a peer that is not reading must not hold the task open.
+                let write = async {
+                    while let Some(reply) = answers.next().await {
+                        reply.encode_frame(&mut out);
+                    }
                     Reply {
                         accepted: 0,
                         error: Some(e.to_string()),
                     }
-                    .encode_frame(&mut reply);
-                    let write = async {
-                        stream.write_all(&reply).await?;
-                        stream.shutdown().await
-                    };
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
-                }
-            }
-        }
-    }
-
-    /// Waits until every range of the batch just published is on disk.
-    async fn wait_durable(&self, ranges: &mut Vec<(Arc<str>, u64, u64)>) -> Reply {
-        let accepted: u64 = ranges.iter().map(|(_, first, last)| last - first + 1).sum();
-        for (source, first, last) in ranges.drain(..) {
-            if let Err(e) = self
-                .durability
-                .wait(&source, first, last, DURABLE_TIMEOUT)
-                .await
-            {
-                return Reply {
-                    accepted: 0,
-                    error: Some(e.to_string()),
+                    .encode_frame(&mut out);
+                    stream.write_all(&out).await?;
+                    stream.shutdown().await
                 };
+                let limit = self.durable_timeout + Duration::from_secs(1);
+                let _ = tokio::time::timeout(limit, write).await;
             }
-        }
-        Reply {
-            accepted,
-            error: None,
         }
     }
 
-    /// Handles one frame, appending any reply to `out`; with `ack=durable`, leaves the seq
-    /// ranges published in `ranges` for the caller to wait on.
+    /// Handles one frame and returns its immediate answer, if it has one; with `ack=durable`,
+    /// leaves the seq ranges published in `ranges` for the caller to wait on instead.
     fn frame(
         &self,
         frame: &[u8],
         ack: &mut Ack,
-        out: &mut BytesMut,
         ranges: &mut Vec<(Arc<str>, u64, u64)>,
-    ) -> Result<(), ConnError> {
-        match codec::decode_payload(frame)? {
-            Payload::Control(word) => match word.as_str() {
-                "ack=count" => *ack = Ack::Count,
-                "ack=durable" => *ack = Ack::Durable,
-                "ack=none" => *ack = Ack::None,
-                _ => return Err(ConnError::Control(word)),
-            },
+    ) -> Result<Option<Reply>, ConnError> {
+        let refused = |n: u64, reason: String| {
+            Metrics::add(&self.metrics.ingest_refused, n);
+            tracing::warn!(%reason, envelopes = n, "refused an ingest batch");
+            Some(Reply {
+                accepted: 0,
+                error: Some(reason),
+            })
+        };
+        let payload = match codec::decode_payload(frame) {
+            Ok(p) => p,
+            // A field of the wrong type or value: that frame is refused, the stream is intact.
+            Err(e) if e.is_recoverable() => return Ok(refused(1, e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        match payload {
+            Payload::Control(word) => {
+                *ack = match word.as_str() {
+                    "ack=count" => Ack::Count,
+                    "ack=durable" => Ack::Durable,
+                    "ack=none" => Ack::None,
+                    _ => return Err(ConnError::Control(word)),
+                };
+                Ok(None)
+            }
             Payload::Envelopes(envelopes) => {
                 let n = envelopes.len() as u64;
                 let published = if *ack == Ack::Durable {
@@ -206,26 +230,36 @@ impl NativeIngest {
                     Ok(_) => {
                         Metrics::add(&self.metrics.ingest_frames, 1);
                         Metrics::add(&self.metrics.ingest_envelopes, n);
-                        if *ack == Ack::Count {
-                            Reply {
-                                accepted: n,
-                                error: None,
-                            }
-                            .encode_frame(out);
-                        }
+                        Ok((*ack == Ack::Count).then_some(Reply {
+                            accepted: n,
+                            error: None,
+                        }))
                     }
-                    Err(e) => {
-                        Metrics::add(&self.metrics.ingest_refused, n);
-                        tracing::warn!(reason = %e, envelopes = n, "refused an ingest batch");
-                        Reply {
-                            accepted: 0,
-                            error: Some(e.to_string()),
-                        }
-                        .encode_frame(out);
-                    }
+                    Err(e) => Ok(refused(n, e.to_string())),
                 }
             }
         }
-        Ok(())
+    }
+}
+
+/// Waits until every range of a batch is on disk, or `deadline`.
+async fn wait_durable(
+    durability: Arc<Durability>,
+    ranges: Vec<(Arc<str>, u64, u64)>,
+    deadline: Instant,
+) -> Reply {
+    let accepted: u64 = ranges.iter().map(|(_, first, last)| last - first + 1).sum();
+    for (source, first, last) in ranges {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = durability.wait(&source, first, last, left).await {
+            return Reply {
+                accepted: 0,
+                error: Some(e.to_string()),
+            };
+        }
+    }
+    Reply {
+        accepted,
+        error: None,
     }
 }

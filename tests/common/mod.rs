@@ -46,6 +46,12 @@ impl Server {
     /// Starts `sluice serve` with `extra` YAML appended to a config that binds port 0. Logs go
     /// to a directory of this server's own (`{logs}` in `extra` names it).
     pub fn start(extra: &str) -> Server {
+        Server::start_with(extra, &[])
+    }
+
+    /// [`Server::start`], run under `prefix` (a command that execs the rest, such as
+    /// `prlimit --nofile=1024:1024`).
+    pub fn start_with(extra: &str, prefix: &[&str]) -> Server {
         sluice::install_crypto_provider();
         let dir = temp_dir("serve");
         let config = dir.join("sluice.yaml");
@@ -63,7 +69,7 @@ impl Server {
             ),
         )
         .unwrap();
-        let (child, addrs) = spawn(&config);
+        let (child, addrs) = spawn(&config, prefix);
         let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed.clone();
         let syslog_tls = addrs.syslog_tls;
         Server {
@@ -206,8 +212,16 @@ struct Addrs {
 }
 
 /// Starts `sluice serve --config CONFIG` and reads its `listening` lines up to `ready`.
-fn spawn(config: &Path) -> (Child, Addrs) {
-    let mut child = Command::new(SLUICE)
+fn spawn(config: &Path, prefix: &[&str]) -> (Child, Addrs) {
+    let mut command = match prefix {
+        [] => Command::new(SLUICE),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(SLUICE);
+            c
+        }
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .env("SLUICE_LOG", "warn")
@@ -258,7 +272,7 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addrs) = spawn(&self.dir.join("sluice.yaml"));
+        let (child, addrs) = spawn(&self.dir.join("sluice.yaml"), &[]);
         self.child = child;
         let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed;
         self.http = http;
@@ -274,5 +288,68 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    /// The server's open descriptors: all of them, and those on `.jsonl` files.
+    pub fn open_fds(&self) -> (usize, usize) {
+        let mut all = 0;
+        let mut jsonl = 0;
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap() {
+            all += 1;
+            if let Ok(target) = std::fs::read_link(entry.unwrap().path())
+                && target.to_string_lossy().contains(".jsonl")
+            {
+                jsonl += 1;
+            }
+        }
+        (all, jsonl)
+    }
+
+    /// CPU time (user + system) the server process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on every Linux this runs on.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// One drain's view from `/api/v1/drains/{id}`.
+    pub async fn drain(&self, id: &str) -> serde_json::Value {
+        self.get_json(&format!("/api/v1/drains/{id}")).await
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }

@@ -178,7 +178,8 @@ impl PersisterHandle {
 }
 
 struct OpenFile {
-    file: Option<File>,
+    /// Shared with a background sync while one runs, so syncing costs no second descriptor.
+    file: Option<Arc<File>>,
     path: PathBuf,
     /// Bytes in the file plus `buf`.
     size: u64,
@@ -210,8 +211,17 @@ pub struct Persister {
     last_loss_log: Option<Instant>,
     /// The `fsync: interval` sync in progress, on a thread of its own.
     background_sync: Option<std::thread::JoinHandle<()>>,
-    /// Rotations finishing off this thread: syncing the closed file, deleting the oldest.
-    rotations: Vec<std::thread::JoinHandle<()>>,
+    /// Rotations finishing off this thread: syncing the closed file, deleting the oldest; with
+    /// the descriptors each holds meanwhile.
+    rotations: Vec<(std::thread::JoinHandle<()>, usize)>,
+    /// Descriptors open for `files` and for `rotations`. With one more for a background sync
+    /// while it runs, never more than `max_open_files`.
+    open_fds: usize,
+    /// Files written since the last interval sync and closed since: the next sync opens each
+    /// by path, one at a time, off this thread. Closing a file never waits for the disk.
+    closed_unsynced: Vec<PathBuf>,
+    /// The exclusive lock on `local_dir`, held while the persister runs.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Persister {
@@ -220,6 +230,43 @@ impl std::fmt::Debug for Persister {
             .field("dir", &self.config.local_dir)
             .finish()
     }
+}
+
+/// The lock file in `local_dir`: it holds the pid of the server that has the directory.
+pub const LOCK_FILE: &str = ".sluice.lock";
+
+/// Takes an exclusive lock on `dir`, so that two servers never write the same files (their
+/// seqs would interleave). The lock goes with the process, however it ends.
+fn lock_dir(dir: &Path) -> std::io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut pid);
+            let pid = pid.trim();
+            let who = if pid.is_empty() {
+                "another sluice".to_owned()
+            } else {
+                format!("another sluice (pid {pid})")
+            };
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                format!("{who} is using it"),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    // Who holds it, for the next one to say; a full disk must not stop the start.
+    file.set_len(0)?;
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
 }
 
 /// The current file of a source, and its `n`th rotated file.
@@ -242,6 +289,7 @@ impl Persister {
         config: PersisterConfig,
     ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
         std::fs::create_dir_all(&config.local_dir)?;
+        let lock = lock_dir(&config.local_dir)?;
         // Files a rotation was deleting when the process stopped.
         for entry in std::fs::read_dir(&config.local_dir)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(DOOMED_SUFFIX) {
@@ -265,6 +313,9 @@ impl Persister {
             last_loss_log: None,
             background_sync: None,
             rotations: Vec::new(),
+            open_fds: 0,
+            closed_unsynced: Vec::new(),
+            _lock: lock,
         };
         let handle = PersisterHandle {
             control: tx,
@@ -305,7 +356,7 @@ impl Persister {
         }
         self.settle();
         self.sync_all(true);
-        for r in self.rotations.drain(..) {
+        for (r, _) in self.rotations.drain(..) {
             let _ = r.join();
         }
         for c in self.pending.drain(..) {
@@ -408,9 +459,6 @@ impl Persister {
 
     fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
         if !self.files.contains_key(source) {
-            if self.files.len() >= self.config.max_open_files {
-                self.close_least_used();
-            }
             let path = file_path(&self.config.local_dir, source);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.files.insert(
@@ -432,37 +480,128 @@ impl Persister {
         self.files.get_mut(source).expect("just inserted")
     }
 
-    fn close_least_used(&mut self) {
+    /// Writes out `source`'s buffer, first closing the least recently used file if opening this
+    /// one would pass `max_open_files`.
+    fn flush_source(&mut self, source: &Arc<str>) -> std::io::Result<()> {
+        let needs_fd = self
+            .files
+            .get(source)
+            .is_some_and(|f| f.file.is_none() && !f.buf.is_empty());
+        if needs_fd {
+            self.make_room(source);
+        }
+        let Some(f) = self.files.get_mut(source) else {
+            return Ok(());
+        };
+        let had_fd = f.file.is_some();
+        let result = flush(f, &self.counters);
+        if !had_fd && f.file.is_some() {
+            self.open_fds += 1;
+        }
+        result
+    }
+
+    /// Closes files (or waits for background work that holds some) until one more can be
+    /// opened within `max_open_files`.
+    fn make_room(&mut self, keep: &Arc<str>) {
+        loop {
+            self.reap_rotations();
+            let syncing = self
+                .background_sync
+                .as_ref()
+                .is_some_and(|h| !h.is_finished());
+            if self.open_fds + usize::from(syncing) < self.config.max_open_files.max(1) {
+                return;
+            }
+            if self.close_least_used(keep) {
+                continue;
+            }
+            // Nothing of ours left to close: the rest are held by background work. Rare (a
+            // limit of a few files), and the wait is bounded by one sync.
+            if let Some((h, n)) = (!self.rotations.is_empty()).then(|| self.rotations.remove(0)) {
+                let _ = h.join();
+                self.open_fds -= n;
+            } else if let Some(h) = self.background_sync.take() {
+                let _ = h.join();
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Forgets rotations that have finished, and the descriptors they held.
+    fn reap_rotations(&mut self) {
+        let open_fds = &mut self.open_fds;
+        self.rotations.retain(|(h, n)| {
+            let done = h.is_finished();
+            if done {
+                *open_fds -= n;
+            }
+            !done
+        });
+    }
+
+    /// Closes the least recently used open file other than `keep`, writing out its buffer
+    /// first. Returns false when no other file is open.
+    fn close_least_used(&mut self, keep: &Arc<str>) -> bool {
         let Some(victim) = self
             .files
             .iter()
-            .filter(|(_, f)| f.buf.is_empty())
+            .filter(|(k, f)| f.file.is_some() && *k != keep)
             .min_by_key(|(_, f)| f.last_used)
             .map(|(k, _)| k.clone())
         else {
-            return;
+            return false;
         };
-        if let Some(mut f) = self.files.remove(&victim)
-            && f.unsynced
-            && let Some(file) = f.file.take()
-        {
-            let _ = file.sync_data();
+        let f = self.files.get_mut(&victim).expect("found above");
+        let written = flush(f, &self.counters).is_ok();
+        let file = f.file.take().expect("open");
+        self.open_fds -= 1;
+        if f.unsynced {
+            match self.config.fsync {
+                // Every write is synced before it is acknowledged: this one too, here.
+                Fsync::Always => {
+                    if let Err(e) = file.sync_data() {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
+                    }
+                }
+                Fsync::Interval => self.closed_unsynced.push(f.path.clone()),
+                Fsync::Never => {}
+            }
+            f.unsynced = false;
         }
+        drop(file);
+        if written {
+            self.durability.update(&victim, f.seq, 0);
+            if f.dropped == 0 {
+                // Nothing left to write: forget it, so 20,000 sources cost no more than 256.
+                self.files.remove(&victim);
+            }
+        }
+        true
     }
 
     /// Writes out every buffer, syncs as configured, moves the durability marks, and answers
     /// completions that are now possible.
     fn settle(&mut self) {
         let mut touched = Vec::new();
-        for (source, f) in self.files.iter_mut() {
-            if f.buf.is_empty() && f.dropped == 0 {
+        let waiting: Vec<Arc<str>> = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.buf.is_empty() || f.dropped > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for source in waiting {
+            let written = self.flush_source(&source);
+            let Some(f) = self.files.get_mut(&source) else {
                 continue;
-            }
-            match flush(f, &self.counters) {
+            };
+            match written {
                 Ok(()) => {
                     if f.dropped > 0 {
                         let mut env = Envelope::new(
-                            &**source,
+                            &*source,
                             format!(
                                 "sluice could not write {} messages for this persister: {}",
                                 f.dropped,
@@ -478,7 +617,7 @@ impl Persister {
                         f.dropped = 0;
                         let _ = flush(f, &self.counters);
                     }
-                    touched.push(source.clone());
+                    touched.push(source);
                 }
                 Err(e) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +633,7 @@ impl Persister {
                         f.size -= f.buf.len() as u64;
                         f.buf.clear();
                         f.buf_lines = 0;
-                        self.durability.update(source, 0, f.seq);
+                        self.durability.update(&source, 0, f.seq);
                     }
                 }
             }
@@ -539,34 +678,46 @@ impl Persister {
                         continue;
                     }
                 } else {
-                    match file.try_clone() {
-                        Ok(clone) => files.push((clone, f.path.clone())),
-                        Err(_) => continue,
-                    }
+                    // By path: the writer may close this file meanwhile, and a descriptor
+                    // shared with the sync would stay open behind its back.
+                    files.push(ToSync::Closed(f.path.clone()));
                 }
                 f.unsynced = false;
             }
         }
+        files.extend(self.closed_unsynced.drain(..).map(ToSync::Closed));
         self.last_sync = Instant::now();
         if !files.is_empty() {
-            self.background_sync = in_background("sluice-fsync", files, None, &self.counters);
+            if wait {
+                // Shutting down or `fsync: always`: the closed files too, before returning.
+                sync_files(files, &self.counters);
+            } else {
+                // The sync opens one file at a time: room for it within `max_open_files`.
+                let none: Arc<str> = Arc::from("");
+                while self.open_fds >= self.config.max_open_files.max(1)
+                    && self.close_least_used(&none)
+                {}
+                files.extend(self.closed_unsynced.drain(..).map(ToSync::Closed));
+                self.background_sync = in_background("sluice-fsync", files, None, &self.counters);
+            }
         }
     }
 
     fn rotate(&mut self, source: &Arc<str>) {
         let dir = self.config.local_dir.clone();
         let always = self.config.fsync == Fsync::Always;
+        if self.flush_source(source).is_err() {
+            return; // keep writing to the current file; rotation is tried again later
+        }
         let Some(f) = self.files.get_mut(source) else {
             return;
         };
-        if flush(f, &self.counters).is_err() {
-            return; // keep writing to the current file; rotation is tried again later
-        }
         // Syncing the closed file and deleting the oldest each take tens of milliseconds at full
         // speed, longer than a ring holds: they finish on a thread of their own, unless every
         // write must be synced before it is acknowledged (`fsync: always`).
         let mut closed = f.file.take();
         if always && let Some(file) = closed.take() {
+            self.open_fds -= 1;
             let _ = file.sync_data();
         }
         let keep = self.config.max_files.max(1) - 1;
@@ -611,14 +762,17 @@ impl Persister {
         }
         // Where the closed file lives now, for the log if its sync fails.
         let closed_path = rotated_path(&dir, source, 1);
-        let closed: Vec<_> = closed.map(|f| (f, closed_path)).into_iter().collect();
-        self.rotations.retain(|r| !r.is_finished());
-        self.rotations.extend(in_background(
-            "sluice-rotate",
-            closed,
-            doomed,
-            &self.counters,
-        ));
+        let closed: Vec<_> = closed
+            .map(|f| ToSync::Open(f, closed_path))
+            .into_iter()
+            .collect();
+        // The closed file's descriptor stays counted until its sync is done.
+        let held = closed.len();
+        match in_background("sluice-rotate", closed, doomed, &self.counters) {
+            Some(h) => self.rotations.push((h, held)),
+            None => self.open_fds -= held,
+        }
+        self.reap_rotations();
     }
 
     fn answer_completions(&mut self) {
@@ -639,15 +793,19 @@ impl Persister {
                 continue;
             }
             let key: Arc<str> = Arc::from(source.as_str());
-            if let Some(mut f) = self.files.remove(&key) {
-                if let Err(e) = flush(&mut f, &self.counters) {
-                    let _ = reply.send(Err(format!("cannot write {}: {e}", f.path.display())));
-                    self.files.insert(key, f);
-                    continue;
-                }
-                if let Some(file) = f.file.take() {
-                    let _ = file.sync_data();
-                }
+            if let Err(e) = self.flush_source(&key) {
+                let path = self.files.get(&key).map(|f| f.path.display().to_string());
+                let _ = reply.send(Err(format!(
+                    "cannot write {}: {e}",
+                    path.unwrap_or_default()
+                )));
+                continue;
+            }
+            if let Some(mut f) = self.files.remove(&key)
+                && let Some(file) = f.file.take()
+            {
+                self.open_fds -= 1;
+                let _ = file.sync_data();
             }
             let _ = reply.send(Ok(self.completed(&source)));
         }
@@ -671,18 +829,13 @@ impl Persister {
 /// logged there. `None` if the thread could not start (said in the log).
 fn in_background(
     name: &str,
-    files: Vec<(File, PathBuf)>,
+    files: Vec<ToSync>,
     doomed: Option<PathBuf>,
     counters: &Arc<PersisterCounters>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let counters = counters.clone();
     let work = move || {
-        for (file, path) in files {
-            if let Err(e) = file.sync_data() {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
-            }
-        }
+        sync_files(files, &counters);
         if let Some(path) = doomed {
             let _ = std::fs::remove_file(path);
         }
@@ -694,15 +847,41 @@ fn in_background(
         .ok()
 }
 
+/// A file to sync: one still open (its descriptor shared), or one already closed, opened again
+/// by path for the sync alone.
+enum ToSync {
+    Open(Arc<File>, PathBuf),
+    Closed(PathBuf),
+}
+
+fn sync_files(files: Vec<ToSync>, counters: &PersisterCounters) {
+    for f in files {
+        let (result, path) = match f {
+            ToSync::Open(file, path) => (file.sync_data(), path),
+            ToSync::Closed(path) => (File::open(&path).and_then(|f| f.sync_data()), path),
+        };
+        match result {
+            Ok(()) => {}
+            // Deleted by a rotation or a completion meanwhile: nothing left to sync.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
+            }
+        }
+    }
+}
+
 /// Writes out a file's buffer, counting its lines once they are all written.
 fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> {
     if f.buf.is_empty() {
         return Ok(());
     }
     if f.file.is_none() {
-        f.file = Some(OpenOptions::new().create(true).append(true).open(&f.path)?);
+        let file = OpenOptions::new().create(true).append(true).open(&f.path)?;
+        f.file = Some(Arc::new(file));
     }
-    let file = f.file.as_mut().expect("opened above");
+    let mut file: &File = f.file.as_deref().expect("opened above");
     // Track what got written, so a retry after a failure (disk full) does not repeat it.
     while !f.buf.is_empty() {
         match file.write(&f.buf) {

@@ -84,9 +84,14 @@ impl SyslogDrain {
         let mut deliveries = Vec::with_capacity(self.settings.batch_messages);
         let mut backoff = Backoff::new(&self.settings);
         let mut last_failure_notice: Option<Instant> = None;
+        // When the current connection was opened: one that fails sooner than STABLE after it
+        // (a handshake rejected after the client's Finished, a reset on the first write, ICMP
+        // unreachable on UDP) is a failure like a refused connect, with the same backoff,
+        // error count and notice; reconnecting at once spun a core at thousands of tries a second.
+        let mut opened_at: Option<Instant> = None;
         loop {
             // Connect first, even with nothing to send: a dead target is announced at once.
-            if conn.is_none() {
+            let failure = if conn.is_none() {
                 let timeout = Duration::from_secs(self.settings.connect_timeout_secs.max(1));
                 let attempt =
                     tokio::time::timeout(timeout, Connection::open(&self.url, self.tls.as_ref()));
@@ -97,78 +102,75 @@ impl SyslogDrain {
                 match result {
                     Ok(c) => {
                         conn = Some(c);
-                        backoff.reset();
+                        opened_at = Some(Instant::now());
                         self.counters.connected.store(true, Ordering::Relaxed);
+                        None
                     }
-                    Err(e) => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        let interval =
-                            Duration::from_secs(self.settings.failure_notice_interval_secs);
-                        if last_failure_notice.is_none_or(|t| t.elapsed() >= interval) {
-                            last_failure_notice = Some(Instant::now());
-                            let text = format!(
-                                "failed to connect to syslog drain {}: {}",
-                                self.url,
-                                reason(&e)
-                            );
-                            tracing::warn!("{text}");
-                            if let Some(source) = &self.source {
-                                self.notice(source, text);
-                            }
-                        }
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(backoff.next()) => {}
-                        }
-                        continue;
-                    }
+                    Err(e) => Some(Failure::Connect(e)),
                 }
+            } else {
+                None
+            };
+            let failure = match failure {
+                Some(f) => Some(f),
+                None => {
+                    self.step(
+                        &mut conn,
+                        &mut cursor,
+                        &mut deliveries,
+                        &mut outbox,
+                        &mut scratch,
+                        stream,
+                        &shutdown,
+                    )
+                    .await
+                }
+            };
+            let Some(failure) = failure else {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            };
+            if let Failure::Stop = failure {
+                break;
             }
-            if outbox.is_empty() {
-                deliveries.clear();
-                let closed = async {
-                    match conn.as_mut() {
-                        Some(c) => c.closed().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    e = closed => {
+            conn = None;
+            self.counters.connected.store(false, Ordering::Relaxed);
+            let stable = opened_at.take().is_some_and(|t| t.elapsed() >= STABLE);
+            let (verb, e) = match failure {
+                Failure::Connect(e) => ("connect to", e),
+                Failure::Deliver(e) => ("deliver to", e),
+                Failure::Closed(e) => {
+                    if stable {
+                        // A connection that worked for a while and then closed (a receiver's
+                        // idle timeout, a restart): reconnect at once.
                         tracing::debug!(drain = %self.url, error = %e, "syslog drain connection closed");
-                        conn = None;
-                        self.counters.connected.store(false, Ordering::Relaxed);
+                        backoff.reset();
                         continue;
                     }
-                    _ = cursor.next_batch(&mut deliveries, self.settings.batch_messages) => {}
+                    ("deliver to", e)
                 }
-                for d in deliveries.drain(..) {
-                    match d {
-                        Delivery::Log(env) => {
-                            push_message(&env, &self.url, stream, &mut outbox, &mut scratch);
-                        }
-                        Delivery::Missed(m) => self.announce_loss(&m),
-                    }
-                }
-                if outbox.is_empty() {
-                    continue;
-                }
+                Failure::Stop => unreachable!("handled above"),
+            };
+            if stable {
+                backoff.reset();
             }
-            let Some(c) = conn.as_mut() else { continue };
-            match c.send(&outbox).await {
-                Ok(()) => {
-                    self.counters
-                        .sent
-                        .fetch_add(outbox.len() as u64, Ordering::Relaxed);
-                    outbox.clear();
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            let interval = Duration::from_secs(self.settings.failure_notice_interval_secs);
+            if last_failure_notice.is_none_or(|t| t.elapsed() >= interval) {
+                last_failure_notice = Some(Instant::now());
+                let text = format!("failed to {verb} syslog drain {}: {}", self.url, reason(&e));
+                tracing::warn!("{text}");
+                if let Some(source) = &self.source {
+                    self.notice(source, text);
                 }
-                Err(e) => {
-                    // Keep the outbox: it is sent again on the next connection.
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(drain = %self.url, error = %e, "syslog drain write failed");
-                    conn = None;
-                    self.counters.connected.store(false, Ordering::Relaxed);
-                }
+            } else {
+                tracing::debug!(drain = %self.url, error = %e, "syslog drain failed again");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff.next()) => {}
             }
         }
         // Shutting down: one short try to deliver what is already formatted.
@@ -180,6 +182,50 @@ impl SyslogDrain {
                 .fetch_add(outbox.len() as u64, Ordering::Relaxed);
         }
         self.counters.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// One round on an open connection: wait for lines (or the peer's close), format, send.
+    /// Returns what went wrong, if anything; `None` when the round went well.
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        conn: &mut Option<Connection>,
+        cursor: &mut Cursor,
+        deliveries: &mut Vec<Delivery>,
+        outbox: &mut Outbox,
+        scratch: &mut Vec<u8>,
+        stream: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<Failure> {
+        let c = conn.as_mut()?;
+        if outbox.is_empty() {
+            deliveries.clear();
+            tokio::select! {
+                () = shutdown.cancelled() => return Some(Failure::Stop),
+                e = c.closed() => return Some(Failure::Closed(e)),
+                _ = cursor.next_batch(deliveries, self.settings.batch_messages) => {}
+            }
+            for d in deliveries.drain(..) {
+                match d {
+                    Delivery::Log(env) => push_message(&env, &self.url, stream, outbox, scratch),
+                    Delivery::Missed(m) => self.announce_loss(&m),
+                }
+            }
+            if outbox.is_empty() {
+                return None;
+            }
+        }
+        match c.send(outbox).await {
+            Ok(()) => {
+                self.counters
+                    .sent
+                    .fetch_add(outbox.len() as u64, Ordering::Relaxed);
+                outbox.clear();
+                None
+            }
+            // Keep the outbox: it is sent again on the next connection.
+            Err(e) => Some(Failure::Deliver(e)),
+        }
     }
 
     /// The HTTPS variant: the same cursor, notices and backoff; POSTs instead of a socket.
@@ -333,6 +379,20 @@ fn push_message(
         outbox.bytes.pop(); // a datagram is one message: no trailing newline
     }
     outbox.ends.push(outbox.bytes.len());
+}
+
+/// How long a connection must stay up before its closing is a normal event rather than a
+/// failure that backs off.
+const STABLE: Duration = Duration::from_secs(1);
+
+/// Why a drain's connection ended.
+#[derive(Debug)]
+enum Failure {
+    Connect(std::io::Error),
+    Deliver(std::io::Error),
+    /// The peer closed or reset the connection, or rejected it after the handshake.
+    Closed(std::io::Error),
+    Stop,
 }
 
 /// "connection refused", not "Connection refused (os error 111)".

@@ -131,6 +131,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// How long a TLS 1.3 connection waits after its handshake for the receiver to refuse it.
+const TLS13_REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// An open connection to a drain's target.
 #[derive(Debug)]
 pub enum Connection {
@@ -181,7 +184,24 @@ impl Connection {
                 s.set_nodelay(true)?;
                 let name = ServerName::try_from(url.host.clone())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let stream = TlsConnector::from(config.clone()).connect(name, s).await?;
+                let mut stream = TlsConnector::from(config.clone()).connect(name, s).await?;
+                if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                    // In TLS 1.3 the client is done once it has sent its Finished; a receiver
+                    // that refuses the client's certificate (or its absence) says so only
+                    // after. Wait briefly for that answer, so a refused drain is a failed
+                    // connect and no line is counted as sent into it.
+                    let mut byte = [0u8; 1];
+                    match tokio::time::timeout(TLS13_REFUSAL_WAIT, stream.read(&mut byte)).await {
+                        Err(_) | Ok(Ok(1..)) => {}
+                        Ok(Ok(0)) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the receiver closed the connection after the handshake",
+                            ));
+                        }
+                        Ok(Err(e)) => return Err(e),
+                    }
+                }
                 Ok(Connection::Tls(Box::new(stream)))
             }
             Scheme::Udp => {
@@ -228,15 +248,19 @@ impl Connection {
         }
     }
 
-    /// Resolves when the peer closes a stream connection (syslog receivers never send data).
-    /// Never resolves for UDP.
+    /// Resolves when the peer closes a stream connection (syslog receivers never send data),
+    /// or, for UDP, when the kernel reports the target unreachable (an ICMP error for an
+    /// earlier datagram).
     pub async fn closed(&mut self) -> io::Error {
         let mut buf = [0u8; 256];
         loop {
             let read = match self {
                 Connection::Tcp(s) => s.read(&mut buf).await,
                 Connection::Tls(s) => s.read(&mut buf).await,
-                Connection::Udp(_) => std::future::pending().await,
+                Connection::Udp(s) => match s.recv(&mut buf).await {
+                    Ok(_) => continue, // a datagram from the target: not ours to read
+                    Err(e) => Err(e),
+                },
             };
             match read {
                 Ok(0) => {
