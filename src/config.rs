@@ -66,6 +66,18 @@ pub struct Ingest {
     /// How long an `ack=durable` frame waits for the persister before it is answered with a
     /// timeout; counted for each frame from its arrival.
     pub durable_timeout_secs: u64,
+    /// Most envelopes in one batch frame; a larger batch is refused (the connection goes on).
+    pub max_batch_envelopes: usize,
+    /// Open native connections per listener (TCP and Unix each); more are answered and closed.
+    pub max_connections: usize,
+    /// A connection with nothing in flight is closed after this long; 0: never.
+    pub idle_timeout_secs: u64,
+    /// A frame must be complete this long after its first bytes arrived.
+    pub frame_timeout_secs: u64,
+    /// Bytes all native and syslog stream connections together may hold for frames larger
+    /// than their 64 KiB base buffer (and, as much again, for batches being decoded). A
+    /// connection that would pass it waits, unread.
+    pub buffer_budget_bytes: usize,
 }
 
 impl Default for Ingest {
@@ -73,6 +85,11 @@ impl Default for Ingest {
         Ingest {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             durable_timeout_secs: 30,
+            max_batch_envelopes: 65_536,
+            max_connections: 1024,
+            idle_timeout_secs: 3600,
+            frame_timeout_secs: 30,
+            buffer_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -122,6 +139,12 @@ pub struct Syslog {
     pub max_message_bytes: usize,
     /// A TCP frame or line longer than this closes the connection.
     pub max_frame_bytes: usize,
+    /// Open connections per stream listener (TCP and TLS each); more are closed at once.
+    pub max_connections: usize,
+    /// A connection with nothing half-received is closed after this long; 0: never.
+    pub idle_timeout_secs: u64,
+    /// A frame or line must be complete this long after its first bytes arrived.
+    pub frame_timeout_secs: u64,
 }
 
 impl Default for Syslog {
@@ -129,6 +152,9 @@ impl Default for Syslog {
         Syslog {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            idle_timeout_secs: 3600,
+            frame_timeout_secs: 30,
         }
     }
 }
@@ -158,6 +184,10 @@ pub struct Http {
     /// could hold megabytes, and ten thousand would exhaust the machine's TCP memory and slow
     /// every other socket. Unlike a small `SO_SNDBUF` it does not throttle a tail that reads.
     pub socket_unsent_limit_bytes: u32,
+    /// Open HTTP connections, WebSocket tails included; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long (a slow client holds nothing longer).
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for Http {
@@ -167,6 +197,8 @@ impl Default for Http {
             recent_default_limit: 1000,
             shutdown_grace_secs: 10,
             socket_unsent_limit_bytes: 64 * 1024,
+            max_connections: 16_384,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -224,8 +256,41 @@ impl Config {
                 self.ingest.max_frame_bytes
             ));
         }
-        if self.ingest.durable_timeout_secs == 0 {
-            return Err("ingest.durable_timeout_secs must be at least 1".into());
+        let i = &self.ingest;
+        for (name, value) in [
+            ("ingest.durable_timeout_secs", i.durable_timeout_secs),
+            ("ingest.frame_timeout_secs", i.frame_timeout_secs),
+            ("ingest.max_batch_envelopes", i.max_batch_envelopes as u64),
+            ("ingest.max_connections", i.max_connections as u64),
+            ("syslog.frame_timeout_secs", self.syslog.frame_timeout_secs),
+            ("syslog.max_connections", self.syslog.max_connections as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let largest = i.max_frame_bytes.max(self.syslog.max_frame_bytes);
+        if i.buffer_budget_bytes < largest + 64 * 1024 {
+            return Err(format!(
+                "ingest.buffer_budget_bytes ({}) must hold the largest frame (ingest.max_frame_bytes or syslog.max_frame_bytes, {largest}) and 64 KiB more",
+                i.buffer_budget_bytes
+            ));
+        }
+        let decoded = i
+            .max_batch_envelopes
+            .saturating_mul(crate::ingest::native::DECODED_ENVELOPE_BYTES);
+        if i.buffer_budget_bytes < decoded.saturating_add(i.max_frame_bytes) {
+            return Err(format!(
+                "ingest.buffer_budget_bytes ({}) must hold a decoded batch of ingest.max_batch_envelopes ({} envelopes at {} bytes each, plus the frame)",
+                i.buffer_budget_bytes,
+                i.max_batch_envelopes,
+                crate::ingest::native::DECODED_ENVELOPE_BYTES
+            ));
         }
         let r = &self.router;
         if r.ring_max_entries == 0 || r.ring_max_bytes == 0 || r.memory_budget_bytes == 0 {

@@ -8,6 +8,7 @@
 //! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
 //! - [`drains`]: the syslog drains bound on this server, each reading its own cursor.
 //! - [`jobs`]: job logs read back from disk and ring, merged by seq (Strøm's API).
+//! - [`net`]: the accept loop, connection limits and the byte budget every listener shares.
 //! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
 //! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
@@ -27,6 +28,7 @@ pub mod http;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod server;
 
 /// A short, lowercase reason for an I/O error ("connection refused").

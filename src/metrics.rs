@@ -22,6 +22,12 @@ pub struct Metrics {
     /// Envelopes refused for invalid fields (the connection stays open).
     pub ingest_refused: AtomicU64,
     pub ingest_connections: AtomicU64,
+    /// Native connections refused at `ingest.max_connections`.
+    pub ingest_connections_refused: AtomicU64,
+    /// Syslog stream connections refused at `syslog.max_connections`.
+    pub syslog_connections_refused: AtomicU64,
+    /// HTTP connections refused at `http.max_connections`.
+    pub http_connections_refused: AtomicU64,
     /// Syslog messages accepted (over TCP, UDP and TLS).
     pub syslog_messages: AtomicU64,
     /// Syslog messages that could not become envelopes (no usable source id).
@@ -87,6 +93,21 @@ impl Metrics {
             "Native ingest connections accepted.",
             get(&self.ingest_connections),
         );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_connections_refused_total Connections refused because their listener was at its max_connections.\n# TYPE sluice_connections_refused_total counter"
+        );
+        for (listener, c) in [
+            ("ingest", &self.ingest_connections_refused),
+            ("syslog", &self.syslog_connections_refused),
+            ("http", &self.http_connections_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_connections_refused_total{{listener=\"{listener}\"}} {}",
+                get(c)
+            );
+        }
         counter(
             &mut out,
             "sluice_syslog_messages_total",

@@ -22,6 +22,7 @@ use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
 use crate::ingest::syslog::{SyslogIngest, tls_acceptor};
 use crate::metrics::Metrics;
+use crate::net::{Budget, ConnectionLimit};
 
 /// Listeners bound before the server starts.
 #[derive(Debug, Default)]
@@ -337,40 +338,56 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             Some(archive)
         }
     };
+    let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let ic = &config.ingest;
+    let frames = Budget::new(ic.buffer_budget_bytes);
     let ingest = NativeIngest {
         router: router.clone(),
         metrics: metrics.clone(),
-        max_frame_bytes: config.ingest.max_frame_bytes,
+        max_frame_bytes: ic.max_frame_bytes,
+        max_batch_envelopes: ic.max_batch_envelopes,
         durability: persister.durability.clone(),
-        durable_timeout: Duration::from_secs(config.ingest.durable_timeout_secs),
+        durable_timeout: Duration::from_secs(ic.durable_timeout_secs),
+        idle_timeout: seconds(ic.idle_timeout_secs),
+        frame_timeout: Duration::from_secs(ic.frame_timeout_secs),
+        frames: frames.clone(),
+        decoding: Budget::new(ic.buffer_budget_bytes),
     };
+    let ingest_limit = || ConnectionLimit::new("ingest", ic.max_connections);
     if let Some(listener) = listeners.ingest {
         bound.ingest = listener.local_addr().ok();
-        tasks.spawn(
-            ingest
-                .clone()
-                .serve_tcp(listener, shutdown.clone(), tasks.clone()),
-        );
+        tasks.spawn(ingest.clone().serve_tcp(
+            listener,
+            ingest_limit(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     let mut unix_path = None;
     if let Some((listener, path, id)) = listeners.ingest_unix {
         bound.ingest_unix = Some(path.clone());
         unix_path = Some((path, id));
-        tasks.spawn(ingest.serve_unix(listener, shutdown.clone(), tasks.clone()));
+        tasks.spawn(ingest.serve_unix(listener, ingest_limit(), shutdown.clone(), tasks.clone()));
     }
     let syslog = SyslogIngest {
         router: router.clone(),
         metrics: metrics.clone(),
         max_message_bytes: config.syslog.max_message_bytes,
         max_frame_bytes: config.syslog.max_frame_bytes,
+        idle_timeout: seconds(config.syslog.idle_timeout_secs),
+        frame_timeout: Duration::from_secs(config.syslog.frame_timeout_secs),
+        frames,
     };
+    let syslog_limit = || ConnectionLimit::new("syslog", config.syslog.max_connections);
     if let Some(listener) = listeners.syslog_tcp {
         bound.syslog_tcp = listener.local_addr().ok();
-        tasks.spawn(
-            syslog
-                .clone()
-                .serve_tcp(listener, None, shutdown.clone(), tasks.clone()),
-        );
+        tasks.spawn(syslog.clone().serve_tcp(
+            listener,
+            None,
+            syslog_limit(),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     if let Some(listener) = listeners.syslog_tls {
         let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
@@ -384,6 +401,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         tasks.spawn(syslog.clone().serve_tcp(
             listener,
             Some(acceptor),
+            syslog_limit(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -404,13 +422,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
-        let stop = shutdown.clone();
-        tasks.spawn(
-            warp::serve(http::routes(state))
-                .incoming(listener)
-                .graceful(async move { stop.cancelled().await })
-                .run(),
-        );
+        tasks.spawn(http::serve::serve(
+            state,
+            listener,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     Ok(Running {
         bound,

@@ -423,3 +423,42 @@ async fn ingest_unix_never_replaces_or_removes_what_is_not_its_own_socket() {
     tokio::task::block_in_place(|| server.child.wait().unwrap());
     assert_eq!(std::fs::read_to_string(&sock).unwrap(), "someone else's");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let server = Server::start_with("", &["prlimit", "--nofile=128:128"]);
+    // More connections than the server has descriptors: the rest wait in the backlog, and
+    // every accept fails with EMFILE.
+    let mut idle = Vec::new();
+    for _ in 0..160 {
+        idle.push(TcpStream::connect(&server.ingest).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds, _) = server.open_fds();
+    assert!(fds >= 120, "only {fds} descriptors in use");
+    let cpu_before = server.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "{cpu:?} of CPU in 2 s while out of descriptors"
+    );
+    // Descriptors come back: the server accepts and serves again.
+    drop(idle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let mut c = connect_ingest(&IngestAddr::Tcp(server.ingest.clone())).await?;
+            c.send_batch(&[Envelope::new("back", "again")]).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(1)) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "never recovered: {other:?}"
+            ),
+        }
+    }
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}

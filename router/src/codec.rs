@@ -65,11 +65,27 @@ pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fra
         return Err(FrameError::Empty);
     }
     if buf.len() < HEADER_BYTES + declared {
-        buf.reserve(HEADER_BYTES + declared - buf.len());
+        // Room for the rest is the caller's to make: a server pays for it from a budget first.
         return Ok(None);
     }
     buf.advance(HEADER_BYTES);
     Ok(Some(buf.split_to(declared).freeze()))
+}
+
+/// The length a complete or partial frame at the front of `buf` declares, once its header is in.
+pub fn declared_len(buf: &[u8]) -> Option<usize> {
+    let header: [u8; HEADER_BYTES] = buf.get(..HEADER_BYTES)?.try_into().ok()?;
+    Some(u32::from_be_bytes(header) as usize)
+}
+
+/// How many envelopes a payload holds, read from its first bytes alone: the array's length for
+/// a batch, 1 for a single envelope, 0 for a control word or anything else.
+pub fn envelope_count(payload: &[u8]) -> usize {
+    match payload.first() {
+        Some(0x80..=0x8f | 0xde | 0xdf) => 1,
+        Some(0x90..=0x9f | 0xdc | 0xdd) => msgpack::Reader::new(payload).array_len().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Called at end of stream: leftover bytes mean the peer stopped mid-frame.

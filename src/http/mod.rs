@@ -15,6 +15,7 @@
 pub mod drains;
 pub mod jobs;
 pub mod ops;
+pub mod serve;
 pub mod sources;
 pub mod stream;
 pub mod ws;

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Accept, accept_loop};
 use crate::metrics::Metrics;
+use crate::net::{Accept, Budget, ConnectionLimit, Held, accept_loop, sleep_until_some};
 
 /// What every native ingest connection shares.
 #[derive(Debug, Clone)]
@@ -36,11 +36,30 @@ pub struct NativeIngest {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub max_frame_bytes: usize,
+    /// Most envelopes in one batch: decoded, each costs far more than its bytes on the wire.
+    pub max_batch_envelopes: usize,
     /// How far the persister has written, for `ack=durable`.
     pub durability: Arc<Durability>,
     /// How long an `ack=durable` frame may wait for the persister.
     pub durable_timeout: Duration,
+    /// A connection with nothing in flight is closed after this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// A frame must be complete this long after its first bytes arrived.
+    pub frame_timeout: Duration,
+    /// Frames larger than a connection's base buffer are paid for from here before they are
+    /// read (shared with syslog connections).
+    pub frames: Budget,
+    /// Envelopes being decoded from a batch, at [`DECODED_ENVELOPE_BYTES`] each.
+    pub decoding: Budget,
 }
+
+/// Memory one decoded envelope takes besides its message and strings: the struct, its
+/// allocations and its place in the batch (measured with a batch of empty envelopes: 8 MiB of
+/// them grew the process by 16x their wire size before batches were bounded).
+pub const DECODED_ENVELOPE_BYTES: usize = 256;
+
+/// Batches of more envelopes than this pay for decoding from [`NativeIngest::decoding`].
+const FREE_DECODE_ENVELOPES: usize = 256;
 
 /// Frames read ahead while earlier ones wait for their answers; then reading pauses.
 const MAX_ANSWERS_IN_FLIGHT: usize = 64;
@@ -64,6 +83,10 @@ enum ConnError {
     Control(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("frame not complete {0} s after its first bytes: closing the connection")]
+    FrameTimeout(u64),
+    #[error("idle for {0} s: closing the connection")]
+    Idle(u64),
 }
 
 /// Reads this many bytes at a time at most; frames larger than this are assembled across reads.
@@ -74,33 +97,56 @@ impl NativeIngest {
     pub async fn serve_tcp(
         self,
         listener: TcpListener,
+        limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        self.serve(listener, shutdown, tasks).await;
+        self.serve(listener, limit, shutdown, tasks).await;
     }
 
     /// Accepts Unix socket connections until `shutdown`.
     pub async fn serve_unix(
         self,
         listener: UnixListener,
+        limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        self.serve(listener, shutdown, tasks).await;
+        self.serve(listener, limit, shutdown, tasks).await;
     }
 
-    async fn serve<L>(self, listener: L, shutdown: CancellationToken, tasks: TaskTracker)
-    where
+    async fn serve<L>(
+        self,
+        listener: L,
+        limit: ConnectionLimit,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) where
         L: Accept,
         L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        accept_loop(listener, &shutdown, |stream, peer| {
+        let connection = |stream, peer, slot| {
             let this = self.clone();
             let stop = shutdown.clone();
-            tasks.spawn(async move { this.connection(stream, peer, stop).await });
-        })
-        .await;
+            tasks.spawn(async move {
+                this.connection(stream, peer, stop).await;
+                drop(slot);
+            });
+        };
+        let refused = |mut stream: L::Stream, _peer| {
+            Metrics::add(&self.metrics.ingest_connections_refused, 1);
+            // Say why, without waiting for a peer that may not read.
+            tasks.spawn(async move {
+                let mut reply = BytesMut::new();
+                Reply {
+                    accepted: 0,
+                    error: Some("too many connections: the server is at ingest.max_connections; try again later".into()),
+                }
+                .encode_frame(&mut reply);
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
+            });
+        };
+        accept_loop(listener, &shutdown, &limit, connection, refused).await;
     }
 
     async fn connection<S>(self, mut stream: S, peer: String, shutdown: CancellationToken)
@@ -117,12 +163,30 @@ impl NativeIngest {
         // is answered within its own timeout (one after another, a second frame waited twice).
         let mut answers = FuturesOrdered::new();
         let mut eof = false;
+        // What the frame being assembled has taken from the budget.
+        let mut held = Held::default();
+        // When the frame being assembled began, or the connection last went quiet.
+        let mut frame_started: Option<Instant> = None;
+        let mut quiet_since = Instant::now();
         let result: Result<(), ConnError> = async {
             loop {
                 while answers.len() < MAX_ANSWERS_IN_FLIGHT
                     && let Some(frame) = codec::decode_frame(&mut buf, self.max_frame_bytes)?
                 {
-                    let immediate = self.frame(&frame, &mut ack, &mut ranges)?;
+                    let immediate = match self.decode_cost(&frame) {
+                        Err(refusal) => Some(refusal),
+                        Ok(cost) => {
+                            // Decoding waits for room; reading stops meanwhile.
+                            let _decoding = match cost {
+                                0 => Held::default(),
+                                n => tokio::select! {
+                                    h = self.decoding.take(n) => h,
+                                    () = shutdown.cancelled() => return Ok(()),
+                                },
+                            };
+                            self.frame(&frame, &mut ack, &mut ranges)?
+                        }
+                    };
                     if !ranges.is_empty() {
                         let wait = wait_durable(
                             self.durability.clone(),
@@ -146,14 +210,66 @@ impl NativeIngest {
                     codec::check_eof(&buf)?;
                     return Ok(());
                 }
+                if buf.is_empty() {
+                    // Between frames: give back what a large frame took.
+                    held.release();
+                    frame_started = None;
+                    if buf.capacity() > 2 * READ_CHUNK {
+                        buf = BytesMut::with_capacity(READ_CHUNK);
+                    }
+                } else {
+                    frame_started.get_or_insert_with(Instant::now);
+                    // A large frame is paid for from the budget before the rest is read.
+                    if let Some(len) = codec::declared_len(&buf) {
+                        let need = codec::HEADER_BYTES + len;
+                        if need > READ_CHUNK && held.bytes() < need {
+                            held.release();
+                            held = tokio::select! {
+                                h = self.frames.take(need) => h,
+                                () = shutdown.cancelled() => return Ok(()),
+                            };
+                            // The wait was the server's, not the client's.
+                            frame_started = Some(Instant::now());
+                            buf.reserve(need.saturating_sub(buf.len()));
+                        }
+                    }
+                }
                 if buf.capacity() - buf.len() < 4096 {
                     buf.reserve(READ_CHUNK);
                 }
                 let reading = !eof && answers.len() < MAX_ANSWERS_IN_FLIGHT;
+                if !answers.is_empty() || !buf.is_empty() {
+                    quiet_since = Instant::now();
+                }
+                if !reading {
+                    // Paused for the server's own answers: the client is not late.
+                    frame_started = None;
+                }
+                let deadline = match (reading, frame_started, self.idle_timeout) {
+                    (false, _, _) => None,
+                    (true, Some(t), _) => Some((t + self.frame_timeout, true)),
+                    (true, None, Some(idle)) if answers.is_empty() => {
+                        Some((quiet_since + idle, false))
+                    }
+                    _ => None,
+                };
                 tokio::select! {
-                    n = stream.read_buf(&mut buf), if reading => eof = n? == 0,
+                    n = stream.read_buf(&mut buf), if reading => {
+                        eof = n? == 0;
+                        if buf.is_empty() {
+                            quiet_since = Instant::now();
+                        }
+                    }
                     Some(reply) = answers.next(), if !answers.is_empty() => {
                         reply.encode_frame(&mut out);
+                    }
+                    () = sleep_until_some(deadline.map(|d| d.0)), if deadline.is_some() => {
+                        let frame = deadline.is_some_and(|d| d.1);
+                        return Err(if frame {
+                            ConnError::FrameTimeout(self.frame_timeout.as_secs())
+                        } else {
+                            ConnError::Idle(self.idle_timeout.unwrap_or_default().as_secs())
+                        });
                     }
                     // Stop reading; what was accepted is already in the router.
                     () = shutdown.cancelled() => return Ok(()),
@@ -161,12 +277,17 @@ impl NativeIngest {
             }
         }
         .await;
+        drop(held);
         match result {
             Ok(()) => tracing::debug!(%peer, "ingest connection closed"),
             Err(ConnError::Io(e)) => tracing::debug!(%peer, error = %e, "ingest connection failed"),
             Err(e) => {
-                Metrics::add(&self.metrics.ingest_malformed, 1);
-                tracing::warn!(%peer, reason = %e, "closing ingest connection");
+                if let ConnError::Idle(_) = e {
+                    tracing::debug!(%peer, reason = %e, "closing ingest connection");
+                } else {
+                    Metrics::add(&self.metrics.ingest_malformed, 1);
+                    tracing::warn!(%peer, reason = %e, "closing ingest connection");
+                }
                 // Frames before the bad one are answered first, in order, then the reason.
                 // Best effort, bounded: a peer that is not reading must not hold the task open.
                 let write = async {
@@ -185,6 +306,27 @@ impl NativeIngest {
                 let _ = tokio::time::timeout(limit, write).await;
             }
         }
+    }
+
+    /// What decoding `frame` will cost from the decoding budget (0 for small batches), or the
+    /// refusal of a batch with more envelopes than allowed.
+    fn decode_cost(&self, frame: &[u8]) -> Result<usize, Reply> {
+        let n = codec::envelope_count(frame);
+        if n > self.max_batch_envelopes {
+            Metrics::add(&self.metrics.ingest_refused, n as u64);
+            return Err(Reply {
+                accepted: 0,
+                error: Some(format!(
+                    "a batch of {n} envelopes is over the limit of {} (ingest.max_batch_envelopes): send smaller batches",
+                    self.max_batch_envelopes
+                )),
+            });
+        }
+        Ok(if n > FREE_DECODE_ENVELOPES {
+            n * DECODED_ENVELOPE_BYTES + frame.len()
+        } else {
+            0
+        })
     }
 
     /// Handles one frame and returns its immediate answer, if it has one; with `ack=durable`,

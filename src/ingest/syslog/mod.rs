@@ -17,12 +17,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::accept_loop;
 use crate::metrics::Metrics;
+use crate::net::{Budget, ConnectionLimit, Held, accept_loop, sleep_until_some};
 use parse::{next_frame, parse_message};
 
 /// What every syslog listener shares.
@@ -34,6 +35,13 @@ pub struct SyslogIngest {
     pub max_message_bytes: usize,
     /// A frame or line longer than this closes the connection.
     pub max_frame_bytes: usize,
+    /// A connection with nothing half-received is closed after this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// A frame must be complete this long after its first bytes arrived.
+    pub frame_timeout: Duration,
+    /// A frame longer than a connection's base buffer is paid for from here as it grows
+    /// (shared with native ingest).
+    pub frames: Budget,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -44,10 +52,11 @@ impl SyslogIngest {
         self,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
+        limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        accept_loop(listener, &shutdown, |stream, peer| {
+        let connection = |stream, peer: String, slot| {
             let this = self.clone();
             let stop = shutdown.clone();
             let tls = tls.clone();
@@ -67,9 +76,12 @@ impl SyslogIngest {
                         }
                     }
                 }
+                drop(slot);
             });
-        })
-        .await;
+        };
+        // Syslog senders read nothing: a refused connection is just closed.
+        let refused = |_stream, _peer| Metrics::add(&self.metrics.syslog_connections_refused, 1);
+        accept_loop(listener, &shutdown, &limit, connection, refused).await;
     }
 
     async fn connection<S: AsyncRead + Unpin>(
@@ -80,6 +92,10 @@ impl SyslogIngest {
     ) {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut batch: Vec<Envelope> = Vec::new();
+        // What a frame longer than the base buffer has taken from the budget.
+        let mut held = Held::default();
+        let mut frame_started: Option<Instant> = None;
+        let mut quiet_since = Instant::now();
         loop {
             loop {
                 match next_frame(&mut buf, self.max_frame_bytes) {
@@ -94,11 +110,54 @@ impl SyslogIngest {
                 }
             }
             self.publish(&mut batch);
+            if buf.is_empty() {
+                held.release();
+                frame_started = None;
+                quiet_since = Instant::now();
+                if buf.capacity() > 2 * READ_CHUNK {
+                    buf = BytesMut::with_capacity(READ_CHUNK);
+                }
+            } else {
+                frame_started.get_or_insert_with(Instant::now);
+            }
             if buf.capacity() - buf.len() < 4096 {
+                let want = buf.len() + READ_CHUNK;
+                if want > READ_CHUNK && held.bytes() < want {
+                    // Past the base buffer: grow in doublings, each paid for before it is read,
+                    // and never for longer than the frame may take.
+                    let target = (held.bytes() * 2)
+                        .max(want)
+                        .min(self.max_frame_bytes + READ_CHUNK);
+                    let late = frame_started.unwrap_or_else(Instant::now) + self.frame_timeout;
+                    held.release();
+                    held = tokio::select! {
+                        h = self.frames.take(target) => h,
+                        () = tokio::time::sleep_until(late) => {
+                            Metrics::add(&self.metrics.syslog_malformed, 1);
+                            tracing::warn!(%peer, "closing syslog connection: no room for its frame in ingest.buffer_budget_bytes");
+                            return;
+                        }
+                        () = shutdown.cancelled() => return,
+                    };
+                }
                 buf.reserve(READ_CHUNK);
             }
+            let deadline = match (frame_started, self.idle_timeout) {
+                (Some(t), _) => Some(t + self.frame_timeout),
+                (None, Some(idle)) => Some(quiet_since + idle),
+                (None, None) => None,
+            };
             let n = tokio::select! {
                 n = stream.read_buf(&mut buf) => n,
+                () = sleep_until_some(deadline) => {
+                    if frame_started.is_some() {
+                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        tracing::warn!(%peer, timeout_secs = self.frame_timeout.as_secs(), "closing syslog connection: frame not complete in time");
+                    } else {
+                        tracing::debug!(%peer, "closing idle syslog connection");
+                    }
+                    return;
+                }
                 () = shutdown.cancelled() => return,
             };
             match n {

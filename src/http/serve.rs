@@ -1,0 +1,63 @@
+//! Serving HTTP connections: Sluice's own accept loop (shared with ingest, so the same
+//! connection limit and EMFILE backoff), hyper with a header read timeout, and graceful
+//! shutdown. warp's built-in server can set neither, and logs every client disconnect as an
+//! error.
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{AppState, routes};
+use crate::metrics::Metrics;
+use crate::net::{ConnectionLimit, accept_loop};
+
+/// What a connection past `http.max_connections` is told before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"too many connections: the server is at http.max_connections\"}";
+
+/// Serves `listener` until `shutdown`, then lets open requests finish (tails close themselves
+/// on the same signal).
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let http = &state.config.http;
+    let limit = ConnectionLimit::new("http", http.max_connections);
+    let header_timeout = Duration::from_secs(http.header_read_timeout_secs);
+    let metrics = state.metrics.clone();
+    let service = warp::service(routes(state));
+    let graceful = GracefulShutdown::new();
+    let connection = |stream, peer: String, slot| {
+        let service = TowerToHyperService::new(service.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let watcher = graceful.watcher();
+        tasks.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                // Clients that go away, headers that never came: the client's doing.
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+            drop(slot);
+        });
+    };
+    let refused = |mut stream: tokio::net::TcpStream, _peer| {
+        Metrics::add(&metrics.http_connections_refused, 1);
+        tasks.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY)).await;
+        });
+    };
+    accept_loop(listener, &shutdown, &limit, connection, refused).await;
+    graceful.shutdown().await;
+}

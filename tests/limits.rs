@@ -1,0 +1,260 @@
+//! Memory and descriptors have a bound: a global budget for bytes buffered by all connections,
+//! a cap on decoded batches, connection limits per listener, and idle, frame and header
+//! timeouts. Each with real sockets against a real server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use sluice::client::{IngestAddr, connect_ingest};
+use sluice_router::Envelope;
+use sluice_router::codec::{self, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads what the server sends until it closes (bounded), as reply frames.
+async fn replies_until_close(s: &mut TcpStream, within: Duration) -> Vec<Reply> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut buf))
+        .await
+        .expect("the server closed the connection in time")
+        .unwrap();
+    let mut b = bytes::BytesMut::from(&buf[..]);
+    let mut out = Vec::new();
+    while let Some(f) = codec::decode_frame(&mut b, 1 << 20).unwrap() {
+        out.push(codec::decode_exact(&f).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_half_sent_8_mib_frames_cost_the_budget_not_800_mib() {
+    let server = Server::start(
+        "ingest:\n  max_frame_bytes: 8388608\n  max_batch_envelopes: 16384\n  buffer_budget_bytes: 25165824\n  frame_timeout_secs: 3\n",
+    );
+    let before = server.rss_bytes();
+    let started = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(&server.ingest).await.unwrap();
+        // An 8 MiB frame, of which 2 MiB are sent, then nothing.
+        let mut bytes = (8u32 << 20).to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(0xc0, 2 << 20));
+        let writer = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(20), s.write_all(&bytes)).await;
+            s
+        });
+        conns.push(writer);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 80 << 20,
+        "100 half-sent frames grew the server by {} MiB",
+        grown >> 20
+    );
+    // A well-behaved client is not starved meanwhile: small frames need no budget.
+    let mut good = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        good.send_batch(&[Envelope::new("fine", "still here")])
+            .await
+            .unwrap(),
+        1
+    );
+    // Each held frame is given up after the frame timeout, with a reason.
+    let mut first = conns.remove(0).await.unwrap();
+    let replies = replies_until_close(&mut first, Duration::from_secs(30)).await;
+    assert_eq!(
+        replies,
+        vec![Reply {
+            accepted: 0,
+            error: Some(
+                "frame not complete 3 s after its first bytes: closing the connection".into()
+            )
+        }]
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_millions_of_tiny_envelopes_is_refused_before_it_is_decoded() {
+    let server = Server::start("");
+    let before = server.rss_bytes();
+    let mut s = TcpStream::connect(&server.ingest).await.unwrap();
+    // An array of 8,388,600 empty maps: 8 MiB on the wire, over a GiB decoded.
+    let n: u32 = 8_388_600;
+    let mut payload = vec![0xdd];
+    payload.extend_from_slice(&n.to_be_bytes());
+    payload.extend(std::iter::repeat_n(0x80, n as usize));
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    let mut hello = bytes::BytesMut::new();
+    codec::encode_control_frame("ack=count", &mut hello);
+    s.write_all(&hello).await.unwrap();
+    s.write_all(&frame).await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    let reply: Reply = codec::decode_exact(&body).unwrap();
+    assert_eq!(
+        reply.error.as_deref(),
+        Some(
+            "a batch of 8388600 envelopes is over the limit of 65536 (ingest.max_batch_envelopes): send smaller batches"
+        )
+    );
+    // The connection goes on, and the refusal cost next to nothing.
+    s.write_all(&codec::batch_frame(&[Envelope::new("tiny", "ok")]))
+        .await
+        .unwrap();
+    s.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(codec::decode_exact::<Reply>(&body).unwrap().accepted, 1);
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(grown < 64 << 20, "grew {} MiB", grown >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_caps_its_connections_and_says_so() {
+    let server = Server::start(
+        "ingest:\n  max_connections: 3\nsyslog:\n  max_connections: 2\nhttp:\n  max_connections: 4\n",
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut fourth = TcpStream::connect(&server.ingest).await.unwrap();
+    let replies = replies_until_close(&mut fourth, Duration::from_secs(10)).await;
+    assert_eq!(
+        replies[0].error.as_deref(),
+        Some("too many connections: the server is at ingest.max_connections; try again later")
+    );
+    // One leaves, another may come.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let mut c = connect_ingest(&IngestAddr::Tcp(server.ingest.clone())).await?;
+            c.send_batch(&[Envelope::new("capped", "in")]).await
+        };
+        match attempt.await {
+            Ok(1) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Syslog: the third stream connection is closed at once.
+    let _a = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    let _b = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("closed at once")
+        .unwrap();
+
+    // HTTP: past the limit, a 503 that says why.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(&server.http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(&server.http).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.ends_with("\"too many connections: the server is at http.max_connections\"}"));
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(server.url("/healthz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "http never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for listener in ["ingest", "syslog", "http"] {
+        let line = format!("sluice_connections_refused_total{{listener=\"{listener}\"}} ");
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("{line} missing"))
+            .parse()
+            .unwrap();
+        assert!(n >= 1, "{listener}: {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_slow_headers_time_out() {
+    let server = Server::start(
+        "ingest:\n  idle_timeout_secs: 1\nsyslog:\n  idle_timeout_secs: 1\n  frame_timeout_secs: 1\nhttp:\n  header_read_timeout_secs: 1\n",
+    );
+    let started = Instant::now();
+    // Native: idle after a good batch, then closed with a reason.
+    let mut s = TcpStream::connect(&server.ingest).await.unwrap();
+    s.write_all(&codec::batch_frame(&[Envelope::new("idle", "one")]))
+        .await
+        .unwrap();
+    let replies = replies_until_close(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(
+        replies,
+        vec![Reply {
+            accepted: 0,
+            error: Some("idle for 1 s: closing the connection".into())
+        }]
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    server.wait_published("idle", 1).await;
+
+    // Syslog: half a line, then silence; and a connection that never says anything.
+    let mut half = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    half.write_all(b"<14>1 2026-11-22T10:00:00Z host app - - - never ends")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    for s in [&mut half, &mut silent] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .unwrap();
+    }
+
+    // HTTP: headers that never finish.
+    let mut slow = TcpStream::connect(&server.http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let began = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("closed by the server")
+        .ok();
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
