@@ -298,7 +298,7 @@ impl Archive {
                         env.channel = Channel::Err;
                         env.step = Some(SERVER_STEP.into());
                         env.timestamp = now_ns();
-                        let _ = router.publish(vec![env]);
+                        let _ = router.publish_notice(env);
                     }
                 }
             }

@@ -17,6 +17,10 @@ pub const MAX_INSTANCE_ID_BYTES: usize = 64;
 /// The origin code the router uses for envelopes about a source that it writes itself.
 pub const ORIGIN_ROUTER: &str = "LGR";
 
+/// The step of router-side events about a source (drain failures, losses, archive failures):
+/// Strøm's "server events" panel.
+pub const SERVER_STEP: &str = "_server";
+
 /// stdout or stderr of the emitting process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum Channel {
@@ -106,6 +110,19 @@ impl Envelope {
 
     /// Checks the fields a producer controls. The router calls this at every ingress.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
+        self.validate_fields()?;
+        // Sluice's own notices must be told apart from anything a producer sends.
+        if is_router_origin(&self.origin) {
+            return Err(EnvelopeError::Reserved(format!("origin {:?}", self.origin)));
+        }
+        if self.step.as_deref() == Some(SERVER_STEP) {
+            return Err(EnvelopeError::Reserved(format!("step {SERVER_STEP:?}")));
+        }
+        Ok(())
+    }
+
+    /// [`Envelope::validate`] without the reserved origin and step, for the router's own notices.
+    pub fn validate_fields(&self) -> Result<(), EnvelopeError> {
         validate_source_id(&self.source_id)?;
         validate_origin(&self.origin)?;
         let inst = &self.instance_id;
@@ -147,6 +164,13 @@ pub fn validate_source_id(id: &str) -> Result<(), EnvelopeError> {
         return Err(EnvelopeError::SourceId(shorten(id)));
     }
     Ok(())
+}
+
+/// Whether `origin` is the router's own (`LGR`, or under it: `LGR/...`).
+pub fn is_router_origin(origin: &str) -> bool {
+    origin
+        .strip_prefix(ORIGIN_ROUTER)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// An origin is a short code of uppercase letters, digits, `/`, `_` and `-`.
@@ -191,6 +215,10 @@ pub enum EnvelopeError {
         "invalid instance_id {0:?}: an instance_id is 1 to 64 bytes of printable ASCII, without spaces"
     )]
     InstanceId(String),
+    #[error(
+        "reserved {0}: origin LGR and step _server are sluice's own notices, which producers cannot send"
+    )]
+    Reserved(String),
 }
 
 /// Nanoseconds since the Unix epoch, now.

@@ -333,7 +333,13 @@ impl Router {
     /// all), stamps those without a timestamp, assigns `seq`s and wakes waiting cursors.
     /// Never waits for a reader. Returns how many were published.
     pub fn publish(&self, batch: Vec<Envelope>) -> Result<usize, EnvelopeError> {
-        self.publish_inner(batch, None)
+        self.publish_inner(batch, None, Envelope::validate)
+    }
+
+    /// Publishes one of Sluice's own notices about a source (origin `LGR`, step `_server`),
+    /// which [`Router::publish`] refuses from producers.
+    pub fn publish_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
+        self.publish_inner(vec![notice], None, Envelope::validate_fields)
     }
 
     /// [`Router::publish`], also reporting the `seq`s assigned: one `(source, first, last)` per
@@ -343,16 +349,17 @@ impl Router {
         batch: Vec<Envelope>,
         ranges: &mut Vec<(Arc<str>, u64, u64)>,
     ) -> Result<usize, EnvelopeError> {
-        self.publish_inner(batch, Some(ranges))
+        self.publish_inner(batch, Some(ranges), Envelope::validate)
     }
 
     fn publish_inner(
         &self,
         batch: Vec<Envelope>,
         mut ranges: Option<&mut Vec<(Arc<str>, u64, u64)>>,
+        validate: fn(&Envelope) -> Result<(), EnvelopeError>,
     ) -> Result<usize, EnvelopeError> {
         for env in &batch {
-            env.validate()?;
+            validate(env)?;
         }
         let count = batch.len();
         let mut now = 0;

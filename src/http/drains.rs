@@ -24,9 +24,12 @@ pub fn routes(
     let st = state.clone();
     let create = warp::path!("api" / "v1" / "drains")
         .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .map(move |body: bytes::Bytes| {
+        .and(super::body(MAX_BODY_BYTES))
+        .map(move |body: Result<bytes::Bytes, ApiError>| {
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            };
             // Parsed here rather than with warp's json filter: no Content-Type needed, and the
             // error says what is wrong with the body.
             let req: DrainRequest = match serde_json::from_slice(&body) {
@@ -52,6 +55,9 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .map(move |q: HashMap<String, String>| {
+            if let Err(e) = super::known_params(&q, &["source_id"]) {
+                return e.into_response();
+            }
             warp::reply::json(&st.drains.list(q.get("source_id").map(String::as_str)))
                 .into_response()
         });

@@ -33,25 +33,24 @@ pub fn routes(
         .or(warp::path!("worker" / "jobs" / String / "complete"))
         .unify()
         .and(warp::post())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::bytes())
-        .and_then(move |id: String, body: Bytes| {
+        .and(super::body(64 * 1024))
+        .and_then(move |id: String, body: Result<Bytes, ApiError>| {
             let st = st.clone();
             async move {
-                Ok::<_, warp::Rejection>(
-                    complete(&st, &id, &body)
-                        .await
-                        .unwrap_or_else(ApiError::into_response),
-                )
+                let done = match body {
+                    Ok(body) => complete(&st, &id, &body).await,
+                    Err(e) => Err(e),
+                };
+                Ok::<_, warp::Rejection>(done.unwrap_or_else(ApiError::into_response))
             }
         });
     let st = state.clone();
     let worker_logs = warp::path!("worker" / "jobs" / String / "logs")
         .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_WORKER_BODY_BYTES))
-        .and(warp::body::bytes())
-        .map(move |id: String, body: Bytes| {
-            worker_logs(&st, &id, &body).unwrap_or_else(ApiError::into_response)
+        .and(super::body(MAX_WORKER_BODY_BYTES))
+        .map(move |id: String, body: Result<Bytes, ApiError>| {
+            body.and_then(|body| worker_logs(&st, &id, &body))
+                .unwrap_or_else(ApiError::into_response)
         });
     let st = state.clone();
     let logs = warp::path!("api" / "jobs" / String / "logs")
@@ -138,7 +137,21 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             "invalid completion: {e} (send {{\"status\": \"completed\"}} or \"failed\")"
         ))
     })?;
-    let upto = state.router.source_stats(&id).map_or(0, |s| s.published);
+    let stats = state.router.source_stats(&id);
+    let dir = &state.config.log_storage.local_dir;
+    let on_disk = || {
+        use sluice_drains::persister::{file_path, legacy_path, rotated_path};
+        file_path(dir, &id).exists()
+            || rotated_path(dir, &id, 1).exists()
+            || legacy_path(dir, &id).exists()
+    };
+    if stats.is_none() && !on_disk() {
+        // Nothing to close or archive: no empty objects, no records for typos.
+        return Err(ApiError::not_found(format!(
+            "unknown job {id:?}: no logs have been received for it"
+        )));
+    }
+    let upto = stats.map_or(0, |s| s.published);
     let done = state
         .persister
         .complete(&id, upto)

@@ -46,6 +46,7 @@ fn recent(
     q: &HashMap<String, String>,
     accept: Option<String>,
 ) -> Result<Response, ApiError> {
+    super::known_params(q, &["limit", "origin", "channel", "step", "format"])?;
     validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let filter = filter_from_query(q)?;
     let limit =

@@ -82,6 +82,18 @@ fn open(
     ws: Upgrade,
 ) -> Response {
     let opened = (|| {
+        let mut known = vec![
+            "origin",
+            "channel",
+            "step",
+            "backfill",
+            "since_seq",
+            "format",
+        ];
+        if source.is_none() {
+            known.push("sources");
+        }
+        super::known_params(&q, &known)?;
         let filter = filter_from_query(&q)?;
         let backfill = number_param::<usize>(&q, "backfill")?;
         let since = number_param::<u64>(&q, "since_seq")?;

@@ -7,7 +7,7 @@ use sluice_router::envelope::UtcTime;
 use sluice_router::{Channel, Envelope};
 
 /// The step name of router-side events about a source.
-pub const SERVER_STEP: &str = "_server";
+pub use sluice_router::envelope::SERVER_STEP;
 
 /// Appends the JSONL line (with its newline) for `env` to `out`.
 ///

@@ -353,7 +353,7 @@ impl SyslogDrain {
         env.tags.insert("drain".into(), self.url.to_string());
         // Router-side events about a source: Strøm's "server events" step.
         env.step = Some(crate::persister::SERVER_STEP.into());
-        if let Err(e) = self.router.publish(vec![env]) {
+        if let Err(e) = self.router.publish_notice(env) {
             tracing::warn!(error = %e, "cannot publish a drain notice");
         }
     }

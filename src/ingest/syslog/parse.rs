@@ -4,16 +4,22 @@
 //! Mapping: APP-NAME → `source_id` (else HOSTNAME); PROCID `[TYPE/INSTANCE]` → `origin` and
 //! `instance_id` (any other PROCID → origin `SYSLOG`, the PROCID as instance); severity 0–3 →
 //! `ERR`, else `OUT`; structured data `tags@47450` → `tags`; the timestamp when there is one.
+//! A PROCID of the router's own origin (`[LGR/0]`, another Sluice's notice relayed by its drain)
+//! becomes `RELAYED/LGR`: kept, but never mistaken for this Sluice's notices.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 use chrono::Datelike;
-use sluice_router::{Channel, Envelope, envelope::validate_origin, validate_source_id};
+use sluice_router::envelope::{is_router_origin, validate_origin};
+use sluice_router::{Channel, Envelope, validate_source_id};
 use syslog_loose::{ProcId, Variant};
 
 /// The origin given to syslog lines whose PROCID is not `[TYPE/INSTANCE]`.
 pub const SYSLOG_ORIGIN: &str = "SYSLOG";
+
+/// What a syslog line claiming the router's origin (`[LGR/0]`) gets in front of it.
+pub const RELAYED_PREFIX: &str = "RELAYED/";
 
 /// Why a syslog message was not turned into envelopes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,7 +63,11 @@ pub fn parse_message(
                 _ => (inner, "0"),
             };
             let origin = origin.to_ascii_uppercase();
-            env.origin = if validate_origin(&origin).is_ok() {
+            env.origin = if is_router_origin(&origin) {
+                // Another Sluice's notices, relayed by its drain: kept, but never to be taken
+                // for this Sluice's own.
+                format!("{RELAYED_PREFIX}{origin}")
+            } else if validate_origin(&origin).is_ok() {
                 origin
             } else {
                 SYSLOG_ORIGIN.to_owned()

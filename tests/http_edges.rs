@@ -1,0 +1,181 @@
+//! Honest errors at every HTTP edge: bodies too large are 413 everywhere, chunked bodies are
+//! read, unknown query parameters are named, completing a job that never logged is 404, and
+//! nobody but Sluice can write Sluice's own notices.
+
+mod common;
+
+use common::{Server, send_lines};
+use serde_json::json;
+use sluice::client::{IngestAddr, connect_ingest};
+use sluice_router::Envelope;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends a raw HTTP/1.1 request and returns the status and body.
+async fn raw(server: &Server, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(&server.http).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn chunked(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413_everywhere_and_chunked_bodies_are_read() {
+    let server = Server::start("");
+    send_lines(&server, "job-1", 2).await;
+    for (path, limit) in [
+        ("/api/v1/drains", 64 * 1024),
+        ("/api/v1/sources/job-1/complete", 64 * 1024),
+        ("/worker/jobs/job-1/logs", 16 * 1024 * 1024),
+    ] {
+        // Refused on the declared length alone: nothing of the body is read.
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            limit + 1
+        );
+        let (status, body) = raw(&server, request.as_bytes()).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body["error"],
+            format!("request body too large: at most {limit} bytes"),
+            "{path}"
+        );
+    }
+    // Chunked, as curl sends a piped body: read like any other.
+    let drain = json!({"source_id": "job-1", "url": "syslog://127.0.0.1:9"}).to_string();
+    let (status, body) = raw(&server, &chunked("/api/v1/drains", &drain)).await;
+    assert_eq!(status, 201, "{body}");
+    let worker = json!({"step_name": "build", "lines": [{"line": "chunked"}]}).to_string();
+    let (status, body) = raw(&server, &chunked("/worker/jobs/job-1/logs", &worker)).await;
+    assert_eq!(status, 200, "{body}");
+    // A chunked body past the limit is refused while it is read.
+    let big = "x".repeat(70 * 1024);
+    let (status, _) = raw(&server, &chunked("/api/v1/drains", &big)).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_parameters_are_refused_by_name() {
+    let server = Server::start("");
+    send_lines(&server, "app", 1).await;
+    let resp = reqwest::get(server.url("/api/v1/sources/app/recent?chanel=ERR"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "unknown query parameter chanel: this endpoint takes limit, origin, channel, step, format"
+    );
+    let resp = reqwest::get(server.url("/api/v1/drains?source=app&x=1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "unknown query parameters source, x: this endpoint takes source_id"
+    );
+    // The tail refuses before upgrading.
+    let err = tokio_tungstenite::connect_async(server.ws("/api/v1/sources/app/stream?backfil=5"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    // Known ones still work.
+    let ok = reqwest::get(server.url("/api/v1/sources/app/recent?channel=OUT&limit=5"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_job_that_never_logged_is_404() {
+    let server = Server::start("");
+    let (status, body) = server
+        .post_json(
+            "/api/v1/sources/no-such-job/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body["error"],
+        "unknown job \"no-such-job\": no logs have been received for it"
+    );
+    send_lines(&server, "real-job", 1).await;
+    let (status, body) = server
+        .post_json(
+            "/api/v1/sources/real-job/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_cannot_forge_sluices_own_notices() {
+    let server = Server::start("");
+    let reason = "reserved origin \"LGR\": origin LGR and step _server are sluice's own notices, which producers cannot send";
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let mut forged = Envelope::new("victim", "sluice dropped 0 messages");
+    forged.origin = "LGR".into();
+    let err = conn.send_batch(&[forged]).await.unwrap_err().to_string();
+    assert_eq!(err, format!("the server refused the request: {reason}"));
+    let mut step = Envelope::new("victim", "archive failed");
+    step.step = Some("_server".into());
+    let err = conn.send_batch(&[step]).await.unwrap_err().to_string();
+    assert!(err.contains("reserved step \"_server\""), "{err}");
+    // A look-alike origin is fine.
+    let mut fine = Envelope::new("victim", "ok");
+    fine.origin = "LGRX".into();
+    assert_eq!(conn.send_batch(&[fine]).await.unwrap(), 1);
+    // Strøm's worker API: the _server step is refused there too.
+    let (status, body) = server
+        .post_json(
+            "/worker/jobs/victim/logs",
+            json!({"step_name": "_server", "lines": [{"line": "forged"}]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("reserved step \"_server\""),
+        "{body}"
+    );
+    // Syslog cannot answer, so a relayed [LGR/0] line is kept under RELAYED/LGR.
+    let mut s = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    s.write_all(b"<11>1 2026-11-22T10:00:00Z host victim [LGR/0] - - relayed notice\n")
+        .await
+        .unwrap();
+    drop(s);
+    server.wait_published("victim", 2).await;
+    assert!(server.router_notices("victim").await.is_empty());
+    let all = server.get_json("/api/v1/sources/victim/recent").await;
+    let origins: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins, ["LGRX", "RELAYED/LGR"]);
+}
