@@ -214,6 +214,36 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// A config file larger than this is refused unread.
+const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+/// Deepest nesting of YAML flow collections (`[...]`, `{...}`) a config may have.
+const MAX_FLOW_DEPTH: usize = 32;
+
+/// The deepest nesting of `[` and `{` outside quotes and comments (close enough for a bound:
+/// a miscount only makes the parser, which has the last word, see more).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') => comment = false,
+            _ if comment => {}
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 impl Config {
     /// Reads `path`, or returns the embedded defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -229,6 +259,23 @@ impl Config {
 
     /// Parses YAML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The YAML parser takes quadratic time on deep flow nesting (100,000 levels: minutes):
+        // nothing in a config nests that deep, so refuse it before parsing.
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "the file is {} bytes, more than a config needs (at most {MAX_CONFIG_BYTES})",
+                    text.len()
+                ),
+            });
+        }
+        if flow_depth(text) > MAX_FLOW_DEPTH {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("[ ] and {{ }} nested more than {MAX_FLOW_DEPTH} deep"),
+            });
+        }
         // An empty file (or one holding only comments) means "all defaults".
         let config: Config = if text.lines().all(|l| {
             let l = l.trim();
@@ -312,10 +359,54 @@ impl Config {
                     .into(),
             );
         }
+        let d = &self.drains.delivery;
+        for (name, value) in [
+            ("drains.delivery.batch_messages", d.batch_messages as u64),
+            (
+                "drains.delivery.reconnect_min_millis",
+                d.reconnect_min_millis,
+            ),
+            ("drains.delivery.reconnect_max_secs", d.reconnect_max_secs),
+            (
+                "drains.delivery.connect_timeout_secs",
+                d.connect_timeout_secs,
+            ),
+            (
+                "drains.per_source_limit",
+                self.drains.per_source_limit as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if d.reconnect_min_millis > d.reconnect_max_secs.saturating_mul(1000) {
+            return Err(format!(
+                "drains.delivery.reconnect_min_millis ({}) must not exceed drains.delivery.reconnect_max_secs ({} s)",
+                d.reconnect_min_millis, d.reconnect_max_secs
+            ));
+        }
         let ls = &self.log_storage;
         if let Some(s3) = &ls.s3 {
             if s3.bucket.is_empty() {
                 return Err("log_storage.s3.bucket must be set".into());
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                let ok = url::Url::parse(endpoint).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some_and(|h| !h.is_empty())
+                });
+                if !ok {
+                    return Err(format!(
+                        "log_storage.s3.endpoint {endpoint:?} is not an http:// or https:// URL with a host, such as http://127.0.0.1:9000"
+                    ));
+                }
+            }
+            if s3.compression_level > 9 {
+                return Err(format!(
+                    "log_storage.s3.compression_level must be 0 to 9, not {}",
+                    s3.compression_level
+                ));
             }
             if s3.part_size_bytes < sluice_drains::archive::MIN_PART_BYTES {
                 return Err(format!(
@@ -382,5 +473,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    fn refused(yaml: &str) -> String {
+        Config::parse(yaml, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_with_the_key() {
+        for (yaml, key) in [
+            (
+                "drains:\n  delivery:\n    batch_messages: 0\n",
+                "drains.delivery.batch_messages must be at least 1",
+            ),
+            (
+                "drains:\n  delivery:\n    connect_timeout_secs: 0\n",
+                "drains.delivery.connect_timeout_secs must be at least 1",
+            ),
+            (
+                "drains:\n  delivery:\n    reconnect_min_millis: 60000\n    reconnect_max_secs: 1\n",
+                "drains.delivery.reconnect_min_millis (60000) must not exceed",
+            ),
+            (
+                "log_storage:\n  s3:\n    bucket: b\n    endpoint: not a url\n",
+                "log_storage.s3.endpoint \"not a url\" is not an http:// or https:// URL",
+            ),
+            (
+                "log_storage:\n  s3:\n    bucket: b\n    endpoint: ftp://x\n",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "log_storage:\n  s3:\n    bucket: b\n    compression_level: 12\n",
+                "compression_level must be 0 to 9",
+            ),
+            (
+                "ingest:\n  max_connections: 0\n",
+                "ingest.max_connections must be at least 1",
+            ),
+            (
+                "ingest:\n  buffer_budget_bytes: 1000\n",
+                "ingest.buffer_budget_bytes (1000) must hold the largest frame",
+            ),
+            (
+                "http:\n  header_read_timeout_secs: 0\n",
+                "http.header_read_timeout_secs must be at least 1",
+            ),
+        ] {
+            let err = refused(yaml);
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        let ok = "log_storage:\n  s3:\n    bucket: b\n    endpoint: http://127.0.0.1:9000\n";
+        assert!(Config::parse(ok, Path::new("x.yaml")).is_ok());
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_an_error_not_a_crash() {
+        let deep = format!("listen: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let err = refused(&deep);
+        assert!(err.starts_with("invalid config file x.yaml"), "{err}");
+        let deep_maps = format!("listen: {}1{}\n", "{a: ".repeat(50_000), "}".repeat(50_000));
+        assert!(refused(&deep_maps).starts_with("invalid config file x.yaml"));
     }
 }

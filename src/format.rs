@@ -16,7 +16,8 @@ const ORIGIN_TAG_WIDTH: usize = 12;
 ///
 /// Local time in `tz` with hundredths (truncated, as Go's `.00` layout does) and the UTC
 /// offset; the origin tag padded to a fixed width; the channel; the message with its trailing
-/// newline removed and invalid UTF-8 replaced.
+/// newline removed, invalid UTF-8 replaced and control characters escaped (see
+/// [`escape_controls`]): this line goes to terminals.
 pub fn cf_line<Tz: TimeZone>(env: &Envelope, tz: &Tz) -> String
 where
     Tz::Offset: std::fmt::Display,
@@ -34,8 +35,29 @@ where
         env.channel,
         width = ORIGIN_TAG_WIDTH,
     );
-    out.push_str(&message_text(&env.message));
+    escape_controls(&message_text(&env.message), &mut out);
     out
+}
+
+/// Appends `text` with every control character escaped (`\n`, `\r`, `\x1b`, `\u{9b}`; a tab
+/// stays a tab), so that a producer can neither forge a line of its own nor move a reader's
+/// cursor, recolour or retitle their terminal. A backslash stays itself.
+pub fn escape_controls(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\t' => out.push('\t'),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            // C1 controls: 0x9b is a CSI of its own on many terminals.
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// The message as text: invalid UTF-8 replaced, trailing line breaks removed.
@@ -129,6 +151,17 @@ mod tests {
             ),
             "2016-06-14T21:10:05.36+0000 [APP/PROC/WEB/12] ERR bad \u{fffd} byte"
         );
+    }
+
+    #[test]
+    fn cf_lines_escape_control_characters_so_no_line_can_be_forged() {
+        let forged = b"ok\n2016-06-14T21:10:05.36+0000 [RTR/0]      OUT fake\r\x1b[2J\x1b]0;title\x07\tt\xc2\x9b31m\x7f\\n\n";
+        let line = cf_line(&env("APP", "0", Channel::Out, 0, forged), &Utc);
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.00+0000 [APP/0]      OUT ok\\n2016-06-14T21:10:05.36+0000 [RTR/0]      OUT fake\\r\\x1b[2J\\x1b]0;title\\x07\tt\\u{9b}31m\\x7f\\n"
+        );
+        assert!(!line.chars().any(|c| c.is_control() && c != '\t'));
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn read_jsonl(path: &Path, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut V
     true
 }
 
-fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
+pub fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
     for raw in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<Line>(raw) {
             Ok(line) => match line.seq {

@@ -14,6 +14,7 @@
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
 //! - [`cli`]: the `sluice` command line.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`fuzzing`]: the properties the fuzz targets check (also run as tests over the corpus).
 //!
 //! A native frame enters in [`ingest::native`], is ring-buffered by
 //! [`sluice_router::Router::publish`], and leaves through a [`sluice_router::Cursor`] in
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod drains;
 pub mod format;
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod jobs;

@@ -179,3 +179,38 @@ async fn producers_cannot_forge_sluices_own_notices() {
         .collect();
     assert_eq!(origins, ["LGRX", "RELAYED/LGR"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_escapes_control_characters() {
+    let server = Server::start("");
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let forged = "real\n2026-11-22T10:00:00.00+0000 [RTR/0]      OUT forged\x1b[2J";
+    conn.send_batch(&[Envelope::new("term", forged)])
+        .await
+        .unwrap();
+    let text = reqwest::get(server.url("/api/v1/sources/term/recent?format=text"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(
+        text.trim_end()
+            .ends_with("OUT real\\n2026-11-22T10:00:00.00+0000 [RTR/0]      OUT forged\\x1b[2J"),
+        "{text:?}"
+    );
+    // `sluice logs --recent` prints the same line.
+    let out = common::output_ok(std::process::Command::new(common::SLUICE).args([
+        "logs",
+        "term",
+        "--recent",
+        "--http",
+        &server.http,
+    ]));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), 1, "{printed:?}");
+    assert!(printed.contains("\\x1b[2J") && !printed.contains('\x1b'));
+}
