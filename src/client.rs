@@ -181,6 +181,33 @@ impl IngestWriter {
 }
 
 impl ReplyReader {
+    /// For connections without acknowledgements: waits until the server closes its side,
+    /// failing with the first refusal it sent, if any.
+    pub async fn until_closed(&mut self) -> Result<(), ClientError> {
+        loop {
+            while let Some(frame) = codec::decode_frame(&mut self.buf, 1 << 20)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                let reply: Reply = codec::decode_exact(&frame)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if let Some(e) = reply.error {
+                    return Err(ClientError::Refused(e));
+                }
+            }
+            let n = self
+                .r
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| ClientError::Lost {
+                    addr: self.addr.clone(),
+                    reason: io_reason(&e),
+                })?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// Waits for the next reply. A reply carrying an error becomes [`ClientError::Refused`].
     pub async fn next(&mut self) -> Result<u64, ClientError> {
         loop {

@@ -462,3 +462,93 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     let health = reqwest::get(server.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// Runs `sluice emit` with `args`, feeding it `input`; returns its exit code and stderr.
+fn emit(server: &Server, args: &[&str], input: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(common::SLUICE)
+        .arg("emit")
+        .args(args)
+        .args(["--ingest", &server.ingest])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn numbered(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| format!("line {i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_ack_durable_exits_0_only_when_every_line_is_on_disk() {
+    // A disk with room for some lines only: durable acknowledgements cannot all be given.
+    let logs = common::temp_dir("emit-durable").join("logs");
+    let _disk = common::Tmpfs::mount(&logs, "64k");
+    let server = Server::start(&format!(
+        "ingest:\n  durable_timeout_secs: 2\nlog_storage:\n  local_dir: {}\n  fsync: always\n",
+        logs.display()
+    ));
+    let (code, stderr) = tokio::task::block_in_place(|| {
+        emit(
+            &server,
+            &["--source", "full", "--ack", "durable"],
+            &numbered(20_000),
+        )
+    });
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lines sent are on disk; resend from line"),
+        "{stderr}"
+    );
+    // What it said is on disk, is.
+    let on_disk: usize = stderr
+        .rsplit_once('(')
+        .and_then(|(_, s)| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let file = std::fs::read_to_string(logs.join("full.jsonl")).unwrap_or_default();
+    assert!(
+        file.lines().count() >= on_disk,
+        "{on_disk} acknowledged, file has {}",
+        file.lines().count()
+    );
+
+    // With room, the same command succeeds, and every line is in the file when it returns.
+    let roomy = Server::start("log_storage:\n  local_dir: {logs}\n  fsync: always\n");
+    let (code, stderr) = tokio::task::block_in_place(|| {
+        emit(
+            &roomy,
+            &["--source", "fine", "--ack", "durable"],
+            &numbered(5_000),
+        )
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    let file = std::fs::read_to_string(roomy.logs.join("fine.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), 5_000);
+
+    // --ack none: sent, the connection closed cleanly; a refusal still fails it.
+    let (code, stderr) = tokio::task::block_in_place(|| {
+        emit(
+            &roomy,
+            &["--source", "none", "--ack", "none"],
+            &numbered(100),
+        )
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    roomy.wait_published("none", 100).await;
+}

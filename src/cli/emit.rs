@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
@@ -12,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::ConnArgs;
-use crate::client::connect_ingest;
+use crate::client::connect_ingest_with;
 
 #[derive(Debug, Args)]
 pub struct EmitArgs {
@@ -37,8 +39,31 @@ pub struct EmitArgs {
     /// Lines longer than this are split into several envelopes.
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_line_bytes: usize,
+    /// What the server must confirm before emit exits 0: `count` (every line accepted into the
+    /// router), `durable` (every line written to the persister's file, synced with `fsync:
+    /// always`) or `none` (sent, and the connection closed cleanly).
+    #[arg(long, value_enum, default_value_t = AckMode::Count, value_name = "MODE")]
+    pub ack: AckMode,
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+/// The acknowledgement `sluice emit` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckMode {
+    None,
+    Count,
+    Durable,
+}
+
+impl AckMode {
+    fn control_word(self) -> &'static str {
+        match self {
+            AckMode::None => "ack=none",
+            AckMode::Count => "ack=count",
+            AckMode::Durable => "ack=durable",
+        }
+    }
 }
 
 /// Most lines per frame, and most message bytes per frame.
@@ -61,7 +86,7 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-line-bytes must be at least 1");
     }
     let addr = args.conn.ingest()?;
-    let conn = connect_ingest(&addr).await?;
+    let conn = connect_ingest_with(&addr, args.ack.control_word()).await?;
     let (mut writer, mut replies) = (conn.writer, conn.replies);
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4 * BATCH_LINES);
@@ -69,23 +94,32 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
     let reader =
         tokio::spawn(async move { read_lines(BufReader::new(tokio::io::stdin()), max, tx).await });
 
-    // Replies come back while we send; the task returns the total accepted, or the first error.
+    // Replies come back while we send, in order: the lines acknowledged so far are always a
+    // prefix of the input. The task ends with the first error, or when every batch is answered.
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<u64>();
+    let acked = acknowledged.clone();
+    let mode = args.ack;
     let acks = tokio::spawn(async move {
-        let mut accepted = 0u64;
+        if mode == AckMode::None {
+            // Only refusals are answered: wait for the server to close after our end.
+            while sent_rx.recv().await.is_some() {}
+            return replies.until_closed().await.map_err(anyhow::Error::from);
+        }
         while let Some(lines) = sent_rx.recv().await {
             let n = replies.next().await?;
             if n != lines {
                 anyhow::bail!("the server accepted {n} of {lines} lines in a batch");
             }
-            accepted += n;
+            acked.fetch_add(n, Ordering::Relaxed);
         }
-        Ok::<u64, anyhow::Error>(accepted)
+        Ok(())
     });
 
     let mut sent = 0u64;
     let mut frame = BytesMut::new();
     let mut batch: Vec<Envelope> = Vec::with_capacity(BATCH_LINES);
+    let mut failure: Option<anyhow::Error> = None;
     while let Some(first) = rx.recv().await {
         // Take what is already waiting, so bulk input goes in large frames and a terminal's
         // lines go one at a time, at once.
@@ -105,20 +139,42 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
         let lines = batch.len() as u64;
         batch.clear();
         if let Err(e) = writer.write(&frame).await {
-            // The reply task may know why (the server answers before closing).
-            return Err(match acks.await {
-                Ok(Err(reason)) => reason,
-                _ => e.into(),
-            });
+            failure = Some(e.into());
+            break;
         }
         sent += lines;
         let _ = sent_tx.send(lines);
     }
     drop(sent_tx);
+    drop(rx);
+    if failure.is_none() {
+        writer.finish().await.ok();
+    }
+    // The reply task may know better why a write failed (the server answers before closing).
+    let answered = acks.await.map_err(anyhow::Error::from).and_then(|r| r);
+    let failure = match (answered, failure) {
+        (Err(reason), _) => Some(reason),
+        (Ok(()), Some(write)) => Some(write),
+        (Ok(()), None) => None,
+    };
+    if let Some(reason) = failure {
+        let acked = acknowledged.load(Ordering::Relaxed);
+        let what = match mode {
+            AckMode::None => format!("{sent} lines sent, none acknowledged (--ack none)"),
+            AckMode::Count => {
+                format!(
+                    "{acked} of {sent} lines sent were acknowledged; resend from line {}",
+                    acked + 1
+                )
+            }
+            AckMode::Durable => format!(
+                "{acked} of {sent} lines sent are on disk; resend from line {}",
+                acked + 1
+            ),
+        };
+        anyhow::bail!("{reason} ({what})");
+    }
     reader.await??;
-    let accepted = acks.await??;
-    writer.finish().await.ok();
-    debug_assert_eq!(accepted, sent);
     Ok(ExitCode::SUCCESS)
 }
 
