@@ -44,16 +44,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
         TimedOut => "timed out".into(),
         ConnectionReset => "connection reset".into(),
         BrokenPipe => "the server closed the connection".into(),
-        _ => {
-            let s = e.to_string();
-            // "Connection refused (os error 111)" -> "connection refused"
-            let s = s.split(" (os error").next().unwrap_or(&s);
-            let mut chars = s.chars();
-            match chars.next() {
-                Some(first) => first.to_lowercase().chain(chars).collect(),
-                None => "unknown error".into(),
-            }
-        }
+        _ => sluice_drains::short_reason(e),
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Server, Tmpfs, temp_dir};
@@ -98,4 +99,89 @@ async fn a_full_disk_costs_nothing_accepted_and_the_file_catches_up_when_room_re
     let seqs: Vec<u64> = written.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
     assert_eq!(server.metric("sluice_persister_lost_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_up_lines_leave_whole_jsonl_an_exact_count_and_a_notice_with_a_seq_of_its_own() {
+    let logs = temp_dir("disk-torn").join("logs");
+    let _disk = Tmpfs::mount(&logs, "256k");
+    let filler = logs.join("filler");
+    // A few kilobytes of room: a write will stop in the middle of a line.
+    std::fs::write(&filler, vec![0u8; 246 * 1024 + 517]).unwrap();
+    let server = Server::start(&format!(
+        "ingest:\n  max_frame_bytes: 8388608\nlog_storage:\n  local_dir: {}\n",
+        logs.display()
+    ));
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    // 18 MiB of lines: past the 16 MiB the persister keeps for a retry, so it gives up on some.
+    let body = "y".repeat(1000);
+    let mut sent = 0u64;
+    for _ in 0..18 {
+        let batch: Vec<Envelope> = (0..1024)
+            .map(|_| Envelope::new("torn", body.clone()))
+            .collect();
+        sent += conn.send_batch(&batch).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("sluice_persister_lost_total").await == 0 {
+        assert!(Instant::now() < deadline, "the persister never gave up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let given_up = server.metric("sluice_persister_lost_total").await;
+    // Room returns (the disk grows); one more line, and the notice, are written.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    sent += conn
+        .send_batch(&[Envelope::new("torn", "after")])
+        .await
+        .unwrap();
+    let file = logs.join("torn.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("\"line\":\"after\",\"origin\":\"APP/0\",\"seq\":18433}\n")
+            && text.contains("\"step\":\"_server\"")
+        {
+            break lines(&file); // every line parses: none torn, none glued
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last line never arrived: {} lines, ends {:?}",
+            text.lines().count(),
+            &text[text.len().saturating_sub(300)..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let notices: Vec<&serde_json::Value> =
+        written.iter().filter(|l| l["step"] == "_server").collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let text = notices[0]["line"].as_str().unwrap();
+    assert!(
+        text == format!(
+            "sluice could not write {given_up} messages for this persister: no space left on device"
+        ),
+        "{text}"
+    );
+    // Exact: what is in the file and what was announced add up to what was sent.
+    let data = (written.len() - 1) as u64;
+    assert_eq!(
+        data + given_up,
+        sent,
+        "{data} written + {given_up} announced"
+    );
+    // Every line has a seq of its own, the notice included.
+    let mut seqs: Vec<u64> = written.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "a seq is used twice");
+    // And the job API shows the notice, hidden before behind a real line's seq.
+    let api = server.get_json("/api/jobs/torn/steps/_server/logs").await;
+    assert!(api["logs"].as_str().unwrap().contains("could not write"));
 }

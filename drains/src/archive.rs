@@ -540,6 +540,7 @@ where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
+    use aws_sdk_s3::error::SdkError;
     if let Some(service) = e.as_service_error()
         && let Some(code) = service.code()
     {
@@ -548,9 +549,35 @@ where
             None => code.to_owned(),
         };
     }
-    aws_sdk_s3::error::DisplayErrorContext(e)
-        .to_string()
-        .replace('\n', " ")
+    // One short line for the job's log: what went wrong, and the innermost cause. The SDK's
+    // own rendering is the whole chain with Debug dumps of each layer (600 characters).
+    let what = match e {
+        SdkError::ConstructionFailure(_) => "cannot build the request",
+        SdkError::TimeoutError(_) => "timed out",
+        SdkError::DispatchFailure(_) => "cannot reach the S3 endpoint",
+        SdkError::ResponseError(_) => "unreadable response from S3",
+        SdkError::ServiceError(_) => "S3 refused the request",
+        _ => "request failed",
+    };
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let cause = crate::short_reason(&inner);
+    let mut line = if std::ptr::addr_eq(inner, e as &dyn std::error::Error) || cause.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {cause}")
+    };
+    if line.len() > 200 {
+        let mut end = 200;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
 }
 
 #[cfg(test)]

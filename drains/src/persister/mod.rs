@@ -192,6 +192,12 @@ struct OpenFile {
     last_used: u64,
     /// Lines given up on after repeated write failures, to announce.
     dropped: u64,
+    /// The seq of the last line given up on: never written, so the notice takes it (a seq of
+    /// its own, as the persister's overrun notice takes the last one it missed).
+    dropped_seq: u64,
+    /// The file ends in the middle of a line (a write was cut short): the rest of that line is
+    /// at the front of `buf`, and must be written before anything else.
+    partial: bool,
     last_error: Option<String>,
 }
 
@@ -461,18 +467,27 @@ impl Persister {
         if !self.files.contains_key(source) {
             let path = file_path(&self.config.local_dir, source);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            // A file left mid-line (a crash during a write): end that line, so that the next
+            // one is not glued to it. The torn line stays unreadable; the rest stay whole.
+            let torn = size > 0 && last_byte(&path).is_some_and(|b| b != b'\n');
             self.files.insert(
                 source.clone(),
                 OpenFile {
                     file: None,
                     path,
-                    size,
-                    buf: Vec::with_capacity(8192),
+                    size: size + u64::from(torn),
+                    buf: if torn {
+                        b"\n".to_vec()
+                    } else {
+                        Vec::with_capacity(8192)
+                    },
                     buf_lines: 0,
                     seq: 0,
                     unsynced: false,
                     last_used: 0,
                     dropped: 0,
+                    dropped_seq: 0,
+                    partial: false,
                     last_error: None,
                 },
             );
@@ -612,7 +627,7 @@ impl Persister {
                         env.channel = Channel::Err;
                         env.step = Some(SERVER_STEP.into());
                         env.timestamp = now_ns();
-                        env.seq = f.seq;
+                        env.seq = f.dropped_seq;
                         write_line(&env, &mut f.buf);
                         f.dropped = 0;
                         let _ = flush(f, &self.counters);
@@ -621,18 +636,32 @@ impl Persister {
                 }
                 Err(e) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    let reason = e.to_string();
+                    let reason = crate::short_reason(&e);
                     if f.last_error.as_deref() != Some(&reason) {
                         tracing::error!(file = %f.path.display(), error = %reason, "cannot write log file");
                     }
                     f.last_error = Some(reason);
                     if f.buf.len() > MAX_RETRY_BYTES {
-                        // Give up on these lines; say so once writing works again.
-                        self.counters.lost.fetch_add(f.buf_lines, Ordering::Relaxed);
-                        f.dropped += f.buf_lines;
-                        f.size -= f.buf.len() as u64;
-                        f.buf.clear();
-                        f.buf_lines = 0;
+                        // Give up on these lines; say so once writing works again. The rest
+                        // of a line the file already holds part of stays, so that the file is
+                        // whole lines when writing resumes: nothing glued to a torn line.
+                        let keep = if f.partial {
+                            f.buf
+                                .iter()
+                                .position(|&b| b == b'\n')
+                                .map_or(f.buf.len(), |i| i + 1)
+                        } else {
+                            0
+                        };
+                        let lost = f.buf_lines - u64::from(keep > 0);
+                        if lost > 0 {
+                            self.counters.lost.fetch_add(lost, Ordering::Relaxed);
+                            f.dropped += lost;
+                            f.dropped_seq = f.seq;
+                        }
+                        f.size -= (f.buf.len() - keep) as u64;
+                        f.buf.truncate(keep);
+                        f.buf_lines -= lost;
                         self.durability.update(&source, 0, f.seq);
                     }
                 }
@@ -847,6 +876,16 @@ fn in_background(
         .ok()
 }
 
+/// The last byte of the file at `path`.
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).ok()?;
+    f.seek(SeekFrom::End(-1)).ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}
+
 /// A file to sync: one still open (its descriptor shared), or one already closed, opened again
 /// by path for the sync alone.
 enum ToSync {
@@ -887,6 +926,18 @@ fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> 
         match file.write(&f.buf) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => {
+                // Lines count as written once their newline is; a short write (a filling
+                // disk) leaves the file mid-line, and says so.
+                let done = if n == f.buf.len() {
+                    f.buf_lines
+                } else {
+                    // (At most the lines buffered: a lone newline ending a torn line is none.)
+                    let ends = f.buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+                    ends.min(f.buf_lines)
+                };
+                counters.lines.fetch_add(done, Ordering::Relaxed);
+                f.buf_lines -= done;
+                f.partial = f.buf[n - 1] != b'\n';
                 f.buf.drain(..n);
                 f.unsynced = true;
             }
@@ -894,7 +945,5 @@ fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> 
             Err(e) => return Err(e),
         }
     }
-    counters.lines.fetch_add(f.buf_lines, Ordering::Relaxed);
-    f.buf_lines = 0;
     Ok(())
 }

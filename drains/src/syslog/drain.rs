@@ -160,7 +160,11 @@ impl SyslogDrain {
             let interval = Duration::from_secs(self.settings.failure_notice_interval_secs);
             if last_failure_notice.is_none_or(|t| t.elapsed() >= interval) {
                 last_failure_notice = Some(Instant::now());
-                let text = format!("failed to {verb} syslog drain {}: {}", self.url, reason(&e));
+                let text = format!(
+                    "failed to {verb} syslog drain {}: {}",
+                    self.url,
+                    crate::short_reason(&e)
+                );
                 tracing::warn!("{text}");
                 if let Some(source) = &self.source {
                     self.notice(source, text);
@@ -393,17 +397,6 @@ enum Failure {
     /// The peer closed or reset the connection, or rejected it after the handshake.
     Closed(std::io::Error),
     Stop,
-}
-
-/// "connection refused", not "Connection refused (os error 111)".
-fn reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s);
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => "unknown error".into(),
-    }
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to a cap.

@@ -80,11 +80,5 @@ fn reason(e: reqwest::Error) -> String {
     while let Some(next) = inner.source() {
         inner = next;
     }
-    let s = inner.to_string();
-    let s = s.split(" (os error").next().unwrap_or(&s).to_owned();
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => "request failed".into(),
-    }
+    crate::short_reason(&inner)
 }
