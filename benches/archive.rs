@@ -114,6 +114,7 @@ fn main() {
                 status: "completed".into(),
                 key: "big-job.jsonl.gz".into(),
                 files: vec![file.clone()],
+                completion: 1,
             })
             .unwrap();
         let task = tokio::spawn(
@@ -121,7 +122,8 @@ fn main() {
                 .clone()
                 .run(Router::new(RouterConfig::default()), stop.clone()),
         );
-        while archive.archived_key("big-job").is_none() {
+        // keep_local: the record moves to done/ once S3 has the object.
+        while !dir.join(".archive/done/big-job#1.json").exists() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let elapsed = start.elapsed();

@@ -59,7 +59,7 @@ fn persister(c: &mut Criterion) {
                             .collect();
                         router.publish(batch).unwrap();
                     }
-                    handle.complete(&source, N).await.unwrap();
+                    handle.complete(&source, N, None).await.unwrap();
                     total += start.elapsed();
                     stop.cancel();
                     task.await.unwrap();

@@ -83,8 +83,9 @@ fn read_disk(persister: &PersisterHandle, source: &str) -> (BTreeMap<u64, Line>,
     (by_seq, unsequenced, found)
 }
 
-/// [`read_lines`], and then what the S3 archive holds of the job, merged by seq: reads keep
-/// working after the local files are gone.
+/// [`read_lines`], and then what the archive holds of the job: the files of completions not
+/// yet uploaded (or kept), and every object uploaded, merged by seq: reads keep working after
+/// the local files are gone, and see every completion of the job, never another job's lines.
 pub async fn read_lines_archived(
     router: &Router,
     persister: &PersisterHandle,
@@ -93,18 +94,16 @@ pub async fn read_lines_archived(
     step: Option<&str>,
 ) -> Result<Option<Vec<Line>>, String> {
     let local = read_lines(router, persister, source, None);
-    let Some(key) = archive.and_then(|a| a.archived_key(source).map(|k| (a, k))) else {
+    let Some(archive) = archive else {
         return Ok(local.map(|lines| filter_step(lines, step)));
     };
-    let (archive, key) = key;
-    let text = archive.fetch(&key).await?;
+    let files = archive.local_files(source);
+    let keys = archive.archived_keys(source);
+    if files.is_empty() && keys.is_empty() {
+        return Ok(local.map(|lines| filter_step(lines, step)));
+    }
     let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
     let mut unsequenced = Vec::new();
-    parse_jsonl(
-        &String::from_utf8_lossy(&text),
-        &mut by_seq,
-        &mut unsequenced,
-    );
     for line in local.unwrap_or_default() {
         match line.seq {
             Some(seq) => {
@@ -112,6 +111,17 @@ pub async fn read_lines_archived(
             }
             None => unsequenced.push(line),
         }
+    }
+    for file in &files {
+        read_jsonl(file, &mut by_seq, &mut unsequenced);
+    }
+    for key in &keys {
+        let text = archive.fetch(key).await?;
+        parse_jsonl(
+            &String::from_utf8_lossy(&text),
+            &mut by_seq,
+            &mut unsequenced,
+        );
     }
     let lines = unsequenced
         .into_iter()

@@ -96,7 +96,7 @@ async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come
         "{stamp}"
     );
 
-    let done_record = server.logs.join(".archive/done/job-42.json");
+    let done_record = server.logs.join(".archive/done/job-42#1.json");
     wait_for("the upload", 120, async || {
         done_record.exists().then_some(())
     })
@@ -106,7 +106,10 @@ async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come
         std::slice::from_ref(&key),
         "exactly one object, at the exact key"
     );
-    let on_disk = std::fs::read(server.logs.join("job-42.jsonl")).unwrap();
+    // Completion moved the job's file aside for the archive (kept here: keep_local).
+    let kept = server.logs.join(".archive/files/job-42#1/job-42.jsonl");
+    assert!(!server.logs.join("job-42.jsonl").exists());
+    let on_disk = std::fs::read(&kept).unwrap();
     assert_eq!(on_disk.iter().filter(|&&b| b == b'\n').count() as u64, N);
     assert_eq!(
         gunzipped(&s3, BUCKET, &key).await,
@@ -127,7 +130,7 @@ async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come
     );
 
     // Without the local file, the job reads back from S3, the same lines.
-    std::fs::remove_file(server.logs.join("job-42.jsonl")).unwrap();
+    std::fs::remove_file(&kept).unwrap();
     let logs = server.get_json("/api/jobs/job-42/logs").await;
     assert_eq!(logs["logs"].as_str().unwrap().as_bytes(), &on_disk[..]);
     let steps = server.get_json("/api/jobs/job-42/steps/run/logs").await;
@@ -171,7 +174,9 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
     let key = done["archive"]["key"].as_str().unwrap().to_owned();
     // S3 is down: the upload waits, recorded on disk, and the failure is a server event in the
     // job's file. Then the server dies.
-    assert!(server.logs.join(".archive/pending/job-7.json").exists());
+    assert!(server.logs.join(".archive/pending/job-7#1.json").exists());
+    let moved = server.logs.join(".archive/files/job-7#1/job-7.jsonl");
+    // Later lines of the job (these notices) start a file of their own.
     let file = server.logs.join("job-7.jsonl");
     wait_for("the failure in the job's file", 60, async || {
         std::fs::read_to_string(&file)
@@ -181,10 +186,7 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
     })
     .await;
     server.crash_and_restart();
-    assert!(
-        server.logs.join("job-7.jsonl").exists(),
-        "the local file stays until S3 confirms"
-    );
+    assert!(moved.exists(), "the local file stays until S3 confirms");
 
     let moto = Moto::start_on(port);
     let s3 = client(&moto.endpoint()).await;
@@ -192,7 +194,7 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
     wait_for("the archive after restart", 120, async || {
         server
             .logs
-            .join(".archive/done/job-7.json")
+            .join(".archive/done/job-7#1.json")
             .exists()
             .then_some(())
     })
@@ -213,18 +215,33 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
         assert_eq!(l["line"], noisy(i as u64));
         assert_eq!(l["seq"], i as u64 + 1);
     }
-    assert!(
-        !server.logs.join("job-7.jsonl").exists(),
-        "the local file goes once S3 has it"
-    );
-    // The failures while S3 was down were written as server events, each one short line.
-    let failures: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["step"] == "_server")
-        .filter_map(|l| l["line"].as_str())
+    assert!(!moved.exists(), "the local file goes once S3 has it");
+    // The failures while S3 was down were written as server events, each one short line; the
+    // job's API shows them beside the archived lines.
+    let events = server.get_json("/api/jobs/job-7/steps/_server/logs").await;
+    let events = events["logs"].as_str().unwrap();
+    let failures: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["line"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .filter(|l| l.starts_with("failed to archive job logs to s3://sluice-logs/"))
         .collect();
-    assert!(!failures.is_empty(), "{text}");
+    assert!(!failures.is_empty(), "{events}");
+    let all = server.get_json("/api/jobs/job-7/logs").await;
+    let runs = all["logs"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"step\":\"run\""))
+        .count();
+    assert_eq!(
+        runs, 1_000,
+        "the archived lines and the later events, merged"
+    );
     for f in failures {
         assert!(
             f.ends_with(": cannot reach the S3 endpoint: connection refused"),
@@ -232,4 +249,131 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
         );
         assert!(f.len() < 250 && !f.contains('{'), "{f}");
     }
+}
+
+/// Sends `lines` for `source`, every one tagged `job_id: job_id`.
+async fn send_tagged(server: &Server, source: &str, job_id: &str, lines: &[&str]) {
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch: Vec<Envelope> = lines
+        .iter()
+        .map(|l| {
+            let mut e = Envelope::new(source, l.to_string());
+            e.tags.insert("job_id".into(), job_id.into());
+            e
+        })
+        .collect();
+    conn.send_batch(&batch).await.unwrap();
+}
+
+async fn complete(server: &Server, source: &str) -> Value {
+    let (status, done) = server
+        .post_json(
+            &format!("/api/v1/sources/{source}/complete"),
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    done
+}
+
+/// The `line`s of a job as its API reads them.
+async fn job_lines(server: &Server, source: &str) -> Vec<String> {
+    let logs = server.get_json(&format!("/api/jobs/{source}/logs")).await;
+    logs["logs"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["line"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_keys_never_collide_and_no_job_reads_another_jobs_lines() {
+    let moto = Moto::start_on(free_tcp_port());
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let mut server = Server::start(&config(&moto.endpoint(), false));
+    // Two sources whose job_id tags are equal, completed in the same second; and a job completed
+    // twice in that second.
+    send_tagged(&server, "job-a", "42", &["a1", "a2"]).await;
+    send_tagged(&server, "job-b", "42", &["b1"]).await;
+    send_tagged(&server, "twice", "twice", &["t1"]).await;
+    let a = complete(&server, "job-a").await;
+    let b = complete(&server, "job-b").await;
+    let t1 = complete(&server, "twice").await;
+    send_tagged(&server, "twice", "twice", &["t2", "t3"]).await;
+    let t2 = complete(&server, "twice").await;
+    let mut wanted: Vec<String> = [&a, &b, &t1, &t2]
+        .iter()
+        .map(|d| d["archive"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = wanted.iter().collect();
+    assert_eq!(distinct.len(), 4, "{wanted:?}");
+    // Strøm's key for the first, `.2` before `.jsonl.gz` for a key already taken.
+    let (ka, kb) = (wanted[0].clone(), wanted[1].clone());
+    assert!(ka.ends_with("_42.jsonl.gz"), "{ka}");
+    if ka.rsplit('/').next().unwrap()[..19] == kb.rsplit('/').next().unwrap()[..19] {
+        assert_eq!(kb, ka.replace("_42.jsonl.gz", "_42.2.jsonl.gz"));
+    }
+    // Nothing more was logged since: no empty object for a third completion.
+    let t3 = complete(&server, "twice").await;
+    assert!(t3["archive"].is_null(), "{t3}");
+
+    wanted.sort();
+    wait_for("four objects", 120, async || {
+        (keys(&s3, BUCKET).await == wanted).then_some(())
+    })
+    .await;
+    wait_for("the records to be done", 60, async || {
+        std::fs::read_dir(server.logs.join(".archive/pending"))
+            .unwrap()
+            .next()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    for (source, lines) in [
+        ("job-a", vec!["a1", "a2"]),
+        ("job-b", vec!["b1"]),
+        ("twice", vec!["t1", "t2", "t3"]),
+    ] {
+        assert_eq!(job_lines(&server, source).await, lines, "{source}");
+    }
+    // After a restart, every completion still reads back: the done records list them all.
+    server.crash_and_restart();
+    assert_eq!(job_lines(&server, "twice").await, ["t1", "t2", "t3"]);
+    send_tagged(&server, "twice", "twice", &["t4"]).await;
+    let t4 = complete(&server, "twice").await;
+    let k4 = t4["archive"]["key"].as_str().unwrap().to_owned();
+    assert!(!wanted.contains(&k4), "{k4}");
+    wanted.push(k4);
+    wanted.sort();
+    wait_for("the fifth object", 120, async || {
+        (keys(&s3, BUCKET).await == wanted).then_some(())
+    })
+    .await;
+    wait_for("its record to be done", 60, async || {
+        server
+            .logs
+            .join(".archive/done/twice#3.json")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    // (Reading t4 beside t1..t3 needs seqs that continue across the restart: today they start
+    // again at 1, and the merge by seq would hide t1. That is the store issue's to fix.)
+    let object = gunzipped(
+        &s3,
+        BUCKET,
+        wanted.iter().find(|k| k.contains("twice")).unwrap(),
+    )
+    .await;
+    assert!(!object.is_empty());
 }

@@ -1,14 +1,19 @@
 //! The archive (SPEC §6): a completed job's files, gzip-compressed, uploaded to S3 under
 //! `{prefix}{workspace}/{task}/YYYY/MM/DD/YYYY-MM-DDTHH-MM-SS_{job_id}.jsonl.gz`.
 //!
-//! - Completion writes a durable record (`local_dir/.archive/pending/<stem>.json`) before it is
-//!   answered; the archiver works through the records and a restart resumes them. The key is in
-//!   the record, so a retry or a restart overwrites the same object: never a duplicate.
+//! - Completion moves the job's files to `local_dir/.archive/files/<stem>#<n>/` (the `n`th
+//!   completion of that source; later lines start a file of their own) and writes a durable
+//!   record (`local_dir/.archive/pending/<stem>#<n>.json`) before it is answered; the archiver
+//!   works through the records and a restart resumes them. The key is in the record, so a retry
+//!   or a restart writes the same object: never a duplicate.
+//! - Keys never collide: the first completion gets Strøm's key; a key already held by another
+//!   record (the same job completed again in the same second, or two sources with the same
+//!   `job_id` tag) gets `.2`, `.3`, ... before `.jsonl.gz`. No object is written twice.
 //! - Uploads stream: the files are read in chunks through a gzip encoder; compressed output goes
 //!   out in multipart parts of `part_size_bytes`, or in one PUT when it is smaller than a part.
 //!   Memory stays around one part.
 //! - Only when S3 confirms are the local files removed (unless `keep_local`); then the record
-//!   moves to `.archive/done/<stem>.json`, which reads use to find the object.
+//!   moves to `.archive/done/<stem>#<n>.json`; reads use every done record of a job, in order.
 //! - Failures retry with backoff and reach the job's own stream as `_server` lines.
 
 use std::collections::BTreeMap;
@@ -83,6 +88,34 @@ pub struct Record {
     pub key: String,
     /// Oldest first: rotated files, then the current one.
     pub files: Vec<PathBuf>,
+    /// Which completion of the source this is, from 1 (0: a record from before they were
+    /// numbered, stored as `<stem>.json`).
+    #[serde(default)]
+    pub completion: u32,
+}
+
+impl Record {
+    /// The record's file name in `pending/` and `done/`.
+    fn file_name(&self) -> String {
+        record_name(&self.source, self.completion)
+    }
+}
+
+/// `<stem>#<n>.json`: `#` never appears in a stem (it is percent-encoded), so names cannot mix
+/// one source's completions with another source's.
+fn record_name(source: &str, completion: u32) -> String {
+    match completion {
+        0 => format!("{}.json", file_stem(source)),
+        n => format!("{}#{n}.json", file_stem(source)),
+    }
+}
+
+/// Where a completion's files go before they are archived, and the key its object gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub completion: u32,
+    pub key: String,
+    pub dir: PathBuf,
 }
 
 /// The object key for a job completed at `completed_ns`. Each part is encoded like a file stem,
@@ -164,6 +197,8 @@ pub struct Archive {
     dir: PathBuf,
     keep_local: bool,
     wake: Arc<Notify>,
+    /// Every key a record holds (pending or done), so that no two objects share one.
+    keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub counters: Arc<ArchiveCounters>,
 }
 
@@ -189,14 +224,23 @@ impl Archive {
         let dir = local_dir.join(".archive");
         std::fs::create_dir_all(dir.join("pending"))?;
         std::fs::create_dir_all(dir.join("done"))?;
-        Ok(Archive {
+        std::fs::create_dir_all(dir.join("files"))?;
+        let archive = Archive {
             client,
             config: Arc::new(config),
             dir,
             keep_local,
             wake: Arc::new(Notify::new()),
+            keys: Arc::default(),
             counters: Arc::new(ArchiveCounters::default()),
-        })
+        };
+        let held: std::collections::HashSet<String> = ["pending", "done"]
+            .iter()
+            .flat_map(|d| archive.records_in(d))
+            .map(|r| r.key)
+            .collect();
+        *archive.keys.lock().expect("not poisoned") = held;
+        Ok(archive)
     }
 
     pub fn bucket(&self) -> &str {
@@ -207,12 +251,48 @@ impl Archive {
         &self.config.prefix
     }
 
+    /// Chooses the next completion of `source`: its number, a key no other record holds (Strøm's
+    /// key, or that key with `.2`, `.3`, ... before `.jsonl.gz`), and the folder its files move
+    /// to. The key is held from here on.
+    pub fn prepare(
+        &self,
+        source: &str,
+        tags: &BTreeMap<String, String>,
+        completed_ns: i64,
+    ) -> Prepared {
+        let completion = ["pending", "done"]
+            .iter()
+            .flat_map(|d| self.records_in(d))
+            .filter(|r| r.source == source)
+            .map(|r| r.completion.max(1))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let base = object_key(&self.config.prefix, tags, source, completed_ns);
+        let stem = base.strip_suffix(".jsonl.gz").unwrap_or(&base).to_owned();
+        let mut keys = self.keys.lock().expect("not poisoned");
+        let key = std::iter::once(base.clone())
+            .chain((2u32..).map(|n| format!("{stem}.{n}.jsonl.gz")))
+            .find(|k| !keys.contains(k))
+            .expect("an unused key");
+        keys.insert(key.clone());
+        let dir = self
+            .dir
+            .join("files")
+            .join(format!("{}#{completion}", file_stem(source)));
+        Prepared {
+            completion,
+            key,
+            dir,
+        }
+    }
+
     /// Records a job for upload, durably (written, synced, renamed into place), and wakes the
     /// archiver.
     pub fn enqueue(&self, record: &Record) -> std::io::Result<()> {
-        let stem = file_stem(&record.source);
-        let tmp = self.dir.join("pending").join(format!("{stem}.json.tmp"));
-        let path = self.dir.join("pending").join(format!("{stem}.json"));
+        let name = record.file_name();
+        let tmp = self.dir.join("pending").join(format!("{name}.tmp"));
+        let path = self.dir.join("pending").join(name);
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
@@ -220,18 +300,52 @@ impl Archive {
         if let Ok(d) = std::fs::File::open(self.dir.join("pending")) {
             let _ = d.sync_all();
         }
+        self.keys
+            .lock()
+            .expect("not poisoned")
+            .insert(record.key.clone());
         self.wake.notify_one();
         Ok(())
     }
 
-    /// The key a job was archived under, if it was.
-    pub fn archived_key(&self, source: &str) -> Option<String> {
-        let path = self
-            .dir
-            .join("done")
-            .join(format!("{}.json", file_stem(source)));
-        let record: Record = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        Some(record.key)
+    /// The keys a job was archived under whose local files are gone (those kept are read from
+    /// [`Archive::local_files`]), oldest completion first.
+    pub fn archived_keys(&self, source: &str) -> Vec<String> {
+        let mut done: Vec<Record> = self
+            .records_in("done")
+            .into_iter()
+            .filter(|r| r.source == source && !r.files.iter().all(|f| f.exists()))
+            .collect();
+        done.sort_by_key(|r| r.completion);
+        done.into_iter().map(|r| r.key).collect()
+    }
+
+    /// Local files of a job's completions that are still on disk (waiting for their upload,
+    /// or kept with `keep_local`), oldest first.
+    pub fn local_files(&self, source: &str) -> Vec<PathBuf> {
+        let mut records: Vec<Record> = ["pending", "done"]
+            .iter()
+            .flat_map(|d| self.records_in(d))
+            .filter(|r| r.source == source)
+            .collect();
+        records.sort_by_key(|r| r.completion);
+        records
+            .into_iter()
+            .flat_map(|r| r.files)
+            .filter(|f| f.exists())
+            .collect()
+    }
+
+    /// The records in `pending` or `done`.
+    fn records_in(&self, which: &str) -> Vec<Record> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(which)) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
     }
 
     /// Downloads and gunzips an object.
@@ -322,14 +436,7 @@ impl Archive {
     }
 
     fn pending(&self) -> Vec<Record> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("pending")) else {
-            return Vec::new();
-        };
-        let mut records: Vec<Record> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-            .collect();
+        let mut records = self.records_in("pending");
         records.sort_by(|a, b| a.key.cmp(&b.key));
         records
     }
@@ -344,10 +451,16 @@ impl Archive {
                 }
             }
         }
-        let stem = file_stem(&record.source);
+        if !self.keep_local
+            && let Some(dir) = record.files.first().and_then(|f| f.parent())
+            && dir.starts_with(self.dir.join("files"))
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+        let name = record.file_name();
         std::fs::rename(
-            self.dir.join("pending").join(format!("{stem}.json")),
-            self.dir.join("done").join(format!("{stem}.json")),
+            self.dir.join("pending").join(&name),
+            self.dir.join("done").join(&name),
         )
     }
 

@@ -45,7 +45,7 @@ async fn an_overrun_persister_writes_the_exact_loss_as_a_server_line() {
         .unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
-    let done = handle.complete("job", 50).await.unwrap();
+    let done = handle.complete("job", 50, None).await.unwrap();
     assert_eq!(done.path.as_deref(), Some(file_path(&dir, "job").as_path()));
     stop.cancel();
     task.await.unwrap();
@@ -104,7 +104,7 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
         }
     }
     for s in 0..20 {
-        handle.complete(&format!("s{s}"), 3).await.unwrap();
+        handle.complete(&format!("s{s}"), 3, None).await.unwrap();
         let text = std::fs::read_to_string(file_path(&dir, &format!("s{s}"))).unwrap();
         let rounds: Vec<String> = text
             .lines()
@@ -118,7 +118,7 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
         assert_eq!(rounds, ["round 0", "round 1", "round 2"]);
     }
     // A source that never logged completes at once, with no file.
-    assert_eq!(handle.complete("silent", 0).await.unwrap().path, None);
+    assert_eq!(handle.complete("silent", 0, None).await.unwrap().path, None);
     stop.cancel();
     task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

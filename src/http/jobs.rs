@@ -18,7 +18,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
-use sluice_drains::archive::{Record, object_key};
+use sluice_drains::archive::Record;
 
 use crate::jobs::{JobStatus, disk_lines_between, read_lines_archived, to_jsonl};
 
@@ -121,6 +121,7 @@ struct CompleteResponse {
     file: Option<String>,
     rotated: Vec<String>,
     /// Where the archive will be, when S3 is configured: the upload runs in the background.
+    /// Absent when nothing was logged since the last completion (no empty objects).
     archive: Option<ArchiveTarget>,
 }
 
@@ -152,40 +153,42 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
         )));
     }
     let upto = stats.map_or(0, |s| s.published);
-    let done = state
-        .persister
-        .complete(&id, upto)
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e,
-        })?;
-    tracing::info!(job = %id, status = ?req.status, "job completed");
-    let mut archive_target = None;
-    if let Some(archive) = &state.archive {
-        // The key takes workspace, task and job_id from the job's newest line.
+    // With S3, the completion's files move to the archive's folder for it, and its object gets
+    // a key no other completion holds. The key takes workspace, task and job_id from the job's
+    // newest line.
+    let prepared = state.archive.as_ref().map(|archive| {
         let tags = state
             .router
             .recent(&id, 1, &sluice_router::Filter::default())
             .and_then(|mut r| r.pop())
             .map(|e| e.tags.clone())
             .unwrap_or_default();
-        let key = object_key(
-            archive.prefix(),
-            &tags,
-            &id,
-            sluice_router::envelope::now_ns(),
-        );
-        let mut files = done.rotated.clone();
-        files.extend(done.path.clone());
+        archive.prepare(&id, &tags, sluice_router::envelope::now_ns())
+    });
+    let done = state
+        .persister
+        .complete(&id, upto, prepared.as_ref().map(|p| p.dir.clone()))
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e,
+        })?;
+    tracing::info!(job = %id, status = ?req.status, "job completed");
+    let mut files = done.rotated.clone();
+    files.extend(done.path.clone());
+    let mut archive_target = None;
+    if let (Some(archive), Some(prepared)) = (&state.archive, prepared)
+        && !files.is_empty()
+    {
         let record = Record {
             source: id.clone(),
             status: match req.status {
                 JobStatus::Completed => "completed".into(),
                 JobStatus::Failed => "failed".into(),
             },
-            key: key.clone(),
+            key: prepared.key.clone(),
             files,
+            completion: prepared.completion,
         };
         archive.enqueue(&record).map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -193,7 +196,7 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
         })?;
         archive_target = Some(ArchiveTarget {
             bucket: archive.bucket().to_owned(),
-            key,
+            key: prepared.key,
         });
     }
     Ok(warp::reply::json(&CompleteResponse {

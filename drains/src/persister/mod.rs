@@ -134,10 +134,13 @@ pub struct PersisterCounters {
 /// Requests to the persister task.
 #[derive(Debug)]
 pub enum Control {
-    /// Close `source`'s file once every seq up to `upto` is written, and answer with it.
+    /// Close `source`'s file once every seq up to `upto` is written, and answer with it; with
+    /// `move_to`, move the completed files there first (the archive's own folder for this
+    /// completion), so that later lines of the source start a file of their own.
     Complete {
         source: String,
         upto: u64,
+        move_to: Option<PathBuf>,
         reply: oneshot::Sender<Result<Completed, String>>,
     },
 }
@@ -161,13 +164,20 @@ pub struct PersisterHandle {
 }
 
 impl PersisterHandle {
-    /// Waits until `source` is written through `upto`, then closes its file.
-    pub async fn complete(&self, source: &str, upto: u64) -> Result<Completed, String> {
+    /// Waits until `source` is written through `upto`, then closes its file (and moves its
+    /// files into `move_to`, when given).
+    pub async fn complete(
+        &self,
+        source: &str,
+        upto: u64,
+        move_to: Option<PathBuf>,
+    ) -> Result<Completed, String> {
         let (reply, rx) = oneshot::channel();
         self.control
             .send(Control::Complete {
                 source: source.to_owned(),
                 upto,
+                move_to,
                 reply,
             })
             .await
@@ -810,6 +820,7 @@ impl Persister {
             let Control::Complete {
                 source,
                 upto,
+                move_to,
                 reply,
             } = c;
             let handled = self.handled.get(source.as_str()).copied().unwrap_or(0);
@@ -817,6 +828,7 @@ impl Persister {
                 still.push(Control::Complete {
                     source,
                     upto,
+                    move_to,
                     reply,
                 });
                 continue;
@@ -836,7 +848,11 @@ impl Persister {
                 self.open_fds -= 1;
                 let _ = file.sync_data();
             }
-            let _ = reply.send(Ok(self.completed(&source)));
+            let done = self.completed(&source);
+            let _ = reply.send(match move_to {
+                None => Ok(done),
+                Some(dir) => move_completed(done, &dir, &self.config.local_dir),
+            });
         }
         self.pending = still;
     }
@@ -853,7 +869,35 @@ impl Persister {
     }
 }
 
-/// Writes `f.buf` to the file (opening it if needed).
+/// Moves a completion's files into `dir` (same file names), durably, and says where they are.
+fn move_completed(done: Completed, dir: &Path, local_dir: &Path) -> Result<Completed, String> {
+    let fail = |what: &Path, e: std::io::Error| {
+        format!(
+            "cannot move {} aside: {}",
+            what.display(),
+            crate::short_reason(&e)
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    let mut moved = |from: PathBuf| -> Result<PathBuf, String> {
+        let to = dir.join(from.file_name().unwrap_or_default());
+        std::fs::rename(&from, &to).map_err(|e| fail(&from, e))?;
+        Ok(to)
+    };
+    let rotated = done
+        .rotated
+        .into_iter()
+        .map(&mut moved)
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = done.path.map(&mut moved).transpose()?;
+    for d in [dir, local_dir] {
+        if let Ok(f) = File::open(d) {
+            let _ = f.sync_all();
+        }
+    }
+    Ok(Completed { path, rotated })
+}
+
 /// Syncs `files`, then deletes `doomed`, on a thread of its own; a failed sync is counted and
 /// logged there. `None` if the thread could not start (said in the log).
 fn in_background(
