@@ -184,44 +184,35 @@ impl ReplyReader {
     /// For connections without acknowledgements: waits until the server closes its side,
     /// failing with the first refusal it sent, if any.
     pub async fn until_closed(&mut self) -> Result<(), ClientError> {
-        loop {
-            while let Some(frame) = codec::decode_frame(&mut self.buf, 1 << 20)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                let reply: Reply = codec::decode_exact(&frame)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if let Some(e) = reply.error {
-                    return Err(ClientError::Refused(e));
-                }
-            }
-            let n = self
-                .r
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| ClientError::Lost {
-                    addr: self.addr.clone(),
-                    reason: io_reason(&e),
-                })?;
-            if n == 0 {
-                return Ok(());
+        while let Some(reply) = self.next_reply().await? {
+            if let Some(e) = reply.error {
+                return Err(ClientError::Refused(e));
             }
         }
+        Ok(())
     }
 
     /// Waits for the next reply. A reply carrying an error becomes [`ClientError::Refused`].
     pub async fn next(&mut self) -> Result<u64, ClientError> {
+        match self.next_reply().await? {
+            Some(Reply { error: Some(e), .. }) => Err(ClientError::Refused(e)),
+            Some(reply) => Ok(reply.accepted),
+            None => Err(ClientError::Lost {
+                addr: self.addr.clone(),
+                reason: "the server closed the connection".into(),
+            }),
+        }
+    }
+
+    /// The next reply frame; `None` once the server has closed its side.
+    async fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
         loop {
-            match codec::decode_frame(&mut self.buf, 1 << 20) {
-                Ok(Some(frame)) => {
-                    let reply: Reply = codec::decode_exact(&frame)
-                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    return match reply.error {
-                        Some(e) => Err(ClientError::Refused(e)),
-                        None => Ok(reply.accepted),
-                    };
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            let frame = codec::decode_frame(&mut self.buf, 1 << 20)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(frame) = frame {
+                return codec::decode_exact(&frame)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
             }
             let n = self
                 .r
@@ -232,10 +223,7 @@ impl ReplyReader {
                     reason: io_reason(&e),
                 })?;
             if n == 0 {
-                return Err(ClientError::Lost {
-                    addr: self.addr.clone(),
-                    reason: "the server closed the connection".into(),
-                });
+                return Ok(None);
             }
         }
     }

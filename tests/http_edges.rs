@@ -74,24 +74,21 @@ async fn oversized_bodies_are_413_everywhere_and_chunked_bodies_are_read() {
 async fn unknown_query_parameters_are_refused_by_name() {
     let server = Server::start("");
     send_lines(&server, "app", 1).await;
-    let resp = reqwest::get(server.url("/api/v1/sources/app/recent?chanel=ERR"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["error"],
-        "unknown query parameter chanel: this endpoint takes limit, origin, channel, step, format"
-    );
-    let resp = reqwest::get(server.url("/api/v1/drains?source=app&x=1"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["error"],
-        "unknown query parameters source, x: this endpoint takes source_id"
-    );
+    for (path, error) in [
+        (
+            "/api/v1/sources/app/recent?chanel=ERR",
+            "unknown query parameter chanel: this endpoint takes limit, origin, channel, step, format",
+        ),
+        (
+            "/api/v1/drains?source=app&x=1",
+            "unknown query parameters source, x: this endpoint takes source_id",
+        ),
+    ] {
+        let resp = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], error, "{path}");
+    }
     // The tail refuses before upgrading.
     let err = tokio_tungstenite::connect_async(server.ws("/api/v1/sources/app/stream?backfil=5"))
         .await
@@ -213,4 +210,29 @@ async fn text_output_escapes_control_characters() {
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(printed.lines().count(), 1, "{printed:?}");
     assert!(printed.contains("\\x1b[2J") && !printed.contains('\x1b'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_bodies_are_a_400_not_a_crash() {
+    let server = Server::start("");
+    send_lines(&server, "deep", 1).await;
+    // 60,000 levels in 120 KB: serde_json stops at 128 and says so.
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    for path in [
+        "/api/v1/drains",
+        "/worker/jobs/deep/logs",
+        "/api/v1/sources/deep/complete",
+    ] {
+        let body = format!("{{\"x\": {deep}}}");
+        let resp = reqwest::Client::new()
+            .post(server.url(path))
+            .body(body.into_bytes())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 400 || status == 413, "{path}: {status}");
+    }
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
 }
