@@ -84,6 +84,12 @@ impl DrainUrl {
             return Err(DrainUrlError::TooLong(s.len()));
         }
         let url = url::Url::parse(s).map_err(|e| DrainUrlError::Parse(e.to_string()))?;
+        // The limit holds for the URL as normalised too (percent-encoding can triple raw bytes),
+        // so that what is accepted and shown is also accepted back (found by the drain_url
+        // fuzz target).
+        if url.as_str().len() > 2048 {
+            return Err(DrainUrlError::TooLong(url.as_str().len()));
+        }
         let scheme = match url.scheme() {
             "syslog" => Scheme::Tcp,
             "syslog-tls" => Scheme::Tls,
