@@ -219,27 +219,43 @@ const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of YAML flow collections (`[...]`, `{...}`) a config may have.
 const MAX_FLOW_DEPTH: usize = 32;
 
-/// The deepest nesting of `[` and `{` outside quotes and comments (close enough for a bound:
-/// a miscount only makes the parser, which has the last word, see more).
+/// The deepest nesting of `[` and `{` outside quoted strings and comments (close enough for a
+/// bound: a miscount only makes the parser, which has the last word, see more). A `#` opens a
+/// comment at the start of a line or after white space, as in YAML; `\"` does not end a
+/// double-quoted string (the config_loader fuzz target found a config whose written form, with
+/// such escapes, was refused).
 fn flow_depth(text: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut quote: Option<char> = None;
     let mut comment = false;
+    let mut escaped = false;
+    let mut prev = '\n';
     for c in text.chars() {
-        match (quote, c) {
-            (_, '\n') => comment = false,
-            _ if comment => {}
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '#') => comment = true,
-            (None, '[' | '{') => {
-                depth += 1;
-                deepest = deepest.max(depth);
+        if c == '\n' {
+            comment = false;
+        } else if comment {
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
             }
-            (None, ']' | '}') => depth = depth.saturating_sub(1),
-            _ => {}
+        } else {
+            match c {
+                // A quote opens a string only where a scalar starts: `it's` is plain text.
+                '"' | '\'' if prev.is_whitespace() || ":,[{-".contains(prev) => quote = Some(c),
+                '#' if prev.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
         }
+        prev = c;
     }
     deepest
 }
@@ -535,5 +551,12 @@ mod tests {
         assert!(err.starts_with("invalid config file x.yaml"), "{err}");
         let deep_maps = format!("listen: {}1{}\n", "{a: ".repeat(50_000), "}".repeat(50_000));
         assert!(refused(&deep_maps).starts_with("invalid config file x.yaml"));
+        // An apostrophe inside plain text opens no string that would hide the nesting.
+        let hidden = format!(
+            "listen: it's {}{}\n",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        );
+        assert!(refused(&hidden).contains("nested more than 32 deep"));
     }
 }
