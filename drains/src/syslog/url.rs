@@ -142,6 +142,11 @@ impl DrainUrl {
             format!("?{}", options.join("&"))
         };
         let redacted = format!("{}://{host_shown}:{port}{path}{query}", scheme.as_str());
+        // What is shown must parse back: it spells out the port, which the normalised URL
+        // leaves out when it is the scheme's default.
+        if redacted.len() > 2048 {
+            return Err(DrainUrlError::TooLong(redacted.len()));
+        }
         let endpoint = match scheme {
             Scheme::Https | Scheme::HttpsBatch => {
                 let rest = &s[s.find("://").map_or(0, |i| i + 3)..];
