@@ -219,43 +219,79 @@ const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of YAML flow collections (`[...]`, `{...}`) a config may have.
 const MAX_FLOW_DEPTH: usize = 32;
 
-/// The deepest nesting of `[` and `{` outside quoted strings and comments (close enough for a
-/// bound: a miscount only makes the parser, which has the last word, see more). A `#` opens a
-/// comment at the start of a line or after white space, as in YAML; `\"` does not end a
-/// double-quoted string (the config_loader fuzz target found a config whose written form, with
-/// such escapes, was refused).
+/// The deepest nesting of YAML flow collections (`[...]`, `{...}`), read as YAML reads them:
+/// a bracket opens one where a value starts (line start, after `: `, `- ` or `? `) or inside
+/// another flow collection; elsewhere it is text of a plain scalar (`dir: a{b`). Quoted strings
+/// (a quote that starts a scalar; `\"` escaped in double quotes), comments (`#` after white
+/// space) and block scalars (`|`, `>`: the lines indented under them) are skipped. The
+/// config_loader fuzz target checks that any config that loads also loads again once written
+/// out, which a plain count of brackets failed.
 fn flow_depth(text: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut quote: Option<char> = None;
-    let mut comment = false;
     let mut escaped = false;
-    let mut prev = '\n';
-    for c in text.chars() {
-        if c == '\n' {
-            comment = false;
-        } else if comment {
-        } else if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if q == '"' && c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
+    // The indentation of the line that opened a block scalar, while in one.
+    let mut block: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let Some(parent) = block {
+            if line.trim().is_empty() || indent > parent {
+                continue;
             }
-        } else {
-            match c {
-                // A quote opens a string only where a scalar starts: `it's` is plain text.
-                '"' | '\'' if prev.is_whitespace() || ":,[{-".contains(prev) => quote = Some(c),
-                '#' if prev.is_whitespace() => comment = true,
-                '[' | '{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
+            block = None;
         }
-        prev = c;
+        let mut value_start = depth == 0 && quote.is_none();
+        let mut prev = ' ';
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            let next_is_space = chars.peek().is_none_or(|n| n.is_whitespace());
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if q == '"' && c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            } else if c == '#' && prev.is_whitespace() {
+                break; // a comment, to the end of the line
+            } else if depth > 0 {
+                match c {
+                    '"' | '\'' if prev.is_whitespace() || ",[{:".contains(prev) => {
+                        quote = Some(c);
+                    }
+                    '[' | '{' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+            } else if c.is_whitespace() {
+            } else if value_start {
+                match c {
+                    '[' | '{' => {
+                        depth = 1;
+                        deepest = deepest.max(1);
+                        value_start = false;
+                    }
+                    '"' | '\'' => {
+                        quote = Some(c);
+                        value_start = false;
+                    }
+                    '|' | '>' => {
+                        block = Some(indent);
+                        break;
+                    }
+                    // A sequence entry or a complex key: the value starts after it.
+                    '-' | '?' if next_is_space => {}
+                    _ => value_start = false,
+                }
+            } else if c == ':' && next_is_space {
+                value_start = true;
+            }
+            prev = c;
+        }
     }
     deepest
 }
@@ -551,12 +587,15 @@ mod tests {
         assert!(err.starts_with("invalid config file x.yaml"), "{err}");
         let deep_maps = format!("listen: {}1{}\n", "{a: ".repeat(50_000), "}".repeat(50_000));
         assert!(refused(&deep_maps).starts_with("invalid config file x.yaml"));
-        // An apostrophe inside plain text opens no string that would hide the nesting.
+        // An apostrophe inside plain text opens no string that would hide nesting.
         let hidden = format!(
-            "listen: it's {}{}\n",
+            "listen: [it's, {}{}]\n",
             "[".repeat(50_000),
             "]".repeat(50_000)
         );
         assert!(refused(&hidden).contains("nested more than 32 deep"));
+        // Brackets inside a plain scalar are text, not nesting: an error of another kind.
+        let text = format!("listen: it's {}\n", "[".repeat(50_000));
+        assert!(!refused(&text).contains("nested"));
     }
 }
