@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,7 +55,17 @@ pub async fn serve(
     let refused = |mut stream: tokio::net::TcpStream, _peer| {
         Metrics::add(&metrics.http_connections_refused, 1);
         tasks.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY)).await;
+            // Answer, end our side, and read what the client sent until it closes (a second at
+            // most): closing with its request unread would reset the connection, and the client
+            // could lose the answer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                stream.write_all(TOO_MANY).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 1024];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
         });
     };
     accept_loop(listener, &shutdown, &limit, connection, refused).await;

@@ -143,7 +143,16 @@ impl NativeIngest {
                     error: Some("too many connections: the server is at ingest.max_connections; try again later".into()),
                 }
                 .encode_frame(&mut reply);
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
+                // Answer, end our side, and drain what the client sent (a second at most), so
+                // that the close does not reset the connection before the answer is read.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    stream.write_all(&reply).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while stream.read(&mut sink).await? > 0 {}
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
             });
         };
         accept_loop(listener, &shutdown, &limit, connection, refused).await;
