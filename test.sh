@@ -23,6 +23,10 @@ ensure_tools() {
   command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the HTTPS receiver in tests/fixtures
   command -v jq >/dev/null 2>&1 || missing+=(jq)            # Strøm's documented `curl | jq` call
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # The fault tests: descriptor limits (prlimit), a tiny tmpfs (mount), signals (kill).
+  command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+  command -v mount >/dev/null 2>&1 || missing+=(mount)
+  [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ "${#missing[@]}" -gt 0 ]; then
