@@ -193,3 +193,21 @@ pub(crate) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Sends a refused connection its `answer`, ends our side, and reads what the client sent until
+/// it closes (a second at most, in all): closing with its request unread would reset the
+/// connection, and the client could lose the answer.
+pub(crate) async fn answer_and_close<S>(mut stream: S, answer: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}

@@ -124,12 +124,11 @@ async fn given_up_lines_leave_whole_jsonl_an_exact_count_and_a_notice_with_a_seq
             .collect();
         sent += conn.send_batch(&batch).await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.metric("sluice_persister_lost_total").await == 0 {
-        assert!(Instant::now() < deadline, "the persister never gave up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let given_up = server.metric("sluice_persister_lost_total").await;
+    let given_up = common::eventually("the persister to give up", 60, async || {
+        let lost = server.metric("sluice_persister_lost_total").await;
+        (lost > 0).then_some(lost)
+    })
+    .await;
     // Room returns (the disk grows); one more line, and the notice, are written.
     let grown = Command::new("mount")
         .args(["-o", "remount,size=64m"])
@@ -142,22 +141,13 @@ async fn given_up_lines_leave_whole_jsonl_an_exact_count_and_a_notice_with_a_seq
         .await
         .unwrap();
     let file = logs.join("torn.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let written = loop {
+    let written = common::eventually("the last line and the notice", 60, async || {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.contains("\"line\":\"after\",\"origin\":\"APP/0\",\"seq\":18433}\n")
-            && text.contains("\"step\":\"_server\"")
-        {
-            break lines(&file); // every line parses: none torn, none glued
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the last line never arrived: {} lines, ends {:?}",
-            text.lines().count(),
-            &text[text.len().saturating_sub(300)..]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let done = text.contains("\"line\":\"after\",\"origin\":\"APP/0\",\"seq\":18433}\n")
+            && text.contains("\"step\":\"_server\"");
+        done.then(|| lines(&file)) // every line parses: none torn, none glued
+    })
+    .await;
     let notices: Vec<&serde_json::Value> =
         written.iter().filter(|l| l["step"] == "_server").collect();
     assert_eq!(notices.len(), 1, "{notices:?}");

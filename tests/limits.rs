@@ -139,36 +139,40 @@ async fn each_listener_caps_its_connections_and_says_so() {
     );
     // One leaves, another may come.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::eventually("a freed slot", 10, async || {
         let attempt = async {
             let mut c = connect_ingest(&IngestAddr::Tcp(server.ingest.clone())).await?;
             c.send_batch(&[Envelope::new("capped", "in")]).await
         };
-        match attempt.await {
-            Ok(1) => break,
-            other => assert!(Instant::now() < deadline, "{other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        matches!(attempt.await, Ok(1)).then_some(())
+    })
+    .await;
 
     // Syslog: the third stream connection is closed at once.
     let _a = TcpStream::connect(&server.syslog_tcp).await.unwrap();
     let _b = TcpStream::connect(&server.syslog_tcp).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut c = TcpStream::connect(&server.syslog_tcp).await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
-        .await
-        .expect("closed at once")
-        .unwrap();
+    // Once the server has taken both, a third is closed as soon as it comes.
+    common::eventually("a third syslog connection closed at once", 10, async || {
+        let mut c = TcpStream::connect(&server.syslog_tcp).await.ok()?;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(200), c.read_to_end(&mut rest));
+        read.await.ok().map(|_| ())
+    })
+    .await;
 
     // HTTP: past the limit, a 503 that says why.
     let mut idle = Vec::new();
     for _ in 0..4 {
-        idle.push(TcpStream::connect(&server.http).await.unwrap());
+        // Each answered once, so the server holds all four before the fifth comes.
+        let mut s = TcpStream::connect(&server.http).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        idle.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut over = TcpStream::connect(&server.http).await.unwrap();
     over.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -181,16 +185,11 @@ async fn each_listener_caps_its_connections_and_says_so() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.ends_with("\"too many connections: the server is at http.max_connections\"}"));
     drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(server.url("/healthz"))
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(Instant::now() < deadline, "http never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually("http back", 10, async || {
+        let status = reqwest::get(server.url("/healthz")).await.ok()?.status();
+        (status == 200).then_some(())
+    })
+    .await;
     let text = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()

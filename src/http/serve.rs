@@ -9,14 +9,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{AppState, routes};
 use crate::metrics::Metrics;
-use crate::net::{ConnectionLimit, accept_loop};
+use crate::net::{ConnectionLimit, accept_loop, answer_and_close};
 
 /// What a connection past `http.max_connections` is told before it is closed.
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"too many connections: the server is at http.max_connections\"}";
@@ -52,21 +51,9 @@ pub async fn serve(
             drop(slot);
         });
     };
-    let refused = |mut stream: tokio::net::TcpStream, _peer| {
+    let refused = |stream: tokio::net::TcpStream, _peer| {
         Metrics::add(&metrics.http_connections_refused, 1);
-        tasks.spawn(async move {
-            // Answer, end our side, and read what the client sent until it closes (a second at
-            // most): closing with its request unread would reset the connection, and the client
-            // could lose the answer.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                stream.write_all(TOO_MANY).await?;
-                stream.shutdown().await?;
-                let mut sink = [0u8; 1024];
-                while stream.read(&mut sink).await? > 0 {}
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-        });
+        tasks.spawn(answer_and_close(stream, TOO_MANY));
     };
     accept_loop(listener, &shutdown, &limit, connection, refused).await;
     graceful.shutdown().await;

@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::net::{Accept, Budget, ConnectionLimit, Held, accept_loop, sleep_until_some};
+use crate::net::{
+    Accept, Budget, ConnectionLimit, Held, accept_loop, answer_and_close, sleep_until_some,
+};
 
 /// What every native ingest connection shares.
 #[derive(Debug, Clone)]
@@ -133,7 +135,7 @@ impl NativeIngest {
                 drop(slot);
             });
         };
-        let refused = |mut stream: L::Stream, _peer| {
+        let refused = |stream: L::Stream, _peer| {
             Metrics::add(&self.metrics.ingest_connections_refused, 1);
             // Say why, without waiting for a peer that may not read.
             tasks.spawn(async move {
@@ -143,16 +145,7 @@ impl NativeIngest {
                     error: Some("too many connections: the server is at ingest.max_connections; try again later".into()),
                 }
                 .encode_frame(&mut reply);
-                // Answer, end our side, and drain what the client sent (a second at most), so
-                // that the close does not reset the connection before the answer is read.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    stream.write_all(&reply).await?;
-                    stream.shutdown().await?;
-                    let mut sink = [0u8; 1024];
-                    while stream.read(&mut sink).await? > 0 {}
-                    Ok::<(), std::io::Error>(())
-                })
-                .await;
+                answer_and_close(stream, &reply).await;
             });
         };
         accept_loop(listener, &shutdown, &limit, connection, refused).await;
