@@ -230,13 +230,19 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
         })
         .filter(|l| l.starts_with("failed to archive job logs to s3://sluice-logs/"))
         .collect();
-    assert!(!failures.is_empty(), "{events}");
+    assert!(
+        failures.iter().any(|f| f.ends_with("connection refused")),
+        "{events}"
+    );
     // (The job's API also merges the archived lines with these events by seq; until seqs
     // continue across a restart, the store issue's, events written after the restart can hide
     // archived lines of the same seq, so the full merge is not asserted here.)
+    // While S3 was down the endpoint refused; a retry can also land in the moment between
+    // the S3 server starting and this test creating the bucket.
     for f in failures {
         assert!(
-            f.ends_with(": cannot reach the S3 endpoint: connection refused"),
+            f.ends_with(": cannot reach the S3 endpoint: connection refused")
+                || f.ends_with(": NoSuchBucket: The specified bucket does not exist"),
             "{f}"
         );
         assert!(f.len() < 250 && !f.contains('{'), "{f}");
