@@ -115,6 +115,7 @@ fn main() {
                 key: "big-job.jsonl.gz".into(),
                 files: vec![file.clone()],
                 completion: 1,
+                last_seq: 0,
             })
             .unwrap();
         let task = tokio::spawn(

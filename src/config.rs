@@ -112,6 +112,9 @@ pub struct LogStorage {
     pub max_open_files: usize,
     /// Keep a job's local files after S3 has its archive.
     pub keep_local: bool,
+    /// When the persister is a whole ring behind: `block` makes ingest wait (nothing lost on
+    /// disk), `overwrite` lets its oldest unwritten lines go (announced in the file).
+    pub when_behind: WhenBehind,
     /// S3 archival of completed jobs; absent, jobs stay local.
     pub s3: Option<S3Config>,
 }
@@ -126,9 +129,22 @@ impl Default for LogStorage {
             max_files: 10,
             max_open_files: 256,
             keep_local: false,
+            when_behind: WhenBehind::Block,
             s3: None,
         }
     }
+}
+
+/// What ingest does when the persister is a whole ring behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenBehind {
+    /// Senders wait: native and syslog TCP connections stop being read, HTTP requests wait,
+    /// syslog UDP datagrams that cannot wait are dropped, counted and announced.
+    #[default]
+    Block,
+    /// The persister is overwritten like any slow reader, and writes the exact count it lost.
+    Overwrite,
 }
 
 /// Syslog ingress limits.

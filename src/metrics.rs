@@ -34,6 +34,9 @@ pub struct Metrics {
     pub syslog_refused: AtomicU64,
     /// Syslog connections closed for bad framing, truncation or a failed TLS handshake.
     pub syslog_malformed: AtomicU64,
+    /// Syslog UDP messages dropped because the persister was a ring behind (`when_behind:
+    /// block`; a datagram cannot wait).
+    pub syslog_udp_dropped: AtomicU64,
     /// Envelopes sent to WebSocket tails (loss notices not included).
     pub tail_delivered: AtomicU64,
     /// Envelopes tails were told they missed.
@@ -128,9 +131,21 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "sluice_syslog_udp_dropped_total",
+            "Syslog UDP messages dropped while the persister was a ring behind (when_behind: block).",
+            get(&self.syslog_udp_dropped),
+        );
+        counter(
+            &mut out,
             "sluice_router_published_total",
             "Envelopes published into the rings.",
             router.published_total(),
+        );
+        counter(
+            &mut out,
+            "sluice_router_waited_for_persister_total",
+            "Envelopes whose sender waited for the persister before a ring took them (when_behind: block).",
+            router.waited_for_room_total(),
         );
         counter(
             &mut out,

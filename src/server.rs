@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_drains::archive::Archive;
+use sluice_drains::history::StoredSeqs;
 use sluice_drains::persister::{Persister, PersisterConfig, PersisterHandle};
 use sluice_router::{Filter, Router, Selector, Start};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Http, Listen};
+use crate::config::{Config, Http, Listen, WhenBehind};
 use crate::drains::{DrainError, Drains};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
@@ -258,9 +259,13 @@ fn start_persister(
         dir: ls.local_dir.display().to_string(),
         reason: crate::io_reason(&e),
     })?;
-    let cursor = router
-        .subscribe(Selector::All, Filter::default(), Start::Live)
-        .expect("the firehose needs no id");
+    // With `when_behind: block`, writers wait for the persister rather than evict what it has
+    // not written.
+    let cursor = match ls.when_behind {
+        WhenBehind::Block => router.subscribe_held(Selector::All, Filter::default(), Start::Live),
+        WhenBehind::Overwrite => router.subscribe(Selector::All, Filter::default(), Start::Live),
+    }
+    .expect("the firehose needs no id");
     let stop = shutdown.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -304,7 +309,9 @@ pub struct Running {
 /// returns once they run.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let router = Router::new(config.router.clone());
+    // Each source continues the seqs storage already has of it.
+    let stored = StoredSeqs::new(&config.log_storage.local_dir);
+    let router = Router::with_history(config.router.clone(), Some(Arc::new(stored)));
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

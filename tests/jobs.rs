@@ -6,20 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, output_ok};
+use common::{Server, jsonl, output_ok};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-
-fn jsonl(logs: &Value) -> Vec<Value> {
-    logs["logs"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 async fn worker_lines(server: &Server, job: &str, step: &str, lines: Vec<Value>) -> (u16, Value) {
     server

@@ -92,6 +92,10 @@ pub struct Record {
     /// numbered, stored as `<stem>.json`).
     #[serde(default)]
     pub completion: u32,
+    /// The newest seq of the source when it completed (0 in records written before this was
+    /// kept: their files say it while they are on disk).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 impl Record {
@@ -108,6 +112,36 @@ fn record_name(source: &str, completion: u32) -> String {
         0 => format!("{}.json", file_stem(source)),
         n => format!("{}#{n}.json", file_stem(source)),
     }
+}
+
+/// The newest seq the archive records of `source` under `local_dir` hold: the newest
+/// completion's, found by name (`<stem>#<n>.json`, numbered from 1), not by listing every record.
+pub fn last_recorded_seq(local_dir: &Path, source: &str) -> u64 {
+    let dir = local_dir.join(".archive");
+    let read = |name: &str| -> Option<Record> {
+        ["pending", "done"].iter().find_map(|d| {
+            let bytes = std::fs::read(dir.join(d).join(name)).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        })
+    };
+    // Numbered without gaps, except that a legacy record counts as the first completion.
+    let mut newest = read(&record_name(source, 0));
+    for n in 1.. {
+        match read(&record_name(source, n)) {
+            Some(r) => newest = Some(r),
+            None if n == 1 => {}
+            None => break,
+        }
+    }
+    let Some(r) = newest else { return 0 };
+    if r.last_seq > 0 {
+        return r.last_seq;
+    }
+    r.files
+        .iter()
+        .map(|f| crate::history::last_seq_in(f))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where a completion's files go before they are archived, and the key its object gets.

@@ -7,8 +7,10 @@
 //!   HTTPS transports that only move bytes.
 //! - `persister`: JSONL files per source, batched, with rotation and fsync policy.
 //! - `archive`: gzip and upload of finished jobs' files to S3, behind a small storage trait.
+//! - `history`: what storage holds of a source (the seq it left off at), for the router.
 //!
 pub mod archive;
+pub mod history;
 pub mod persister;
 pub mod syslog;
 

@@ -17,4 +17,6 @@ pub mod msgpack;
 pub mod router;
 
 pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
-pub use router::{Cursor, Delivery, Filter, MissedNotice, Router, RouterConfig, Selector, Start};
+pub use router::{
+    Cursor, Delivery, Filter, History, MissedNotice, Router, RouterConfig, Selector, Start,
+};

@@ -154,6 +154,15 @@ impl MissedNotice {
     }
 }
 
+/// What Sluice stored of sources before this start. A source's seqs continue after the highest
+/// one it already has, so a reader resuming with `since_seq` across a restart is never handed a
+/// new line under an old number.
+pub trait History: Send + Sync + std::fmt::Debug {
+    /// The highest seq `source_id` has in storage; 0 if none. Asked once, when the source is
+    /// first seen in this process.
+    fn last_seq(&self, source_id: &str) -> u64;
+}
+
 /// What `/api/v1/sources` shows of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceStats {
@@ -163,8 +172,11 @@ pub struct SourceStats {
     pub retained_bytes: usize,
     pub oldest_seq: Option<u64>,
     pub newest_seq: Option<u64>,
-    /// Everything ever published to this source (the newest `seq`).
+    /// The newest `seq` of this source, stored before this start or published since.
     pub published: u64,
+    /// The newest `seq` stored before this start (0 for a source new to this storage): seqs up
+    /// to it live in storage, not in the ring.
+    pub resumed_after: u64,
 }
 
 /// The router: a concurrent map of sources. Cheap to clone; all clones share the same state.
@@ -176,6 +188,7 @@ pub struct Router {
 #[derive(Debug)]
 struct Shared {
     config: RouterConfig,
+    history: Option<Arc<dyn History>>,
     sources: DashMap<Arc<str>, Arc<Source>>,
     /// Bumped after each new source is inserted; firehose cursors compare it to learn of new
     /// sources without walking the map on every read.
@@ -190,6 +203,13 @@ struct Shared {
     waiting: AtomicUsize,
     published: AtomicU64,
     evicted_for_budget: AtomicU64,
+    /// Whether a held cursor exists (see [`Router::subscribe_held`]): new sources start held.
+    held: std::sync::atomic::AtomicBool,
+    /// Wakes publishers waiting for a held cursor to make room.
+    room: Notify,
+    room_waiting: AtomicUsize,
+    /// Envelopes that waited for room (counted once per envelope per wait).
+    waited_for_room: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -200,6 +220,11 @@ struct Source {
     waiting: AtomicUsize,
     /// Mirror of `ring.next_seq`, so an idle source can be skipped without taking its lock.
     next_seq: AtomicU64,
+    /// The last seq the source had in storage when it was created here.
+    resumed_after: u64,
+    /// The next seq the held cursor wants: entries from it on are never evicted (`u64::MAX`
+    /// while no cursor is held).
+    gate: AtomicU64,
     /// The `sources_version` this source was created under.
     created_version: u64,
 }
@@ -236,11 +261,11 @@ struct Key {
 }
 
 impl Ring {
-    fn new(config: &RouterConfig) -> Ring {
+    fn new(config: &RouterConfig, resumed_after: u64) -> Ring {
         Ring {
             slots: VecDeque::new(),
-            first_seq: 1,
-            next_seq: 1,
+            first_seq: resumed_after + 1,
+            next_seq: resumed_after + 1,
             bytes: 0,
             keys: Vec::new(),
             last_key: 0,
@@ -275,26 +300,34 @@ impl Ring {
         idx
     }
 
-    /// Appends `env`, assigning its `seq`. Returns (bytes added, bytes freed by eviction).
-    fn push(&mut self, mut env: Envelope) -> (usize, usize) {
-        env.seq = self.next_seq;
-        self.next_seq += 1;
-        let key = self.key_of(&env);
-        self.keys[key].published += 1;
-        let size = env.size_bytes();
+    /// Evicts from the front until an entry of `size` bytes fits. Returns the bytes freed, and
+    /// whether it fits: not when eviction would remove entries from `gate` on, unless
+    /// `overshoot` lets the ring grow past its limits instead.
+    fn make_room(&mut self, size: usize, gate: u64, overshoot: bool) -> (usize, bool) {
         let mut freed = 0;
         while !self.slots.is_empty()
             && (self.slots.len() >= self.max_entries || self.bytes + size > self.max_bytes)
         {
+            if self.first_seq >= gate {
+                return (freed, overshoot);
+            }
             freed += self.evict_front();
         }
+        (freed, true)
+    }
+
+    /// Appends `env` of `size` bytes (after [`Ring::make_room`]), assigning its `seq`.
+    fn push(&mut self, mut env: Envelope, size: usize) {
+        env.seq = self.next_seq;
+        self.next_seq += 1;
+        let key = self.key_of(&env);
+        self.keys[key].published += 1;
         self.slots.push_back(Slot {
             env: Arc::new(env),
             key: key as u32,
             size: size as u32,
         });
         self.bytes += size;
-        (size, freed)
     }
 
     fn evict_front(&mut self) -> usize {
@@ -310,9 +343,15 @@ impl Ring {
 
 impl Router {
     pub fn new(config: RouterConfig) -> Router {
+        Router::with_history(config, None)
+    }
+
+    /// A router whose sources continue the seqs `history` says they have in storage.
+    pub fn with_history(config: RouterConfig, history: Option<Arc<dyn History>>) -> Router {
         Router {
             shared: Arc::new(Shared {
                 config,
+                history,
                 sources: DashMap::new(),
                 sources_version: AtomicU64::new(0),
                 total_bytes: AtomicUsize::new(0),
@@ -321,6 +360,10 @@ impl Router {
                 waiting: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 evicted_for_budget: AtomicU64::new(0),
+                held: std::sync::atomic::AtomicBool::new(false),
+                room: Notify::new(),
+                room_waiting: AtomicUsize::new(0),
+                waited_for_room: AtomicU64::new(0),
             }),
         }
     }
@@ -331,46 +374,87 @@ impl Router {
 
     /// Publishes a batch: validates every envelope first (a batch is accepted whole or not at
     /// all), stamps those without a timestamp, assigns `seq`s and wakes waiting cursors.
-    /// Never waits for a reader. Returns how many were published.
+    /// Never waits. While a held cursor (the persister with `when_behind: block`) has not read
+    /// what a full ring would evict, the envelopes that do not fit are dropped: returns how
+    /// many were published, the rest dropped. For senders that cannot wait (UDP); those that
+    /// can use [`Router::publish_waiting`].
     pub fn publish(&self, batch: Vec<Envelope>) -> Result<usize, EnvelopeError> {
-        self.publish_inner(batch, None, Envelope::validate)
+        batch.iter().try_for_each(Envelope::validate)?;
+        let mut rest = Vec::new();
+        Ok(self.publish_validated(batch, None, false, &mut rest))
     }
 
-    /// Publishes one of Sluice's own notices about a source (origin `LGR`, step `_server`),
-    /// which [`Router::publish`] refuses from producers.
-    pub fn publish_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
-        self.publish_inner(vec![notice], None, Envelope::validate_fields)
-    }
-
-    /// [`Router::publish`], also reporting the `seq`s assigned: one `(source, first, last)` per
-    /// run of consecutive envelopes of the same source. For acknowledgements that wait on disk.
-    pub fn publish_ranges(
-        &self,
-        batch: Vec<Envelope>,
-        ranges: &mut Vec<(Arc<str>, u64, u64)>,
-    ) -> Result<usize, EnvelopeError> {
-        self.publish_inner(batch, Some(ranges), Envelope::validate)
-    }
-
-    fn publish_inner(
+    /// Publishes a batch as [`Router::publish`] does, waiting (not reading the sender's next
+    /// batch meanwhile) whenever a held cursor has not read what a full ring would evict, so
+    /// nothing is lost to it. With `ranges`, reports the `seq`s assigned: one
+    /// `(source, first, last)` per run of consecutive envelopes of the same source, for
+    /// acknowledgements that wait on disk. Cancel-safe only in that what was published stays
+    /// published.
+    pub async fn publish_waiting(
         &self,
         batch: Vec<Envelope>,
         mut ranges: Option<&mut Vec<(Arc<str>, u64, u64)>>,
-        validate: fn(&Envelope) -> Result<(), EnvelopeError>,
     ) -> Result<usize, EnvelopeError> {
-        for env in &batch {
-            validate(env)?;
-        }
+        batch.iter().try_for_each(Envelope::validate)?;
         let count = batch.len();
+        let mut rest = Vec::new();
+        self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest);
+        let shared = &*self.shared;
+        while !rest.is_empty() {
+            shared
+                .waited_for_room
+                .fetch_add(rest.len() as u64, Ordering::Relaxed);
+            let notified = shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _guard = WaitGuard::new(&shared.room_waiting);
+            let batch = std::mem::take(&mut rest);
+            self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest);
+            if rest.is_empty() {
+                break;
+            }
+            notified.await;
+        }
+        Ok(count)
+    }
+
+    /// Publishes one of Sluice's own notices about a source (origin `LGR`, step `_server`),
+    /// which [`Router::publish`] refuses from producers. Never waits and never drops: a ring
+    /// a held cursor has not read may grow past its limits by these.
+    pub fn publish_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
+        notice.validate_fields()?;
+        let mut rest = Vec::new();
+        Ok(self.publish_validated(vec![notice], None, true, &mut rest))
+    }
+
+    /// Publishes what fits; what a held cursor keeps out goes to `rest`, in order.
+    fn publish_validated(
+        &self,
+        batch: Vec<Envelope>,
+        mut ranges: Option<&mut Vec<(Arc<str>, u64, u64)>>,
+        overshoot: bool,
+        rest: &mut Vec<Envelope>,
+    ) -> usize {
         let mut now = 0;
         let mut iter = batch.into_iter().peekable();
         let shared = &*self.shared;
         let mut added = 0usize;
         let mut freed = 0usize;
+        let mut count = 0usize;
+        if !overshoot && shared.held.load(Ordering::Relaxed) && shared.over_budget() && {
+            // What the held cursor has read since may go now.
+            shared.enforce_budget();
+            shared.over_budget()
+        } {
+            // The rings hold more than the budget that a held cursor has not read yet.
+            rest.extend(iter);
+            return 0;
+        }
         while let Some(first) = iter.next() {
             let source = shared.source(&first.source_id);
             {
                 let mut ring = source.ring.lock();
+                let gate = source.gate.load(Ordering::Acquire);
                 let first_seq = ring.next_seq;
                 let mut env = Some(first);
                 while let Some(mut e) = env.take() {
@@ -380,13 +464,22 @@ impl Router {
                         }
                         e.timestamp = now;
                     }
-                    let (a, f) = ring.push(e);
-                    added += a;
+                    let size = e.size_bytes();
+                    let (f, fits) = ring.make_room(size, gate, overshoot);
                     freed += f;
+                    if !fits {
+                        rest.push(e);
+                        break;
+                    }
+                    ring.push(e, size);
+                    added += size;
+                    count += 1;
                     env = iter.next_if(|n| n.source_id == *source.id);
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
-                if let Some(r) = ranges.as_deref_mut() {
+                if let Some(r) = ranges.as_deref_mut()
+                    && ring.next_seq > first_seq
+                {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
             }
@@ -395,6 +488,10 @@ impl Router {
             fence(Ordering::SeqCst);
             if source.waiting.load(Ordering::Relaxed) > 0 {
                 source.notify.notify_waiters();
+            }
+            if !rest.is_empty() {
+                // Kept out: the rest of the batch waits too, so its order holds.
+                rest.extend(iter.by_ref());
             }
         }
         if added >= freed {
@@ -413,7 +510,32 @@ impl Router {
         if shared.total_bytes.load(Ordering::Relaxed) > shared.config.memory_budget_bytes {
             shared.enforce_budget();
         }
-        Ok(count)
+        count
+    }
+
+    /// Opens the held cursor: writers never evict what it has not read, and wait for it instead
+    /// ([`Router::publish_waiting`]). For the persister with `when_behind: block`; one at a
+    /// time. Dropping it lets writers evict again.
+    pub fn subscribe_held(
+        &self,
+        selector: Selector,
+        filter: Filter,
+        start: Start,
+    ) -> Result<Cursor, EnvelopeError> {
+        // Set first: a source created from here on starts held; one created before is in the
+        // snapshot `subscribe` takes, or learnt of by `refresh_all`, which holds it.
+        self.shared.held.store(true, Ordering::SeqCst);
+        let mut cursor = self.subscribe(selector, filter, start)?;
+        cursor.held = true;
+        for m in &cursor.members {
+            m.source.gate.store(m.state.next, Ordering::Release);
+        }
+        Ok(cursor)
+    }
+
+    /// Envelopes that had to wait for the held cursor before their ring took them.
+    pub fn waited_for_room_total(&self) -> u64 {
+        self.shared.waited_for_room.load(Ordering::Relaxed)
     }
 
     /// Opens a cursor. Selected sources that do not exist yet are created (empty), so a tail
@@ -426,6 +548,7 @@ impl Router {
     ) -> Result<Cursor, EnvelopeError> {
         let shared = self.shared.clone();
         let mut cursor = Cursor {
+            held: false,
             wait_on: WaitOn::Global,
             filter,
             all: None,
@@ -539,6 +662,8 @@ impl Shared {
         if let Some(s) = self.sources.get(id) {
             return s.value().clone();
         }
+        // Looked up before the map's entry is locked: it may read a file.
+        let resumed_after = self.history.as_ref().map_or(0, |h| h.last_seq(id));
         let mut created = false;
         let source = self
             .sources
@@ -548,10 +673,16 @@ impl Shared {
                 let id: Arc<str> = Arc::from(id);
                 Arc::new(Source {
                     id,
-                    ring: Mutex::new(Ring::new(&self.config)),
+                    ring: Mutex::new(Ring::new(&self.config, resumed_after)),
                     notify: Notify::new(),
                     waiting: AtomicUsize::new(0),
-                    next_seq: AtomicU64::new(1),
+                    next_seq: AtomicU64::new(resumed_after + 1),
+                    resumed_after,
+                    gate: AtomicU64::new(if self.held.load(Ordering::SeqCst) {
+                        resumed_after + 1
+                    } else {
+                        u64::MAX
+                    }),
                     created_version: self.sources_version.load(Ordering::Acquire) + 1,
                 })
             })
@@ -574,17 +705,24 @@ impl Shared {
         while self.total_bytes.load(Ordering::Relaxed) > low_water {
             let sources: Vec<Arc<Source>> =
                 self.sources.iter().map(|e| e.value().clone()).collect();
+            // Only what a held cursor has read may go.
             let victim = sources
                 .into_iter()
                 .filter_map(|s| {
-                    let front = s.ring.lock().slots.front().map(|slot| slot.env.timestamp);
-                    front.map(|ts| (ts, s))
+                    let gate = s.gate.load(Ordering::Acquire);
+                    let ring = s.ring.lock();
+                    let front = ring.slots.front().filter(|_| ring.first_seq < gate);
+                    let ts = front.map(|slot| slot.env.timestamp);
+                    drop(ring);
+                    ts.map(|ts| (ts, s))
                 })
                 .min_by_key(|(ts, _)| *ts);
             let Some((_, source)) = victim else { break };
+            let gate = source.gate.load(Ordering::Acquire);
             let mut ring = source.ring.lock();
             // A slice at a time, so one old source does not lose everything to a brief spike.
-            let chunk = (ring.slots.len() / 8).max(1);
+            let chunk = ((ring.slots.len() / 8).max(1) as u64)
+                .min(gate.saturating_sub(ring.first_seq)) as usize;
             let mut freed = 0;
             let mut evicted = 0;
             while evicted < chunk
@@ -612,6 +750,14 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Past the memory budget by a tenth: what eviction could not free is held.
+    fn over_budget(&self) -> bool {
+        let budget = self.config.memory_budget_bytes;
+        self.total_bytes.load(Ordering::Relaxed) > budget.saturating_add(budget / 10)
+    }
+}
+
 impl Source {
     fn stats(&self) -> SourceStats {
         let ring = self.ring.lock();
@@ -623,6 +769,7 @@ impl Source {
             oldest_seq: (retained > 0).then_some(ring.first_seq),
             newest_seq: (retained > 0).then_some(ring.next_seq - 1),
             published: ring.next_seq - 1,
+            resumed_after: self.resumed_after,
         }
     }
 }
@@ -631,6 +778,8 @@ impl Source {
 #[derive(Debug)]
 pub struct Cursor {
     shared: Arc<Shared>,
+    /// Writers wait for this cursor rather than evict what it has not read.
+    held: bool,
     filter: Filter,
     /// What to wait on when there is nothing to read.
     wait_on: WaitOn,
@@ -845,6 +994,16 @@ impl Cursor {
             m.next += scanned as u64;
             m.matched_before += taken as u64;
             self.delivered += taken as u64;
+            if self.held {
+                source.gate.store(m.next, Ordering::Release);
+            }
+        }
+        if self.held && out.len() > before {
+            // Pairs with the fence in `WaitGuard::new`, as for readers.
+            fence(Ordering::SeqCst);
+            if self.shared.room_waiting.load(Ordering::Relaxed) > 0 {
+                self.shared.room.notify_waiters();
+            }
         }
         out.len() - before
     }
@@ -890,6 +1049,20 @@ impl Cursor {
             .iter()
             .map(|m| (m.source.id.clone(), m.state.next))
             .collect()
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        // Writers evict again, and those waiting go on.
+        self.shared.held.store(false, Ordering::SeqCst);
+        for e in self.shared.sources.iter() {
+            e.value().gate.store(u64::MAX, Ordering::Release);
+        }
+        self.shared.room.notify_waiters();
     }
 }
 

@@ -55,6 +55,44 @@ fn seqs_start_at_one_per_source_and_have_no_gaps() {
     assert!(r.recent("nobody", 10, &Filter::default()).is_none());
 }
 
+/// Storage that says `old` had seqs up to 41 before this start.
+#[derive(Debug)]
+struct Stored;
+
+impl sluice_router::History for Stored {
+    fn last_seq(&self, source_id: &str) -> u64 {
+        if source_id == "old" { 41 } else { 0 }
+    }
+}
+
+#[test]
+fn a_source_in_storage_continues_its_seqs_and_readers_of_older_seqs_are_not_told_of_a_loss() {
+    let r = Router::with_history(RouterConfig::default(), Some(std::sync::Arc::new(Stored)));
+    let mut firehose = r
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    let mut resumed = r
+        .subscribe(
+            Selector::Source("old".into()),
+            Filter::default(),
+            Start::AfterSeq(30),
+        )
+        .unwrap();
+    publish(&r, "old", 2);
+    publish(&r, "new", 1);
+    let stats = r.source_stats("old").unwrap();
+    assert_eq!((stats.published, stats.resumed_after), (43, 41));
+    assert_eq!(stats.oldest_seq, Some(42));
+    // Seqs 31..=41 are in storage, not lost: the ring reader gets what it holds, no notice.
+    let got = drain(&mut resumed);
+    assert_eq!(seqs(&got), [42, 43]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let got = drain(&mut firehose);
+    assert_eq!(got.len(), 3, "{got:?}");
+    let new = r.source_stats("new").unwrap();
+    assert_eq!((new.published, new.resumed_after), (1, 0));
+}
+
 #[test]
 fn a_batch_with_one_invalid_id_is_refused_whole() {
     let r = router(100);
@@ -313,4 +351,73 @@ async fn a_waiting_cursor_wakes_on_publish() {
     producer.await.unwrap();
     assert_eq!(seqs(&got), (1..=1000).collect::<Vec<_>>());
     assert_eq!(seqs(&fired), (1..=1000).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_wait_for_the_held_cursor_and_everyone_else_is_still_overwritten() {
+    let r = router(8);
+    let mut held = r
+        .subscribe_held(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    let mut tail = r
+        .subscribe(Selector::Source("a".into()), Filter::default(), Start::Live)
+        .unwrap();
+    // A sender that cannot wait keeps what fits and is told how many that was.
+    let batch = (0..20)
+        .map(|i| Envelope::new("udp", format!("{i}")))
+        .collect();
+    assert_eq!(r.publish(batch).unwrap(), 8);
+    // Sluice's own notices never wait and are never dropped.
+    let mut notice = Envelope::new("udp", "a notice");
+    notice.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
+    assert_eq!(r.publish_notice(notice).unwrap(), 1);
+    assert_eq!(r.source_stats("udp").unwrap().retained, 9);
+
+    // A sender that can wait loses nothing: 10,000 lines through a ring of 8.
+    let r2 = r.clone();
+    let producer = tokio::spawn(async move {
+        let mut ranges = Vec::new();
+        for chunk in 0..100 {
+            let batch = (0..100)
+                .map(|i| Envelope::new("a", format!("{}", chunk * 100 + i)))
+                .collect();
+            r2.publish_waiting(batch, Some(&mut ranges)).await.unwrap();
+        }
+        ranges
+    });
+    let mut got = Vec::new();
+    while got.len() < 9 + 10_000 {
+        held.next_batch(&mut got, 3).await;
+    }
+    let ranges = producer.await.unwrap();
+    assert!(got.iter().all(|d| matches!(d, Delivery::Log(_))), "no loss");
+    let a: Vec<u64> = got
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Log(e) if &*e.source_id == "a" => Some(e.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(a, (1..=10_000).collect::<Vec<_>>());
+    let covered: u64 = ranges.iter().map(|(_, f, l)| l - f + 1).sum();
+    assert_eq!(covered, 10_000, "every seq reported once");
+    assert!(r.waited_for_room_total() > 0);
+    // The tail that never read was overwritten, and is told exactly how much.
+    let seen = drain(&mut tail);
+    let missed: u64 = seen
+        .iter()
+        .map(|d| match d {
+            Delivery::Missed(m) => m.count,
+            Delivery::Log(_) => 0,
+        })
+        .sum();
+    assert_eq!(missed + seqs(&seen).len() as u64, 10_000);
+    assert!(missed >= 10_000 - 8, "{missed}");
+
+    // Without the held cursor, writers evict again.
+    drop(held);
+    let batch = (0..20)
+        .map(|i| Envelope::new("udp", format!("{i}")))
+        .collect();
+    assert_eq!(r.publish(batch).unwrap(), 20);
 }

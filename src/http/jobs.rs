@@ -48,9 +48,15 @@ pub fn routes(
     let worker_logs = warp::path!("worker" / "jobs" / String / "logs")
         .and(warp::post())
         .and(super::body(MAX_WORKER_BODY_BYTES))
-        .map(move |id: String, body: Result<Bytes, ApiError>| {
-            body.and_then(|body| worker_logs(&st, &id, &body))
-                .unwrap_or_else(ApiError::into_response)
+        .and_then(move |id: String, body: Result<Bytes, ApiError>| {
+            let st = st.clone();
+            async move {
+                let done = match body {
+                    Ok(body) => worker_logs(&st, &id, &body).await,
+                    Err(e) => Err(e),
+                };
+                Ok::<_, warp::Rejection>(done.unwrap_or_else(ApiError::into_response))
+            }
         });
     let st = state.clone();
     let logs = warp::path!("api" / "jobs" / String / "logs")
@@ -152,7 +158,12 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             "unknown job {id:?}: no logs have been received for it"
         )));
     }
-    let upto = stats.map_or(0, |s| s.published);
+    let last_seq = stats.as_ref().map_or(0, |s| s.published);
+    // Seqs stored before this start are on disk already; the persister waits only for newer.
+    let upto = stats
+        .as_ref()
+        .filter(|s| s.published > s.resumed_after)
+        .map_or(0, |s| s.published);
     // With S3, the completion's files move to the archive's folder for it, and its object gets
     // a key no other completion holds. The key takes workspace, task and job_id from the job's
     // newest line.
@@ -189,6 +200,7 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             key: prepared.key.clone(),
             files,
             completion: prepared.completion,
+            last_seq,
         };
         archive.enqueue(&record).map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -229,7 +241,7 @@ struct WorkerLine {
     line: String,
 }
 
-fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, ApiError> {
+async fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, ApiError> {
     let id = job_id(raw_id)?;
     let req: WorkerLogs = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid worker logs: {e}")))?;
@@ -258,7 +270,8 @@ fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Response, 
     }
     let n = state
         .router
-        .publish(batch)
+        .publish_waiting(batch, None)
+        .await
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     Ok(warp::reply::json(&serde_json::json!({ "accepted": n })).into_response())
 }

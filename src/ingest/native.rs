@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesOrdered;
 use sluice_drains::persister::Durability;
-use sluice_router::Router;
 use sluice_router::codec::{self, FrameError, Payload, Reply};
+use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::time::Instant;
@@ -186,7 +186,15 @@ impl NativeIngest {
                                     () = shutdown.cancelled() => return Ok(()),
                                 },
                             };
-                            self.frame(&frame, &mut ack, &mut ranges)?
+                            match self.frame(&frame, &mut ack)? {
+                                Handled::Answer(reply) => reply,
+                                // With `when_behind: block` this waits for the persister, and
+                                // the connection is not read meanwhile: TCP backpressure.
+                                Handled::Publish(envelopes) => tokio::select! {
+                                    r = self.publish(envelopes, ack, &mut ranges) => r,
+                                    () = shutdown.cancelled() => return Ok(()),
+                                },
+                            }
                         }
                     };
                     if !ranges.is_empty() {
@@ -331,26 +339,15 @@ impl NativeIngest {
         })
     }
 
-    /// Handles one frame and returns its immediate answer, if it has one; with `ack=durable`,
-    /// leaves the seq ranges published in `ranges` for the caller to wait on instead.
-    fn frame(
-        &self,
-        frame: &[u8],
-        ack: &mut Ack,
-        ranges: &mut Vec<(Arc<str>, u64, u64)>,
-    ) -> Result<Option<Reply>, ConnError> {
-        let refused = |n: u64, reason: String| {
-            Metrics::add(&self.metrics.ingest_refused, n);
-            tracing::warn!(%reason, envelopes = n, "refused an ingest batch");
-            Some(Reply {
-                accepted: 0,
-                error: Some(reason),
-            })
-        };
+    /// Decodes one frame: a control word is applied and answered here (if at all), envelopes
+    /// are handed back to publish.
+    fn frame(&self, frame: &[u8], ack: &mut Ack) -> Result<Handled, ConnError> {
         let payload = match codec::decode_payload(frame) {
             Ok(p) => p,
             // A field of the wrong type or value: that frame is refused, the stream is intact.
-            Err(e) if e.is_recoverable() => return Ok(refused(1, e.to_string())),
+            Err(e) if e.is_recoverable() => {
+                return Ok(Handled::Answer(self.refused(1, e.to_string())));
+            }
             Err(e) => return Err(e.into()),
         };
         match payload {
@@ -361,29 +358,51 @@ impl NativeIngest {
                     "ack=none" => Ack::None,
                     _ => return Err(ConnError::Control(word)),
                 };
-                Ok(None)
+                Ok(Handled::Answer(None))
             }
-            Payload::Envelopes(envelopes) => {
-                let n = envelopes.len() as u64;
-                let published = if *ack == Ack::Durable {
-                    self.router.publish_ranges(envelopes, ranges)
-                } else {
-                    self.router.publish(envelopes)
-                };
-                match published {
-                    Ok(_) => {
-                        Metrics::add(&self.metrics.ingest_frames, 1);
-                        Metrics::add(&self.metrics.ingest_envelopes, n);
-                        Ok((*ack == Ack::Count).then_some(Reply {
-                            accepted: n,
-                            error: None,
-                        }))
-                    }
-                    Err(e) => Ok(refused(n, e.to_string())),
-                }
-            }
+            Payload::Envelopes(envelopes) => Ok(Handled::Publish(envelopes)),
         }
     }
+
+    /// Publishes a batch, waiting for room when the persister is a ring behind (`when_behind:
+    /// block`), and returns its immediate answer, if it has one; with `ack=durable`, leaves the
+    /// seq ranges published in `ranges` for the caller to wait on instead.
+    async fn publish(
+        &self,
+        envelopes: Vec<Envelope>,
+        ack: Ack,
+        ranges: &mut Vec<(Arc<str>, u64, u64)>,
+    ) -> Option<Reply> {
+        let n = envelopes.len() as u64;
+        let ranges = (ack == Ack::Durable).then_some(ranges);
+        match self.router.publish_waiting(envelopes, ranges).await {
+            Ok(_) => {
+                Metrics::add(&self.metrics.ingest_frames, 1);
+                Metrics::add(&self.metrics.ingest_envelopes, n);
+                (ack == Ack::Count).then_some(Reply {
+                    accepted: n,
+                    error: None,
+                })
+            }
+            Err(e) => self.refused(n, e.to_string()),
+        }
+    }
+
+    fn refused(&self, n: u64, reason: String) -> Option<Reply> {
+        Metrics::add(&self.metrics.ingest_refused, n);
+        tracing::warn!(%reason, envelopes = n, "refused an ingest batch");
+        Some(Reply {
+            accepted: 0,
+            error: Some(reason),
+        })
+    }
+}
+
+/// What a frame asks for.
+enum Handled {
+    /// Nothing to publish; this is the answer, if any.
+    Answer(Option<Reply>),
+    Publish(Vec<Envelope>),
 }
 
 /// Waits until every range of a batch is on disk, or `deadline`.

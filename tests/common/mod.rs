@@ -27,6 +27,8 @@ pub struct Server {
     /// `log_storage.local_dir`; a test's own config can name it as `{logs}`.
     pub logs: PathBuf,
     pub dir: PathBuf,
+    /// One HTTP client for the test's requests (building one per request costs milliseconds).
+    pub client: reqwest::Client,
 }
 
 /// A fresh directory under the system temp dir, unique to this test process and call.
@@ -81,6 +83,7 @@ impl Server {
             syslog_tls,
             logs,
             dir,
+            client: reqwest::Client::new(),
         }
     }
 
@@ -106,7 +109,9 @@ impl Server {
 
     /// `GET path` as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        reqwest::get(self.url(path))
+        self.client
+            .get(self.url(path))
+            .send()
             .await
             .unwrap()
             .json()
@@ -116,7 +121,8 @@ impl Server {
 
     /// `POST path` with a JSON body; returns the status and the JSON answer.
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new()
+        let resp = self
+            .client
             .post(self.url(path))
             .json(&body)
             .send()
@@ -128,7 +134,10 @@ impl Server {
 
     /// The value of a counter or gauge from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(self.url("/metrics"))
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -190,6 +199,16 @@ pub async fn send_lines(server: &Server, source: &str, n: usize) {
         .map(|i| sluice_router::Envelope::new(source, format!("line {i}")))
         .collect();
     assert_eq!(conn.send_batch(&batch).await.unwrap(), n as u64);
+}
+
+/// The lines of a Strøm-style `{"logs": "<jsonl>"}` answer, each as JSON.
+pub fn jsonl(logs: &serde_json::Value) -> Vec<serde_json::Value> {
+    logs["logs"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Runs `cmd` to completion and asserts that it succeeded, with its stderr as the message.
@@ -272,6 +291,23 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.respawn();
+    }
+
+    /// Stops the server as an operator would (SIGTERM, waiting for it to finish), then starts
+    /// it again on the same config and directory.
+    pub fn stop_and_restart(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "sluice exited with {exit}");
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let (child, addrs) = spawn(&self.dir.join("sluice.yaml"), &[]);
         self.child = child;
         let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed;

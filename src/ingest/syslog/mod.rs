@@ -7,6 +7,7 @@
 
 pub mod parse;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sluice_router::{Envelope, Router};
+use sluice_router::envelope::{SERVER_STEP, now_ns, rfc3339_seconds};
+use sluice_router::{Envelope, MissedNotice, Router};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
@@ -102,14 +104,19 @@ impl SyslogIngest {
                     Ok(Some(frame)) => self.message(&frame, &mut batch),
                     Ok(None) => break,
                     Err(e) => {
-                        self.publish(&mut batch);
+                        self.publish(&mut batch).await;
                         Metrics::add(&self.metrics.syslog_malformed, 1);
                         tracing::warn!(%peer, reason = %e, "closing syslog connection");
                         return;
                     }
                 }
             }
-            self.publish(&mut batch);
+            // With `when_behind: block` this waits for the persister: the connection is not read
+            // meanwhile, so the sender feels TCP backpressure.
+            tokio::select! {
+                () = self.publish(&mut batch) => {}
+                () = shutdown.cancelled() => return,
+            }
             if buf.is_empty() {
                 held.release();
                 frame_started = None;
@@ -166,7 +173,7 @@ impl SyslogIngest {
                     let rest = buf.split();
                     if !rest.is_empty() && !rest[0].is_ascii_digit() {
                         self.message(&rest, &mut batch);
-                        self.publish(&mut batch);
+                        self.publish(&mut batch).await;
                     } else if !rest.is_empty() {
                         Metrics::add(&self.metrics.syslog_malformed, 1);
                         tracing::warn!(%peer, bytes = rest.len(), "syslog connection closed in the middle of a frame");
@@ -182,21 +189,77 @@ impl SyslogIngest {
         }
     }
 
-    /// One datagram is one message.
+    /// One datagram is one message. A datagram cannot wait: while the persister is a ring
+    /// behind (`when_behind: block`), what its source's ring cannot take is dropped, counted,
+    /// and announced in the source at most once a second with the exact count.
     pub async fn serve_udp(self, socket: UdpSocket, shutdown: CancellationToken) {
         let mut buf = vec![0u8; 65_536];
         let mut batch = Vec::new();
+        let mut dropped: HashMap<String, (u64, i64)> = HashMap::new();
+        let mut announced = Instant::now();
         loop {
             let received = tokio::select! {
                 r = socket.recv_from(&mut buf) => r,
+                () = tokio::time::sleep(Duration::from_secs(1)), if !dropped.is_empty() => {
+                    self.announce_dropped(&mut dropped);
+                    announced = Instant::now();
+                    continue;
+                }
                 () = shutdown.cancelled() => return,
             };
             match received {
                 Ok((n, _)) => {
                     self.message(&buf[..n], &mut batch);
-                    self.publish(&mut batch);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let source = batch[0].source_id.clone();
+                    let n = batch.len() as u64;
+                    match self.router.publish(std::mem::take(&mut batch)) {
+                        Ok(published) => {
+                            Metrics::add(&self.metrics.syslog_messages, published as u64);
+                            let lost = n - published as u64;
+                            if lost > 0 {
+                                Metrics::add(&self.metrics.syslog_udp_dropped, lost);
+                                let d = dropped.entry(source).or_insert((0, now_ns()));
+                                d.0 += lost;
+                            }
+                        }
+                        Err(e) => {
+                            Metrics::add(&self.metrics.syslog_refused, n);
+                            tracing::warn!(reason = %e, "syslog message refused");
+                        }
+                    }
+                    if !dropped.is_empty() && announced.elapsed() >= Duration::from_secs(1) {
+                        self.announce_dropped(&mut dropped);
+                        announced = Instant::now();
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "syslog udp receive failed"),
+            }
+        }
+    }
+
+    /// Tells each source how many of its UDP messages were dropped, and since when.
+    fn announce_dropped(&self, dropped: &mut HashMap<String, (u64, i64)>) {
+        for (source, (count, since)) in dropped.drain() {
+            tracing::warn!(%source, count, "dropped syslog udp messages: the persister is behind");
+            let notice = MissedNotice {
+                source_id: source.into(),
+                count,
+                since_ns: since,
+                last_missed_seq: 0,
+            };
+            let mut env = notice.to_envelope("syslog udp listener");
+            env.message = format!(
+                "sluice dropped {count} syslog UDP {} for this source since {}: the persister is behind (log_storage.when_behind: block)",
+                if count == 1 { "message" } else { "messages" },
+                rfc3339_seconds(since)
+            )
+            .into();
+            env.step = Some(SERVER_STEP.into());
+            if let Err(e) = self.router.publish_notice(env) {
+                tracing::warn!(error = %e, "cannot publish a udp loss notice");
             }
         }
     }
@@ -211,12 +274,16 @@ impl SyslogIngest {
         }
     }
 
-    fn publish(&self, batch: &mut Vec<Envelope>) {
+    async fn publish(&self, batch: &mut Vec<Envelope>) {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
-        match self.router.publish(std::mem::take(batch)) {
+        match self
+            .router
+            .publish_waiting(std::mem::take(batch), None)
+            .await
+        {
             Ok(_) => Metrics::add(&self.metrics.syslog_messages, n),
             Err(e) => {
                 // parse_message validated each envelope; this is a bug if it happens.
