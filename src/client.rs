@@ -234,6 +234,8 @@ impl ReplyReader {
 pub struct Query {
     pub filter: Filter,
     pub backfill: Option<usize>,
+    /// Resume after this seq (0: from the first stored line).
+    pub since_seq: Option<u64>,
     pub limit: Option<usize>,
 }
 
@@ -252,6 +254,9 @@ impl Query {
         if let Some(n) = self.backfill {
             p.push(format!("backfill={n}"));
         }
+        if let Some(n) = self.since_seq {
+            p.push(format!("since_seq={n}"));
+        }
         if let Some(n) = self.limit {
             p.push(format!("limit={n}"));
         }
@@ -263,12 +268,16 @@ fn source_path(source: &str) -> String {
     utf8_percent_encode(source, KEEP).to_string()
 }
 
-/// `GET /api/v1/sources/{id}/recent` as envelopes, oldest first.
-pub async fn recent(http: &str, source: &str, query: &Query) -> Result<Vec<Envelope>, ClientError> {
+/// `GET` of a source's JSON resource (`stats`, `recent?...`): 404 is an unknown source, any
+/// other failure the server's reason.
+async fn get_source_json<T: serde::de::DeserializeOwned>(
+    http: &str,
+    source: &str,
+    resource: &str,
+) -> Result<T, ClientError> {
     let url = format!(
-        "http://{http}/api/v1/sources/{}/recent?format=json&{}",
-        source_path(source),
-        query.params()
+        "http://{http}/api/v1/sources/{}/{resource}",
+        source_path(source)
     );
     let resp = reqwest::get(&url).await.map_err(|e| http_error(http, &e))?;
     let status = resp.status();
@@ -280,6 +289,20 @@ pub async fn recent(http: &str, source: &str, query: &Query) -> Result<Vec<Envel
         return Err(ClientError::Refused(error_message(&body)));
     }
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The newest seq of `source` (`GET /api/v1/sources/{id}/stats`): in memory or in storage.
+pub async fn newest_seq(http: &str, source: &str) -> Result<u64, ClientError> {
+    let stats: serde_json::Value = get_source_json(http, source, "stats").await?;
+    stats["published"]
+        .as_u64()
+        .ok_or_else(|| ClientError::Protocol("stats without published".into()))
+}
+
+/// `GET /api/v1/sources/{id}/recent` as envelopes, oldest first.
+pub async fn recent(http: &str, source: &str, query: &Query) -> Result<Vec<Envelope>, ClientError> {
+    let resource = format!("recent?format=json&{}", query.params());
+    get_source_json(http, source, &resource).await
 }
 
 /// A live WebSocket tail in `msgpack` format.

@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::{Server, eventually, jsonl};
+use std::process::Command;
+
+use common::{SLUICE, Server, eventually, jsonl, output_ok};
 use futures_util::StreamExt;
 use serde_json::Value;
 use sluice::client::{IngestAddr, connect_ingest, connect_ingest_with};
@@ -53,6 +55,8 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
         assert_eq!(text, expected, "{id}");
     }
 
+    history_reads_join_storage_and_memory(&server, "src-5", &expected).await;
+
     // A crash too: what was durably acknowledged is on disk, and the next seq follows it.
     let mut conn = connect_ingest_with(&IngestAddr::Tcp(server.ingest.clone()), "ack=durable")
         .await
@@ -76,6 +80,130 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
         .map(|l| (l["seq"].as_u64().unwrap(), l["line"].as_str().unwrap()))
         .collect();
     assert_eq!(tail, [(9, "durable"), (10, "after the crash")]);
+
+    // A source this process has not seen yet is read from its files alone.
+    let stats = server.get_json("/api/v1/sources/src-9/stats").await;
+    assert_eq!(
+        (stats["published"].as_u64(), stats["retained"].as_u64()),
+        (Some(8), Some(0))
+    );
+    let recent = server
+        .get_json("/api/v1/sources/src-9/recent?limit=100")
+        .await;
+    let text: Vec<&str> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, expected);
+    let out = sluice(&server, &["logs", "src-9", "--recent"]);
+    assert_eq!(out.lines().count(), 8, "{out}");
+    assert!(out.lines().next().unwrap().ends_with("before 0"), "{out}");
+}
+
+fn sluice(server: &Server, args: &[&str]) -> String {
+    let out = output_ok(
+        Command::new(SLUICE)
+            .args(args)
+            .args(["--http", &server.http]),
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The seqs and texts of the next `n` JSON envelopes of a WebSocket.
+async fn next_envelopes(ws: &mut Ws, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("lines keep coming")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let text = v["message"]
+                .as_str()
+                .or(v["line"].as_str())
+                .unwrap()
+                .to_owned();
+            got.push((v["seq"].as_u64().unwrap(), text));
+        }
+    }
+    got
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// After a restart `id` has 3 lines in its file and 5 in the ring: every read returns all of
+/// them, in seq order, and streams go on live from there.
+async fn history_reads_join_storage_and_memory(server: &Server, id: &str, expected: &[String]) {
+    let seqs_texts = |from: usize| -> Vec<(u64, String)> {
+        (from..8)
+            .map(|i| (i as u64 + 1, expected[i].clone()))
+            .collect()
+    };
+    let stats = server
+        .get_json(&format!("/api/v1/sources/{id}/stats"))
+        .await;
+    assert_eq!(stats["resumed_after"], 3);
+    assert_eq!(stats["published"], 8);
+    for (limit, from) in [(100, 0), (6, 2), (3, 5)] {
+        let recent = server
+            .get_json(&format!("/api/v1/sources/{id}/recent?limit={limit}"))
+            .await;
+        let got: Vec<(u64, String)> = recent
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, seqs_texts(from), "recent?limit={limit}");
+    }
+    let out = sluice(server, &["logs", id, "--recent"]);
+    let printed: Vec<&str> = out.lines().collect();
+    assert_eq!(printed.len(), 8, "{out}");
+    for (line, text) in printed.iter().zip(expected) {
+        assert!(line.ends_with(text.as_str()), "{line} / {text}");
+    }
+    let all = sluice(server, &["logs", id, "--all", "--json"]);
+    let all: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[0]["message"], "before 0");
+
+    // WebSockets: a resume across the restart, a backfill reaching into the file, Strøm's
+    // stream of the whole job; each then goes on live without a gap.
+    let (mut resumed, _) =
+        connect_async(server.ws(&format!("/api/v1/sources/{id}/stream?since_seq=2")))
+            .await
+            .unwrap();
+    let (mut backfilled, _) =
+        connect_async(server.ws(&format!("/api/v1/sources/{id}/stream?backfill=5")))
+            .await
+            .unwrap();
+    let (mut job, _) = connect_async(server.ws(&format!("/api/jobs/{id}/logs/stream")))
+        .await
+        .unwrap();
+    assert_eq!(next_envelopes(&mut resumed, 6).await, seqs_texts(2));
+    assert_eq!(next_envelopes(&mut backfilled, 5).await, seqs_texts(3));
+    assert_eq!(next_envelopes(&mut job, 8).await, seqs_texts(0));
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    conn.send_batch(&[Envelope::new(id, "live")]).await.unwrap();
+    let live = vec![(9, "live".to_owned())];
+    assert_eq!(next_envelopes(&mut resumed, 1).await, live);
+    assert_eq!(next_envelopes(&mut backfilled, 1).await, live);
+    assert_eq!(next_envelopes(&mut job, 1).await, live);
 }
 
 const SENDERS: usize = 8;

@@ -114,9 +114,9 @@ fn record_name(source: &str, completion: u32) -> String {
     }
 }
 
-/// The newest seq the archive records of `source` under `local_dir` hold: the newest
-/// completion's, found by name (`<stem>#<n>.json`, numbered from 1), not by listing every record.
-pub fn last_recorded_seq(local_dir: &Path, source: &str) -> u64 {
+/// The archive records of `source` under `local_dir` (pending or done), oldest completion first,
+/// found by name (`<stem>#<n>.json`, numbered from 1), not by listing every record.
+pub fn records_of(local_dir: &Path, source: &str) -> Vec<Record> {
     let dir = local_dir.join(".archive");
     let read = |name: &str| -> Option<Record> {
         ["pending", "done"].iter().find_map(|d| {
@@ -125,15 +125,22 @@ pub fn last_recorded_seq(local_dir: &Path, source: &str) -> u64 {
         })
     };
     // Numbered without gaps, except that a legacy record counts as the first completion.
-    let mut newest = read(&record_name(source, 0));
+    let mut records: Vec<Record> = read(&record_name(source, 0)).into_iter().collect();
     for n in 1.. {
         match read(&record_name(source, n)) {
-            Some(r) => newest = Some(r),
+            Some(r) => records.push(r),
             None if n == 1 => {}
             None => break,
         }
     }
-    let Some(r) = newest else { return 0 };
+    records
+}
+
+/// The newest seq the archive records of `source` under `local_dir` hold.
+pub fn last_recorded_seq(local_dir: &Path, source: &str) -> u64 {
+    let Some(r) = records_of(local_dir, source).pop() else {
+        return 0;
+    };
     if r.last_seq > 0 {
         return r.last_seq;
     }

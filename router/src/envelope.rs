@@ -309,6 +309,52 @@ pub fn rfc3339_seconds(ns: i64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+impl UtcTime {
+    /// Nanoseconds since the Unix epoch from `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the UTC form
+    /// Sluice writes (the JSONL `ts`); `None` for anything else.
+    pub fn parse_utc_ns(s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            let part = b.get(r)?;
+            part.iter().all(u8::is_ascii_digit).then_some(())?;
+            std::str::from_utf8(part).ok()?.parse().ok()
+        };
+        let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+        if b.len() < 20 || seps.iter().any(|&(i, c)| b[i] != c) || b[b.len() - 1] != b'Z' {
+            return None;
+        }
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+            return None;
+        }
+        let frac = &b[19..b.len() - 1];
+        let nanos = match frac {
+            [] => 0,
+            [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+                let n = num(20..20 + digits.len())?;
+                n * 10u32.pow(9 - digits.len() as u32)
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(i64::from(y), mo, d);
+        let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+        secs.checked_mul(1_000_000_000)?
+            .checked_add(i64::from(nanos))
+    }
+}
+
+/// (year, month, day) to days since 1970-01-01: the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -327,6 +373,38 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_read_back_what_is_written() {
+        for ns in [
+            0i64,
+            1_739_357_805_123_000_000,
+            951_782_400_000_000_000, // 2000-02-29
+            -86_400_000_000_000,
+            4_102_444_799_999_000_000,
+        ] {
+            let mut out = Vec::new();
+            UtcTime::from_ns(ns).write_rfc3339(&mut out, 3, "Z");
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(UtcTime::parse_utc_ns(&text), Some(ns), "{text}");
+        }
+        assert_eq!(
+            UtcTime::parse_utc_ns("2025-02-12T10:56:45Z"),
+            Some(1_739_357_805_000_000_000)
+        );
+        for bad in [
+            "",
+            "2025-02-12T10:56:45",
+            "2025-02-12T10:56:45.Z",
+            "2025-02-12 10:56:45Z",
+            "2025-13-12T10:56:45Z",
+            "2025-02-12T10:56:45+01:00",
+            "2025-02-12T10:56:45.1234567890Z",
+            "2025-0x-12T10:56:45Z",
+        ] {
+            assert_eq!(UtcTime::parse_utc_ns(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn source_ids() {

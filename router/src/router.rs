@@ -623,6 +623,13 @@ impl Router {
         Some(out)
     }
 
+    /// The stats of `source_id`, creating it (empty, its seqs continuing from storage) if it
+    /// has not been seen yet.
+    pub fn touch(&self, source_id: &str) -> Result<SourceStats, EnvelopeError> {
+        validate_source_id(source_id)?;
+        Ok(self.shared.source(source_id).stats())
+    }
+
     pub fn source_stats(&self, source_id: &str) -> Option<SourceStats> {
         let source = self.shared.sources.get(source_id)?.value().clone();
         Some(source.stats())

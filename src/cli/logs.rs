@@ -23,6 +23,10 @@ pub struct LogsArgs {
     /// How many lines back to start: with --recent the default is 1000, otherwise 0.
     #[arg(short = 'n', long = "lines", value_name = "N")]
     pub lines: Option<usize>,
+    /// Every stored line, from the source's first (memory, then its files), then exit; with -f,
+    /// keep following.
+    #[arg(long, conflicts_with_all = ["recent", "lines"])]
+    pub all: bool,
     /// Only lines sent on stdout (OUT).
     #[arg(long, conflicts_with = "stderr")]
     pub stdout: bool,
@@ -74,17 +78,40 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // With --all and no -f: up to the newest line there is now.
+    let until = match (args.all, args.follow) {
+        (true, false) => match client::newest_seq(&http, &args.source).await? {
+            0 => return Ok(ExitCode::SUCCESS),
+            n => Some(n),
+        },
+        _ => None,
+    };
+    // Stopping at a seq needs every line to see it: filter here instead of at the server.
+    let local_filter = until.map(|_| filter.clone());
     let query = Query {
-        filter,
-        backfill: Some(back),
+        filter: if until.is_some() {
+            Filter::default()
+        } else {
+            filter
+        },
+        backfill: (!args.all).then_some(back),
+        since_seq: args.all.then_some(0),
         ..Query::default()
     };
     let mut tail = client::tail(&http, &args.source, &query).await?;
     loop {
         tokio::select! {
             next = tail.next() => match next? {
-                Some((envs, closed)) => {
+                Some((mut envs, closed)) => {
+                    let last = envs.last().map(|e| e.seq);
+                    if let Some(f) = &local_filter {
+                        envs.retain(|e| f.matches(e));
+                    }
                     if out.print(&envs).is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    if until.is_some_and(|u| last.is_some_and(|seq| seq >= u)) {
+                        tail.close().await;
                         return Ok(ExitCode::SUCCESS);
                     }
                     if let Some(reason) = closed {

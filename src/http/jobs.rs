@@ -12,7 +12,7 @@ use super::ws::{Message, Upgrade};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_drains::persister::Line;
-use sluice_router::{Channel, Delivery, Envelope, Filter, Selector, Start, validate_source_id};
+use sluice_router::{Channel, Delivery, Envelope, Filter, Start, validate_source_id};
 use warp::Filter as _;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -306,14 +306,13 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let cursor = match state.router.subscribe(
-        Selector::Source(id.clone()),
-        Filter::default(),
-        Start::AfterSeq(0),
-    ) {
-        Ok(c) => c,
-        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
-    };
+    // What the ring no longer holds (after a restart: all but the new lines) comes from the
+    // job's files first.
+    let (cursor, prelude) =
+        match super::stream::open_source(&state, &id, Filter::default(), Start::AfterSeq(0)) {
+            Ok(opened) => opened,
+            Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+        };
     let st = state.clone();
     ws.on_upgrade(move |socket| async move {
         let mut sent_through = 0u64;
@@ -347,6 +346,6 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
             }
             out
         };
-        super::stream::pump(socket, cursor, state, render).await;
+        super::stream::pump(socket, cursor, prelude, state, render).await;
     })
 }

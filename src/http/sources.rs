@@ -1,8 +1,10 @@
-//! `GET /api/v1/sources` and `GET /api/v1/sources/{id}/recent`.
+//! `GET /api/v1/sources`, `GET /api/v1/sources/{id}/stats` and `GET /api/v1/sources/{id}/recent`.
 
 use std::collections::HashMap;
 
-use sluice_router::validate_source_id;
+use sluice_drains::history::StoredSeqs;
+use sluice_router::router::SourceStats;
+use sluice_router::{History, validate_source_id};
 use warp::Filter;
 use warp::http::header::{ACCEPT, CONTENT_TYPE};
 use warp::reply::{Reply, Response};
@@ -25,8 +27,11 @@ pub fn routes(
         .and(with(state))
         .and_then(|tail: warp::path::Tail, q, accept, state| async move {
             match split_source_path(tail.as_str()) {
-                Some((id, "recent")) => {
-                    Ok(recent(&state, &id, &q, accept).unwrap_or_else(ApiError::into_response))
+                Some((id, "recent")) => Ok(recent(&state, &id, &q, accept)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)),
+                Some((id, "stats")) => {
+                    Ok(stats(&state, &id).unwrap_or_else(ApiError::into_response))
                 }
                 _ => Err(warp::reject::not_found()),
             }
@@ -40,7 +45,34 @@ fn with(
     warp::any().map(move || state.clone())
 }
 
-fn recent(
+/// One source's stats; for a source this process has not seen, what storage holds of it.
+fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(stats) = state.router.source_stats(id) {
+        return Ok(warp::reply::json(&stats).into_response());
+    }
+    let stored = StoredSeqs::new(&state.config.log_storage.local_dir).last_seq(id);
+    if stored == 0 {
+        return Err(ApiError::not_found(format!(
+            "unknown source {id:?}: no logs have been received for it"
+        )));
+    }
+    Ok(warp::reply::json(&SourceStats {
+        source_id: id.to_owned(),
+        retained: 0,
+        retained_bytes: 0,
+        oldest_seq: None,
+        newest_seq: None,
+        published: stored,
+        resumed_after: stored,
+    })
+    .into_response())
+}
+
+/// Most lines one `recent` request returns.
+const MAX_RECENT: usize = 100_000;
+
+async fn recent(
     state: &AppState,
     id: &str,
     q: &HashMap<String, String>,
@@ -51,6 +83,11 @@ fn recent(
     let filter = filter_from_query(q)?;
     let limit =
         number_param::<usize>(q, "limit")?.unwrap_or(state.config.http.recent_default_limit);
+    if limit > MAX_RECENT {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is over {MAX_RECENT}: read more with a stream's since_seq"
+        )));
+    }
     let text = match q.get("format").map(String::as_str) {
         Some("text") => true,
         Some("json") => false,
@@ -61,11 +98,46 @@ fn recent(
         }
         None => accept.is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
     };
-    let envs = state.router.recent(id, limit, &filter).ok_or_else(|| {
-        ApiError::not_found(format!(
+    let in_ring = state.router.recent(id, limit, &filter);
+    // Lines older than the ring's oldest are read back from the source's files.
+    let ring_first = state
+        .router
+        .source_stats(id)
+        .map_or(u64::MAX, |s| s.oldest_seq.unwrap_or(s.published + 1));
+    let known = in_ring.is_some();
+    let mut envs = in_ring.unwrap_or_default();
+    let mut on_disk = false;
+    if envs.len() < limit && ring_first > 1 {
+        let want = limit - envs.len();
+        let dir = state.config.log_storage.local_dir.clone();
+        let max_files = state.config.log_storage.max_files;
+        let source = id.to_owned();
+        let read = tokio::task::spawn_blocking(move || {
+            let files = sluice_drains::history::local_files(&dir, &source, max_files);
+            let lines = sluice_drains::history::last_lines(&files, ring_first, want, |l| {
+                filter.matches(&l.to_envelope(&source))
+            });
+            let envs: Vec<_> = lines
+                .iter()
+                .map(|l| std::sync::Arc::new(l.to_envelope(&source)))
+                .collect();
+            (!files.is_empty(), envs)
+        })
+        .await
+        .map_err(|e| ApiError {
+            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot read the source's files: {e}"),
+        })?;
+        on_disk = read.0;
+        let mut older = read.1;
+        older.append(&mut envs);
+        envs = older;
+    }
+    if !known && !on_disk {
+        return Err(ApiError::not_found(format!(
             "unknown source {id:?}: no logs have been received for it"
-        ))
-    })?;
+        )));
+    }
     if text {
         let mut body = String::new();
         for env in &envs {

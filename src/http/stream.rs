@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sluice_router::codec::encode_batch;
-use sluice_router::{Cursor, Delivery, Selector, Start, validate_source_id};
+use sluice_router::{Cursor, Delivery, Selector, Start};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
@@ -121,23 +121,167 @@ fn open(
             }
             (None, _) => Selector::All,
         };
-        if let Selector::Source(id) = &selector {
-            validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (cursor, prelude) = match selector {
+            // One source: what the ring no longer holds comes from storage first.
+            Selector::Source(id) => open_source(&state, &id, filter, start),
+            selector => state
+                .router
+                .subscribe(selector, filter, start)
+                .map(|c| (c, None)),
         }
-        let cursor = state
-            .router
-            .subscribe(selector, filter, start)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok((cursor, format))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((cursor, prelude, format))
     })();
     match opened {
-        Ok((cursor, format)) => ws.on_upgrade(move |socket| tail(socket, cursor, format, state)),
+        Ok((cursor, prelude, format)) => {
+            ws.on_upgrade(move |socket| tail(socket, cursor, prelude, format, state))
+        }
         Err(e) => e.into_response(),
     }
 }
 
-async fn tail(socket: Socket, cursor: Cursor, format: Format, state: AppState) {
-    pump(socket, cursor, state, move |batch| render(batch, format)).await;
+async fn tail(
+    socket: Socket,
+    cursor: Cursor,
+    prelude: Option<Prelude>,
+    format: Format,
+    state: AppState,
+) {
+    pump(socket, cursor, prelude, state, move |batch| {
+        render(batch, format)
+    })
+    .await;
+}
+
+/// What a reader of one source gets from storage before its cursor takes over: batches of the
+/// lines older than the ring, with exact loss notices where seqs are missing.
+pub(crate) type Prelude = tokio::sync::mpsc::Receiver<Vec<Delivery>>;
+
+/// Lines per batch read from storage.
+const PRELUDE_BATCH: usize = 512;
+/// How long a reader waits for the persister to write what the ring already let go, before
+/// the seqs it lacks count as missed.
+const PERSISTER_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens a cursor on one source at `start`; when `start` reaches back past the ring's oldest
+/// line, the cursor starts at that line and the [`Prelude`] reads what comes before it from the
+/// source's files (a backfill's missing lines; a resume's whole range, streamed), so the
+/// reader gets every line once, in order, across restarts.
+pub(crate) fn open_source(
+    state: &AppState,
+    id: &str,
+    filter: sluice_router::Filter,
+    start: Start,
+) -> Result<(Cursor, Option<Prelude>), sluice_router::EnvelopeError> {
+    let router = &state.router;
+    let selector = || Selector::Source(id.to_owned());
+    let stats = router.touch(id)?;
+    let first_in_ring = stats.oldest_seq.unwrap_or(stats.published + 1);
+    let dir = state.config.log_storage.local_dir.clone();
+    let max_files = state.config.log_storage.max_files;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Delivery>>(4);
+    let id = id.to_owned();
+    match start {
+        Start::Back(n) => {
+            let cursor = router.subscribe(selector(), filter.clone(), start)?;
+            let from = cursor.positions().first().map_or(1, |p| p.1);
+            let in_ring = router
+                .recent(&id, n, &filter)
+                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
+            if in_ring >= n || from <= 1 {
+                return Ok((cursor, None));
+            }
+            tokio::task::spawn_blocking(move || {
+                let files = sluice_drains::history::local_files(&dir, &id, max_files);
+                let lines = sluice_drains::history::last_lines(&files, from, n - in_ring, |l| {
+                    filter.matches(&l.to_envelope(&id))
+                });
+                for chunk in lines.chunks(PRELUDE_BATCH) {
+                    let batch = chunk
+                        .iter()
+                        .map(|l| Delivery::Log(std::sync::Arc::new(l.to_envelope(&id))))
+                        .collect();
+                    if tx.blocking_send(batch).is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok((cursor, Some(rx)))
+        }
+        Start::AfterSeq(after) if after.saturating_add(1) < first_in_ring => {
+            let cursor = router.subscribe(
+                selector(),
+                filter.clone(),
+                Start::AfterSeq(first_in_ring - 1),
+            )?;
+            let durability = state.persister.durability.clone();
+            let stored = stats.resumed_after;
+            tokio::spawn(async move {
+                // Lines the ring let go may still be on their way to the file.
+                let from = (after + 1).max(stored + 1);
+                if from < first_in_ring {
+                    let _ = durability
+                        .wait(&id, from, first_in_ring - 1, PERSISTER_WAIT)
+                        .await;
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    read_range(&dir, max_files, &id, after, first_in_ring, &filter, &tx)
+                })
+                .await;
+            });
+            Ok((cursor, Some(rx)))
+        }
+        start => Ok((router.subscribe(selector(), filter, start)?, None)),
+    }
+}
+
+/// Streams the lines of `id` with a seq in `after + 1 .. before` from its files into `tx`, in
+/// batches, with a loss notice for each run of seqs the files lack.
+fn read_range(
+    dir: &std::path::Path,
+    max_files: usize,
+    id: &str,
+    after: u64,
+    before: u64,
+    filter: &sluice_router::Filter,
+    tx: &tokio::sync::mpsc::Sender<Vec<Delivery>>,
+) {
+    let files = sluice_drains::history::local_files(dir, id, max_files);
+    let source: std::sync::Arc<str> = id.into();
+    let mut expected = after + 1;
+    let mut last_ts = 0i64;
+    let gap = |expected: u64, to: u64, last_ts: i64, out: &mut Vec<Delivery>| {
+        if to > expected {
+            out.push(Delivery::Missed(sluice_router::MissedNotice {
+                source_id: source.clone(),
+                count: to - expected,
+                since_ns: last_ts,
+                last_missed_seq: to - 1,
+            }));
+        }
+    };
+    let mut open = true;
+    let _ = sluice_drains::history::lines_between(&files, after, before, PRELUDE_BATCH, |lines| {
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines {
+            let env = line.to_envelope(id);
+            gap(expected, env.seq, last_ts, &mut out);
+            expected = expected.max(env.seq + 1);
+            last_ts = env.timestamp;
+            if filter.matches(&env) {
+                out.push(Delivery::Log(std::sync::Arc::new(env)));
+            }
+        }
+        open = out.is_empty() || tx.blocking_send(out).is_ok();
+        open
+    });
+    if open {
+        let mut out = Vec::new();
+        gap(expected, before, last_ts, &mut out);
+        if !out.is_empty() {
+            let _ = tx.blocking_send(out);
+        }
+    }
 }
 
 /// Runs a WebSocket from a cursor until the client leaves or the server stops: each batch read
@@ -146,6 +290,7 @@ async fn tail(socket: Socket, cursor: Cursor, format: Format, state: AppState) {
 pub(crate) async fn pump(
     socket: Socket,
     mut cursor: Cursor,
+    mut prelude: Option<Prelude>,
     state: AppState,
     mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
 ) {
@@ -179,7 +324,19 @@ pub(crate) async fn pump(
                     break Err(e);
                 }
             }
-            n = cursor.next_batch(&mut batch, batch_max) => {
+            // What storage holds first; then the cursor, which starts where it ends.
+            read = async { prelude.as_mut().expect("guarded").recv().await }, if prelude.is_some() => {
+                match read {
+                    Some(mut lines) => {
+                        let messages = render(&mut lines);
+                        if let Err(e) = send(&mut tx, messages).await {
+                            break Err(e);
+                        }
+                    }
+                    None => prelude = None,
+                }
+            }
+            n = cursor.next_batch(&mut batch, batch_max), if prelude.is_none() => {
                 // A slow client blocks here; meanwhile its cursor falls behind in the ring, which
                 // is what turns into an exact loss notice once it reads again.
                 let messages = render(&mut batch);

@@ -145,6 +145,31 @@ impl Line {
         serde_json::from_slice(&out).expect("write_line writes a Line")
     }
 
+    /// The envelope this line was written from, as far as the file keeps it: everything but
+    /// tags, with the time to the millisecond.
+    pub fn to_envelope(&self, source_id: &str) -> Envelope {
+        let mut env = Envelope::new(source_id, self.line.clone());
+        env.timestamp = UtcTime::parse_utc_ns(&self.ts).unwrap_or(0);
+        env.channel = if self.stream == "stderr" {
+            Channel::Err
+        } else {
+            Channel::Out
+        };
+        env.step = self.step.clone();
+        if let Some(origin) = &self.origin {
+            // Written as `origin/instance`; an origin may hold `/` itself, an instance not.
+            match origin.rsplit_once('/') {
+                Some((o, i)) => {
+                    env.origin = o.to_owned();
+                    env.instance_id = i.to_owned();
+                }
+                None => env.origin = origin.clone(),
+            }
+        }
+        env.seq = self.seq.unwrap_or(0);
+        env
+    }
+
     /// One JSONL line, without its newline.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -211,6 +236,13 @@ mod tests {
         );
         let back: Line = serde_json::from_slice(&out).unwrap();
         assert_eq!(back.line, "Hello \"World\"\n\u{7}");
+        let mut again = e.clone();
+        again.timestamp = 1_739_357_805_123_000_000;
+        assert_eq!(
+            back.to_envelope("job-1"),
+            again,
+            "all but tags and sub-millisecond time"
+        );
         e.step = None;
         e.channel = Channel::Err;
         let mut out = Vec::new();
