@@ -46,6 +46,7 @@ fn persister(c: &mut Criterion) {
                         max_file_size_bytes: 1 << 30,
                         max_files: 2,
                         max_open_files: 16,
+                        keep_segments: 0,
                     })
                     .unwrap();
                     let stop = CancellationToken::new();

@@ -112,6 +112,9 @@ pub struct LogStorage {
     pub max_open_files: usize,
     /// Keep a job's local files after S3 has its archive.
     pub keep_local: bool,
+    /// With S3: rotated files kept per source until it completes (and is archived whole);
+    /// past this the oldest is deleted, with a notice.
+    pub keep_segments: usize,
     /// When the persister is a whole ring behind: `block` makes ingest wait (nothing lost on
     /// disk), `overwrite` lets its oldest unwritten lines go (announced in the file).
     pub when_behind: WhenBehind,
@@ -130,6 +133,7 @@ impl Default for LogStorage {
             max_open_files: 256,
             keep_local: false,
             when_behind: WhenBehind::Block,
+            keep_segments: 100,
             s3: None,
         }
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sluice_drains::archive::Archive;
-use sluice_drains::persister::{Line, PersisterHandle, file_path, legacy_path, rotated_path};
+use sluice_drains::persister::{Line, PersisterHandle, legacy_path};
 use sluice_router::{Filter, Router};
 
 /// How a job ended.
@@ -66,11 +66,7 @@ pub fn disk_lines_between(
 /// there.
 fn read_disk(persister: &PersisterHandle, source: &str) -> (BTreeMap<u64, Line>, Vec<Line>, bool) {
     let dir = &persister.config.local_dir;
-    let mut files: Vec<std::path::PathBuf> = (1..persister.config.max_files.max(1))
-        .rev()
-        .map(|n| rotated_path(dir, source, n))
-        .collect();
-    files.push(file_path(dir, source));
+    let files = sluice_drains::history::local_files(dir, source, persister.config.max_files);
     let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
     let mut unsequenced: Vec<Line> = Vec::new();
     let mut found = false;

@@ -207,6 +207,12 @@ impl Metrics {
             "Log files rotated.",
             relaxed(&persister.rotations),
         );
+        counter(
+            &mut out,
+            "sluice_persister_deleted_lines_total",
+            "Lines in files that rotation deleted (max_files; with S3, keep_segments), each deletion announced.",
+            relaxed(&persister.deleted_lines),
+        );
         if let Some(a) = archive {
             counter(
                 &mut out,

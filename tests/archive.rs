@@ -375,3 +375,62 @@ async fn archive_keys_never_collide_and_no_job_reads_another_jobs_lines() {
     .await;
     assert!(!object.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_rotates_many_times_is_read_and_archived_whole() {
+    let moto = Moto::start_on(free_tcp_port());
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    // Small files, three kept: 600 lines rotate about 25 times.
+    let server = Server::start(&format!(
+        "log_storage:\n  local_dir: {{logs}}\n  max_file_size_bytes: 4096\n  max_files: 3\n  s3:\n    bucket: {BUCKET}\n    endpoint: {}\n",
+        moto.endpoint()
+    ));
+    send(&server, "job-r", 600).await;
+    let run_lines = |text: &str| -> Vec<u64> {
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["step"] == "run")
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // While it runs, every line reads back: the rotated-out files wait for the archive.
+    let running = wait_for("every line on disk", 30, async || {
+        let logs = server.get_json("/api/jobs/job-r/logs").await;
+        let seqs = run_lines(logs["logs"].as_str().unwrap());
+        (seqs.len() == 600).then_some(seqs)
+    })
+    .await;
+    assert_eq!(running, (1..=600).collect::<Vec<_>>());
+    assert!(server.metric("sluice_persister_rotations_total").await >= 10);
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/job-r/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    let key = done["archive"]["key"].as_str().unwrap().to_owned();
+    wait_for("the archive", 60, async || {
+        server
+            .logs
+            .join(".archive/done/job-r#1.json")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    let text = String::from_utf8(gunzipped(&s3, BUCKET, &key).await).unwrap();
+    assert_eq!(
+        run_lines(&text),
+        (1..=600).collect::<Vec<_>>(),
+        "every line"
+    );
+    assert_eq!(
+        server.metric("sluice_persister_deleted_lines_total").await,
+        0
+    );
+    assert!(
+        !server.logs.join(".archive/segments/job-r").exists(),
+        "the segments went with the archive"
+    );
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, eventually};
 use sluice::client::{IngestAddr, connect_ingest, connect_ingest_with};
 use sluice_router::{Channel, Envelope};
 
@@ -148,7 +148,12 @@ async fn files_rotate_by_size_keeping_max_files() {
             .iter()
             .flat_map(|f| read_lines(&logs.join(f)))
             .collect();
-        let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        // (Notices of deleted lines come after, with seqs of their own.)
+        let seqs: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["step"] != "_server")
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
         if seqs.last() == Some(&300) {
             break seqs;
         }
@@ -178,6 +183,50 @@ async fn files_rotate_by_size_keeping_max_files() {
     let first = seqs[0];
     assert_eq!(seqs, (first..=300).collect::<Vec<_>>());
     assert!(first > 1, "the oldest file was dropped");
+    // Every deleted line was announced: notices (step `_server`, seqs of their own) whose
+    // ranges and the kept lines together are every seq once.
+    eventually("every deleted line announced", 30, async || {
+        let metric = server.metric("sluice_persister_deleted_lines_total").await;
+        let notices = server
+            .get_json("/api/v1/sources/busy/recent?step=_server&limit=1000")
+            .await;
+        let ranges: Vec<(u64, u64, u64)> = notices
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["message"].as_str().unwrap())
+            .filter(|m| m.starts_with("sluice deleted "))
+            .map(|m| {
+                let words: Vec<&str> = m.split([' ', '(', ')']).collect();
+                let count = words[2].parse().unwrap();
+                let at = words.iter().position(|w| *w == "seqs").expect(m);
+                (
+                    count,
+                    words[at + 1].parse().unwrap(),
+                    words[at + 3].parse().unwrap(),
+                )
+            })
+            .collect();
+        let announced: u64 = ranges.iter().map(|r| r.0).sum();
+        if metric == 0 || announced != metric {
+            return None;
+        }
+        for &(count, a, b) in &ranges {
+            assert_eq!(count, b - a + 1, "{ranges:?}");
+        }
+        let mut covered: Vec<u64> = ranges.iter().flat_map(|&(_, a, b)| a..=b).collect();
+        covered.extend(
+            ["busy.jsonl.2", "busy.jsonl.1", "busy.jsonl"]
+                .iter()
+                .flat_map(|f| read_lines(&logs.join(f)))
+                .map(|l| l["seq"].as_u64().unwrap()),
+        );
+        covered.sort();
+        let newest = *covered.last().unwrap();
+        // Each seq once: kept, or in exactly one announced deletion.
+        (covered == (1..=newest).collect::<Vec<_>>()).then_some(())
+    })
+    .await;
     for f in ["busy.jsonl.2", "busy.jsonl.1"] {
         assert!(std::fs::metadata(logs.join(f)).unwrap().len() >= 4096);
     }

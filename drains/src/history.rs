@@ -127,14 +127,15 @@ pub fn lines_backwards(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io
 }
 
 /// The local files of `source` under `dir`, oldest first: the files of its completions still on
-/// disk (waiting for S3, or kept), its rotated files (the highest number first) and its
-/// current file. Seqs rise from one file to the next.
+/// disk (waiting for S3, or kept), its segments (rotated out, waiting for its completion), its
+/// rotated files (the highest number first) and its current file. Seqs rise from one file to the next.
 pub fn local_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = archive::records_of(dir, source)
         .into_iter()
         .flat_map(|r| r.files)
         .filter(|f| f.exists())
         .collect();
+    files.extend(crate::persister::segments(dir, source));
     files.extend(
         (1..max_files.max(1))
             .rev()

@@ -15,6 +15,7 @@ fn config(dir: &std::path::Path) -> PersisterConfig {
         max_file_size_bytes: 1 << 30,
         max_files: 2,
         max_open_files: 4,
+        keep_segments: 0,
     }
 }
 

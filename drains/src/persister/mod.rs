@@ -3,6 +3,10 @@
 //!
 //! - Files: `local_dir/<stem>.jsonl` (see [`names::file_stem`]), rotated at
 //!   `max_file_size_bytes` to `<stem>.jsonl.1`, `.2`, … keeping `max_files` files in all.
+//!   With an archive (`keep_segments` > 0), the file rotated out is not deleted but kept as a
+//!   segment (`.archive/segments/<stem>/<stem>.jsonl.sNNNNNNNN`) until the source completes,
+//!   so a job that rotates is archived whole. Whatever is deleted (beyond `keep_segments`, or
+//!   without an archive) is counted and announced: a `_server` notice with the exact count.
 //! - `fsync`: `never`, `interval` (every `fsync_interval_millis`), or `always` (after each batch).
 //! - When the persister's cursor is overrun it writes a `_server` line with the exact count lost.
 //! - A write that fails (disk full) keeps its bytes for the next try, up to a bound; past it the
@@ -50,6 +54,8 @@ pub struct PersisterConfig {
     pub max_file_size_bytes: u64,
     pub max_files: usize,
     pub max_open_files: usize,
+    /// Files rotated out kept per source for the archive; 0: deleted (no archive).
+    pub keep_segments: usize,
 }
 
 /// Appended to the name of a file a rotation is deleting in the background.
@@ -129,6 +135,8 @@ pub struct PersisterCounters {
     pub lost: AtomicU64,
     pub errors: AtomicU64,
     pub rotations: AtomicU64,
+    /// Lines in files that rotation deleted (`max_files`, `keep_segments`).
+    pub deleted_lines: AtomicU64,
 }
 
 /// Requests to the persister task.
@@ -226,10 +234,12 @@ pub struct Persister {
     unlogged_loss: u64,
     last_loss_log: Option<Instant>,
     /// The `fsync: interval` sync in progress, on a thread of its own.
-    background_sync: Option<std::thread::JoinHandle<()>>,
+    background_sync: Option<std::thread::JoinHandle<Option<Deleted>>>,
     /// Rotations finishing off this thread: syncing the closed file, deleting the oldest; with
     /// the descriptors each holds meanwhile.
-    rotations: Vec<(std::thread::JoinHandle<()>, usize)>,
+    rotations: Vec<(std::thread::JoinHandle<Option<Deleted>>, usize)>,
+    /// Where notices about deleted lines are published (they reach the file that way too).
+    notices: Option<sluice_router::Router>,
     /// Descriptors open for `files` and for `rotations`. With one more for a background sync
     /// while it runs, never more than `max_open_files`.
     open_fds: usize,
@@ -329,6 +339,7 @@ impl Persister {
             last_loss_log: None,
             background_sync: None,
             rotations: Vec::new(),
+            notices: None,
             open_fds: 0,
             closed_unsynced: Vec::new(),
             _lock: lock,
@@ -340,6 +351,12 @@ impl Persister {
             config,
         };
         Ok((persister, handle, rx))
+    }
+
+    /// Publishes notices about lines rotation deleted through `router`, so that readers of the
+    /// source see them, and the file has them.
+    pub fn announce_through(&mut self, router: sluice_router::Router) {
+        self.notices = Some(router);
     }
 
     /// Runs until `shutdown`, then writes what its cursor still holds, syncs and returns.
@@ -355,12 +372,15 @@ impl Persister {
                 self.files.values().any(|f| f.unsynced) && self.config.fsync == Fsync::Interval;
             let sync_at = self.last_sync + self.config.fsync_interval;
             let retry = self.files.values().any(|f| !f.buf.is_empty());
+            let rotating = !self.rotations.is_empty();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(c) = control.recv() => self.pending.push(c),
                 () = tokio::time::sleep_until(sync_at), if unsynced => {}
                 () = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
+                // Rotations finishing in the background: announce what they deleted.
+                () = tokio::time::sleep(Duration::from_millis(50)), if rotating => {}
                 _ = cursor.next_batch(&mut deliveries, BATCH) => {}
             }
             self.write(&mut deliveries);
@@ -372,8 +392,10 @@ impl Persister {
         }
         self.settle();
         self.sync_all(true);
-        for (r, _) in self.rotations.drain(..) {
-            let _ = r.join();
+        for (r, _) in std::mem::take(&mut self.rotations) {
+            if let Ok(Some(deleted)) = r.join() {
+                self.announce_deleted(&deleted);
+            }
         }
         for c in self.pending.drain(..) {
             let Control::Complete { reply, .. } = c;
@@ -411,7 +433,7 @@ impl Persister {
         };
         let last_seq = last.seq;
         self.tick += 1;
-        let tick = self.tick;
+        let tick = self.counters.rotations.load(Ordering::Relaxed);
         let max = self.config.max_file_size_bytes;
         let mut lines = run.drain(..).peekable();
         while lines.peek().is_some() {
@@ -460,7 +482,7 @@ impl Persister {
 
     fn append(&mut self, source: &Arc<str>, env: &Envelope) {
         self.tick += 1;
-        let tick = self.tick;
+        let tick = self.counters.rotations.load(Ordering::Relaxed);
         let file = self.open(source);
         let before = file.buf.len();
         write_line(env, &mut file.buf);
@@ -544,7 +566,9 @@ impl Persister {
             // Nothing of ours left to close: the rest are held by background work. Rare (a
             // limit of a few files), and the wait is bounded by one sync.
             if let Some((h, n)) = (!self.rotations.is_empty()).then(|| self.rotations.remove(0)) {
-                let _ = h.join();
+                if let Ok(Some(deleted)) = h.join() {
+                    self.announce_deleted(&deleted);
+                }
                 self.open_fds -= n;
             } else if let Some(h) = self.background_sync.take() {
                 let _ = h.join();
@@ -554,16 +578,51 @@ impl Persister {
         }
     }
 
-    /// Forgets rotations that have finished, and the descriptors they held.
+    /// Forgets rotations that have finished, and the descriptors they held; announces what
+    /// they deleted.
     fn reap_rotations(&mut self) {
-        let open_fds = &mut self.open_fds;
-        self.rotations.retain(|(h, n)| {
-            let done = h.is_finished();
-            if done {
-                *open_fds -= n;
+        let mut i = 0;
+        while i < self.rotations.len() {
+            if !self.rotations[i].0.is_finished() {
+                i += 1;
+                continue;
             }
-            !done
-        });
+            let (h, n) = self.rotations.remove(i);
+            self.open_fds -= n;
+            if let Ok(Some(deleted)) = h.join() {
+                self.announce_deleted(&deleted);
+            }
+        }
+    }
+
+    fn announce_deleted(&self, d: &Deleted) {
+        self.counters
+            .deleted_lines
+            .fetch_add(d.lines, Ordering::Relaxed);
+        if d.lines == 0 {
+            return;
+        }
+        let seqs = match (d.first_seq, d.last_seq) {
+            (Some(a), Some(b)) => format!(" (seqs {a} to {b})"),
+            _ => String::new(),
+        };
+        let text = format!(
+            "sluice deleted {} {} of this source{seqs} from disk: {}",
+            d.lines,
+            if d.lines == 1 { "line" } else { "lines" },
+            d.why
+        );
+        tracing::warn!(source = %d.source, lines = d.lines, "{}", d.why);
+        let mut env = Envelope::new(&*d.source, text);
+        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
+        env.channel = Channel::Err;
+        env.step = Some(SERVER_STEP.into());
+        env.timestamp = now_ns();
+        if let Some(router) = &self.notices
+            && let Err(e) = router.publish_notice(env)
+        {
+            tracing::warn!(error = %e, "cannot publish a deletion notice");
+        }
     }
 
     /// Closes the least recently used open file other than `keep`, writing out its buffer
@@ -692,6 +751,7 @@ impl Persister {
         }
         self.durability.notify.notify_waiters();
         self.answer_completions();
+        self.reap_rotations();
     }
 
     /// Syncs every file written since the last sync. With `wait` false (`fsync: interval`) the
@@ -760,14 +820,42 @@ impl Persister {
             let _ = file.sync_data();
         }
         let keep = self.config.max_files.max(1) - 1;
-        let mut doomed = None;
+        let keep_segments = self.config.keep_segments;
+        let max_files = self.config.max_files;
+        let mut doomed: Option<(PathBuf, String)> = None;
+        let tick = self.counters.rotations.load(Ordering::Relaxed);
         let result = (|| -> std::io::Result<()> {
-            // Renamed aside at once, deleted later: the name is free for the next rotation.
-            let mut set_aside = |path: &Path| -> std::io::Result<()> {
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(DOOMED_SUFFIX);
+            // Renamed aside at once, deleted later: the name is free for the next rotation. A
+            // name of its own, so that a quick next rotation cannot replace it before its lines
+            // are counted.
+            let doom = |path: &Path| -> std::io::Result<PathBuf> {
+                let mut name = path.file_name().unwrap_or_default().to_owned();
+                name.push(format!(".{tick}{DOOMED_SUFFIX}"));
+                let aside = dir.join(name);
                 std::fs::rename(path, &aside)?;
-                doomed = Some(PathBuf::from(aside));
+                Ok(aside)
+            };
+            // The file rotating out: kept as a segment for the archive, or deleted.
+            let mut set_aside = |path: &Path| -> std::io::Result<()> {
+                if keep_segments == 0 {
+                    let why = format!(
+                        "rotation keeps log_storage.max_files = {max_files} files per source"
+                    );
+                    doomed = Some((doom(path)?, why));
+                    return Ok(());
+                }
+                let existing = segments(&dir, source);
+                let next = existing.last().and_then(|p| segment_number(p)).unwrap_or(0) + 1;
+                let seg_dir = segments_dir(&dir, source);
+                std::fs::create_dir_all(&seg_dir)?;
+                let name = format!("{}.jsonl.s{next:08}", file_stem(source));
+                std::fs::rename(path, seg_dir.join(name))?;
+                if existing.len() >= keep_segments {
+                    let why = format!(
+                        "more than log_storage.keep_segments = {keep_segments} rotated files of this source waited for its completion"
+                    );
+                    doomed = Some((doom(&existing[0])?, why));
+                }
                 Ok(())
             };
             if keep == 0 {
@@ -807,6 +895,7 @@ impl Persister {
             .collect();
         // The closed file's descriptor stays counted until its sync is done.
         let held = closed.len();
+        let doomed = doomed.map(|(path, why)| (path, source.clone(), why));
         match in_background("sluice-rotate", closed, doomed, &self.counters) {
             Some(h) => self.rotations.push((h, held)),
             None => self.open_fds -= held,
@@ -851,7 +940,11 @@ impl Persister {
             let done = self.completed(&source);
             let _ = reply.send(match move_to {
                 None => Ok(done),
-                Some(dir) => move_completed(done, &dir, &self.config.local_dir),
+                Some(dir) => {
+                    let moved = move_completed(done, &dir, &self.config.local_dir);
+                    let _ = std::fs::remove_dir(segments_dir(&self.config.local_dir, &source));
+                    moved
+                }
             });
         }
         self.pending = still;
@@ -865,7 +958,10 @@ impl Persister {
             .filter(|p| p.exists())
             .collect();
         rotated.reverse();
-        Completed { path, rotated }
+        // Segments are older than every rotated file.
+        let mut all = segments(dir, source);
+        all.append(&mut rotated);
+        Completed { path, rotated: all }
     }
 }
 
@@ -898,26 +994,95 @@ fn move_completed(done: Completed, dir: &Path, local_dir: &Path) -> Result<Compl
     Ok(Completed { path, rotated })
 }
 
-/// Syncs `files`, then deletes `doomed`, on a thread of its own; a failed sync is counted and
-/// logged there. `None` if the thread could not start (said in the log).
+/// Lines a rotation deleted, for the notice.
+#[derive(Debug)]
+struct Deleted {
+    source: Arc<str>,
+    lines: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    why: String,
+}
+
+/// Syncs `files`, then counts the lines of `doomed` (a file of a source, and why it goes) and
+/// deletes it, on a thread of its own; a failed sync is counted and logged there. `None` if the
+/// thread could not start (said in the log).
 fn in_background(
     name: &str,
     files: Vec<ToSync>,
-    doomed: Option<PathBuf>,
+    doomed: Option<(PathBuf, Arc<str>, String)>,
     counters: &Arc<PersisterCounters>,
-) -> Option<std::thread::JoinHandle<()>> {
+) -> Option<std::thread::JoinHandle<Option<Deleted>>> {
     let counters = counters.clone();
     let work = move || {
         sync_files(files, &counters);
-        if let Some(path) = doomed {
-            let _ = std::fs::remove_file(path);
-        }
+        let (path, source, why) = doomed?;
+        let (lines, first_seq) = count_lines(&path);
+        let last_seq = Some(crate::history::last_seq_in(&path)).filter(|&s| s > 0);
+        let _ = std::fs::remove_file(path);
+        Some(Deleted {
+            source,
+            lines,
+            first_seq,
+            last_seq,
+            why,
+        })
     };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(work)
         .inspect_err(|e| tracing::error!(error = %e, thread = name, "cannot start a thread"))
         .ok()
+}
+
+/// The lines of the file at `path`, and the seq of its first line.
+fn count_lines(path: &Path) -> (u64, Option<u64>) {
+    use std::io::{BufRead, Read};
+    let Ok(file) = File::open(path) else {
+        return (0, None);
+    };
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    let mut first = Vec::new();
+    let _ = reader.read_until(b'\n', &mut first);
+    let first_seq = serde_json::from_slice::<Line>(&first)
+        .ok()
+        .and_then(|l| l.seq);
+    let mut lines = u64::from(first.ends_with(b"\n"));
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    (lines, first_seq)
+}
+
+/// Where a source's rotated files wait for its completion, with an archive.
+pub fn segments_dir(dir: &Path, source: &str) -> PathBuf {
+    dir.join(".archive")
+        .join("segments")
+        .join(file_stem(source))
+}
+
+/// A source's segments, oldest first.
+pub fn segments(dir: &Path, source: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(segments_dir(dir, source)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| Some((segment_number(&p)?, p)))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+fn segment_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (_, n) = name.rsplit_once(".jsonl.s")?;
+    n.parse().ok()
 }
 
 /// The last byte of the file at `path`.
