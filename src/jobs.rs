@@ -1,15 +1,16 @@
 //! Jobs, as Strøm sees them: a source whose lines carry steps, that ends with a status, and
 //! whose log is read back as JSONL wherever it now lives.
 //!
-//! Reads merge, by `seq` and without duplicates: the source's local files (rotated ones oldest
-//! first, then the current one), or the legacy `<stem>.log` when there is no JSONL, and the
-//! lines still in the ring (which the persister may not have written yet).
+//! Reads go through every tier in seq order, each line once: S3 objects and local files of
+//! earlier completions, the source's segments, rotated and current files (or the legacy
+//! `<stem>.log` when there is no JSONL), and the lines still only in the ring.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use sluice_drains::archive::Archive;
+use sluice_drains::archive::{self, Archive};
 use sluice_drains::persister::{Line, PersisterHandle, legacy_path};
 use sluice_router::{Filter, Router};
 
@@ -21,31 +22,199 @@ pub enum JobStatus {
     Failed,
 }
 
-/// Every line of `source` (of one `step`, if given), oldest first; `None` if nothing is known
-/// of it at all.
-pub fn read_lines(
+/// A job's whole log as Strøm's `{"logs": "<jsonl>"}`, streamed in chunks of about 64 KiB:
+/// a legacy `<stem>.log` (when there is no JSONL), then each completion (its local files, or its
+/// S3 object once they are gone), then the source's segments, rotated and current files, then
+/// what only the ring holds yet. Tiers are read in seq order and a line is written once, by the
+/// first tier that has it; memory stays at a few chunks however long the log (an S3 object is
+/// fetched whole). `None` when nothing is known of the source.
+pub fn log_body(
     router: &Router,
     persister: &PersisterHandle,
+    archive: Option<&Archive>,
     source: &str,
     step: Option<&str>,
-) -> Option<Vec<Line>> {
-    let (mut by_seq, unsequenced, mut found) = read_disk(persister, source);
-    if let Some(recent) = router.recent(source, usize::MAX, &Filter::default()) {
-        found |= !recent.is_empty() || router.source_stats(source).is_some_and(|s| s.published > 0);
-        for env in recent {
-            by_seq
-                .entry(env.seq)
-                .or_insert_with(|| Line::from_envelope(&env));
-        }
-    }
-    if !found {
+) -> Option<tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>> {
+    let dir = persister.config.local_dir.clone();
+    let max_files = persister.config.max_files;
+    let records = archive::records_of(&dir, source);
+    let live = sluice_drains::history::live_files(&dir, source, max_files);
+    let legacy = legacy_path(&dir, source);
+    let in_ring = router.source_stats(source).is_some_and(|s| s.published > 0);
+    if records.is_empty() && live.is_empty() && !in_ring && !legacy.exists() {
         return None;
     }
-    let lines = unsequenced.into_iter().chain(by_seq.into_values());
-    Some(match step {
-        Some(step) => lines.filter(|l| l.step.as_deref() == Some(step)).collect(),
-        None => lines.collect(),
-    })
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut w = JsonlWriter {
+        buf: BytesMut::with_capacity(CHUNK + 4096),
+        tx,
+        floor: 0,
+        newest: 0,
+        step: step.map(str::to_owned),
+    };
+    let router = router.clone();
+    let archive = archive.cloned();
+    let source = source.to_owned();
+    tokio::spawn(async move {
+        w.buf.extend_from_slice(b"{\"logs\":\"");
+        let result: Result<(), std::io::Error> = async {
+            if records.is_empty() && live.is_empty() {
+                w = blocking(w, move |w| w.legacy(&legacy)).await?;
+            }
+            for record in records {
+                w.next_tier();
+                if record.files.iter().all(|f| f.exists()) {
+                    w = blocking(w, move |w| w.files(&record.files)).await?;
+                    continue;
+                }
+                let Some(archive) = &archive else { continue };
+                let text = archive.fetch(&record.key).await.map_err(|e| {
+                    std::io::Error::other(format!("cannot read s3 object {}: {e}", record.key))
+                })?;
+                w = blocking(w, move |w| {
+                    for raw in text.split(|&b| b == b'\n') {
+                        w.raw_line(raw)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            w.next_tier();
+            w = blocking(w, move |w| w.files(&live)).await?;
+            w.next_tier();
+            let ring = router
+                .recent(&source, usize::MAX, &Filter::default())
+                .unwrap_or_default();
+            for env in ring {
+                w.line(Line::from_envelope(&env));
+                if w.buf.len() >= CHUNK {
+                    w.flush().await?;
+                }
+            }
+            w.buf.extend_from_slice(b"\"}");
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            // The status went out with the first chunk: the client sees the body cut short.
+            tracing::warn!(job = %source, error = %e, "job log read failed");
+        }
+    });
+    Some(rx)
+}
+
+/// Bytes of the answer gathered before they are sent.
+const CHUNK: usize = 64 * 1024;
+
+/// Writes lines into the `logs` string of the answer.
+struct JsonlWriter {
+    buf: BytesMut,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// The newest seq earlier tiers wrote: a line at or below it was written already. (Within
+    /// a tier lines are written as they come: a file may hold a notice after newer lines.)
+    floor: u64,
+    /// The newest seq written so far.
+    newest: u64,
+    step: Option<String>,
+}
+
+/// The client went away.
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+}
+
+/// Runs `work` on the writer off the async runtime (it reads files), and hands it back.
+async fn blocking(
+    mut w: JsonlWriter,
+    work: impl FnOnce(&mut JsonlWriter) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<JsonlWriter> {
+    tokio::task::spawn_blocking(move || work(&mut w).map(|()| w))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+impl JsonlWriter {
+    fn line(&mut self, line: Line) {
+        if let Some(seq) = line.seq {
+            if seq <= self.floor {
+                return;
+            }
+            self.newest = self.newest.max(seq);
+        }
+        if self.step.is_some() && line.step != self.step {
+            return;
+        }
+        // The line's JSON, then its newline, as the inside of a JSON string.
+        let quoted = serde_json::to_string(&line.to_json()).unwrap_or_default();
+        self.buf
+            .extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        self.buf.extend_from_slice(b"\\n");
+    }
+
+    /// A JSONL line as read; unreadable ones (a torn last line) are skipped.
+    fn raw_line(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        if let Ok(line) = serde_json::from_slice::<Line>(raw) {
+            self.line(line);
+        }
+        if self.buf.len() >= CHUNK {
+            self.flush_blocking()?;
+        }
+        Ok(())
+    }
+
+    fn files(&mut self, files: &[PathBuf]) -> std::io::Result<()> {
+        for path in files {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                // Archived and removed meanwhile: its lines are in S3 now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let reader = std::io::BufReader::with_capacity(CHUNK, file);
+            for raw in std::io::BufRead::split(reader, b'\n') {
+                self.raw_line(&raw?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pre-JSONL log: one plain line per line, without seqs.
+    fn legacy(&mut self, path: &Path) -> std::io::Result<()> {
+        let Ok(file) = std::fs::File::open(path) else {
+            return Ok(());
+        };
+        let reader = std::io::BufReader::with_capacity(CHUNK, file);
+        for raw in std::io::BufRead::split(reader, b'\n') {
+            let raw = raw?;
+            self.line(Line {
+                ts: String::new(),
+                stream: "stdout".into(),
+                step: None,
+                line: String::from_utf8_lossy(&raw).into_owned(),
+                origin: None,
+                seq: None,
+            });
+            if self.buf.len() >= CHUNK {
+                self.flush_blocking()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Done with one tier: the next writes only what is newer.
+    fn next_tier(&mut self) {
+        self.floor = self.newest;
+    }
+
+    fn flush_blocking(&mut self) -> std::io::Result<()> {
+        let chunk = self.buf.split().freeze();
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| gone())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let chunk = self.buf.split().freeze();
+        self.tx.send(Ok(chunk)).await.map_err(|_| gone())
+    }
 }
 
 /// The lines of `source` on disk with a seq in `from..=to`, in order.
@@ -55,103 +224,20 @@ pub fn disk_lines_between(
     from: u64,
     to: u64,
 ) -> Vec<Line> {
-    read_disk(persister, source)
-        .0
-        .range(from..=to)
-        .map(|(_, l)| l.clone())
-        .collect()
-}
-
-/// The local files: sequenced lines by seq, unsequenced ones in order, and whether any file was
-/// there.
-fn read_disk(persister: &PersisterHandle, source: &str) -> (BTreeMap<u64, Line>, Vec<Line>, bool) {
     let dir = &persister.config.local_dir;
     let files = sluice_drains::history::local_files(dir, source, persister.config.max_files);
-    let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
-    let mut unsequenced: Vec<Line> = Vec::new();
-    let mut found = false;
-    for path in &files {
-        found |= read_jsonl(path, &mut by_seq, &mut unsequenced);
-    }
-    if !found {
-        found = read_legacy(&legacy_path(dir, source), &mut unsequenced);
-    }
-    (by_seq, unsequenced, found)
-}
-
-/// [`read_lines`], and then what the archive holds of the job: the files of completions not
-/// yet uploaded (or kept), and every object uploaded, merged by seq: reads keep working after
-/// the local files are gone, and see every completion of the job, never another job's lines.
-pub async fn read_lines_archived(
-    router: &Router,
-    persister: &PersisterHandle,
-    archive: Option<&Archive>,
-    source: &str,
-    step: Option<&str>,
-) -> Result<Option<Vec<Line>>, String> {
-    let local = read_lines(router, persister, source, None);
-    let Some(archive) = archive else {
-        return Ok(local.map(|lines| filter_step(lines, step)));
-    };
-    let files = archive.local_files(source);
-    let keys = archive.archived_keys(source);
-    if files.is_empty() && keys.is_empty() {
-        return Ok(local.map(|lines| filter_step(lines, step)));
-    }
-    let mut by_seq: BTreeMap<u64, Line> = BTreeMap::new();
-    let mut unsequenced = Vec::new();
-    for line in local.unwrap_or_default() {
-        match line.seq {
-            Some(seq) => {
-                by_seq.entry(seq).or_insert(line);
-            }
-            None => unsequenced.push(line),
-        }
-    }
-    for file in &files {
-        read_jsonl(file, &mut by_seq, &mut unsequenced);
-    }
-    for key in &keys {
-        let text = archive.fetch(key).await?;
-        parse_jsonl(
-            &String::from_utf8_lossy(&text),
-            &mut by_seq,
-            &mut unsequenced,
-        );
-    }
-    let lines = unsequenced
-        .into_iter()
-        .chain(by_seq.into_values())
-        .collect();
-    Ok(Some(filter_step(lines, step)))
-}
-
-fn filter_step(lines: Vec<Line>, step: Option<&str>) -> Vec<Line> {
-    match step {
-        Some(step) => lines
-            .into_iter()
-            .filter(|l| l.step.as_deref() == Some(step))
-            .collect(),
-        None => lines,
-    }
-}
-
-/// Lines as one JSONL text, as Strøm's `{"logs": ...}` carries it.
-pub fn to_jsonl(lines: &[Line]) -> String {
-    let mut out = String::new();
-    for l in lines {
-        out.push_str(&l.to_json());
-        out.push('\n');
-    }
+    let mut out = Vec::new();
+    let _ = sluice_drains::history::lines_between(
+        &files,
+        from.saturating_sub(1),
+        to.saturating_add(1),
+        4096,
+        |mut lines| {
+            out.append(&mut lines);
+            true
+        },
+    );
     out
-}
-
-fn read_jsonl(path: &Path, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    parse_jsonl(&text, by_seq, unsequenced);
-    true
 }
 
 pub fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
@@ -167,22 +253,4 @@ pub fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &m
             Err(e) => tracing::debug!(error = %e, "skipping an unreadable log line"),
         }
     }
-}
-
-/// A pre-JSONL log: one plain line per line.
-fn read_legacy(path: &Path, out: &mut Vec<Line>) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    for raw in String::from_utf8_lossy(&bytes).lines() {
-        out.push(Line {
-            ts: String::new(),
-            stream: "stdout".into(),
-            step: None,
-            line: raw.to_owned(),
-            origin: None,
-            seq: None,
-        });
-    }
-    true
 }

@@ -48,21 +48,26 @@ const CHUNK: usize = 64 * 1024;
 /// A line longer than this is skipped when reading backwards (Sluice writes none so long).
 const MAX_LINE: usize = 8 * 1024 * 1024;
 
-/// The seq of the last whole JSONL line of `path` that has one; 0 if none (no file, an empty
+/// Lines with a seq looked at from the end of a file: a notice of lines the persister gave up
+/// on carries the seq of the last of them, and is written after newer lines.
+const TAIL_LINES: usize = 64;
+
+/// The highest seq among the last whole JSONL lines of `path`; 0 if none (no file, an empty
 /// one, a legacy plain-text log).
 pub fn last_seq_in(path: &Path) -> u64 {
     let mut seq = 0;
     let mut read = 0;
+    let mut seen = 0;
     let _ = lines_backwards(path, |line| {
         read += line.len() + 1;
         if let Some(s) = serde_json::from_slice::<Line>(line)
             .ok()
             .and_then(|l| l.seq)
         {
-            seq = s;
-            return false;
+            seq = seq.max(s);
+            seen += 1;
         }
-        read < TAIL_LIMIT
+        seen < TAIL_LINES && read < TAIL_LIMIT
     });
     seq
 }
@@ -127,15 +132,21 @@ pub fn lines_backwards(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io
 }
 
 /// The local files of `source` under `dir`, oldest first: the files of its completions still on
-/// disk (waiting for S3, or kept), its segments (rotated out, waiting for its completion), its
-/// rotated files (the highest number first) and its current file. Seqs rise from one file to the next.
+/// disk (waiting for S3, or kept), then its [`live_files`]. Seqs rise from one file to the next.
 pub fn local_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = archive::records_of(dir, source)
         .into_iter()
         .flat_map(|r| r.files)
         .filter(|f| f.exists())
         .collect();
-    files.extend(crate::persister::segments(dir, source));
+    files.extend(live_files(dir, source, max_files));
+    files
+}
+
+/// The files of `source` not yet completed, oldest first: its segments (rotated out, waiting
+/// for its completion), its rotated files (the highest number first) and its current file.
+pub fn live_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {
+    let mut files = crate::persister::segments(dir, source);
     files.extend(
         (1..max_files.max(1))
             .rev()
@@ -246,6 +257,12 @@ mod tests {
         assert_eq!(last_seq_in(&path), 1, "an unreadable last line is skipped");
         std::fs::write(&path, line(12, 5)).unwrap();
         assert_eq!(last_seq_in(&path), 12, "one line, the whole file");
+        std::fs::write(&path, [line(30, 5), line(31, 5), line(20, 5)].concat()).unwrap();
+        assert_eq!(
+            last_seq_in(&path),
+            31,
+            "a notice of given-up lines comes after newer ones"
+        );
 
         // Backwards and forwards over lines of every length around the chunk size, across
         // two files, with a torn last line.

@@ -15,12 +15,13 @@ use sluice_drains::persister::Line;
 use sluice_router::{Channel, Delivery, Envelope, Filter, Start, validate_source_id};
 use warp::Filter as _;
 use warp::http::StatusCode;
+use warp::http::header::CONTENT_TYPE;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
 use sluice_drains::archive::Record;
 
-use crate::jobs::{JobStatus, disk_lines_between, read_lines_archived, to_jsonl};
+use crate::jobs::{JobStatus, disk_lines_between, log_body};
 
 /// Worker batches can be large; this bounds what one request may buffer.
 const MAX_WORKER_BODY_BYTES: u64 = 16 * 1024 * 1024;
@@ -282,20 +283,21 @@ async fn job_logs(
     step: Option<&str>,
 ) -> Result<Response, ApiError> {
     let id = job_id(raw_id)?;
-    let lines = read_lines_archived(
+    let body = log_body(
         &state.router,
         &state.persister,
         state.archive.as_ref(),
         &id,
         step,
     )
-    .await
-    .map_err(|e| ApiError {
-        status: StatusCode::BAD_GATEWAY,
-        message: format!("cannot read the archive of job {id:?}: {e}"),
-    })?
     .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
-    Ok(warp::reply::json(&serde_json::json!({ "logs": to_jsonl(&lines) })).into_response())
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body);
+    Ok(warp::reply::with_header(
+        warp::reply::stream(stream),
+        CONTENT_TYPE,
+        "application/json",
+    )
+    .into_response())
 }
 
 /// Every line so far, then live. The cursor starts at the ring's beginning; what the ring no

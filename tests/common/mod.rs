@@ -97,14 +97,22 @@ impl Server {
 
     /// Resident memory of the server process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
+        self.status_kb("VmRSS:") * 1024
+    }
+
+    /// The most resident memory the server has had so far.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_kb("VmHWM:") * 1024
+    }
+
+    fn status_kb(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb * 1024
+            .unwrap()
     }
 
     /// `GET path` as JSON.
