@@ -300,3 +300,43 @@ async fn with_when_behind_block_flat_out_senders_lose_nothing_on_disk_and_a_slow
     assert_eq!(delivered + missed, total as u64);
     assert!(missed > 0, "the tail was overwritten");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_that_cannot_wait_for_the_persister_is_dropped_counted_and_announced() {
+    // A ring of one line and a synced write per batch: a burst of datagrams outruns it.
+    let server = Server::start(
+        "router:\n  ring_max_entries: 1\nlog_storage:\n  local_dir: {logs}\n  fsync: always\n",
+    );
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const SENT: usize = 20_000;
+    for i in 0..SENT {
+        let msg = format!("<14>1 - h burst [APP/0] - - line {i}");
+        socket.send_to(msg.as_bytes(), &server.syslog_udp).unwrap();
+    }
+    let file = server.logs.join("burst.jsonl");
+    // Each drop is announced in the source within a second, with the exact count.
+    let (written, announced) = eventually("the drops announced", 30, async || {
+        let dropped = server.metric("sluice_syslog_udp_dropped_total").await;
+        let lines = file_lines(&file);
+        let announced: u64 = lines
+            .iter()
+            .filter(|l| l["step"] == "_server")
+            .map(|l| {
+                let text = l["line"].as_str().unwrap();
+                assert!(text.contains("syslog UDP"), "{text}");
+                assert!(
+                    text.ends_with("the persister is behind (log_storage.when_behind: block)"),
+                    "{text}"
+                );
+                text.split(' ').nth(2).unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        // Every message taken is on disk.
+        let received = server.metric("sluice_syslog_messages_total").await;
+        let data = lines.iter().filter(|l| l["step"] != "_server").count() as u64;
+        (dropped > 0 && announced == dropped && data == received).then_some((data, announced))
+    })
+    .await;
+    // The kernel may drop datagrams too, before Sluice sees them; what Sluice saw adds up.
+    assert!(written + announced <= SENT as u64);
+}
