@@ -39,15 +39,18 @@ fn persister(c: &mut Criterion) {
                     let cursor = router
                         .subscribe(Selector::All, Filter::default(), Start::Live)
                         .unwrap();
-                    let (p, handle, control) = Persister::new(PersisterConfig {
-                        local_dir: dir.clone(),
-                        fsync: Fsync::Interval,
-                        fsync_interval: Duration::from_secs(1),
-                        max_file_size_bytes: 1 << 30,
-                        max_files: 2,
-                        max_open_files: 16,
-                        keep_segments: 0,
-                    })
+                    let (p, handle, control) = Persister::new(
+                        PersisterConfig {
+                            local_dir: dir.clone(),
+                            fsync: Fsync::Interval,
+                            fsync_interval: Duration::from_secs(1),
+                            max_file_size_bytes: 1 << 30,
+                            max_files: 2,
+                            max_open_files: 16,
+                            keep_segments: 0,
+                        },
+                        &router,
+                    )
                     .unwrap();
                     let stop = CancellationToken::new();
                     let task = tokio::spawn(p.run(cursor, control, stop.clone()));

@@ -247,21 +247,23 @@ fn start_persister(
     tasks: &TaskTracker,
 ) -> Result<PersisterHandle, StartError> {
     let ls = &config.log_storage;
-    let (mut persister, handle, control) = Persister::new(PersisterConfig {
-        local_dir: ls.local_dir.clone(),
-        fsync: ls.fsync,
-        fsync_interval: Duration::from_millis(ls.fsync_interval_millis),
-        max_file_size_bytes: ls.max_file_size_bytes,
-        max_files: ls.max_files,
-        max_open_files: ls.max_open_files,
-        // Rotated-out files wait for the archive only where there is one.
-        keep_segments: if ls.s3.is_some() { ls.keep_segments } else { 0 },
-    })
+    let (persister, handle, control) = Persister::new(
+        PersisterConfig {
+            local_dir: ls.local_dir.clone(),
+            fsync: ls.fsync,
+            fsync_interval: Duration::from_millis(ls.fsync_interval_millis),
+            max_file_size_bytes: ls.max_file_size_bytes,
+            max_files: ls.max_files,
+            max_open_files: ls.max_open_files,
+            // Rotated-out files wait for the archive only where there is one.
+            keep_segments: if ls.s3.is_some() { ls.keep_segments } else { 0 },
+        },
+        router,
+    )
     .map_err(|e| StartError::Storage {
         dir: ls.local_dir.display().to_string(),
         reason: crate::io_reason(&e),
     })?;
-    persister.announce_through(router.clone());
     // With `when_behind: block`, writers wait for the persister rather than evict what it has
     // not written.
     let cursor = match ls.when_behind {
@@ -356,7 +358,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         metrics: metrics.clone(),
         max_frame_bytes: ic.max_frame_bytes,
         max_batch_envelopes: ic.max_batch_envelopes,
-        durability: persister.durability.clone(),
+        durability: router.durability().clone(),
         durable_timeout: Duration::from_secs(ic.durable_timeout_secs),
         idle_timeout: seconds(ic.idle_timeout_secs),
         frame_timeout: Duration::from_secs(ic.frame_timeout_secs),

@@ -29,12 +29,12 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
-use sluice_router::envelope::{UtcTime, now_ns};
-use sluice_router::{Channel, Envelope, Router};
+use sluice_router::envelope::UtcTime;
+use sluice_router::{Envelope, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::persister::{SERVER_STEP, file_stem};
+use crate::persister::file_stem;
 
 /// `log_storage.s3`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,12 +448,7 @@ impl Archive {
                             self.config.bucket, record.key
                         );
                         tracing::warn!("{text}");
-                        let mut env = Envelope::new(record.source.clone(), text);
-                        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
-                        env.channel = Channel::Err;
-                        env.step = Some(SERVER_STEP.into());
-                        env.timestamp = now_ns();
-                        let _ = router.publish_notice(env);
+                        let _ = router.publish_notice(Envelope::notice(&*record.source, text));
                     }
                 }
             }

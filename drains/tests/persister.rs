@@ -35,7 +35,7 @@ async fn an_overrun_persister_writes_the_exact_loss_as_a_server_line() {
     let cursor = router
         .subscribe(Selector::All, Filter::default(), Start::Live)
         .unwrap();
-    let (persister, handle, control) = Persister::new(config(&dir)).unwrap();
+    let (persister, handle, control) = Persister::new(config(&dir), &router).unwrap();
     // 50 published before the persister reads anything: the ring keeps the last 10.
     router
         .publish(
@@ -90,7 +90,7 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
     let cursor = router
         .subscribe(Selector::All, Filter::default(), Start::Live)
         .unwrap();
-    let (persister, handle, control) = Persister::new(config(&dir)).unwrap();
+    let (persister, handle, control) = Persister::new(config(&dir), &router).unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
     // Twenty sources, four open files at most: files are closed and reopened for appending.

@@ -108,6 +108,21 @@ impl Envelope {
         }
     }
 
+    /// One of Sluice's own notices about `source_id`: origin `LGR`, channel `ERR`, step
+    /// `_server` (Strøm's server events), stamped now. Publish it with
+    /// [`crate::Router::publish_notice`]; producers cannot send these.
+    pub fn notice(source_id: impl Into<String>, text: impl Into<Bytes>) -> Self {
+        Envelope {
+            source_id: source_id.into(),
+            message: text.into(),
+            origin: ORIGIN_ROUTER.to_owned(),
+            channel: Channel::Err,
+            step: Some(SERVER_STEP.to_owned()),
+            timestamp: now_ns(),
+            ..Envelope::default()
+        }
+    }
+
     /// Checks the fields a producer controls. The router calls this at every ingress.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         self.validate_fields()?;

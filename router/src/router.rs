@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::envelope::validate_source_id;
-use crate::envelope::{Channel, Envelope, EnvelopeError, ORIGIN_ROUTER, now_ns, rfc3339_seconds};
+use crate::envelope::{Channel, Envelope, EnvelopeError, now_ns, rfc3339_seconds};
 
 /// Sizes of the in-memory rings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,10 +142,9 @@ impl MissedNotice {
 
     /// The in-band `LGR`/`ERR` envelope, carrying the tags `missed` and `since`.
     pub fn to_envelope(&self, consumer: &str) -> Envelope {
-        let mut env = Envelope::new(&*self.source_id, self.message(consumer));
-        env.timestamp = now_ns();
-        env.origin = ORIGIN_ROUTER.to_owned();
-        env.channel = Channel::Err;
+        let mut env = Envelope::notice(&*self.source_id, self.message(consumer));
+        // A reader's loss is its own, not a server event of the source.
+        env.step = None;
         env.seq = self.last_missed_seq;
         env.tags.insert("missed".into(), self.count.to_string());
         env.tags
@@ -188,6 +187,7 @@ pub struct Router {
 #[derive(Debug)]
 struct Shared {
     config: RouterConfig,
+    durability: Arc<crate::Durability>,
     history: Option<Arc<dyn History>>,
     sources: DashMap<Arc<str>, Arc<Source>>,
     /// Bumped after each new source is inserted; firehose cursors compare it to learn of new
@@ -351,6 +351,7 @@ impl Router {
         Router {
             shared: Arc::new(Shared {
                 config,
+                durability: Arc::default(),
                 history,
                 sources: DashMap::new(),
                 sources_version: AtomicU64::new(0),
@@ -366,6 +367,11 @@ impl Router {
                 waited_for_room: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How far each source is on disk (moved by the persister).
+    pub fn durability(&self) -> &Arc<crate::Durability> {
+        &self.shared.durability
     }
 
     pub fn config(&self) -> &RouterConfig {

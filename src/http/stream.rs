@@ -214,7 +214,7 @@ pub(crate) fn open_source(
                 filter.clone(),
                 Start::AfterSeq(first_in_ring - 1),
             )?;
-            let durability = state.persister.durability.clone();
+            let durability = state.router.durability().clone();
             let stored = stats.resumed_after;
             tokio::spawn(async move {
                 // Lines the ring let go may still be on their way to the file.

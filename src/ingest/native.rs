@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesOrdered;
-use sluice_drains::persister::Durability;
+use sluice_router::Durability;
 use sluice_router::codec::{self, FrameError, Payload, Reply};
 use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -24,11 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use sluice_router::envelope::now_ns;
-use sluice_router::{Channel, Cursor, Delivery, Envelope, MissedNotice};
-use tokio::sync::{Notify, mpsc, oneshot};
+use sluice_router::{Cursor, Delivery, Durability, Envelope, MissedNotice, Router};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -65,67 +63,6 @@ const DOOMED_SUFFIX: &str = ".deleting";
 const MAX_RETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Deliveries read from the cursor per batch.
 const BATCH: usize = 4096;
-
-/// How far each source is on disk; shared with native ingest for `ack=durable`.
-#[derive(Debug, Default)]
-pub struct Durability {
-    marks: DashMap<Arc<str>, Mark>,
-    notify: Notify,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Mark {
-    /// Every seq up to this one is written (and synced, with `fsync: always`).
-    written: u64,
-    /// The newest seq the persister lost (overrun, or a write that kept failing).
-    lost_through: u64,
-}
-
-/// Why a durable acknowledgement could not be given.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurableError {
-    #[error(
-        "the batch was lost before it reached disk (the persister fell behind or could not write): send it again"
-    )]
-    Lost,
-    #[error("timed out waiting for the persister to write the batch")]
-    Timeout,
-}
-
-impl Durability {
-    /// Waits until seqs `first..=last` of `source` are on disk.
-    pub async fn wait(
-        &self,
-        source: &str,
-        first: u64,
-        last: u64,
-        timeout: Duration,
-    ) -> Result<(), DurableError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mark = self.marks.get(source).map(|m| *m).unwrap_or_default();
-            if mark.lost_through >= first {
-                return Err(DurableError::Lost);
-            }
-            if mark.written >= last {
-                return Ok(());
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(deadline) => return Err(DurableError::Timeout),
-            }
-        }
-    }
-
-    fn update(&self, source: &Arc<str>, written: u64, lost_through: u64) {
-        let mut m = self.marks.entry(source.clone()).or_default();
-        m.written = m.written.max(written);
-        m.lost_through = m.lost_through.max(lost_through);
-    }
-}
 
 /// What the persister has done, for `/metrics`.
 #[derive(Debug, Default)]
@@ -166,7 +103,6 @@ pub struct Completed {
 #[derive(Debug, Clone)]
 pub struct PersisterHandle {
     pub control: mpsc::Sender<Control>,
-    pub durability: Arc<Durability>,
     pub counters: Arc<PersisterCounters>,
     pub config: Arc<PersisterConfig>,
 }
@@ -239,7 +175,7 @@ pub struct Persister {
     /// the descriptors each holds meanwhile.
     rotations: Vec<(std::thread::JoinHandle<Option<Deleted>>, usize)>,
     /// Where notices about deleted lines are published (they reach the file that way too).
-    notices: Option<sluice_router::Router>,
+    notices: Option<Router>,
     /// Descriptors open for `files` and for `rotations`. With one more for a background sync
     /// while it runs, never more than `max_open_files`.
     open_fds: usize,
@@ -311,8 +247,10 @@ pub fn legacy_path(dir: &Path, source: &str) -> PathBuf {
 
 impl Persister {
     /// Creates the directory and the handle; run the returned persister with [`Persister::run`].
+    /// Its notices go through `router`, and it moves `router`'s durability watermark.
     pub fn new(
         config: PersisterConfig,
+        router: &Router,
     ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
         std::fs::create_dir_all(&config.local_dir)?;
         let lock = lock_dir(&config.local_dir)?;
@@ -323,7 +261,7 @@ impl Persister {
             }
         }
         let config = Arc::new(config);
-        let durability = Arc::new(Durability::default());
+        let durability = router.durability().clone();
         let counters = Arc::new(PersisterCounters::default());
         let (tx, rx) = mpsc::channel(64);
         let persister = Persister {
@@ -339,24 +277,17 @@ impl Persister {
             last_loss_log: None,
             background_sync: None,
             rotations: Vec::new(),
-            notices: None,
+            notices: Some(router.clone()),
             open_fds: 0,
             closed_unsynced: Vec::new(),
             _lock: lock,
         };
         let handle = PersisterHandle {
             control: tx,
-            durability,
             counters,
             config,
         };
         Ok((persister, handle, rx))
-    }
-
-    /// Publishes notices about lines rotation deleted through `router`, so that readers of the
-    /// source see them, and the file has them.
-    pub fn announce_through(&mut self, router: sluice_router::Router) {
-        self.notices = Some(router);
     }
 
     /// Runs until `shutdown`, then writes what its cursor still holds, syncs and returns.
@@ -613,13 +544,8 @@ impl Persister {
             d.why
         );
         tracing::warn!(source = %d.source, lines = d.lines, "{}", d.why);
-        let mut env = Envelope::new(&*d.source, text);
-        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
-        env.channel = Channel::Err;
-        env.step = Some(SERVER_STEP.into());
-        env.timestamp = now_ns();
         if let Some(router) = &self.notices
-            && let Err(e) = router.publish_notice(env)
+            && let Err(e) = router.publish_notice(Envelope::notice(&*d.source, text))
         {
             tracing::warn!(error = %e, "cannot publish a deletion notice");
         }
@@ -684,7 +610,7 @@ impl Persister {
             match written {
                 Ok(()) => {
                     if f.dropped > 0 {
-                        let mut env = Envelope::new(
+                        let mut env = Envelope::notice(
                             &*source,
                             format!(
                                 "sluice could not write {} messages for this persister: {}",
@@ -692,10 +618,6 @@ impl Persister {
                                 f.last_error.take().unwrap_or_default()
                             ),
                         );
-                        env.origin = sluice_router::envelope::ORIGIN_ROUTER.into();
-                        env.channel = Channel::Err;
-                        env.step = Some(SERVER_STEP.into());
-                        env.timestamp = now_ns();
                         env.seq = f.dropped_seq;
                         write_line(&env, &mut f.buf);
                         f.dropped = 0;
@@ -749,7 +671,7 @@ impl Persister {
                 self.durability.update(&source, f.seq, 0);
             }
         }
-        self.durability.notify.notify_waiters();
+        self.durability.notify_waiters();
         self.answer_completions();
         self.reap_rotations();
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_router::envelope::now_ns;
-use sluice_router::{Channel, Cursor, Delivery, Envelope, Router};
+use sluice_router::{Cursor, Delivery, Envelope, Router};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -350,13 +350,8 @@ impl SyslogDrain {
 
     /// Writes a router notice into `source`'s own stream.
     fn notice(&self, source: &str, text: String) {
-        let mut env = Envelope::new(source, text);
-        env.origin = sluice_router::envelope::ORIGIN_ROUTER.to_owned();
-        env.channel = Channel::Err;
-        env.timestamp = now_ns();
+        let mut env = Envelope::notice(source, text);
         env.tags.insert("drain".into(), self.url.to_string());
-        // Router-side events about a source: Strøm's "server events" step.
-        env.step = Some(crate::persister::SERVER_STEP.into());
         if let Err(e) = self.router.publish_notice(env) {
             tracing::warn!(error = %e, "cannot publish a drain notice");
         }

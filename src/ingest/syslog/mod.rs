@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sluice_router::envelope::{SERVER_STEP, now_ns, rfc3339_seconds};
-use sluice_router::{Envelope, MissedNotice, Router};
+use sluice_router::envelope::{now_ns, rfc3339_seconds};
+use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
@@ -244,20 +244,14 @@ impl SyslogIngest {
     fn announce_dropped(&self, dropped: &mut HashMap<String, (u64, i64)>) {
         for (source, (count, since)) in dropped.drain() {
             tracing::warn!(%source, count, "dropped syslog udp messages: the persister is behind");
-            let notice = MissedNotice {
-                source_id: source.into(),
-                count,
-                since_ns: since,
-                last_missed_seq: 0,
-            };
-            let mut env = notice.to_envelope("syslog udp listener");
-            env.message = format!(
+            let text = format!(
                 "sluice dropped {count} syslog UDP {} for this source since {}: the persister is behind (log_storage.when_behind: block)",
                 if count == 1 { "message" } else { "messages" },
                 rfc3339_seconds(since)
-            )
-            .into();
-            env.step = Some(SERVER_STEP.into());
+            );
+            let mut env = Envelope::notice(source, text);
+            env.tags.insert("missed".into(), count.to_string());
+            env.tags.insert("since".into(), rfc3339_seconds(since));
             if let Err(e) = self.router.publish_notice(env) {
                 tracing::warn!(error = %e, "cannot publish a udp loss notice");
             }
