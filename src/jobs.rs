@@ -30,18 +30,14 @@ pub enum JobStatus {
 /// fetched whole). `None` when nothing is known of the source.
 pub fn log_body(
     router: &Router,
-    persister: &PersisterHandle,
-    archive: Option<&Archive>,
+    stored: Stored,
     source: &str,
     step: Option<&str>,
 ) -> Option<tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>> {
-    let dir = persister.config.local_dir.clone();
-    let max_files = persister.config.max_files;
-    let records = archive::records_of(&dir, source);
-    let live = sluice_drains::history::live_files(&dir, source, max_files);
-    let legacy = legacy_path(&dir, source);
+    let tiers = stored.tiers(source);
+    let legacy = legacy_path(&stored.dir, source);
     let in_ring = router.source_stats(source).is_some_and(|s| s.published > 0);
-    if records.is_empty() && live.is_empty() && !in_ring && !legacy.exists() {
+    if tiers.is_empty() && !in_ring && !legacy.exists() {
         return None;
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -53,34 +49,27 @@ pub fn log_body(
         step: step.map(str::to_owned),
     };
     let router = router.clone();
-    let archive = archive.cloned();
     let source = source.to_owned();
     tokio::spawn(async move {
         w.buf.extend_from_slice(b"{\"logs\":\"");
         let result: Result<(), std::io::Error> = async {
-            if records.is_empty() && live.is_empty() {
+            if tiers.is_empty() {
                 w = blocking(w, move |w| w.legacy(&legacy)).await?;
             }
-            for record in records {
+            for tier in tiers {
                 w.next_tier();
-                if record.files.iter().all(|f| f.exists()) {
-                    w = blocking(w, move |w| w.files(&record.files)).await?;
-                    continue;
-                }
-                let Some(archive) = &archive else { continue };
-                let text = archive.fetch(&record.key).await.map_err(|e| {
-                    std::io::Error::other(format!("cannot read s3 object {}: {e}", record.key))
-                })?;
-                w = blocking(w, move |w| {
-                    for raw in text.split(|&b| b == b'\n') {
-                        w.raw_line(raw)?;
+                match tier {
+                    Tier::Files(files) => w = blocking(w, move |w| w.files(&files)).await?,
+                    Tier::Object { key, .. } => {
+                        for line in stored.object_lines(&key).await? {
+                            w.line(line);
+                            if w.buf.len() >= CHUNK {
+                                w.flush().await?;
+                            }
+                        }
                     }
-                    Ok(())
-                })
-                .await?;
+                }
             }
-            w.next_tier();
-            w = blocking(w, move |w| w.files(&live)).await?;
             w.next_tier();
             let ring = router
                 .recent(&source, usize::MAX, &Filter::default())
@@ -214,6 +203,159 @@ impl JsonlWriter {
     async fn flush(&mut self) -> std::io::Result<()> {
         let chunk = self.buf.split().freeze();
         self.tx.send(Ok(chunk)).await.map_err(|_| gone())
+    }
+}
+
+/// Where some of a source's stored lines are. Tiers come oldest first, and seqs rise from one
+/// to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tier {
+    /// Local files, oldest first.
+    Files(Vec<PathBuf>),
+    /// The S3 object of a completion whose local files are gone, and the newest seq it holds
+    /// (0 when its record is older than that field).
+    Object { key: String, last_seq: u64 },
+}
+
+/// Storage as readers need it: the directory, how many files a source keeps, and the archive.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub dir: PathBuf,
+    pub max_files: usize,
+    pub archive: Option<Archive>,
+}
+
+impl Stored {
+    /// Every tier of `source`, oldest first: each completion (its files while they are on
+    /// disk, else its object), then the files not yet completed.
+    pub fn tiers(&self, source: &str) -> Vec<Tier> {
+        let mut tiers: Vec<Tier> = archive::records_of(&self.dir, source)
+            .into_iter()
+            .filter_map(|r| {
+                if r.files.iter().all(|f| f.exists()) {
+                    Some(Tier::Files(r.files))
+                } else {
+                    // Uploaded and removed: only S3 has it (nothing to read without S3).
+                    self.archive.as_ref().map(|_| Tier::Object {
+                        key: r.key,
+                        last_seq: r.last_seq,
+                    })
+                }
+            })
+            .collect();
+        let live = sluice_drains::history::live_files(&self.dir, source, self.max_files);
+        if !live.is_empty() {
+            tiers.push(Tier::Files(live));
+        }
+        tiers
+    }
+
+    /// An archived object's lines.
+    async fn object_lines(&self, key: &str) -> std::io::Result<Vec<Line>> {
+        let Some(archive) = &self.archive else {
+            return Ok(Vec::new());
+        };
+        let text = archive
+            .fetch(key)
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot read s3 object {key}: {e}")))?;
+        Ok(text
+            .split(|&b| b == b'\n')
+            .filter_map(|raw| serde_json::from_slice::<Line>(raw).ok())
+            .collect())
+    }
+
+    /// The last `n` stored lines of `source` with a seq below `before` that `keep` accepts,
+    /// oldest first: from its newest files backwards, then from the objects of completions
+    /// whose files are gone. Files are read off the async runtime.
+    pub async fn last_lines(
+        &self,
+        source: &str,
+        before: u64,
+        n: usize,
+        keep: impl Fn(&Line) -> bool + Clone + Send + 'static,
+    ) -> std::io::Result<Vec<Line>> {
+        let mut newest_first: Vec<Vec<Line>> = Vec::new();
+        let mut have = 0;
+        for tier in self.tiers(source).into_iter().rev() {
+            if have >= n {
+                break;
+            }
+            let want = n - have;
+            let lines = match tier {
+                Tier::Files(files) => {
+                    let keep = keep.clone();
+                    tokio::task::spawn_blocking(move || {
+                        sluice_drains::history::last_lines(&files, before, want, keep)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?
+                }
+                Tier::Object { key, .. } => {
+                    let mut lines: Vec<Line> = self
+                        .object_lines(&key)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.seq.is_some_and(|s| s < before) && keep(l))
+                        .collect();
+                    lines.drain(..lines.len().saturating_sub(want));
+                    lines
+                }
+            };
+            have += lines.len();
+            newest_first.push(lines);
+        }
+        Ok(newest_first.into_iter().rev().flatten().collect())
+    }
+
+    /// Sends the stored lines of `source` with a seq in `after + 1 .. before` into `tx`, oldest
+    /// first, in batches of at most `batch`; objects that end at or before `after` are not
+    /// fetched. Stops when `tx` closes.
+    pub async fn lines_between(
+        &self,
+        source: &str,
+        after: u64,
+        before: u64,
+        batch: usize,
+        tx: tokio::sync::mpsc::Sender<Vec<Line>>,
+    ) -> std::io::Result<()> {
+        for tier in self.tiers(source) {
+            match tier {
+                Tier::Files(files) => {
+                    let tx = tx.clone();
+                    let open = tokio::task::spawn_blocking(move || {
+                        let mut open = true;
+                        sluice_drains::history::lines_between(&files, after, before, batch, |b| {
+                            open = tx.blocking_send(b).is_ok();
+                            open
+                        })
+                        .map(|()| open)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                    if !open {
+                        return Ok(());
+                    }
+                }
+                Tier::Object { key, last_seq } => {
+                    if last_seq != 0 && last_seq <= after {
+                        continue;
+                    }
+                    let lines: Vec<Line> = self
+                        .object_lines(&key)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.seq.is_some_and(|s| s > after && s < before))
+                        .collect();
+                    for chunk in lines.chunks(batch.max(1)) {
+                        if tx.send(chunk.to_vec()).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use common::s3::{Moto, client, gunzipped, keys};
 use serde_json::{Value, json};
 use sluice::client::{IngestAddr, connect_ingest};
 use sluice_router::Envelope;
+use tokio_tungstenite::connect_async;
 
 const BUCKET: &str = "sluice-logs";
 
@@ -433,4 +434,101 @@ async fn a_job_that_rotates_many_times_is_read_and_archived_whole() {
         !server.logs.join(".archive/segments/job-r").exists(),
         "the segments went with the archive"
     );
+}
+
+/// The seqs of the next `n` JSON messages of a WebSocket.
+async fn next_seqs(ws: &mut common::Ws, n: usize) -> Vec<u64> {
+    common::next_json(ws, n)
+        .await
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_archiving_and_a_restart_every_read_comes_back_from_s3() {
+    let moto = Moto::start_on(free_tcp_port());
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let mut server = Server::start(&config(&moto.endpoint(), false));
+    send(&server, "job-s", 300).await;
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/job-s/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    wait_for("the archive", 60, async || {
+        server
+            .logs
+            .join(".archive/done/job-s#1.json")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !server.logs.join(".archive/files/job-s#1").exists(),
+        "local files gone"
+    );
+    server.stop_and_restart();
+
+    // Only S3 has the lines now.
+    let stats = server.get_json("/api/v1/sources/job-s/stats").await;
+    assert_eq!(stats["published"], 300, "{stats}");
+    let recent = server
+        .get_json("/api/v1/sources/job-s/recent?limit=5")
+        .await;
+    let seqs: Vec<u64> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (296..=300).collect::<Vec<_>>());
+    assert_eq!(recent[4]["message"], noisy(299));
+    let out = common::output_ok(std::process::Command::new(common::SLUICE).args([
+        "logs",
+        "job-s",
+        "--recent",
+        "-n",
+        "1000",
+        "--json",
+        "--http",
+        &server.http,
+    ]));
+    let printed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 300);
+    assert_eq!(printed[0]["message"], noisy(0));
+    let ws = |path: &str| server.ws(path);
+    let (mut backfilled, _) = connect_async(ws("/api/v1/sources/job-s/stream?backfill=10"))
+        .await
+        .unwrap();
+    let (mut resumed, _) = connect_async(ws("/api/v1/sources/job-s/stream?since_seq=100"))
+        .await
+        .unwrap();
+    let (mut job, _) = connect_async(ws("/api/jobs/job-s/logs/stream"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_seqs(&mut backfilled, 10).await,
+        (291..=300).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        next_seqs(&mut resumed, 200).await,
+        (101..=300).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        next_seqs(&mut job, 300).await,
+        (1..=300).collect::<Vec<_>>()
+    );
+    // And on, live: the job's next line continues its seqs.
+    send(&server, "job-s", 1).await;
+    for ws in [&mut backfilled, &mut resumed, &mut job] {
+        assert_eq!(next_seqs(ws, 1).await, [301]);
+    }
 }

@@ -111,30 +111,17 @@ fn sluice(server: &Server, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The seqs and texts of the next `n` JSON envelopes of a WebSocket.
-async fn next_envelopes(ws: &mut Ws, n: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
-            .await
-            .expect("lines keep coming")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            let text = v["message"]
-                .as_str()
-                .or(v["line"].as_str())
-                .unwrap()
-                .to_owned();
-            got.push((v["seq"].as_u64().unwrap(), text));
-        }
-    }
-    got
+/// The seqs and texts of the next `n` JSON envelopes (or Strøm's lines) of a WebSocket.
+async fn next_envelopes(ws: &mut common::Ws, n: usize) -> Vec<(u64, String)> {
+    common::next_json(ws, n)
+        .await
+        .iter()
+        .map(|v| {
+            let text = v["message"].as_str().or(v["line"].as_str()).unwrap();
+            (v["seq"].as_u64().unwrap(), text.to_owned())
+        })
+        .collect()
 }
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// After a restart `id` has 3 lines in its file and 5 in the ring: every read returns all of
 /// them, in seq order, and streams go on live from there.

@@ -301,10 +301,10 @@ impl Archive {
         tags: &BTreeMap<String, String>,
         completed_ns: i64,
     ) -> Prepared {
-        let completion = ["pending", "done"]
+        // Found by name, not by reading every job's records.
+        let local_dir = self.dir.parent().unwrap_or(&self.dir);
+        let completion = records_of(local_dir, source)
             .iter()
-            .flat_map(|d| self.records_in(d))
-            .filter(|r| r.source == source)
             .map(|r| r.completion.max(1))
             .max()
             .unwrap_or(0)
@@ -347,34 +347,6 @@ impl Archive {
             .insert(record.key.clone());
         self.wake.notify_one();
         Ok(())
-    }
-
-    /// The keys a job was archived under whose local files are gone (those kept are read from
-    /// [`Archive::local_files`]), oldest completion first.
-    pub fn archived_keys(&self, source: &str) -> Vec<String> {
-        let mut done: Vec<Record> = self
-            .records_in("done")
-            .into_iter()
-            .filter(|r| r.source == source && !r.files.iter().all(|f| f.exists()))
-            .collect();
-        done.sort_by_key(|r| r.completion);
-        done.into_iter().map(|r| r.key).collect()
-    }
-
-    /// Local files of a job's completions that are still on disk (waiting for their upload,
-    /// or kept with `keep_local`), oldest first.
-    pub fn local_files(&self, source: &str) -> Vec<PathBuf> {
-        let mut records: Vec<Record> = ["pending", "done"]
-            .iter()
-            .flat_map(|d| self.records_in(d))
-            .filter(|r| r.source == source)
-            .collect();
-        records.sort_by_key(|r| r.completion);
-        records
-            .into_iter()
-            .flat_map(|r| r.files)
-            .filter(|f| f.exists())
-            .collect()
     }
 
     /// The records in `pending` or `done`.

@@ -283,14 +283,8 @@ async fn job_logs(
     step: Option<&str>,
 ) -> Result<Response, ApiError> {
     let id = job_id(raw_id)?;
-    let body = log_body(
-        &state.router,
-        &state.persister,
-        state.archive.as_ref(),
-        &id,
-        step,
-    )
-    .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
+    let body = log_body(&state.router, state.stored(), &id, step)
+        .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(body);
     Ok(warp::reply::with_header(
         warp::reply::stream(stream),

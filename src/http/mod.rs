@@ -50,6 +50,17 @@ pub struct AppState {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
+impl AppState {
+    /// Storage, as readers of stored lines need it.
+    pub fn stored(&self) -> crate::jobs::Stored {
+        crate::jobs::Stored {
+            dir: self.config.log_storage.local_dir.clone(),
+            max_files: self.config.log_storage.max_files,
+            archive: self.archive.clone(),
+        }
+    }
+}
+
 /// All routes.
 pub fn routes(
     state: AppState,

@@ -108,28 +108,22 @@ async fn recent(
     let mut envs = in_ring.unwrap_or_default();
     let mut on_disk = false;
     if envs.len() < limit && ring_first > 1 {
-        let want = limit - envs.len();
-        let dir = state.config.log_storage.local_dir.clone();
-        let max_files = state.config.log_storage.max_files;
+        let stored = state.stored();
+        on_disk = !stored.tiers(id).is_empty();
         let source = id.to_owned();
-        let read = tokio::task::spawn_blocking(move || {
-            let files = sluice_drains::history::local_files(&dir, &source, max_files);
-            let lines = sluice_drains::history::last_lines(&files, ring_first, want, |l| {
-                filter.matches(&l.to_envelope(&source))
-            });
-            let envs: Vec<_> = lines
-                .iter()
-                .map(|l| std::sync::Arc::new(l.to_envelope(&source)))
-                .collect();
-            (!files.is_empty(), envs)
-        })
-        .await
-        .map_err(|e| ApiError {
-            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot read the source's files: {e}"),
-        })?;
-        on_disk = read.0;
-        let mut older = read.1;
+        let keep =
+            move |l: &sluice_drains::persister::Line| filter.matches(&l.to_envelope(&source));
+        let older = stored
+            .last_lines(id, ring_first, limit - envs.len(), keep)
+            .await
+            .map_err(|e| ApiError {
+                status: warp::http::StatusCode::BAD_GATEWAY,
+                message: format!("cannot read the stored lines of {id:?}: {e}"),
+            })?;
+        let mut older: Vec<_> = older
+            .iter()
+            .map(|l| std::sync::Arc::new(l.to_envelope(id)))
+            .collect();
         older.append(&mut envs);
         envs = older;
     }

@@ -177,8 +177,7 @@ pub(crate) fn open_source(
     let selector = || Selector::Source(id.to_owned());
     let stats = router.touch(id)?;
     let first_in_ring = stats.oldest_seq.unwrap_or(stats.published + 1);
-    let dir = state.config.log_storage.local_dir.clone();
-    let max_files = state.config.log_storage.max_files;
+    let stored = state.stored();
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Delivery>>(4);
     let id = id.to_owned();
     match start {
@@ -191,17 +190,24 @@ pub(crate) fn open_source(
             if in_ring >= n || from <= 1 {
                 return Ok((cursor, None));
             }
-            tokio::task::spawn_blocking(move || {
-                let files = sluice_drains::history::local_files(&dir, &id, max_files);
-                let lines = sluice_drains::history::last_lines(&files, from, n - in_ring, |l| {
-                    filter.matches(&l.to_envelope(&id))
-                });
+            tokio::spawn(async move {
+                let keep = {
+                    let (filter, id) = (filter.clone(), id.clone());
+                    move |l: &sluice_drains::persister::Line| filter.matches(&l.to_envelope(&id))
+                };
+                let lines = match stored.last_lines(&id, from, n - in_ring, keep).await {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        tracing::warn!(source = %id, error = %e, "cannot read a backfill from storage");
+                        return;
+                    }
+                };
                 for chunk in lines.chunks(PRELUDE_BATCH) {
                     let batch = chunk
                         .iter()
                         .map(|l| Delivery::Log(std::sync::Arc::new(l.to_envelope(&id))))
                         .collect();
-                    if tx.blocking_send(batch).is_err() {
+                    if tx.send(batch).await.is_err() {
                         return;
                     }
                 }
@@ -215,19 +221,16 @@ pub(crate) fn open_source(
                 Start::AfterSeq(first_in_ring - 1),
             )?;
             let durability = state.router.durability().clone();
-            let stored = stats.resumed_after;
+            let resumed_after = stats.resumed_after;
             tokio::spawn(async move {
                 // Lines the ring let go may still be on their way to the file.
-                let from = (after + 1).max(stored + 1);
+                let from = (after + 1).max(resumed_after + 1);
                 if from < first_in_ring {
                     let _ = durability
                         .wait(&id, from, first_in_ring - 1, PERSISTER_WAIT)
                         .await;
                 }
-                let _ = tokio::task::spawn_blocking(move || {
-                    read_range(&dir, max_files, &id, after, first_in_ring, &filter, &tx)
-                })
-                .await;
+                read_range(&stored, &id, after, first_in_ring, &filter, &tx).await;
             });
             Ok((cursor, Some(rx)))
         }
@@ -235,21 +238,19 @@ pub(crate) fn open_source(
     }
 }
 
-/// Streams the lines of `id` with a seq in `after + 1 .. before` from its files into `tx`, in
-/// batches, with a loss notice for each run of seqs the files lack.
-fn read_range(
-    dir: &std::path::Path,
-    max_files: usize,
+/// Streams the stored lines of `id` with a seq in `after + 1 .. before` into `tx`, in batches,
+/// with a loss notice for each run of seqs storage lacks.
+async fn read_range(
+    stored: &crate::jobs::Stored,
     id: &str,
     after: u64,
     before: u64,
     filter: &sluice_router::Filter,
     tx: &tokio::sync::mpsc::Sender<Vec<Delivery>>,
 ) {
-    let files = sluice_drains::history::local_files(dir, id, max_files);
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(2);
+    let reading = stored.lines_between(id, after, before, PRELUDE_BATCH, lines_tx);
     let source: std::sync::Arc<str> = id.into();
-    let mut expected = after + 1;
-    let mut last_ts = 0i64;
     let gap = |expected: u64, to: u64, last_ts: i64, out: &mut Vec<Delivery>| {
         if to > expected {
             out.push(Delivery::Missed(sluice_router::MissedNotice {
@@ -260,26 +261,37 @@ fn read_range(
             }));
         }
     };
-    let mut open = true;
-    let _ = sluice_drains::history::lines_between(&files, after, before, PRELUDE_BATCH, |lines| {
-        let mut out = Vec::with_capacity(lines.len());
-        for line in lines {
-            let env = line.to_envelope(id);
-            gap(expected, env.seq, last_ts, &mut out);
-            expected = expected.max(env.seq + 1);
-            last_ts = env.timestamp;
-            if filter.matches(&env) {
-                out.push(Delivery::Log(std::sync::Arc::new(env)));
+    let forwarding = async {
+        // Owned here: dropped when forwarding stops, which stops the reading too.
+        let mut lines_rx = lines_rx;
+        let mut expected = after + 1;
+        let mut last_ts = 0i64;
+        while let Some(lines) = lines_rx.recv().await {
+            let mut out = Vec::with_capacity(lines.len());
+            for line in lines {
+                let env = line.to_envelope(id);
+                gap(expected, env.seq, last_ts, &mut out);
+                expected = expected.max(env.seq + 1);
+                last_ts = env.timestamp;
+                if filter.matches(&env) {
+                    out.push(Delivery::Log(std::sync::Arc::new(env)));
+                }
+            }
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return None;
             }
         }
-        open = out.is_empty() || tx.blocking_send(out).is_ok();
-        open
-    });
-    if open {
+        Some((expected, last_ts))
+    };
+    let (read, forwarded) = tokio::join!(reading, forwarding);
+    if let Err(e) = read {
+        tracing::warn!(source = %id, error = %e, "cannot read a range from storage");
+    }
+    if let Some((expected, last_ts)) = forwarded {
         let mut out = Vec::new();
         gap(expected, before, last_ts, &mut out);
         if !out.is_empty() {
-            let _ = tx.blocking_send(out);
+            let _ = tx.send(out).await;
         }
     }
 }

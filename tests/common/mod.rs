@@ -209,6 +209,27 @@ pub async fn send_lines(server: &Server, source: &str, n: usize) {
     assert_eq!(conn.send_batch(&batch).await.unwrap(), n as u64);
 }
 
+/// A WebSocket client connection.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next `n` JSON text messages of a WebSocket (envelopes, or Strøm's lines).
+pub async fn next_json(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("messages keep coming")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            got.push(serde_json::from_str(&t).unwrap());
+        }
+    }
+    got
+}
+
 /// The lines of a Strøm-style `{"logs": "<jsonl>"}` answer, each as JSON.
 pub fn jsonl(logs: &serde_json::Value) -> Vec<serde_json::Value> {
     logs["logs"]
