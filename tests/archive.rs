@@ -473,7 +473,15 @@ async fn after_archiving_and_a_restart_every_read_comes_back_from_s3() {
     );
     server.stop_and_restart();
 
-    // Only S3 has the lines now.
+    // Only S3 has the lines now; the list says so.
+    let list = server.get_json("/api/v1/sources").await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source_id"] == "job-s")
+        .expect("a source only S3 holds is listed");
+    assert_eq!(listed["lines_in"], json!(["s3"]), "{listed}");
     let stats = server.get_json("/api/v1/sources/job-s/stats").await;
     assert_eq!(stats["published"], 300, "{stats}");
     let recent = server

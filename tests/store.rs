@@ -81,6 +81,18 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
         .collect();
     assert_eq!(tail, [(9, "durable"), (10, "after the crash")]);
 
+    // Sources are listed with where their lines live, those only on disk too.
+    let list = server.get_json("/api/v1/sources").await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), SOURCES);
+    let find = |id: &str| list.iter().find(|s| s["source_id"] == id).unwrap().clone();
+    assert_eq!(
+        find("src-7")["lines_in"],
+        serde_json::json!(["memory", "files"])
+    );
+    assert_eq!(find("src-9")["lines_in"], serde_json::json!(["files"]));
+    assert!(find("src-9")["published"].is_null());
+
     // A source this process has not seen yet is read from its files alone.
     let stats = server.get_json("/api/v1/sources/src-9/stats").await;
     assert_eq!(

@@ -131,6 +131,68 @@ pub fn lines_backwards(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io
     Ok(())
 }
 
+/// Where a source's stored lines live.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoredIn {
+    /// Local files (current, rotated, segments, completions waiting or kept).
+    pub files: bool,
+    /// S3 objects of completions whose local files are gone.
+    pub s3: bool,
+}
+
+/// Every source with lines under `dir`, by id, and where they are: one directory listing of
+/// the files, the archive records and the segments. Sources whose ids were too long to name a
+/// file in full are not listed (their stems are hashed).
+pub fn stored_sources(dir: &Path) -> std::collections::BTreeMap<String, StoredIn> {
+    let mut out: std::collections::BTreeMap<String, StoredIn> = Default::default();
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for name in names(dir) {
+        let stem = match name.split_once(".jsonl") {
+            Some((stem, rest)) if rest.is_empty() || rest[1..].parse::<u64>().is_ok() => stem,
+            _ => continue,
+        };
+        if let Some(id) = crate::persister::names::source_of_stem(stem) {
+            out.entry(id).or_default().files = true;
+        }
+    }
+    for stem in names(&dir.join(".archive").join("segments")) {
+        if let Some(id) = crate::persister::names::source_of_stem(&stem) {
+            out.entry(id).or_default().files = true;
+        }
+    }
+    for which in ["pending", "done"] {
+        let records = dir.join(".archive").join(which);
+        for name in names(&records) {
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let stem = stem.split_once('#').map_or(stem, |(s, _)| s);
+            let Some(id) = crate::persister::names::source_of_stem(stem) else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(records.join(&name)) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<archive::Record>(&bytes) else {
+                continue;
+            };
+            let local = record.files.iter().all(|f| f.exists());
+            let e = out.entry(id).or_default();
+            e.files |= local;
+            e.s3 |= !local;
+        }
+    }
+    out
+}
+
 /// The local files of `source` under `dir`, oldest first: the files of its completions still on
 /// disk (waiting for S3, or kept), then its [`live_files`]. Seqs rise from one file to the next.
 pub fn local_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {

@@ -18,7 +18,9 @@ pub fn routes(
     let list = warp::path!("api" / "v1" / "sources")
         .and(warp::get())
         .and(with(state.clone()))
-        .map(|state: AppState| warp::reply::json(&state.router.sources()).into_response());
+        .and_then(|state: AppState| async move {
+            Ok::<_, warp::Rejection>(list(&state).await.unwrap_or_else(ApiError::into_response))
+        });
     let recent = warp::path!("api" / "v1" / "sources" / ..)
         .and(warp::path::tail())
         .and(warp::get())
@@ -43,6 +45,51 @@ fn with(
     state: AppState,
 ) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+/// Every source, in memory or only in storage, sorted by id, each with where its lines live
+/// (`lines_in`: `memory`, `files`, `s3`). Sources known only from storage have no counts here
+/// (their `stats` has them).
+async fn list(state: &AppState) -> Result<Response, ApiError> {
+    let dir = state.config.log_storage.local_dir.clone();
+    let stored = tokio::task::spawn_blocking(move || sluice_drains::history::stored_sources(&dir))
+        .await
+        .map_err(|e| ApiError {
+            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot list stored sources: {e}"),
+        })?;
+    let mut out: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let lines_in = |memory: bool, id: &str| -> Vec<&'static str> {
+        let s = stored.get(id).copied().unwrap_or_default();
+        [(memory, "memory"), (s.files, "files"), (s.s3, "s3")]
+            .into_iter()
+            .filter_map(|(here, name)| here.then_some(name))
+            .collect()
+    };
+    for stats in state.router.sources() {
+        let mut v = serde_json::to_value(&stats).unwrap_or_default();
+        v["lines_in"] = serde_json::json!(lines_in(stats.retained > 0, &stats.source_id));
+        out.insert(stats.source_id, v);
+    }
+    for id in stored.keys() {
+        if !out.contains_key(id) {
+            out.insert(
+                id.clone(),
+                serde_json::json!({
+                    "source_id": id,
+                    "retained": 0,
+                    "retained_bytes": 0,
+                    "oldest_seq": null,
+                    "newest_seq": null,
+                    "published": null,
+                    "resumed_after": null,
+                    "lines_in": lines_in(false, id),
+                }),
+            );
+        }
+    }
+    let list: Vec<serde_json::Value> = out.into_values().collect();
+    Ok(warp::reply::json(&list).into_response())
 }
 
 /// One source's stats; for a source this process has not seen, what storage holds of it.

@@ -37,6 +37,29 @@ pub fn file_stem(source_id: &str) -> String {
     out
 }
 
+/// The source id a stem was made from; `None` for a stem cut and hashed (too long to name in
+/// full) or not made by [`file_stem`].
+pub fn source_of_stem(stem: &str) -> Option<String> {
+    if stem.contains('~') {
+        return None;
+    }
+    let b = stem.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let id = String::from_utf8(out).ok()?;
+    (file_stem(&id) == stem).then_some(id)
+}
+
 /// FNV-1a, 64 bits: stable across versions and platforms, which the std hasher is not promised
 /// to be; names must not change between releases.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -51,6 +74,24 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stems_read_back_as_their_ids() {
+        for id in [
+            "my-app",
+            "cf/doppler",
+            "../../etc/passwd",
+            ".hidden",
+            "a%b",
+            "x y",
+        ] {
+            assert_eq!(source_of_stem(&file_stem(id)).as_deref(), Some(id), "{id}");
+        }
+        assert_eq!(source_of_stem(&file_stem(&"a".repeat(300))), None, "hashed");
+        assert_eq!(source_of_stem("%zz"), None);
+        assert_eq!(source_of_stem("a%2"), None);
+        assert_eq!(source_of_stem("%61"), None, "not a stem file_stem makes");
+    }
 
     #[test]
     fn plain_ids_stay_readable_and_hostile_ones_stay_inside() {
