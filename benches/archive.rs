@@ -13,8 +13,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_drains::archive::{Archive, Record, S3Config, s3_client};
 use sluice_router::{Router, RouterConfig};
+use sluice_store::archive::{Archive, Record, S3Config, s3_client};
 use tokio_util::sync::CancellationToken;
 
 fn peak_rss_bytes() -> u64 {

@@ -9,8 +9,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice_drains::persister::{Fsync, Persister, PersisterConfig, write_line};
 use sluice_router::{Envelope, Filter, Router, RouterConfig, Selector, Start};
+use sluice_store::persister::{Fsync, Persister, PersisterConfig, write_line};
 use tokio_util::sync::CancellationToken;
 
 const N: u64 = 100_000;

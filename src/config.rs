@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use sluice_router::RouterConfig;
 
 use crate::drains::{Drains, DrainsConfig};
-use sluice_drains::archive::S3Config;
-use sluice_drains::persister::Fsync;
 use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
+use sluice_store::archive::S3Config;
+use sluice_store::persister::Fsync;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,10 +480,10 @@ impl Config {
                     s3.compression_level
                 ));
             }
-            if s3.part_size_bytes < sluice_drains::archive::MIN_PART_BYTES {
+            if s3.part_size_bytes < sluice_store::archive::MIN_PART_BYTES {
                 return Err(format!(
                     "log_storage.s3.part_size_bytes must be at least {} (S3's smallest part)",
-                    sluice_drains::archive::MIN_PART_BYTES
+                    sluice_store::archive::MIN_PART_BYTES
                 ));
             }
         }

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bytes::BytesMut;
-use sluice_drains::persister::write_line;
 use sluice_drains::syslog::format::{FormatOptions, format_rfc5424};
 use sluice_drains::syslog::url::DrainUrl;
 use sluice_router::codec::{self, Payload};
 use sluice_router::{Channel, Envelope, msgpack};
+use sluice_store::persister::write_line;
 
 use crate::config::Config;
 use crate::ingest::syslog::parse::{next_frame, parse_message};
@@ -184,7 +184,7 @@ pub fn rfc5424_format(data: &[u8]) {
 pub fn jsonl_reader(data: &[u8]) {
     let mut by_seq = BTreeMap::new();
     let mut unsequenced = Vec::new();
-    crate::jobs::parse_jsonl(
+    sluice_store::read::parse_jsonl(
         &String::from_utf8_lossy(data),
         &mut by_seq,
         &mut unsequenced,
@@ -195,7 +195,7 @@ pub fn jsonl_reader(data: &[u8]) {
     write_line(&env, &mut line);
     let mut by_seq = BTreeMap::new();
     let mut unsequenced = Vec::new();
-    crate::jobs::parse_jsonl(
+    sluice_store::read::parse_jsonl(
         std::str::from_utf8(&line).expect("the persister writes UTF-8"),
         &mut by_seq,
         &mut unsequenced,

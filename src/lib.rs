@@ -7,7 +7,8 @@
 //! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket).
 //! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
 //! - [`drains`]: the syslog drains bound on this server, each reading its own cursor.
-//! - [`jobs`]: job logs read back from disk and ring, merged by seq (Strøm's API).
+//! - the stored log (persister, reads from every tier, completion, archive) is
+//!   [`sluice_store`]'s; HTTP only parses, calls it and renders.
 //! - [`net`]: the accept loop, connection limits and the byte budget every listener shares.
 //! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
 //! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
@@ -28,7 +29,6 @@ pub mod format;
 pub mod fuzzing;
 pub mod http;
 pub mod ingest;
-pub mod jobs;
 pub mod metrics;
 pub mod net;
 pub mod server;
@@ -44,7 +44,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
         TimedOut => "timed out".into(),
         ConnectionReset => "connection reset".into(),
         BrokenPipe => "the server closed the connection".into(),
-        _ => sluice_drains::short_reason(e),
+        _ => sluice_router::short_reason(e),
     }
 }
 

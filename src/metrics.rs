@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_router::Router;
 
-use sluice_drains::archive::ArchiveCounters;
-use sluice_drains::persister::PersisterCounters;
+use sluice_store::archive::ArchiveCounters;
+use sluice_store::persister::PersisterCounters;
 
 use crate::drains::DrainView;
 

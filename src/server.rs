@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_drains::archive::Archive;
-use sluice_drains::history::StoredSeqs;
-use sluice_drains::persister::{Persister, PersisterConfig, PersisterHandle};
 use sluice_router::{Filter, Router, Selector, Start};
+use sluice_store::archive::Archive;
+use sluice_store::history::StoredSeqs;
+use sluice_store::persister::{Persister, PersisterConfig, PersisterHandle};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

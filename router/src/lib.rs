@@ -23,3 +23,15 @@ pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
 pub use router::{
     Cursor, Delivery, Filter, History, MissedNotice, Router, RouterConfig, Selector, Start,
 };
+
+/// An error message as one short line for people: "connection refused", not "Connection refused
+/// (os error 111)". Used wherever an error reaches a log line, a notice or an API answer.
+pub fn short_reason(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s).trim();
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "unknown error".into(),
+    }
+}

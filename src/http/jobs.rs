@@ -11,17 +11,17 @@
 use super::ws::{Message, Upgrade};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_drains::persister::Line;
 use sluice_router::{Channel, Delivery, Envelope, Filter, Start, validate_source_id};
+use sluice_store::persister::Line;
 use warp::Filter as _;
 use warp::http::StatusCode;
 use warp::http::header::CONTENT_TYPE;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
-use sluice_drains::archive::Record;
+use sluice_store::complete::{CompleteError, JobStatus};
 
-use crate::jobs::{JobStatus, disk_lines_between, log_body};
+use sluice_store::read::{disk_lines_between, log_body};
 
 /// Worker batches can be large; this bounds what one request may buffer.
 const MAX_WORKER_BODY_BYTES: u64 = 16 * 1024 * 1024;
@@ -145,83 +145,34 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
             "invalid completion: {e} (send {{\"status\": \"completed\"}} or \"failed\")"
         ))
     })?;
-    let stats = state.router.source_stats(&id);
-    let dir = &state.config.log_storage.local_dir;
-    let on_disk = || {
-        use sluice_drains::persister::{file_path, legacy_path, rotated_path};
-        file_path(dir, &id).exists()
-            || rotated_path(dir, &id, 1).exists()
-            || legacy_path(dir, &id).exists()
-    };
-    if stats.is_none() && !on_disk() {
-        // Nothing to close or archive: no empty objects, no records for typos.
-        return Err(ApiError::not_found(format!(
-            "unknown job {id:?}: no logs have been received for it"
-        )));
-    }
-    let last_seq = stats.as_ref().map_or(0, |s| s.published);
-    // Seqs stored before this start are on disk already; the persister waits only for newer.
-    let upto = stats
-        .as_ref()
-        .filter(|s| s.published > s.resumed_after)
-        .map_or(0, |s| s.published);
-    // With S3, the completion's files move to the archive's folder for it, and its object gets
-    // a key no other completion holds. The key takes workspace, task and job_id from the job's
-    // newest line.
-    let prepared = state.archive.as_ref().map(|archive| {
-        let tags = state
-            .router
-            .recent(&id, 1, &sluice_router::Filter::default())
-            .and_then(|mut r| r.pop())
-            .map(|e| e.tags.clone())
-            .unwrap_or_default();
-        archive.prepare(&id, &tags, sluice_router::envelope::now_ns())
-    });
-    let done = state
-        .persister
-        .complete(&id, upto, prepared.as_ref().map(|p| p.dir.clone()))
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e,
-        })?;
-    tracing::info!(job = %id, status = ?req.status, "job completed");
-    let mut files = done.rotated.clone();
-    files.extend(done.path.clone());
-    let mut archive_target = None;
-    if let (Some(archive), Some(prepared)) = (&state.archive, prepared)
-        && !files.is_empty()
-    {
-        let record = Record {
-            source: id.clone(),
-            status: match req.status {
-                JobStatus::Completed => "completed".into(),
-                JobStatus::Failed => "failed".into(),
-            },
-            key: prepared.key.clone(),
-            files,
-            completion: prepared.completion,
-            last_seq,
+    let done = sluice_store::complete::complete(
+        &state.router,
+        &state.persister,
+        state.archive.as_ref(),
+        &id,
+        req.status,
+    )
+    .await
+    .map_err(|e| {
+        let status = match e {
+            CompleteError::Unknown(_) => StatusCode::NOT_FOUND,
+            CompleteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CompleteError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        archive.enqueue(&record).map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot record the archive upload: {}", crate::io_reason(&e)),
-        })?;
-        archive_target = Some(ArchiveTarget {
-            bucket: archive.bucket().to_owned(),
-            key: prepared.key,
-        });
-    }
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    })?;
+    let path = |p: &std::path::Path| p.display().to_string();
     Ok(warp::reply::json(&CompleteResponse {
         source_id: id,
         status: req.status,
-        file: done.path.map(|p| p.display().to_string()),
-        rotated: done
-            .rotated
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
-        archive: archive_target,
+        file: done.file.as_deref().map(path),
+        rotated: done.rotated.iter().map(|p| path(p)).collect(),
+        archive: done
+            .archive
+            .map(|(bucket, key)| ArchiveTarget { bucket, key }),
     })
     .into_response())
 }

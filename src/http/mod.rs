@@ -41,9 +41,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub drains: Arc<crate::drains::Drains>,
-    pub persister: sluice_drains::persister::PersisterHandle,
+    pub persister: sluice_store::persister::PersisterHandle,
     /// Set when `log_storage.s3` is configured.
-    pub archive: Option<sluice_drains::archive::Archive>,
+    pub archive: Option<sluice_store::archive::Archive>,
     /// Cancelled on shutdown: open tails close with a WebSocket close frame.
     pub shutdown: CancellationToken,
     /// Tails hold a token of it, so shutdown waits for their close frames to go out.
@@ -52,8 +52,8 @@ pub struct AppState {
 
 impl AppState {
     /// Storage, as readers of stored lines need it.
-    pub fn stored(&self) -> crate::jobs::Stored {
-        crate::jobs::Stored {
+    pub fn stored(&self) -> sluice_store::read::Stored {
+        sluice_store::read::Stored {
             dir: self.config.log_storage.local_dir.clone(),
             max_files: self.config.log_storage.max_files,
             archive: self.archive.clone(),

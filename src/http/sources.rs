@@ -2,9 +2,7 @@
 
 use std::collections::HashMap;
 
-use sluice_drains::history::StoredSeqs;
-use sluice_router::router::SourceStats;
-use sluice_router::{History, validate_source_id};
+use sluice_router::validate_source_id;
 use warp::Filter;
 use warp::http::header::{ACCEPT, CONTENT_TYPE};
 use warp::reply::{Reply, Response};
@@ -47,73 +45,31 @@ fn with(
     warp::any().map(move || state.clone())
 }
 
-/// Every source, in memory or only in storage, sorted by id, each with where its lines live
-/// (`lines_in`: `memory`, `files`, `s3`). Sources known only from storage have no counts here
-/// (their `stats` has them).
+/// Every source, in memory or only in storage, sorted by id, with where its lines live.
 async fn list(state: &AppState) -> Result<Response, ApiError> {
-    let dir = state.config.log_storage.local_dir.clone();
-    let stored = tokio::task::spawn_blocking(move || sluice_drains::history::stored_sources(&dir))
+    let stored = state.stored();
+    let router = state.router.clone();
+    let list = tokio::task::spawn_blocking(move || stored.list_sources(&router))
         .await
         .map_err(|e| ApiError {
             status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("cannot list stored sources: {e}"),
         })?;
-    let mut out: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
-    let lines_in = |memory: bool, id: &str| -> Vec<&'static str> {
-        let s = stored.get(id).copied().unwrap_or_default();
-        [(memory, "memory"), (s.files, "files"), (s.s3, "s3")]
-            .into_iter()
-            .filter_map(|(here, name)| here.then_some(name))
-            .collect()
-    };
-    for stats in state.router.sources() {
-        let mut v = serde_json::to_value(&stats).unwrap_or_default();
-        v["lines_in"] = serde_json::json!(lines_in(stats.retained > 0, &stats.source_id));
-        out.insert(stats.source_id, v);
-    }
-    for id in stored.keys() {
-        if !out.contains_key(id) {
-            out.insert(
-                id.clone(),
-                serde_json::json!({
-                    "source_id": id,
-                    "retained": 0,
-                    "retained_bytes": 0,
-                    "oldest_seq": null,
-                    "newest_seq": null,
-                    "published": null,
-                    "resumed_after": null,
-                    "lines_in": lines_in(false, id),
-                }),
-            );
-        }
-    }
-    let list: Vec<serde_json::Value> = out.into_values().collect();
     Ok(warp::reply::json(&list).into_response())
 }
 
 /// One source's stats; for a source this process has not seen, what storage holds of it.
 fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
     validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let Some(stats) = state.router.source_stats(id) {
-        return Ok(warp::reply::json(&stats).into_response());
-    }
-    let stored = StoredSeqs::new(&state.config.log_storage.local_dir).last_seq(id);
-    if stored == 0 {
-        return Err(ApiError::not_found(format!(
-            "unknown source {id:?}: no logs have been received for it"
-        )));
-    }
-    Ok(warp::reply::json(&SourceStats {
-        source_id: id.to_owned(),
-        retained: 0,
-        retained_bytes: 0,
-        oldest_seq: None,
-        newest_seq: None,
-        published: stored,
-        resumed_after: stored,
-    })
-    .into_response())
+    let stats = state
+        .stored()
+        .source_stats(&state.router, id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown source {id:?}: no logs have been received for it"
+            ))
+        })?;
+    Ok(warp::reply::json(&stats).into_response())
 }
 
 /// Most lines one `recent` request returns.
@@ -158,8 +114,7 @@ async fn recent(
         let stored = state.stored();
         on_disk = !stored.tiers(id).is_empty();
         let source = id.to_owned();
-        let keep =
-            move |l: &sluice_drains::persister::Line| filter.matches(&l.to_envelope(&source));
+        let keep = move |l: &sluice_store::persister::Line| filter.matches(&l.to_envelope(&source));
         let older = stored
             .last_lines(id, ring_first, limit - envs.len(), keep)
             .await

@@ -153,147 +153,16 @@ async fn tail(
     .await;
 }
 
-/// What a reader of one source gets from storage before its cursor takes over: batches of the
-/// lines older than the ring, with exact loss notices where seqs are missing.
-pub(crate) type Prelude = tokio::sync::mpsc::Receiver<Vec<Delivery>>;
+pub(crate) use sluice_store::read::Prelude;
 
-/// Lines per batch read from storage.
-const PRELUDE_BATCH: usize = 512;
-/// How long a reader waits for the persister to write what the ring already let go, before
-/// the seqs it lacks count as missed.
-const PERSISTER_WAIT: Duration = Duration::from_secs(2);
-
-/// Opens a cursor on one source at `start`; when `start` reaches back past the ring's oldest
-/// line, the cursor starts at that line and the [`Prelude`] reads what comes before it from the
-/// source's files (a backfill's missing lines; a resume's whole range, streamed), so the
-/// reader gets every line once, in order, across restarts.
+/// [`sluice_store::read::open_source`] on this server's router and storage.
 pub(crate) fn open_source(
     state: &AppState,
     id: &str,
     filter: sluice_router::Filter,
     start: Start,
 ) -> Result<(Cursor, Option<Prelude>), sluice_router::EnvelopeError> {
-    let router = &state.router;
-    let selector = || Selector::Source(id.to_owned());
-    let stats = router.touch(id)?;
-    let first_in_ring = stats.oldest_seq.unwrap_or(stats.published + 1);
-    let stored = state.stored();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Delivery>>(4);
-    let id = id.to_owned();
-    match start {
-        Start::Back(n) => {
-            let cursor = router.subscribe(selector(), filter.clone(), start)?;
-            let from = cursor.positions().first().map_or(1, |p| p.1);
-            let in_ring = router
-                .recent(&id, n, &filter)
-                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
-            if in_ring >= n || from <= 1 {
-                return Ok((cursor, None));
-            }
-            tokio::spawn(async move {
-                let keep = {
-                    let (filter, id) = (filter.clone(), id.clone());
-                    move |l: &sluice_drains::persister::Line| filter.matches(&l.to_envelope(&id))
-                };
-                let lines = match stored.last_lines(&id, from, n - in_ring, keep).await {
-                    Ok(lines) => lines,
-                    Err(e) => {
-                        tracing::warn!(source = %id, error = %e, "cannot read a backfill from storage");
-                        return;
-                    }
-                };
-                for chunk in lines.chunks(PRELUDE_BATCH) {
-                    let batch = chunk
-                        .iter()
-                        .map(|l| Delivery::Log(std::sync::Arc::new(l.to_envelope(&id))))
-                        .collect();
-                    if tx.send(batch).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Ok((cursor, Some(rx)))
-        }
-        Start::AfterSeq(after) if after.saturating_add(1) < first_in_ring => {
-            let cursor = router.subscribe(
-                selector(),
-                filter.clone(),
-                Start::AfterSeq(first_in_ring - 1),
-            )?;
-            let durability = state.router.durability().clone();
-            let resumed_after = stats.resumed_after;
-            tokio::spawn(async move {
-                // Lines the ring let go may still be on their way to the file.
-                let from = (after + 1).max(resumed_after + 1);
-                if from < first_in_ring {
-                    let _ = durability
-                        .wait(&id, from, first_in_ring - 1, PERSISTER_WAIT)
-                        .await;
-                }
-                read_range(&stored, &id, after, first_in_ring, &filter, &tx).await;
-            });
-            Ok((cursor, Some(rx)))
-        }
-        start => Ok((router.subscribe(selector(), filter, start)?, None)),
-    }
-}
-
-/// Streams the stored lines of `id` with a seq in `after + 1 .. before` into `tx`, in batches,
-/// with a loss notice for each run of seqs storage lacks.
-async fn read_range(
-    stored: &crate::jobs::Stored,
-    id: &str,
-    after: u64,
-    before: u64,
-    filter: &sluice_router::Filter,
-    tx: &tokio::sync::mpsc::Sender<Vec<Delivery>>,
-) {
-    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(2);
-    let reading = stored.lines_between(id, after, before, PRELUDE_BATCH, lines_tx);
-    let source: std::sync::Arc<str> = id.into();
-    let gap = |expected: u64, to: u64, last_ts: i64, out: &mut Vec<Delivery>| {
-        if to > expected {
-            out.push(Delivery::Missed(sluice_router::MissedNotice {
-                source_id: source.clone(),
-                count: to - expected,
-                since_ns: last_ts,
-                last_missed_seq: to - 1,
-            }));
-        }
-    };
-    let forwarding = async {
-        // Owned here: dropped when forwarding stops, which stops the reading too.
-        let mut lines_rx = lines_rx;
-        let mut expected = after + 1;
-        let mut last_ts = 0i64;
-        while let Some(lines) = lines_rx.recv().await {
-            let mut out = Vec::with_capacity(lines.len());
-            for line in lines {
-                let env = line.to_envelope(id);
-                gap(expected, env.seq, last_ts, &mut out);
-                expected = expected.max(env.seq + 1);
-                last_ts = env.timestamp;
-                if filter.matches(&env) {
-                    out.push(Delivery::Log(std::sync::Arc::new(env)));
-                }
-            }
-            if !out.is_empty() && tx.send(out).await.is_err() {
-                return None;
-            }
-        }
-        Some((expected, last_ts))
-    };
-    let (read, forwarded) = tokio::join!(reading, forwarding);
-    if let Err(e) = read {
-        tracing::warn!(source = %id, error = %e, "cannot read a range from storage");
-    }
-    if let Some((expected, last_ts)) = forwarded {
-        let mut out = Vec::new();
-        gap(expected, before, last_ts, &mut out);
-        if !out.is_empty() {
-            let _ = tx.send(out).await;
-        }
-    }
+    sluice_store::read::open_source(&state.router, &state.stored(), id, filter, start)
 }
 
 /// Runs a WebSocket from a cursor until the client leaves or the server stops: each batch read

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use sluice_drains::archive::{S3Config, s3_client};
+use sluice_store::archive::{S3Config, s3_client};
 
 pub struct Moto {
     child: Child,

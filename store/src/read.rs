@@ -1,0 +1,633 @@
+//! Jobs, as Strøm sees them: a source whose lines carry steps, that ends with a status, and
+//! whose log is read back as JSONL wherever it now lives.
+//!
+//! Reads go through every tier in seq order, each line once: S3 objects and local files of
+//! earlier completions, the source's segments, rotated and current files (or the legacy
+//! `<stem>.log` when there is no JSONL), and the lines still only in the ring.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::archive::{self, Archive};
+use crate::persister::{Line, PersisterHandle, legacy_path};
+use bytes::{Bytes, BytesMut};
+use sluice_router::router::SourceStats;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_router::{
+    Cursor, Delivery, Durability, EnvelopeError, Filter, History, MissedNotice, Router, Selector,
+    Start,
+};
+
+/// A job's whole log as Strøm's `{"logs": "<jsonl>"}`, streamed in chunks of about 64 KiB:
+/// a legacy `<stem>.log` (when there is no JSONL), then each completion (its local files, or its
+/// S3 object once they are gone), then the source's segments, rotated and current files, then
+/// what only the ring holds yet. Tiers are read in seq order and a line is written once, by the
+/// first tier that has it; memory stays at a few chunks however long the log (an S3 object is
+/// fetched whole). `None` when nothing is known of the source.
+pub fn log_body(
+    router: &Router,
+    stored: Stored,
+    source: &str,
+    step: Option<&str>,
+) -> Option<tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>> {
+    let tiers = stored.tiers(source);
+    let legacy = legacy_path(&stored.dir, source);
+    let in_ring = router.source_stats(source).is_some_and(|s| s.published > 0);
+    if tiers.is_empty() && !in_ring && !legacy.exists() {
+        return None;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut w = JsonlWriter {
+        buf: BytesMut::with_capacity(CHUNK + 4096),
+        tx,
+        floor: 0,
+        newest: 0,
+        step: step.map(str::to_owned),
+    };
+    let router = router.clone();
+    let source = source.to_owned();
+    tokio::spawn(async move {
+        w.buf.extend_from_slice(b"{\"logs\":\"");
+        let result: Result<(), std::io::Error> = async {
+            if tiers.is_empty() {
+                w = blocking(w, move |w| w.legacy(&legacy)).await?;
+            }
+            for tier in tiers {
+                w.next_tier();
+                match tier {
+                    Tier::Files(files) => w = blocking(w, move |w| w.files(&files)).await?,
+                    Tier::Object { key, .. } => {
+                        for line in stored.object_lines(&key).await? {
+                            w.line(line);
+                            if w.buf.len() >= CHUNK {
+                                w.flush().await?;
+                            }
+                        }
+                    }
+                }
+            }
+            w.next_tier();
+            let ring = router
+                .recent(&source, usize::MAX, &Filter::default())
+                .unwrap_or_default();
+            for env in ring {
+                w.line(Line::from_envelope(&env));
+                if w.buf.len() >= CHUNK {
+                    w.flush().await?;
+                }
+            }
+            w.buf.extend_from_slice(b"\"}");
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            // The status went out with the first chunk: the client sees the body cut short.
+            tracing::warn!(job = %source, error = %e, "job log read failed");
+        }
+    });
+    Some(rx)
+}
+
+/// Bytes of the answer gathered before they are sent.
+const CHUNK: usize = 64 * 1024;
+
+/// Writes lines into the `logs` string of the answer.
+struct JsonlWriter {
+    buf: BytesMut,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// The newest seq earlier tiers wrote: a line at or below it was written already. (Within
+    /// a tier lines are written as they come: a file may hold a notice after newer lines.)
+    floor: u64,
+    /// The newest seq written so far.
+    newest: u64,
+    step: Option<String>,
+}
+
+/// The client went away.
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+}
+
+/// Runs `work` on the writer off the async runtime (it reads files), and hands it back.
+async fn blocking(
+    mut w: JsonlWriter,
+    work: impl FnOnce(&mut JsonlWriter) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<JsonlWriter> {
+    tokio::task::spawn_blocking(move || work(&mut w).map(|()| w))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+impl JsonlWriter {
+    fn line(&mut self, line: Line) {
+        if let Some(seq) = line.seq {
+            if seq <= self.floor {
+                return;
+            }
+            self.newest = self.newest.max(seq);
+        }
+        if self.step.is_some() && line.step != self.step {
+            return;
+        }
+        // The line's JSON, then its newline, as the inside of a JSON string.
+        let quoted = serde_json::to_string(&line.to_json()).unwrap_or_default();
+        self.buf
+            .extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+        self.buf.extend_from_slice(b"\\n");
+    }
+
+    /// A JSONL line as read; unreadable ones (a torn last line) are skipped.
+    fn raw_line(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        if let Ok(line) = serde_json::from_slice::<Line>(raw) {
+            self.line(line);
+        }
+        if self.buf.len() >= CHUNK {
+            self.flush_blocking()?;
+        }
+        Ok(())
+    }
+
+    fn files(&mut self, files: &[PathBuf]) -> std::io::Result<()> {
+        for path in files {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                // Archived and removed meanwhile: its lines are in S3 now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let reader = std::io::BufReader::with_capacity(CHUNK, file);
+            for raw in std::io::BufRead::split(reader, b'\n') {
+                self.raw_line(&raw?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pre-JSONL log: one plain line per line, without seqs.
+    fn legacy(&mut self, path: &Path) -> std::io::Result<()> {
+        let Ok(file) = std::fs::File::open(path) else {
+            return Ok(());
+        };
+        let reader = std::io::BufReader::with_capacity(CHUNK, file);
+        for raw in std::io::BufRead::split(reader, b'\n') {
+            let raw = raw?;
+            self.line(Line {
+                ts: String::new(),
+                stream: "stdout".into(),
+                step: None,
+                line: String::from_utf8_lossy(&raw).into_owned(),
+                origin: None,
+                seq: None,
+            });
+            if self.buf.len() >= CHUNK {
+                self.flush_blocking()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Done with one tier: the next writes only what is newer.
+    fn next_tier(&mut self) {
+        self.floor = self.newest;
+    }
+
+    fn flush_blocking(&mut self) -> std::io::Result<()> {
+        let chunk = self.buf.split().freeze();
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| gone())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let chunk = self.buf.split().freeze();
+        self.tx.send(Ok(chunk)).await.map_err(|_| gone())
+    }
+}
+
+/// Where some of a source's stored lines are. Tiers come oldest first, and seqs rise from one
+/// to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tier {
+    /// Local files, oldest first.
+    Files(Vec<PathBuf>),
+    /// The S3 object of a completion whose local files are gone, and the newest seq it holds
+    /// (0 when its record is older than that field).
+    Object { key: String, last_seq: u64 },
+}
+
+/// A source in the list of every source: the router's stats when it has them, and where its
+/// lines live (`memory`, `files`, `s3`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SourceStats>,
+    /// Set (with null counts) for a source known only from storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    pub lines_in: Vec<&'static str>,
+}
+
+/// Storage as readers need it: the directory, how many files a source keeps, and the archive.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub dir: PathBuf,
+    pub max_files: usize,
+    pub archive: Option<Archive>,
+}
+
+impl Stored {
+    /// Every tier of `source`, oldest first: each completion (its files while they are on
+    /// disk, else its object), then the files not yet completed.
+    pub fn tiers(&self, source: &str) -> Vec<Tier> {
+        let mut tiers: Vec<Tier> = archive::records_of(&self.dir, source)
+            .into_iter()
+            .filter_map(|r| {
+                if r.files.iter().all(|f| f.exists()) {
+                    Some(Tier::Files(r.files))
+                } else {
+                    // Uploaded and removed: only S3 has it (nothing to read without S3).
+                    self.archive.as_ref().map(|_| Tier::Object {
+                        key: r.key,
+                        last_seq: r.last_seq,
+                    })
+                }
+            })
+            .collect();
+        let live = crate::history::live_files(&self.dir, source, self.max_files);
+        if !live.is_empty() {
+            tiers.push(Tier::Files(live));
+        }
+        tiers
+    }
+
+    /// One source's stats: the router's, or for a source this process has not seen, what
+    /// storage holds of it (`published`: its newest stored seq). `None` if neither has it.
+    pub fn source_stats(&self, router: &Router, id: &str) -> Option<SourceStats> {
+        if let Some(stats) = router.source_stats(id) {
+            return Some(stats);
+        }
+        let stored = crate::history::StoredSeqs::new(&self.dir).last_seq(id);
+        (stored > 0).then(|| SourceStats {
+            source_id: id.to_owned(),
+            retained: 0,
+            retained_bytes: 0,
+            oldest_seq: None,
+            newest_seq: None,
+            published: stored,
+            resumed_after: stored,
+        })
+    }
+
+    /// Every source, in memory or only in storage, sorted by id, each with where its lines
+    /// live. Sources known only from storage have no counts here (their stats have them).
+    /// Lists directories and reads archive records: call it off the async runtime.
+    pub fn list_sources(&self, router: &Router) -> Vec<Listed> {
+        let stored = crate::history::stored_sources(&self.dir);
+        let lines_in = |memory: bool, id: &str| -> Vec<&'static str> {
+            let s = stored.get(id).copied().unwrap_or_default();
+            [(memory, "memory"), (s.files, "files"), (s.s3, "s3")]
+                .into_iter()
+                .filter_map(|(here, name)| here.then_some(name))
+                .collect()
+        };
+        let mut out: BTreeMap<String, Listed> = BTreeMap::new();
+        for stats in router.sources() {
+            let lines_in = lines_in(stats.retained > 0, &stats.source_id);
+            out.insert(
+                stats.source_id.clone(),
+                Listed {
+                    stats: Some(stats),
+                    source_id: None,
+                    lines_in,
+                },
+            );
+        }
+        for id in stored.keys() {
+            if !out.contains_key(id) {
+                out.insert(
+                    id.clone(),
+                    Listed {
+                        stats: None,
+                        source_id: Some(id.clone()),
+                        lines_in: lines_in(false, id),
+                    },
+                );
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// An archived object's lines.
+    async fn object_lines(&self, key: &str) -> std::io::Result<Vec<Line>> {
+        let Some(archive) = &self.archive else {
+            return Ok(Vec::new());
+        };
+        let text = archive
+            .fetch(key)
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot read s3 object {key}: {e}")))?;
+        Ok(text
+            .split(|&b| b == b'\n')
+            .filter_map(|raw| serde_json::from_slice::<Line>(raw).ok())
+            .collect())
+    }
+
+    /// The last `n` stored lines of `source` with a seq below `before` that `keep` accepts,
+    /// oldest first: from its newest files backwards, then from the objects of completions
+    /// whose files are gone. Files are read off the async runtime.
+    pub async fn last_lines(
+        &self,
+        source: &str,
+        before: u64,
+        n: usize,
+        keep: impl Fn(&Line) -> bool + Clone + Send + 'static,
+    ) -> std::io::Result<Vec<Line>> {
+        let mut newest_first: Vec<Vec<Line>> = Vec::new();
+        let mut have = 0;
+        for tier in self.tiers(source).into_iter().rev() {
+            if have >= n {
+                break;
+            }
+            let want = n - have;
+            let lines = match tier {
+                Tier::Files(files) => {
+                    let keep = keep.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::history::last_lines(&files, before, want, keep)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?
+                }
+                Tier::Object { key, .. } => {
+                    let mut lines: Vec<Line> = self
+                        .object_lines(&key)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.seq.is_some_and(|s| s < before) && keep(l))
+                        .collect();
+                    lines.drain(..lines.len().saturating_sub(want));
+                    lines
+                }
+            };
+            have += lines.len();
+            newest_first.push(lines);
+        }
+        Ok(newest_first.into_iter().rev().flatten().collect())
+    }
+
+    /// Sends the stored lines of `source` with a seq in `after + 1 .. before` into `tx`, oldest
+    /// first, in batches of at most `batch`; objects that end at or before `after` are not
+    /// fetched. Stops when `tx` closes.
+    pub async fn lines_between(
+        &self,
+        source: &str,
+        after: u64,
+        before: u64,
+        batch: usize,
+        tx: tokio::sync::mpsc::Sender<Vec<Line>>,
+    ) -> std::io::Result<()> {
+        for tier in self.tiers(source) {
+            match tier {
+                Tier::Files(files) => {
+                    let tx = tx.clone();
+                    let open = tokio::task::spawn_blocking(move || {
+                        let mut open = true;
+                        crate::history::lines_between(&files, after, before, batch, |b| {
+                            open = tx.blocking_send(b).is_ok();
+                            open
+                        })
+                        .map(|()| open)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                    if !open {
+                        return Ok(());
+                    }
+                }
+                Tier::Object { key, last_seq } => {
+                    if last_seq != 0 && last_seq <= after {
+                        continue;
+                    }
+                    let lines: Vec<Line> = self
+                        .object_lines(&key)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.seq.is_some_and(|s| s > after && s < before))
+                        .collect();
+                    for chunk in lines.chunks(batch.max(1)) {
+                        if tx.send(chunk.to_vec()).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a reader of one source gets from storage before its cursor takes over: batches of the
+/// lines older than the ring, with exact loss notices where seqs are missing.
+pub type Prelude = tokio::sync::mpsc::Receiver<Vec<Delivery>>;
+
+/// Lines per batch read from storage.
+const PRELUDE_BATCH: usize = 512;
+/// How long a reader waits for the persister to write what the ring already let go, before
+/// the seqs it lacks count as missed.
+const PERSISTER_WAIT: Duration = Duration::from_secs(2);
+
+impl Stored {
+    /// The last `n` stored lines of `id` below seq `before` that match `filter`, as
+    /// deliveries, oldest first: a backfill's lines the ring no longer holds.
+    pub fn backfill(&self, id: &str, before: u64, n: usize, filter: Filter) -> Prelude {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (stored, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            let keep = {
+                let (filter, id) = (filter.clone(), id.clone());
+                move |l: &Line| filter.matches(&l.to_envelope(&id))
+            };
+            let lines = match stored.last_lines(&id, before, n, keep).await {
+                Ok(lines) => lines,
+                Err(e) => {
+                    tracing::warn!(source = %id, error = %e, "cannot read a backfill from storage");
+                    return;
+                }
+            };
+            for chunk in lines.chunks(PRELUDE_BATCH) {
+                let batch = chunk
+                    .iter()
+                    .map(|l| Delivery::Log(Arc::new(l.to_envelope(&id))))
+                    .collect();
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// The stored lines of `id` with a seq in `after + 1 .. before` that match `filter`, as
+    /// deliveries in batches, with a loss notice for each run of seqs storage lacks. Waits
+    /// first (briefly) for the persister to have written seqs from `wait_from` on.
+    pub fn range(
+        &self,
+        id: &str,
+        after: u64,
+        before: u64,
+        filter: Filter,
+        durability: Arc<Durability>,
+        wait_from: u64,
+    ) -> Prelude {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (stored, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            if wait_from < before {
+                let _ = durability
+                    .wait(&id, wait_from, before - 1, PERSISTER_WAIT)
+                    .await;
+            }
+            stored.send_range(&id, after, before, &filter, &tx).await;
+        });
+        rx
+    }
+
+    async fn send_range(
+        &self,
+        id: &str,
+        after: u64,
+        before: u64,
+        filter: &Filter,
+        tx: &tokio::sync::mpsc::Sender<Vec<Delivery>>,
+    ) {
+        let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(2);
+        let reading = self.lines_between(id, after, before, PRELUDE_BATCH, lines_tx);
+        let source: Arc<str> = id.into();
+        let gap = |expected: u64, to: u64, last_ts: i64, out: &mut Vec<Delivery>| {
+            if to > expected {
+                out.push(Delivery::Missed(MissedNotice {
+                    source_id: source.clone(),
+                    count: to - expected,
+                    since_ns: last_ts,
+                    last_missed_seq: to - 1,
+                }));
+            }
+        };
+        let forwarding = async {
+            // Owned here: dropped when forwarding stops, which stops the reading too.
+            let mut lines_rx = lines_rx;
+            let mut expected = after + 1;
+            let mut last_ts = 0i64;
+            while let Some(lines) = lines_rx.recv().await {
+                let mut out = Vec::with_capacity(lines.len());
+                for line in lines {
+                    let env = line.to_envelope(id);
+                    gap(expected, env.seq, last_ts, &mut out);
+                    expected = expected.max(env.seq + 1);
+                    last_ts = env.timestamp;
+                    if filter.matches(&env) {
+                        out.push(Delivery::Log(Arc::new(env)));
+                    }
+                }
+                if !out.is_empty() && tx.send(out).await.is_err() {
+                    return None;
+                }
+            }
+            Some((expected, last_ts))
+        };
+        let (read, forwarded) = tokio::join!(reading, forwarding);
+        if let Err(e) = read {
+            tracing::warn!(source = %id, error = %e, "cannot read a range from storage");
+        }
+        if let Some((expected, last_ts)) = forwarded {
+            let mut out = Vec::new();
+            gap(expected, before, last_ts, &mut out);
+            if !out.is_empty() {
+                let _ = tx.send(out).await;
+            }
+        }
+    }
+}
+
+/// Opens a cursor on one source at `start`; when `start` reaches back past the ring's oldest
+/// line, the cursor starts at that line and the [`Prelude`] reads what comes before it from
+/// storage (a backfill's missing lines; a resume's whole range, streamed), so the reader gets
+/// every line once, in order, across restarts.
+pub fn open_source(
+    router: &Router,
+    stored: &Stored,
+    id: &str,
+    filter: Filter,
+    start: Start,
+) -> Result<(Cursor, Option<Prelude>), EnvelopeError> {
+    let selector = || Selector::Source(id.to_owned());
+    let stats = router.touch(id)?;
+    let first_in_ring = stats.oldest_seq.unwrap_or(stats.published + 1);
+    let id = id.to_owned();
+    match start {
+        Start::Back(n) => {
+            let cursor = router.subscribe(selector(), filter.clone(), start)?;
+            let from = cursor.positions().first().map_or(1, |p| p.1);
+            let in_ring = router
+                .recent(&id, n, &filter)
+                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
+            if in_ring >= n || from <= 1 {
+                return Ok((cursor, None));
+            }
+            let rx = stored.backfill(&id, from, n - in_ring, filter);
+            Ok((cursor, Some(rx)))
+        }
+        Start::AfterSeq(after) if after.saturating_add(1) < first_in_ring => {
+            let cursor = router.subscribe(
+                selector(),
+                filter.clone(),
+                Start::AfterSeq(first_in_ring - 1),
+            )?;
+            // Lines the ring let go may still be on their way to the file: wait for them
+            // from the first seq this process wrote.
+            let wait_from = (after + 1).max(stats.resumed_after + 1);
+            let durability = router.durability().clone();
+            let rx = stored.range(&id, after, first_in_ring, filter, durability, wait_from);
+            Ok((cursor, Some(rx)))
+        }
+        start => Ok((router.subscribe(selector(), filter, start)?, None)),
+    }
+}
+
+/// The lines of `source` on disk with a seq in `from..=to`, in order.
+pub fn disk_lines_between(
+    persister: &PersisterHandle,
+    source: &str,
+    from: u64,
+    to: u64,
+) -> Vec<Line> {
+    let dir = &persister.config.local_dir;
+    let files = crate::history::local_files(dir, source, persister.config.max_files);
+    let mut out = Vec::new();
+    let _ = crate::history::lines_between(
+        &files,
+        from.saturating_sub(1),
+        to.saturating_add(1),
+        4096,
+        |mut lines| {
+            out.append(&mut lines);
+            true
+        },
+    );
+    out
+}
+
+pub fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
+    for raw in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Line>(raw) {
+            Ok(line) => match line.seq {
+                Some(seq) => {
+                    by_seq.entry(seq).or_insert(line);
+                }
+                None => unsequenced.push(line),
+            },
+            // A torn last line after a crash: skip it, keep the rest.
+            Err(e) => tracing::debug!(error = %e, "skipping an unreadable log line"),
+        }
+    }
+}
