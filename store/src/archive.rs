@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
@@ -34,6 +32,7 @@ use sluice_router::{Envelope, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::objects::{ObjectStore, S3Objects};
 use crate::persister::file_stem;
 
 /// `log_storage.s3`.
@@ -233,7 +232,7 @@ pub struct ArchiveCounters {
 /// The archiver: shared by completion (which adds records) and reads (which fetch objects).
 #[derive(Debug, Clone)]
 pub struct Archive {
-    client: Client,
+    objects: Arc<dyn ObjectStore>,
     config: Arc<S3Config>,
     dir: PathBuf,
     keep_local: bool,
@@ -262,12 +261,26 @@ impl Archive {
         keep_local: bool,
         client: Client,
     ) -> std::io::Result<Archive> {
+        let objects = Arc::new(S3Objects {
+            client,
+            bucket: config.bucket.clone(),
+        });
+        Archive::with_objects(config, local_dir, keep_local, objects)
+    }
+
+    /// An archive over any [`ObjectStore`] (memory, in unit tests).
+    pub fn with_objects(
+        config: S3Config,
+        local_dir: &Path,
+        keep_local: bool,
+        objects: Arc<dyn ObjectStore>,
+    ) -> std::io::Result<Archive> {
         let dir = local_dir.join(".archive");
         std::fs::create_dir_all(dir.join("pending"))?;
         std::fs::create_dir_all(dir.join("done"))?;
         std::fs::create_dir_all(dir.join("files"))?;
         let archive = Archive {
-            client,
+            objects,
             config: Arc::new(config),
             dir,
             keep_local,
@@ -363,20 +376,7 @@ impl Archive {
 
     /// Downloads and gunzips an object.
     pub async fn fetch(&self, key: &str) -> Result<Vec<u8>, String> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_bytes();
+        let body = self.objects.get(key).await?;
         let mut text = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
             .read_to_end(&mut text)
@@ -474,20 +474,13 @@ impl Archive {
 
     /// Gzips the record's files into the object, streaming. Returns the compressed size.
     async fn upload(&self, record: &Record) -> Result<u64, String> {
-        let mut multipart: Option<(String, Vec<CompletedPart>)> = None;
+        let mut multipart: Option<Upload> = None;
         let result = self.upload_parts(record, &mut multipart).await;
         if result.is_err()
             && let Some((upload_id, _)) = multipart
         {
             // Do not leave half an upload behind (it costs storage until it is aborted).
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.config.bucket)
-                .key(&record.key)
-                .upload_id(upload_id)
-                .send()
-                .await;
+            let _ = self.objects.abort_upload(&record.key, &upload_id).await;
         }
         result
     }
@@ -495,7 +488,7 @@ impl Archive {
     async fn upload_parts(
         &self,
         record: &Record,
-        multipart: &mut Option<(String, Vec<CompletedPart>)>,
+        multipart: &mut Option<Upload>,
     ) -> Result<u64, String> {
         let part_size = self.config.part_size_bytes.max(MIN_PART_BYTES);
         let level = Compression::new(self.config.compression_level.min(9));
@@ -525,33 +518,15 @@ impl Archive {
         let rest = rest.ok_or("the compressor stopped before the end")?;
         total += rest.len() as u64;
         if multipart.is_none() {
-            self.client
-                .put_object()
-                .bucket(&self.config.bucket)
-                .key(&record.key)
-                .content_type("application/gzip")
-                .body(ByteStream::from(rest))
-                .send()
-                .await
-                .map_err(|e| describe(&e))?;
+            self.objects.put(&record.key, rest).await?;
             return Ok(total);
         }
         // The last part may be smaller than the minimum.
         self.put_part(&record.key, multipart, rest).await?;
         let (upload_id, parts) = multipart.clone().expect("started above");
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.config.bucket)
-            .key(&record.key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
+        self.objects
+            .finish_upload(&record.key, &upload_id, parts)
+            .await?;
         *multipart = None;
         Ok(total)
     }
@@ -560,47 +535,23 @@ impl Archive {
     async fn put_part(
         &self,
         key: &str,
-        multipart: &mut Option<(String, Vec<CompletedPart>)>,
+        multipart: &mut Option<Upload>,
         body: Vec<u8>,
     ) -> Result<(), String> {
         if multipart.is_none() {
-            let created = self
-                .client
-                .create_multipart_upload()
-                .bucket(&self.config.bucket)
-                .key(key)
-                .content_type("application/gzip")
-                .send()
-                .await
-                .map_err(|e| describe(&e))?;
-            let id = created
-                .upload_id()
-                .ok_or("S3 gave no upload id")?
-                .to_owned();
+            let id = self.objects.start_upload(key).await?;
             *multipart = Some((id, Vec::new()));
         }
         let (upload_id, parts) = multipart.as_mut().expect("created above");
         let number = parts.len() as i32 + 1;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.config.bucket)
-            .key(key)
-            .upload_id(upload_id.as_str())
-            .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_owned))
-                .build(),
-        );
+        let tag = self.objects.put_part(key, upload_id, number, body).await?;
+        parts.push((number, tag));
         Ok(())
     }
 }
+
+/// A multipart upload in progress: its id and the parts uploaded (number, ETag).
+type Upload = (String, Vec<(i32, Option<String>)>);
 
 /// A compressed part of an object, the last one marked (it may be smaller than a part).
 enum Part {
@@ -654,56 +605,10 @@ fn compress_parts(
     let _ = tx.blocking_send(last);
 }
 
-/// An SDK error on one line: the service's `Code: message` when S3 answered, else the chain of
-/// causes (connection refused, timeouts).
-fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_s3::error::SdkError;
-    if let Some(service) = e.as_service_error()
-        && let Some(code) = service.code()
-    {
-        return match service.message() {
-            Some(message) => format!("{code}: {message}"),
-            None => code.to_owned(),
-        };
-    }
-    // One short line for the job's log: what went wrong, and the innermost cause. The SDK's
-    // own rendering is the whole chain with Debug dumps of each layer (600 characters).
-    let what = match e {
-        SdkError::ConstructionFailure(_) => "cannot build the request",
-        SdkError::TimeoutError(_) => "timed out",
-        SdkError::DispatchFailure(_) => "cannot reach the S3 endpoint",
-        SdkError::ResponseError(_) => "unreadable response from S3",
-        SdkError::ServiceError(_) => "S3 refused the request",
-        _ => "request failed",
-    };
-    let mut inner: &dyn std::error::Error = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    let cause = crate::short_reason(&inner);
-    let mut line = if std::ptr::addr_eq(inner, e as &dyn std::error::Error) || cause.is_empty() {
-        what.to_owned()
-    } else {
-        format!("{what}: {cause}")
-    };
-    if line.len() > 200 {
-        let mut end = 200;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-        line.push('…');
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::{MemoryObjects, Pending};
 
     #[test]
     fn keys_follow_the_dated_layout_and_stay_under_the_prefix() {
@@ -729,5 +634,192 @@ mod tests {
             "{key}"
         );
         assert_eq!(key.matches('/').count(), 6, "{key}");
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-archive-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn config(part_size_bytes: usize) -> S3Config {
+        S3Config {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            prefix: String::new(),
+            endpoint: None,
+            part_size_bytes,
+            compression_level: 1,
+        }
+    }
+
+    /// Lines that gzip cannot shrink much.
+    fn noise(lines: usize, seed: u64) -> String {
+        let mut x = seed | 1;
+        (0..lines)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!(
+                    "{i} {x:016x}{:016x}{:016x}\n",
+                    x.rotate_left(21),
+                    x.rotate_left(42)
+                )
+            })
+            .collect()
+    }
+
+    fn gunzip(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Writes `texts` as the files of a completion of `source` and records it.
+    fn recorded(archive: &Archive, dir: &Path, source: &str, texts: &[String]) -> Record {
+        let prepared = archive.prepare(source, &BTreeMap::new(), 1_739_357_805_000_000_000);
+        std::fs::create_dir_all(&prepared.dir).unwrap();
+        let files: Vec<PathBuf> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let path = prepared.dir.join(format!("part{i}.jsonl"));
+                std::fs::write(&path, t).unwrap();
+                path
+            })
+            .collect();
+        let record = Record {
+            source: source.into(),
+            status: "completed".into(),
+            key: prepared.key,
+            files,
+            completion: prepared.completion,
+            last_seq: 0,
+        };
+        archive.enqueue(&record).unwrap();
+        assert!(
+            dir.join(".archive/pending")
+                .join(record.file_name())
+                .exists()
+        );
+        record
+    }
+
+    #[tokio::test]
+    async fn small_jobs_go_in_one_put_and_big_ones_in_parts_each_exactly_the_files() {
+        let dir = temp("upload");
+        let objects = Arc::new(MemoryObjects::default());
+        let archive =
+            Archive::with_objects(config(MIN_PART_BYTES), &dir, false, objects.clone()).unwrap();
+        let small = recorded(&archive, &dir, "small", &[noise(10, 1), noise(5, 2)]);
+        let size = archive.upload(&small).await.unwrap();
+        archive.finish(&small).unwrap();
+        let object = objects.object(&small.key).unwrap();
+        assert_eq!(size, object.len() as u64);
+        assert_eq!(gunzip(&object), noise(10, 1) + &noise(5, 2));
+        assert!(
+            small.files.iter().all(|f| !f.exists()),
+            "local files removed"
+        );
+        assert!(dir.join(".archive/done").join(small.file_name()).exists());
+
+        // About 8 MiB of noise: a part of at least 5 MiB, then the rest in a smaller one.
+        let big = recorded(
+            &archive,
+            &dir,
+            "big",
+            &[noise(100_000, 3), noise(60_000, 4)],
+        );
+        archive.upload(&big).await.unwrap();
+        assert_eq!(
+            gunzip(&objects.object(&big.key).unwrap()),
+            noise(100_000, 3) + &noise(60_000, 4)
+        );
+        assert_eq!(objects.uploads(), (0, 0), "no upload left open");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_is_aborted_and_kept_for_the_retry_and_fetch_reads_it_back() {
+        let dir = temp("fail");
+        let objects = Arc::new(MemoryObjects::default());
+        let archive =
+            Archive::with_objects(config(MIN_PART_BYTES), &dir, true, objects.clone()).unwrap();
+        let job = recorded(&archive, &dir, "job", &[noise(200_000, 5)]);
+        objects.fail_with(Some("SlowDown: please reduce your request rate"));
+        let e = archive.upload(&job).await.unwrap_err();
+        assert_eq!(e, "SlowDown: please reduce your request rate");
+        assert_eq!(archive.pending().len(), 1, "the record waits for the retry");
+        objects.fail_with(None);
+        // A failure part-way: the multipart upload started is aborted, not left behind.
+        let archive_parts =
+            Archive::with_objects(config(MIN_PART_BYTES), &dir, true, objects.clone()).unwrap();
+        let failing = FailAfter {
+            inner: objects.clone(),
+            parts_ok: std::sync::atomic::AtomicU32::new(1),
+        };
+        let partial =
+            Archive::with_objects(config(MIN_PART_BYTES), &dir, true, Arc::new(failing)).unwrap();
+        assert!(partial.upload(&job).await.is_err());
+        assert_eq!(objects.uploads(), (0, 1), "aborted");
+        archive_parts.upload(&job).await.unwrap();
+        archive_parts.finish(&job).unwrap();
+        assert!(
+            job.files.iter().all(|f| f.exists()),
+            "keep_local keeps them"
+        );
+        let text = archive_parts.fetch(&job.key).await.unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), noise(200_000, 5));
+        assert_eq!(objects.keys(), std::slice::from_ref(&job.key));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store whose part uploads fail after the first `parts_ok`.
+    #[derive(Debug)]
+    struct FailAfter {
+        inner: Arc<MemoryObjects>,
+        parts_ok: std::sync::atomic::AtomicU32,
+    }
+
+    impl ObjectStore for FailAfter {
+        fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> Pending<'a, ()> {
+            self.inner.put(key, body)
+        }
+        fn start_upload<'a>(&'a self, key: &'a str) -> Pending<'a, String> {
+            self.inner.start_upload(key)
+        }
+        fn put_part<'a>(
+            &'a self,
+            key: &'a str,
+            upload: &'a str,
+            number: i32,
+            body: Vec<u8>,
+        ) -> Pending<'a, Option<String>> {
+            let left = self.parts_ok.load(Ordering::Relaxed);
+            if left == 0 {
+                return Box::pin(async { Err("connection reset".to_owned()) });
+            }
+            self.parts_ok.store(left - 1, Ordering::Relaxed);
+            self.inner.put_part(key, upload, number, body)
+        }
+        fn finish_upload<'a>(
+            &'a self,
+            key: &'a str,
+            upload: &'a str,
+            parts: Vec<(i32, Option<String>)>,
+        ) -> Pending<'a, ()> {
+            self.inner.finish_upload(key, upload, parts)
+        }
+        fn abort_upload<'a>(&'a self, key: &'a str, upload: &'a str) -> Pending<'a, ()> {
+            self.inner.abort_upload(key, upload)
+        }
+        fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<u8>> {
+            self.inner.get(key)
+        }
     }
 }

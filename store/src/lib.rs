@@ -11,12 +11,14 @@
 //! - `read`: reads across tiers in seq order (S3 objects of completions, files, the ring) for
 //!   `recent`, streams and Strøm's job API, streamed with bounded memory.
 //! - `complete`: a job's completion: written through, closed, moved aside and recorded.
+//! - `objects`: the `ObjectStore` trait the archive writes through: S3, or memory in tests.
 //! - `archive`: gzip and upload of completed jobs' files to S3, records of what is pending and
 //!   done.
 
 pub mod archive;
 pub mod complete;
 pub mod history;
+pub mod objects;
 pub mod persister;
 pub mod read;
 
