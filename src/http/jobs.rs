@@ -11,7 +11,7 @@
 use super::ws::{Message, Upgrade};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_router::{Channel, Delivery, Envelope, Filter, Start, validate_source_id};
+use sluice_router::{Channel, Delivery, Envelope, Filter, MissedNotice, Start, validate_source_id};
 use sluice_store::persister::Line;
 use warp::Filter as _;
 use warp::http::StatusCode;
@@ -21,7 +21,7 @@ use warp::reply::{Reply, Response};
 use super::{ApiError, AppState};
 use sluice_store::complete::{CompleteError, JobStatus};
 
-use sluice_store::read::{disk_lines_between, log_body};
+use sluice_store::read::log_body;
 
 /// Worker batches can be large; this bounds what one request may buffer.
 const MAX_WORKER_BODY_BYTES: u64 = 16 * 1024 * 1024;
@@ -260,39 +260,31 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
             Ok(opened) => opened,
             Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
         };
-    let st = state.clone();
     ws.on_upgrade(move |socket| async move {
-        let mut sent_through = 0u64;
-        let render = move |batch: &mut Vec<Delivery>| {
-            let mut out = Vec::with_capacity(batch.len());
-            for d in batch.drain(..) {
-                match d {
-                    Delivery::Log(env) => {
-                        sent_through = env.seq;
-                        out.push(Message::text(Line::from_envelope(&env).to_json()));
-                    }
-                    Delivery::Missed(m) => {
-                        let from_disk = disk_lines_between(
-                            &st.persister,
-                            &id,
-                            sent_through + 1,
-                            m.last_missed_seq,
-                        );
-                        let recovered = from_disk.len() as u64;
-                        out.extend(from_disk.iter().map(|l| Message::text(l.to_json())));
-                        if recovered < m.count {
-                            let mut notice = m.clone();
-                            notice.count = m.count - recovered;
-                            out.push(Message::text(
-                                Line::from_envelope(&notice.to_envelope("stream")).to_json(),
-                            ));
-                        }
-                        sent_through = m.last_missed_seq;
-                    }
-                }
-            }
-            out
+        let render = |batch: &mut Vec<Delivery>| {
+            batch
+                .drain(..)
+                .map(|d| {
+                    let env = d.into_envelope("stream");
+                    Message::text(Line::from_envelope(&env).to_json())
+                })
+                .collect()
         };
-        super::stream::pump(socket, cursor, prelude, state, render).await;
+        // Lines the ring let go while this client was slow are on disk (or on their way):
+        // read them back rather than announce them, so the stream has no gap.
+        let stored = state.stored();
+        let durability = state.router.durability().clone();
+        let refill = move |m: &MissedNotice| {
+            let after = m.last_missed_seq.saturating_sub(m.count);
+            Some(stored.range(
+                &id,
+                after,
+                m.last_missed_seq + 1,
+                Filter::default(),
+                durability.clone(),
+                after + 1,
+            ))
+        };
+        super::stream::pump(socket, cursor, prelude, state, render, refill).await;
     })
 }

@@ -147,9 +147,15 @@ async fn tail(
     format: Format,
     state: AppState,
 ) {
-    pump(socket, cursor, prelude, state, move |batch| {
-        render(batch, format)
-    })
+    // A tail is told what it lost: no refill.
+    pump(
+        socket,
+        cursor,
+        prelude,
+        state,
+        move |batch| render(batch, format),
+        |_| None,
+    )
     .await;
 }
 
@@ -168,12 +174,17 @@ pub(crate) fn open_source(
 /// Runs a WebSocket from a cursor until the client leaves or the server stops: each batch read
 /// becomes the messages `render` makes of it; pings keep the connection alive. Shared by every
 /// streaming endpoint.
+///
+/// `refill` may turn a loss notice from the cursor into a [`Prelude`] that reads the lost lines
+/// back from storage (Strøm's job stream): the notice is dropped, the prelude's lines (and its
+/// own notices for what storage lacks) go out, then the rest of the batch.
 pub(crate) async fn pump(
     socket: Socket,
     mut cursor: Cursor,
     mut prelude: Option<Prelude>,
     state: AppState,
     mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
+    mut refill: impl FnMut(&sluice_router::MissedNotice) -> Option<Prelude>,
 ) {
     // warp spawns this task; the token makes shutdown wait for it all the same.
     let _running = state.tasks.token();
@@ -185,6 +196,8 @@ pub(crate) async fn pump(
     let mut batch_max = BATCH_MIN;
     let mut streak = 0u32;
     let mut reported = (0u64, 0u64);
+    // What came after a refilled loss, sent once the refill is done.
+    let mut held_back: Vec<Delivery> = Vec::new();
     let outcome: Result<(), super::ws::Error> = loop {
         batch.clear();
         tokio::select! {
@@ -214,12 +227,24 @@ pub(crate) async fn pump(
                             break Err(e);
                         }
                     }
-                    None => prelude = None,
+                    None => {
+                        prelude = None;
+                        let mut rest = std::mem::take(&mut held_back);
+                        if let Some((p, later)) = split_for_refill(&mut rest, &mut refill) {
+                            (prelude, held_back) = (Some(p), later);
+                        }
+                        if let Err(e) = send(&mut tx, render(&mut rest)).await {
+                            break Err(e);
+                        }
+                    }
                 }
             }
             n = cursor.next_batch(&mut batch, batch_max), if prelude.is_none() => {
                 // A slow client blocks here; meanwhile its cursor falls behind in the ring, which
                 // is what turns into an exact loss notice once it reads again.
+                if let Some((p, later)) = split_for_refill(&mut batch, &mut refill) {
+                    (prelude, held_back) = (Some(p), later);
+                }
                 let messages = render(&mut batch);
                 let started = Instant::now();
                 if let Err(e) = send(&mut tx, messages).await {
@@ -246,6 +271,24 @@ pub(crate) async fn pump(
         tracing::debug!(error = %e, "tail closed");
     }
     Metrics::add(&state.metrics.tails_closed, 1);
+}
+
+/// Cuts `batch` at the first loss notice `refill` takes: the deliveries before it stay in
+/// `batch`, the notice goes, and the refill and what came after it are returned.
+fn split_for_refill(
+    batch: &mut Vec<Delivery>,
+    refill: &mut impl FnMut(&sluice_router::MissedNotice) -> Option<Prelude>,
+) -> Option<(Prelude, Vec<Delivery>)> {
+    for i in 0..batch.len() {
+        if let Delivery::Missed(m) = &batch[i]
+            && let Some(p) = refill(m)
+        {
+            let later = batch.split_off(i + 1);
+            batch.pop();
+            return Some((p, later));
+        }
+    }
+    None
 }
 
 /// JSON: one envelope per text frame; msgpack: the whole batch in one binary frame.

@@ -193,18 +193,6 @@ pub fn stored_sources(dir: &Path) -> std::collections::BTreeMap<String, StoredIn
     out
 }
 
-/// The local files of `source` under `dir`, oldest first: the files of its completions still on
-/// disk (waiting for S3, or kept), then its [`live_files`]. Seqs rise from one file to the next.
-pub fn local_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = archive::records_of(dir, source)
-        .into_iter()
-        .flat_map(|r| r.files)
-        .filter(|f| f.exists())
-        .collect();
-    files.extend(live_files(dir, source, max_files));
-    files
-}
-
 /// The files of `source` not yet completed, oldest first: its segments (rotated out, waiting
 /// for its completion), its rotated files (the highest number first) and its current file.
 pub fn live_files(dir: &Path, source: &str, max_files: usize) -> Vec<PathBuf> {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::archive::{self, Archive};
-use crate::persister::{Line, PersisterHandle, legacy_path};
+use crate::persister::{Line, legacy_path};
 use bytes::{Bytes, BytesMut};
 use sluice_router::router::SourceStats;
 use std::sync::Arc;
@@ -592,29 +592,6 @@ pub fn open_source(
         }
         start => Ok((router.subscribe(selector(), filter, start)?, None)),
     }
-}
-
-/// The lines of `source` on disk with a seq in `from..=to`, in order.
-pub fn disk_lines_between(
-    persister: &PersisterHandle,
-    source: &str,
-    from: u64,
-    to: u64,
-) -> Vec<Line> {
-    let dir = &persister.config.local_dir;
-    let files = crate::history::local_files(dir, source, persister.config.max_files);
-    let mut out = Vec::new();
-    let _ = crate::history::lines_between(
-        &files,
-        from.saturating_sub(1),
-        to.saturating_add(1),
-        4096,
-        |mut lines| {
-            out.append(&mut lines);
-            true
-        },
-    );
-    out
 }
 
 pub fn parse_jsonl(text: &str, by_seq: &mut BTreeMap<u64, Line>, unsequenced: &mut Vec<Line>) {
