@@ -135,21 +135,6 @@ pub fn records_of(local_dir: &Path, source: &str) -> Vec<Record> {
     records
 }
 
-/// The newest seq the archive records of `source` under `local_dir` hold.
-pub fn last_recorded_seq(local_dir: &Path, source: &str) -> u64 {
-    let Some(r) = records_of(local_dir, source).pop() else {
-        return 0;
-    };
-    if r.last_seq > 0 {
-        return r.last_seq;
-    }
-    r.files
-        .iter()
-        .map(|f| crate::history::last_seq_in(f))
-        .max()
-        .unwrap_or(0)
-}
-
 /// Where a completion's files go before they are archived, and the key its object gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {

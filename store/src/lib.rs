@@ -6,8 +6,9 @@
 //! - `persister`: JSONL files per source, batched, with rotation (segments kept for the
 //!   archive), fsync policy and exact loss notices; it moves the router's durability
 //!   watermark.
-//! - `history`: what storage holds of a source without reading whole files: the seq it left
-//!   off at, the files it has, lines backwards and by seq range.
+//! - `files`: a source's JSONL files read without reading them whole: backwards, by seq range.
+//! - `history`: what storage holds of a source: the seq it left off at, the files it has, the
+//!   sources it knows.
 //! - `read`: reads across tiers in seq order (S3 objects of completions, files, the ring) for
 //!   `recent`, streams and Strøm's job API, streamed with bounded memory.
 //! - `complete`: a job's completion: written through, closed, moved aside and recorded.
@@ -17,6 +18,7 @@
 
 pub mod archive;
 pub mod complete;
+pub mod files;
 pub mod history;
 pub mod objects;
 pub mod persister;

@@ -353,7 +353,7 @@ impl Stored {
                 Tier::Files(files) => {
                     let keep = keep.clone();
                     tokio::task::spawn_blocking(move || {
-                        crate::history::last_lines(&files, before, want, keep)
+                        crate::files::last_lines(&files, before, want, keep)
                     })
                     .await
                     .map_err(std::io::Error::other)?
@@ -392,7 +392,7 @@ impl Stored {
                     let tx = tx.clone();
                     let open = tokio::task::spawn_blocking(move || {
                         let mut open = true;
-                        crate::history::lines_between(&files, after, before, batch, |b| {
+                        crate::files::lines_between(&files, after, before, batch, |b| {
                             open = tx.blocking_send(b).is_ok();
                             open
                         })

@@ -940,7 +940,7 @@ fn in_background(
         sync_files(files, &counters);
         let (path, source, why) = doomed?;
         let (lines, first_seq) = count_lines(&path);
-        let last_seq = Some(crate::history::last_seq_in(&path)).filter(|&s| s > 0);
+        let last_seq = Some(crate::files::last_seq_in(&path)).filter(|&s| s > 0);
         let _ = std::fs::remove_file(path);
         Some(Deleted {
             source,
