@@ -57,6 +57,22 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
 
     history_reads_join_storage_and_memory(&server, "src-5", &expected).await;
 
+    // The firehose's backfill reaches into storage too, for each source it follows.
+    let (mut fire, _) =
+        connect_async(server.ws("/api/v1/firehose?sources=src-11,src-12&backfill=8"))
+            .await
+            .unwrap();
+    let got = common::next_json(&mut fire, 16).await;
+    for id in ["src-11", "src-12"] {
+        let mine: Vec<(u64, &str)> = got
+            .iter()
+            .filter(|e| e["source_id"] == id)
+            .map(|e| (e["seq"].as_u64().unwrap(), e["message"].as_str().unwrap()))
+            .collect();
+        let want: Vec<(u64, &str)> = (1..=8).zip(expected.iter().map(String::as_str)).collect();
+        assert_eq!(mine, want, "{id}");
+    }
+
     // A crash too: what was durably acknowledged is on disk, and the next seq follows it.
     let mut conn = connect_ingest_with(&IngestAddr::Tcp(server.ingest.clone()), "ack=durable")
         .await

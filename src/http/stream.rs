@@ -124,10 +124,13 @@ fn open(
         let (cursor, prelude) = match selector {
             // One source: what the ring no longer holds comes from storage first.
             Selector::Source(id) => open_source(&state, &id, filter, start),
-            selector => state
-                .router
-                .subscribe(selector, filter, start)
-                .map(|c| (c, None)),
+            selector => sluice_store::read::open_many(
+                &state.router,
+                &state.stored(),
+                selector,
+                filter,
+                start,
+            ),
         }
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok((cursor, prelude, format))

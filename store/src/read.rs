@@ -549,6 +549,50 @@ impl Stored {
     }
 }
 
+/// Opens a cursor over several sources (or all: the firehose) at `start`. With a backfill, each
+/// source whose ring holds fewer than the lines asked gets them from storage first, one source
+/// after another, before the cursor goes on (what only storage knows of, with no line since this
+/// start, is not among "all").
+pub fn open_many(
+    router: &Router,
+    stored: &Stored,
+    selector: Selector,
+    filter: Filter,
+    start: Start,
+) -> Result<(Cursor, Option<Prelude>), EnvelopeError> {
+    let cursor = router.subscribe(selector, filter.clone(), start)?;
+    let Start::Back(n) = start else {
+        return Ok((cursor, None));
+    };
+    let short: Vec<(Arc<str>, u64, usize)> = cursor
+        .positions()
+        .into_iter()
+        .filter(|(_, from)| *from > 1)
+        .filter_map(|(id, from)| {
+            let in_ring = router
+                .recent(&id, n, &filter)
+                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
+            (in_ring < n).then_some((id, from, n - in_ring))
+        })
+        .collect();
+    if short.is_empty() {
+        return Ok((cursor, None));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let stored = stored.clone();
+    tokio::spawn(async move {
+        for (id, from, want) in short {
+            let mut one = stored.backfill(&id, from, want, filter.clone());
+            while let Some(batch) = one.recv().await {
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((cursor, Some(rx)))
+}
+
 /// Opens a cursor on one source at `start`; when `start` reaches back past the ring's oldest
 /// line, the cursor starts at that line and the [`Prelude`] reads what comes before it from
 /// storage (a backfill's missing lines; a resume's whole range, streamed), so the reader gets
