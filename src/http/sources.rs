@@ -101,39 +101,19 @@ async fn recent(
         }
         None => accept.is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
     };
-    let in_ring = state.router.recent(id, limit, &filter);
-    // Lines older than the ring's oldest are read back from the source's files.
-    let ring_first = state
-        .router
-        .source_stats(id)
-        .map_or(u64::MAX, |s| s.oldest_seq.unwrap_or(s.published + 1));
-    let known = in_ring.is_some();
-    let mut envs = in_ring.unwrap_or_default();
-    let mut on_disk = false;
-    if envs.len() < limit && ring_first > 1 {
-        let stored = state.stored();
-        on_disk = !stored.tiers(id).is_empty();
-        let source = id.to_owned();
-        let keep = move |l: &sluice_store::persister::Line| filter.matches(&l.to_envelope(&source));
-        let older = stored
-            .last_lines(id, ring_first, limit - envs.len(), keep)
-            .await
-            .map_err(|e| ApiError {
-                status: warp::http::StatusCode::BAD_GATEWAY,
-                message: format!("cannot read the stored lines of {id:?}: {e}"),
-            })?;
-        let mut older: Vec<_> = older
-            .iter()
-            .map(|l| std::sync::Arc::new(l.to_envelope(id)))
-            .collect();
-        older.append(&mut envs);
-        envs = older;
-    }
-    if !known && !on_disk {
-        return Err(ApiError::not_found(format!(
-            "unknown source {id:?}: no logs have been received for it"
-        )));
-    }
+    let envs = state
+        .stored()
+        .recent(&state.router, id, limit, filter)
+        .await
+        .map_err(|e| ApiError {
+            status: warp::http::StatusCode::BAD_GATEWAY,
+            message: format!("cannot read the stored lines of {id:?}: {e}"),
+        })?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown source {id:?}: no logs have been received for it"
+            ))
+        })?;
     if text {
         let mut body = String::new();
         for env in &envs {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_router::{
-    Cursor, Delivery, Durability, EnvelopeError, Filter, History, MissedNotice, Router, Selector,
-    Start,
+    Cursor, Delivery, Durability, Envelope, EnvelopeError, Filter, History, MissedNotice, Router,
+    Selector, Start,
 };
 
 /// A job's whole log as Strøm's `{"logs": "<jsonl>"}`, streamed in chunks of about 64 KiB:
@@ -258,6 +258,37 @@ impl Stored {
             tiers.push(Tier::Files(live));
         }
         tiers
+    }
+
+    /// The last `limit` lines of `id` that match `filter`, oldest first: the ring's, and before
+    /// them what storage holds (files, then S3). `None` if neither knows the source.
+    pub async fn recent(
+        &self,
+        router: &Router,
+        id: &str,
+        limit: usize,
+        filter: Filter,
+    ) -> std::io::Result<Option<Vec<Arc<Envelope>>>> {
+        let in_ring = router.recent(id, limit, &filter);
+        let ring_first = router
+            .source_stats(id)
+            .map_or(u64::MAX, |s| s.oldest_seq.unwrap_or(s.published + 1));
+        let known = in_ring.is_some();
+        let mut envs = in_ring.unwrap_or_default();
+        let mut stored = false;
+        if envs.len() < limit && ring_first > 1 {
+            stored = !self.tiers(id).is_empty();
+            let source = id.to_owned();
+            let keep = move |l: &Line| filter.matches(&l.to_envelope(&source));
+            let older = self
+                .last_lines(id, ring_first, limit - envs.len(), keep)
+                .await?;
+            let mut older: Vec<Arc<Envelope>> =
+                older.iter().map(|l| Arc::new(l.to_envelope(id))).collect();
+            older.append(&mut envs);
+            envs = older;
+        }
+        Ok((known || stored).then_some(envs))
     }
 
     /// One source's stats: the router's, or for a source this process has not seen, what
