@@ -28,6 +28,9 @@ pub struct TailProgress {
     pub gaps: AtomicU64,
     /// Envelopes whose seq was not above the previous one's: delivered twice, or out of order.
     pub out_of_order: AtomicU64,
+    /// Seqs of the source neither received (a line, or one of the server's own notices) nor
+    /// inside a loss notice's count: what was lost without being announced. Must stay 0.
+    pub unannounced: AtomicU64,
     /// Wall clock of the last log envelope received, ns since the epoch.
     pub last_ns: AtomicU64,
 }
@@ -48,6 +51,7 @@ pub async fn tail(
         .map_err(|e| anyhow::anyhow!("cannot open tail {url}: {e}"))?;
     let mut hist = histogram();
     let mut last_seq: Option<u64> = None;
+    let mut last_any: Option<u64> = None;
     loop {
         let msg = tokio::select! {
             () = stop.cancelled() => break,
@@ -58,6 +62,7 @@ pub async fn tail(
         let mut seen = Seen {
             hist: &mut hist,
             last_seq: &mut last_seq,
+            last_any: &mut last_any,
             now,
             progress: &progress,
         };
@@ -97,12 +102,27 @@ struct Fields {
 struct Seen<'a> {
     hist: &'a mut Histogram<u64>,
     last_seq: &'a mut Option<u64>,
+    /// The newest seq accounted for, by any envelope (lines, notices, loss ranges).
+    last_any: &'a mut Option<u64>,
     now: i64,
     progress: &'a TailProgress,
 }
 
 impl Seen<'_> {
     fn envelope(&mut self, f: Fields) {
+        let loss = f.notice && f.missed > 0;
+        if let Some(prev) = *self.last_any {
+            // A loss notice carries the last seq it covers; anything else is one seq.
+            let missing = if loss {
+                f.seq.saturating_sub(prev).saturating_sub(f.missed)
+            } else {
+                f.seq.saturating_sub(prev + 1)
+            };
+            self.progress
+                .unannounced
+                .fetch_add(missing, Ordering::Relaxed);
+        }
+        *self.last_any = Some(self.last_any.map_or(f.seq, |p| p.max(f.seq)));
         if f.notice {
             self.progress
                 .announced
@@ -347,9 +367,11 @@ mod tests {
         let progress = TailProgress::default();
         let mut hist = histogram();
         let mut last = None;
+        let mut last_any = None;
         let mut seen = Seen {
             hist: &mut hist,
             last_seq: &mut last,
+            last_any: &mut last_any,
             now: 2_000_000,
             progress: &progress,
         };
@@ -357,8 +379,16 @@ mod tests {
         assert_eq!(progress.received.load(Ordering::Relaxed), 2);
         assert_eq!(progress.announced.load(Ordering::Relaxed), 2);
         assert_eq!(progress.gaps.load(Ordering::Relaxed), 2);
-        assert_eq!(hist.len(), 2);
-        assert_eq!(last, Some(10));
+        assert_eq!(progress.unannounced.load(Ordering::Relaxed), 0);
+        // A seq that went missing with no notice is caught.
+        let mut c = Envelope::new("load-0", "x");
+        c.seq = 12;
+        let mut out = BytesMut::new();
+        sluice_router::codec::encode_batch(&[c], &mut out);
+        walk_batch(&out, &mut seen).unwrap();
+        assert_eq!(progress.unannounced.load(Ordering::Relaxed), 1);
+        assert_eq!(hist.len(), 3);
+        assert_eq!(last, Some(12));
     }
 
     #[test]

@@ -376,6 +376,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // What never arrived: gaps between seqs, and any shortfall after the last one.
             "actual_lost": expected.saturating_sub(received - out_of_order),
             "seq_gaps": p.gaps.load(Ordering::Relaxed),
+            "unannounced_gaps": p.unannounced.load(Ordering::Relaxed),
             "out_of_order": out_of_order,
         }));
     }
@@ -508,13 +509,14 @@ fn print_report(r: &serde_json::Value) {
     );
     for t in r["tails"].as_array().into_iter().flatten() {
         println!(
-            "tail      {}: {} received, {:.0} env/s, {:.1} MiB/s; lost {} announced, {} actual{}",
+            "tail      {}: {} received, {:.0} env/s, {:.1} MiB/s; lost {} announced, {} actual, {} unannounced{}",
             t["source"].as_str().unwrap_or(""),
             t["received"],
             f(&t["envelopes_per_sec"]),
             f(&t["mib_per_sec"]),
             t["announced_lost"],
             t["actual_lost"],
+            t["unannounced_gaps"],
             match t["out_of_order"].as_u64() {
                 Some(n) if n > 0 => format!(", {n} OUT OF ORDER OR DUPLICATED"),
                 _ => String::new(),
