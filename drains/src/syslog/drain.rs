@@ -14,7 +14,7 @@ use sluice_router::{Cursor, Delivery, Envelope, Router};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::format::format_rfc5424;
+use super::format::{format_octet_counted, format_rfc5424};
 use super::https::{BATCH_MAX_BYTES, BATCH_WAIT, HttpsClient};
 use super::transport::{Connection, Outbox};
 use super::url::{DrainUrl, Scheme};
@@ -366,13 +366,7 @@ fn push_message(
     scratch: &mut Vec<u8>,
 ) {
     if stream {
-        scratch.clear();
-        format_rfc5424(env, url.format, scratch);
-        outbox
-            .bytes
-            .extend_from_slice(scratch.len().to_string().as_bytes());
-        outbox.bytes.push(b' ');
-        outbox.bytes.extend_from_slice(scratch);
+        format_octet_counted(env, url.format, &mut outbox.bytes, scratch);
     } else {
         format_rfc5424(env, url.format, &mut outbox.bytes);
         outbox.bytes.pop(); // a datagram is one message: no trailing newline
