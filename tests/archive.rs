@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::Server;
 use common::rsyslog::free_tcp_port;
 use common::s3::{Moto, client, gunzipped, keys};
@@ -53,17 +51,6 @@ async fn send(server: &Server, job: &str, n: u64) {
     }
 }
 
-async fn wait_for<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come_back_from_it() {
     let moto = Moto::start_on(free_tcp_port());
@@ -98,7 +85,7 @@ async fn a_completed_job_becomes_one_gzip_object_at_the_dated_key_and_reads_come
     );
 
     let done_record = server.logs.join(".archive/done/job-42#1.json");
-    wait_for("the upload", 120, async || {
+    common::eventually("the upload", 120, async || {
         done_record.exists().then_some(())
     })
     .await;
@@ -179,7 +166,7 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
     let moved = server.logs.join(".archive/files/job-7#1/job-7.jsonl");
     // Later lines of the job (these notices) start a file of their own.
     let file = server.logs.join("job-7.jsonl");
-    wait_for("the failure in the job's file", 60, async || {
+    common::eventually("the failure in the job's file", 60, async || {
         std::fs::read_to_string(&file)
             .ok()?
             .contains("failed to archive job logs to s3://")
@@ -192,7 +179,7 @@ async fn an_upload_pending_at_kill_9_completes_after_restart_once_s3_is_back() {
     let moto = Moto::start_on(port);
     let s3 = client(&moto.endpoint()).await;
     s3.create_bucket().bucket(BUCKET).send().await.unwrap();
-    wait_for("the archive after restart", 120, async || {
+    common::eventually("the archive after restart", 120, async || {
         server
             .logs
             .join(".archive/done/job-7#1.json")
@@ -326,11 +313,11 @@ async fn archive_keys_never_collide_and_no_job_reads_another_jobs_lines() {
     assert!(t3["archive"].is_null(), "{t3}");
 
     wanted.sort();
-    wait_for("four objects", 120, async || {
+    common::eventually("four objects", 120, async || {
         (keys(&s3, BUCKET).await == wanted).then_some(())
     })
     .await;
-    wait_for("the records to be done", 60, async || {
+    common::eventually("the records to be done", 60, async || {
         std::fs::read_dir(server.logs.join(".archive/pending"))
             .unwrap()
             .next()
@@ -354,11 +341,11 @@ async fn archive_keys_never_collide_and_no_job_reads_another_jobs_lines() {
     assert!(!wanted.contains(&k4), "{k4}");
     wanted.push(k4);
     wanted.sort();
-    wait_for("the fifth object", 120, async || {
+    common::eventually("the fifth object", 120, async || {
         (keys(&s3, BUCKET).await == wanted).then_some(())
     })
     .await;
-    wait_for("its record to be done", 60, async || {
+    common::eventually("its record to be done", 60, async || {
         server
             .logs
             .join(".archive/done/twice#3.json")
@@ -396,7 +383,7 @@ async fn a_job_that_rotates_many_times_is_read_and_archived_whole() {
             .collect()
     };
     // While it runs, every line reads back: the rotated-out files wait for the archive.
-    let running = wait_for("every line on disk", 30, async || {
+    let running = common::eventually("every line on disk", 30, async || {
         let logs = server.get_json("/api/jobs/job-r/logs").await;
         let seqs = run_lines(logs["logs"].as_str().unwrap());
         (seqs.len() == 600).then_some(seqs)
@@ -412,7 +399,7 @@ async fn a_job_that_rotates_many_times_is_read_and_archived_whole() {
         .await;
     assert_eq!(status, 200, "{done}");
     let key = done["archive"]["key"].as_str().unwrap().to_owned();
-    wait_for("the archive", 60, async || {
+    common::eventually("the archive", 60, async || {
         server
             .logs
             .join(".archive/done/job-r#1.json")
@@ -459,7 +446,7 @@ async fn after_archiving_and_a_restart_every_read_comes_back_from_s3() {
         )
         .await;
     assert_eq!(status, 200, "{done}");
-    wait_for("the archive", 60, async || {
+    common::eventually("the archive", 60, async || {
         server
             .logs
             .join(".archive/done/job-s#1.json")

@@ -1,4 +1,7 @@
 import os, subprocess, sys, time, json, urllib.request, threading
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluice_server  # noqa: E402
+
 BIN = sys.argv[1]
 GB = float(sys.argv[2])
 base = "/tmp/meas/bigread"
@@ -13,17 +16,7 @@ if not os.path.exists(path) or os.path.getsize(path) < GB * 0.95e9:
         for seq in range(1, n + 1):
             f.write('{"ts":"2026-11-22T00:00:00.000Z","stream":"stdout","step":"build","line":"%s %d","origin":"APP/0","seq":%d}\n' % (pad, seq, seq))
 size = os.path.getsize(path)
-cfg = f"{base}/sluice.yaml"
-open(cfg, "w").write(f"listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: {logs}\n")
-p = subprocess.Popen([BIN, "serve", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-addrs = {}
-for line in p.stdout:
-    line = line.strip()
-    if line == "ready":
-        break
-    if line.startswith("listening "):
-        k, v = line[len("listening "):].split("=", 1)
-        addrs[k] = v
+p, addrs = sluice_server.start(BIN, base, logs, syslog_tcp=False)
 def hwm():
     for l in open(f"/proc/{p.pid}/status"):
         if l.startswith("VmHWM:"):

@@ -1,4 +1,7 @@
 import os, socket, subprocess, sys, time, json, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sluice_server  # noqa: E402
+
 BIN = sys.argv[1]
 N = int(sys.argv[2])
 stored = sys.argv[3] == "stored"
@@ -11,18 +14,8 @@ if stored:
         with open(f"{logs}/s-{i}.jsonl", "w") as f:
             for seq in range(1, 4):
                 f.write('{"ts":"2026-11-22T00:00:00.000Z","stream":"stdout","line":"old %d","origin":"APP/0","seq":%d}\n' % (seq, seq))
-cfg = f"{base}/sluice.yaml"
-open(cfg, "w").write(f"listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: 127.0.0.1:0\n  syslog_udp: null\nlog_storage:\n  local_dir: {logs}\n")
 t0 = time.monotonic()
-p = subprocess.Popen([BIN, "serve", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-addrs = {}
-for line in p.stdout:
-    line = line.strip()
-    if line == "ready":
-        break
-    if line.startswith("listening "):
-        k, v = line[len("listening "):].split("=", 1)
-        addrs[k] = v
+p, addrs = sluice_server.start(BIN, base, logs)
 ready = time.monotonic() - t0
 host, port = addrs["syslog_tcp"].rsplit(":", 1)
 payload = bytearray()

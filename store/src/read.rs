@@ -277,11 +277,12 @@ impl Stored {
         let mut envs = in_ring.unwrap_or_default();
         let mut stored = false;
         if envs.len() < limit && ring_first > 1 {
-            stored = !self.tiers(id).is_empty();
+            let tiers = self.tiers(id);
+            stored = !tiers.is_empty();
             let source = id.to_owned();
             let keep = move |l: &Line| filter.matches(&l.to_envelope(&source));
             let older = self
-                .last_lines(id, ring_first, limit - envs.len(), keep)
+                .last_lines_in(tiers, ring_first, limit - envs.len(), keep)
                 .await?;
             let mut older: Vec<Arc<Envelope>> =
                 older.iter().map(|l| Arc::new(l.to_envelope(id))).collect();
@@ -373,9 +374,21 @@ impl Stored {
         n: usize,
         keep: impl Fn(&Line) -> bool + Clone + Send + 'static,
     ) -> std::io::Result<Vec<Line>> {
+        self.last_lines_in(self.tiers(source), before, n, keep)
+            .await
+    }
+
+    /// [`Stored::last_lines`] over tiers already listed.
+    async fn last_lines_in(
+        &self,
+        tiers: Vec<Tier>,
+        before: u64,
+        n: usize,
+        keep: impl Fn(&Line) -> bool + Clone + Send + 'static,
+    ) -> std::io::Result<Vec<Line>> {
         let mut newest_first: Vec<Vec<Line>> = Vec::new();
         let mut have = 0;
-        for tier in self.tiers(source).into_iter().rev() {
+        for tier in tiers.into_iter().rev() {
             if have >= n {
                 break;
             }
