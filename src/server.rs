@@ -12,7 +12,7 @@ use std::time::Duration;
 use sluice_router::{Filter, Router, Selector, Start};
 use sluice_store::archive::Archive;
 use sluice_store::history::StoredSeqs;
-use sluice_store::persister::{Persister, PersisterConfig, PersisterHandle};
+use sluice_store::persister::{self, Persister, PersisterConfig, PersisterHandle};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -238,14 +238,19 @@ pub enum StartError {
     Storage { dir: String, reason: String },
 }
 
+/// The persister's thread, stopped last: once nothing publishes any more, it writes the rest.
+#[derive(Debug)]
+struct PersisterThread {
+    stop: CancellationToken,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// Starts the persister on a thread of its own: file writes and fsyncs block, and must not hold
-/// up the tasks that serve connections. A tracked task waits for it on shutdown.
+/// up the tasks that serve connections.
 fn start_persister(
     config: &Config,
     router: &Router,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> Result<PersisterHandle, StartError> {
+) -> Result<(PersisterHandle, PersisterThread), StartError> {
     let ls = &config.log_storage;
     let (persister, handle, control) = Persister::new(
         PersisterConfig {
@@ -271,8 +276,9 @@ fn start_persister(
         WhenBehind::Overwrite => router.subscribe(Selector::All, Filter::default(), Start::Live),
     }
     .expect("the firehose needs no id");
-    let stop = shutdown.clone();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
+    let run_stop = stop.clone();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("sluice-persister".into())
         .spawn(move || {
@@ -280,7 +286,7 @@ fn start_persister(
                 .enable_time()
                 .build();
             match rt {
-                Ok(rt) => rt.block_on(persister.run(cursor, control, stop)),
+                Ok(rt) => rt.block_on(persister.run(cursor, control, run_stop)),
                 Err(e) => tracing::error!(error = %e, "cannot start the persister"),
             }
             let _ = done_tx.send(());
@@ -289,10 +295,7 @@ fn start_persister(
             dir: ls.local_dir.display().to_string(),
             reason: e.to_string(),
         })?;
-    tasks.spawn(async move {
-        let _ = done_rx.await;
-    });
-    Ok(handle)
+    Ok((handle, PersisterThread { stop, done }))
 }
 
 /// A server that is running; dropping it does not stop it, [`Running::stop`] does.
@@ -306,6 +309,7 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
+    persister_thread: PersisterThread,
     /// The socket file to remove at stop, if it is still ours.
     unix_path: Option<(PathBuf, UnixSocketId)>,
 }
@@ -314,8 +318,20 @@ pub struct Running {
 /// returns once they run.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    // Each source continues the seqs storage already has of it.
-    let stored = StoredSeqs::new(&config.log_storage.local_dir);
+    // Each source continues the seqs storage already has of it; after a crash, past what the
+    // crashed process may have published without writing.
+    let dir = &config.log_storage.local_dir;
+    let mut stored = StoredSeqs::new(dir);
+    if !persister::stopped_cleanly(dir) {
+        let skipped = persister::unwritten_bound(config.router.ring_max_entries);
+        tracing::warn!(
+            dir = %dir.display(),
+            skipped,
+            "the last sluice on this directory did not stop cleanly: each stored source skips \
+             this many seqs, and says so in a _server line"
+        );
+        stored = stored.skipping(skipped);
+    }
     let router = Router::with_history(config.router.clone(), Some(Arc::new(stored)));
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
@@ -331,7 +347,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         drains.add(req)?;
     }
 
-    let persister = start_persister(&config, &router, &shutdown, &tasks)?;
+    let (persister, persister_thread) = start_persister(&config, &router)?;
     let archive = match &config.log_storage.s3 {
         None => None,
         Some(s3) => {
@@ -450,6 +466,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         shutdown,
         tasks,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),
+        persister_thread,
         unix_path,
     })
 }
@@ -458,11 +475,20 @@ impl Running {
     /// Stops accepting, closes tails and connections, and waits for every task (up to the grace
     /// period). Returns false if some task was still running when the grace period ended.
     pub async fn stop(self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.shutdown.cancel();
         self.tasks.close();
-        let finished = tokio::time::timeout(self.grace, self.tasks.wait())
+        let finished = tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
             .is_ok();
+        // Nothing publishes now (but notices): the persister writes the rest, syncs, and marks
+        // the directory stopped cleanly. It gets a second at least, however long the rest took.
+        self.persister_thread.stop.cancel();
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let written = tokio::time::timeout_at(deadline, self.persister_thread.done)
+            .await
+            .is_ok();
+        let finished = finished && written;
         if let Some((path, id)) = &self.unix_path {
             remove_own_socket(path, *id);
         }

@@ -73,7 +73,9 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
         assert_eq!(mine, want, "{id}");
     }
 
-    // A crash too: what was durably acknowledged is on disk, and the next seq follows it.
+    // A crash too: what was durably acknowledged is on disk. What the dead process published
+    // but had not written, readers may have seen: those seqs are skipped, never reused, and the
+    // source's first line after the crash says so.
     let mut conn = connect_ingest_with(&IngestAddr::Tcp(server.ingest.clone()), "ack=durable")
         .await
         .unwrap();
@@ -86,16 +88,54 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
     conn.send_batch(&[Envelope::new("src-7", "after the crash")])
         .await
         .unwrap();
-    let lines = eventually("src-7's 10 lines", 30, async || {
+    let lines = eventually("src-7's 11 lines", 30, async || {
         let lines = jsonl(&server.get_json("/api/jobs/src-7/logs").await);
-        (lines.len() >= 10).then_some(lines)
+        (lines.len() >= 11).then_some(lines)
     })
     .await;
+    // The bound for the default ring: 65,536 + a 4,096-line batch + 16 MiB of retries / 64.
+    let skip = 65_536 + 4_096 + 16 * 1024 * 1024 / 64;
     let tail: Vec<(u64, &str)> = lines[8..]
         .iter()
         .map(|l| (l["seq"].as_u64().unwrap(), l["line"].as_str().unwrap()))
         .collect();
-    assert_eq!(tail, [(9, "durable"), (10, "after the crash")]);
+    assert_eq!(tail[0], (9, "durable"));
+    assert_eq!(tail[2], (9 + skip + 2, "after the crash"));
+    assert_eq!(tail[1].0, 9 + skip + 1);
+    assert_eq!(
+        tail[1].1,
+        format!(
+            "sluice stopped without a clean shutdown after storing seq 9 of this source: seqs 10 \
+             to {} are skipped, never reused (readers may have seen lines under them that were \
+             not stored)",
+            9 + skip
+        )
+    );
+    assert_eq!(lines[9]["step"], "_server");
+    // A reader resuming inside the skipped seqs is told exactly how many it cannot have.
+    let (mut ws, _) = connect_async(server.ws("/api/v1/sources/src-7/stream?since_seq=100"))
+        .await
+        .unwrap();
+    let got = common::next_json(&mut ws, 3).await;
+    assert_eq!(got[0]["seq"], 9 + skip, "{got:?}");
+    assert_eq!(got[0]["tags"]["missed"], (9 + skip - 100).to_string());
+    assert_eq!(got[1]["seq"], 9 + skip + 1);
+    assert_eq!(got[2]["message"], "after the crash");
+    // A clean stop marks the directory, and the next start skips nothing.
+    server.stop_and_restart();
+    conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    conn.send_batch(&[Envelope::new("src-7", "after a clean stop")])
+        .await
+        .unwrap();
+    let lines = eventually("src-7's 12 lines", 30, async || {
+        let lines = jsonl(&server.get_json("/api/jobs/src-7/logs").await);
+        (lines.len() >= 12).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines[11]["seq"], 9 + skip + 3);
+    assert_eq!(lines[11]["line"], "after a clean stop");
 
     // Sources are listed with where their lines live, those only on disk too.
     let list = server.get_json("/api/v1/sources").await;

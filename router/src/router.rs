@@ -160,6 +160,13 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// The highest seq `source_id` has in storage; 0 if none. Asked once, when the source is
     /// first seen in this process.
     fn last_seq(&self, source_id: &str) -> u64;
+
+    /// How many seqs past its stored ones a stored source skips: 0 after a clean stop; after a
+    /// crash, at least as many as the last process can have published and not yet written
+    /// (readers may have seen lines under those seqs, so they are never reused).
+    fn skipped_after_crash(&self) -> u64 {
+        0
+    }
 }
 
 /// What `/api/v1/sources` shows of one source.
@@ -173,8 +180,9 @@ pub struct SourceStats {
     pub newest_seq: Option<u64>,
     /// The newest `seq` of this source, stored before this start or published since.
     pub published: u64,
-    /// The newest `seq` stored before this start (0 for a source new to this storage): seqs up
-    /// to it live in storage, not in the ring.
+    /// Where this process took over the source's seqs (0 for a source new to this storage):
+    /// seqs up to it live in storage, not in the ring, or were skipped after a crash (a
+    /// `_server` notice right after them says which).
     pub resumed_after: u64,
 }
 
@@ -676,20 +684,48 @@ impl Shared {
             return s.value().clone();
         }
         // Looked up before the map's entry is locked: it may read a file.
-        let resumed_after = self.history.as_ref().map_or(0, |h| h.last_seq(id));
+        let (stored, skipped) = self.history.as_ref().map_or((0, 0), |h| {
+            let stored = h.last_seq(id);
+            (
+                stored,
+                if stored > 0 {
+                    h.skipped_after_crash()
+                } else {
+                    0
+                },
+            )
+        });
+        let resumed_after = stored + skipped;
         let mut created = false;
+        let mut notice_bytes = 0;
         let source = self
             .sources
             .entry(Arc::from(id))
             .or_insert_with(|| {
                 created = true;
-                let id: Arc<str> = Arc::from(id);
+                let mut ring = Ring::new(&self.config, resumed_after);
+                if skipped > 0 {
+                    // The first line of the source in this process says why its seqs jump.
+                    let notice = Envelope::notice(
+                        id,
+                        format!(
+                            "sluice stopped without a clean shutdown after storing seq {stored} \
+                             of this source: seqs {} to {resumed_after} are skipped, never \
+                             reused (readers may have seen lines under them that were not \
+                             stored)",
+                            stored + 1
+                        ),
+                    );
+                    notice_bytes = notice.size_bytes();
+                    ring.push(notice, notice_bytes);
+                }
+                let next_seq = ring.next_seq;
                 Arc::new(Source {
-                    id,
-                    ring: Mutex::new(Ring::new(&self.config, resumed_after)),
+                    id: Arc::from(id),
+                    ring: Mutex::new(ring),
                     notify: Notify::new(),
                     waiting: AtomicUsize::new(0),
-                    next_seq: AtomicU64::new(resumed_after + 1),
+                    next_seq: AtomicU64::new(next_seq),
                     resumed_after,
                     gate: AtomicU64::new(if self.held.load(Ordering::SeqCst) {
                         resumed_after + 1
@@ -702,6 +738,10 @@ impl Shared {
             .value()
             .clone();
         if created {
+            if notice_bytes > 0 {
+                self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
+                self.published.fetch_add(1, Ordering::Relaxed);
+            }
             self.sources_version.fetch_add(1, Ordering::AcqRel);
         }
         source

@@ -20,13 +20,22 @@ use crate::persister::{file_path, rotated_path};
 #[derive(Debug, Clone)]
 pub struct StoredSeqs {
     dir: PathBuf,
+    skipped: u64,
 }
 
 impl StoredSeqs {
     pub fn new(local_dir: &Path) -> StoredSeqs {
         StoredSeqs {
             dir: local_dir.to_owned(),
+            skipped: 0,
         }
+    }
+
+    /// After a crash: each stored source skips `n` seqs past its stored ones (see
+    /// [`crate::persister::stopped_cleanly`] and [`crate::persister::unwritten_bound`]).
+    pub fn skipping(mut self, n: u64) -> StoredSeqs {
+        self.skipped = n;
+        self
     }
 }
 
@@ -36,6 +45,10 @@ impl History for StoredSeqs {
         let rotated = last_seq_in(&rotated_path(&self.dir, source_id, 1));
         let archived = last_recorded_seq(&self.dir, source_id);
         current.max(rotated).max(archived)
+    }
+
+    fn skipped_after_crash(&self) -> u64 {
+        self.skipped
     }
 }
 

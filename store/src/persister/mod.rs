@@ -18,7 +18,7 @@ pub mod names;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +183,7 @@ pub struct Persister {
     /// by path, one at a time, off this thread. Closing a file never waits for the disk.
     closed_unsynced: Vec<PathBuf>,
     /// The exclusive lock on `local_dir`, held while the persister runs.
-    _lock: File,
+    lock: File,
 }
 
 impl std::fmt::Debug for Persister {
@@ -194,8 +194,27 @@ impl std::fmt::Debug for Persister {
     }
 }
 
-/// The lock file in `local_dir`: it holds the pid of the server that has the directory.
+/// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
+/// [`STOPPED`] once that server has written everything it published and stopped.
 pub const LOCK_FILE: &str = ".sluice.lock";
+const STOPPED: &str = "stopped";
+
+/// Whether the last server on `dir` stopped having written all it published (or there was
+/// none). Read it before starting the persister, which takes the lock over.
+pub fn stopped_cleanly(dir: &Path) -> bool {
+    match std::fs::read_to_string(dir.join(LOCK_FILE)) {
+        Ok(text) => text.trim() == STOPPED,
+        Err(_) => true,
+    }
+}
+
+/// The most seqs of one source that a server can have published and not yet written when it
+/// dies: a full ring (the persister never lags more with `when_behind: block`, and is
+/// overtaken past it with `overwrite`), a batch being written, and the lines a failing disk
+/// leaves waiting for a retry (a line is at least 64 bytes).
+pub fn unwritten_bound(ring_max_entries: usize) -> u64 {
+    (ring_max_entries + BATCH + MAX_RETRY_BYTES / 64) as u64
+}
 
 /// Takes an exclusive lock on `dir`, so that two servers never write the same files (their
 /// seqs would interleave). The lock goes with the process, however it ends.
@@ -280,7 +299,7 @@ impl Persister {
             notices: Some(router.clone()),
             open_fds: 0,
             closed_unsynced: Vec::new(),
-            _lock: lock,
+            lock,
         };
         let handle = PersisterHandle {
             control: tx,
@@ -331,6 +350,19 @@ impl Persister {
         for c in self.pending.drain(..) {
             let Control::Complete { reply, .. } = c;
             let _ = reply.send(Err("sluice is shutting down".into()));
+        }
+        // Everything published is written: the next start need not skip seqs.
+        if self
+            .files
+            .values()
+            .all(|f| f.buf.is_empty() && f.dropped == 0)
+        {
+            let mut lock = &self.lock;
+            let _ = lock
+                .set_len(0)
+                .and_then(|()| lock.seek(std::io::SeekFrom::Start(0)))
+                .and_then(|_| writeln!(lock, "{STOPPED}"))
+                .and_then(|()| lock.sync_all());
         }
     }
 
