@@ -527,3 +527,55 @@ async fn after_archiving_and_a_restart_every_read_comes_back_from_s3() {
         assert_eq!(next_seqs(ws, 1).await, [301]);
     }
 }
+
+/// A job only S3 holds is read as the object downloads: the server never holds the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_job_read_back_from_s3_streams_in_bounded_memory() {
+    let moto = Moto::start_on(free_tcp_port());
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let server = Server::start(&config(&moto.endpoint(), false));
+    // 64 MiB of a job's lines, as an earlier run of the persister wrote them.
+    const LINES: u64 = 320_000;
+    let path = server.logs.join("big-job.jsonl");
+    common::write_big_job(&path, LINES);
+    let (status, done) = server
+        .post_json(
+            "/api/v1/sources/big-job/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    common::eventually("the archive", 120, async || {
+        let record = server.logs.join(".archive/done/big-job#1.json");
+        record.exists().then_some(())
+    })
+    .await;
+    assert!(!path.exists(), "only S3 has the lines");
+    let before = server.peak_rss_bytes();
+
+    let mut resp = server
+        .client
+        .get(server.url("/api/jobs/big-job/logs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = common::JobLogCount::default();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got.feed(&chunk);
+    }
+    let tail = String::from_utf8_lossy(&got.tail);
+    assert_eq!(got.lines, LINES, "{tail}");
+    assert!(got.bytes > 64 << 20, "{} bytes", got.bytes);
+    assert!(
+        tail.contains(&format!("{} {LINES}", common::BIG_PAD)),
+        "{tail}"
+    );
+    let growth = server.peak_rss_bytes().saturating_sub(before);
+    assert!(
+        growth < 32 << 20,
+        "reading a 64 MiB job from S3 grew peak RSS by {} MiB",
+        growth >> 20
+    );
+}

@@ -217,22 +217,10 @@ async fn legacy_log_files_are_read_when_there_is_no_jsonl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_job_log_streams_in_bounded_memory_while_the_server_keeps_answering() {
-    use std::io::Write;
     let server = Server::start("");
     // 64 MiB of a job's lines, as an earlier run of the persister wrote them.
     const LINES: u64 = 320_000;
-    let pad = "x".repeat(120);
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(server.logs.join("big-job.jsonl")).unwrap());
-    for seq in 1..=LINES {
-        writeln!(
-            file,
-            "{{\"ts\":\"2026-01-01T00:00:00.000Z\",\"stream\":\"stdout\",\"step\":\"build\",\"line\":\"{pad} {seq}\",\"origin\":\"APP/0\",\"seq\":{seq}}}"
-        )
-        .unwrap();
-    }
-    file.flush().unwrap();
-    drop(file);
+    common::write_big_job(&server.logs.join("big-job.jsonl"), LINES);
     let before = server.peak_rss_bytes();
 
     let mut resp = server
@@ -242,27 +230,11 @@ async fn a_big_job_log_streams_in_bounded_memory_while_the_server_keeps_answerin
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (mut bytes, mut lines, mut health) = (0usize, 0u64, 0);
-    let mut head = Vec::new();
-    let mut tail = Vec::new();
-    // Inside the `logs` string every `\` starts a pair; `\n` pairs end lines.
-    let mut escaped = false;
+    let mut got = common::JobLogCount::default();
+    let mut health = 0;
     while let Some(chunk) = resp.chunk().await.unwrap() {
-        bytes += chunk.len();
-        if head.len() < 64 {
-            head.extend_from_slice(&chunk[..chunk.len().min(64)]);
-        }
-        for &b in chunk.iter() {
-            if escaped {
-                lines += u64::from(b == b'n');
-                escaped = false;
-            } else {
-                escaped = b == b'\\';
-            }
-        }
-        tail.extend_from_slice(&chunk);
-        tail.drain(..tail.len().saturating_sub(400));
-        if health < 20 && bytes > (health + 1) * (2 << 20) {
+        got.feed(&chunk);
+        if health < 20 && got.bytes > (health + 1) * (2 << 20) {
             let ok = server
                 .client
                 .get(server.url("/healthz"))
@@ -277,20 +249,20 @@ async fn a_big_job_log_streams_in_bounded_memory_while_the_server_keeps_answerin
         }
     }
     assert!(
-        head.starts_with(b"{\"logs\":\"{\\\"ts\\\""),
+        got.head.starts_with(b"{\"logs\":\"{\\\"ts\\\""),
         "{}",
-        String::from_utf8_lossy(&head)
+        String::from_utf8_lossy(&got.head)
     );
-    let tail = String::from_utf8_lossy(&tail).into_owned();
+    let tail = String::from_utf8_lossy(&got.tail).into_owned();
     assert!(
         tail.ends_with(&format!("\\\"seq\\\":{LINES}}}\\n\"}}")),
         "{tail}"
     );
-    assert!(bytes > 64 << 20, "{bytes}");
+    assert!(got.bytes > 64 << 20, "{}", got.bytes);
     assert_eq!(health, 20);
     let grown = server.peak_rss_bytes().saturating_sub(before);
     assert!(grown < 64 << 20, "peak RSS grew {} MiB", grown >> 20);
-    assert_eq!(lines, LINES);
+    assert_eq!(got.lines, LINES);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,6 +235,11 @@ async fn job_logs(
 ) -> Result<Response, ApiError> {
     let id = job_id(raw_id)?;
     let body = log_body(&state.router, state.stored(), &id, step)
+        .await
+        .map_err(|e| ApiError {
+            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot read the logs of job {id:?}: {e}"),
+        })?
         .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(body);
     Ok(warp::reply::with_header(

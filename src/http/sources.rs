@@ -30,9 +30,9 @@ pub fn routes(
                 Some((id, "recent")) => Ok(recent(&state, &id, &q, accept)
                     .await
                     .unwrap_or_else(ApiError::into_response)),
-                Some((id, "stats")) => {
-                    Ok(stats(&state, &id).unwrap_or_else(ApiError::into_response))
-                }
+                Some((id, "stats")) => Ok(stats(&state, &id)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)),
                 _ => Err(warp::reject::not_found()),
             }
         });
@@ -59,11 +59,12 @@ async fn list(state: &AppState) -> Result<Response, ApiError> {
 }
 
 /// One source's stats; for a source this process has not seen, what storage holds of it.
-fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
+async fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
     validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let stats = state
         .stored()
         .source_stats(&state.router, id)
+        .await
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "unknown source {id:?}: no logs have been received for it"

@@ -17,7 +17,7 @@
 //! - Failures retry with backoff and reach the job's own stream as `_server` lines.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -359,14 +359,53 @@ impl Archive {
             .collect()
     }
 
-    /// Downloads and gunzips an object.
-    pub async fn fetch(&self, key: &str) -> Result<Vec<u8>, String> {
-        let body = self.objects.get(key).await?;
-        let mut text = Vec::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_end(&mut text)
-            .map_err(|e| format!("cannot gunzip s3://{}/{key}: {e}", self.config.bucket))?;
-        Ok(text)
+    /// Reads an object's lines (gunzipped, without their newline) into `each` with `state`, off
+    /// the async runtime, as its bytes arrive: memory holds a chunk and a line, however large
+    /// the object. Stops early when `each` returns false; gives `state` back.
+    pub async fn read_lines<S: Send + 'static>(
+        &self,
+        key: &str,
+        state: S,
+        mut each: impl FnMut(&mut S, &[u8]) -> bool + Send + 'static,
+    ) -> Result<S, String> {
+        let where_ = || format!("s3://{}/{key}", self.config.bucket);
+        let mut body = self.objects.get(key).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let pump = async move {
+            while let Some(chunk) = body.next_chunk().await? {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let gz = flate2::read::GzDecoder::new(Chunks {
+                rx,
+                chunk: bytes::Bytes::new(),
+            });
+            let mut lines = std::io::BufReader::with_capacity(64 * 1024, gz);
+            let mut state = state;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if lines.read_until(b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if !each(&mut state, &line) {
+                    break;
+                }
+            }
+            Ok::<S, std::io::Error>(state)
+        });
+        let (pumped, read) = tokio::join!(pump, read);
+        // A failed download ends the gzip stream early: say why it ended, not how.
+        pumped.map_err(|e| format!("cannot read {}: {e}", where_()))?;
+        read.map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot gunzip {}: {e}", where_()))
     }
 
     /// Works through pending records until `shutdown`; each failure waits with backoff.
@@ -590,6 +629,26 @@ fn compress_parts(
     let _ = tx.blocking_send(last);
 }
 
+/// A blocking reader over the chunks of an object a task downloads.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(next) => self.chunk = next,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,8 +817,15 @@ mod tests {
             job.files.iter().all(|f| f.exists()),
             "keep_local keeps them"
         );
-        let text = archive_parts.fetch(&job.key).await.unwrap();
-        assert_eq!(String::from_utf8(text).unwrap(), noise(200_000, 5));
+        let text = archive_parts
+            .read_lines(&job.key, String::new(), |text, line| {
+                text.push_str(std::str::from_utf8(line).unwrap());
+                text.push('\n');
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(text, noise(200_000, 5));
         assert_eq!(objects.keys(), std::slice::from_ref(&job.key));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -803,7 +869,7 @@ mod tests {
         fn abort_upload<'a>(&'a self, key: &'a str, upload: &'a str) -> Pending<'a, ()> {
             self.inner.abort_upload(key, upload)
         }
-        fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<u8>> {
+        fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Box<dyn crate::objects::Body>> {
             self.inner.get(key)
         }
     }

@@ -40,11 +40,21 @@ impl StoredSeqs {
 }
 
 impl History for StoredSeqs {
+    /// Reads a few small files: on a worker of a multi-thread runtime (a publish creating the
+    /// source), the worker's other tasks move to another thread meanwhile.
     fn last_seq(&self, source_id: &str) -> u64 {
-        let current = last_seq_in(&file_path(&self.dir, source_id));
-        let rotated = last_seq_in(&rotated_path(&self.dir, source_id, 1));
-        let archived = last_recorded_seq(&self.dir, source_id);
-        current.max(rotated).max(archived)
+        let read = || {
+            let current = last_seq_in(&file_path(&self.dir, source_id));
+            let rotated = last_seq_in(&rotated_path(&self.dir, source_id, 1));
+            let archived = last_recorded_seq(&self.dir, source_id);
+            current.max(rotated).max(archived)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(read)
+            }
+            _ => read(),
+        }
     }
 
     fn skipped_after_crash(&self) -> u64 {

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
 
 /// A boxed future, so that the trait can be used as `dyn ObjectStore`.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -36,8 +37,32 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     ) -> Pending<'a, ()>;
     /// Drops an upload that will not be finished.
     fn abort_upload<'a>(&'a self, key: &'a str, upload: &'a str) -> Pending<'a, ()>;
-    /// The object's bytes.
-    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<u8>>;
+    /// The object's bytes, chunk by chunk as they arrive.
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Box<dyn Body>>;
+}
+
+/// An object's bytes as they arrive: a read holds one chunk at a time, however large the object.
+pub trait Body: Send {
+    /// The next chunk; `None` after the last.
+    fn next_chunk(&mut self) -> Pending<'_, Option<Bytes>>;
+}
+
+/// An object already in memory, as one chunk.
+struct Whole(Option<Bytes>);
+
+impl Body for Whole {
+    fn next_chunk(&mut self) -> Pending<'_, Option<Bytes>> {
+        Box::pin(async move { Ok(self.0.take()) })
+    }
+}
+
+/// An S3 response body.
+struct S3Body(ByteStream);
+
+impl Body for S3Body {
+    fn next_chunk(&mut self) -> Pending<'_, Option<Bytes>> {
+        Box::pin(async move { self.0.next().await.transpose().map_err(|e| e.to_string()) })
+    }
 }
 
 /// A bucket of an S3-compatible store.
@@ -151,7 +176,7 @@ impl ObjectStore for S3Objects {
         })
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<u8>> {
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Box<dyn Body>> {
         Box::pin(async move {
             let out = self
                 .client
@@ -161,8 +186,7 @@ impl ObjectStore for S3Objects {
                 .send()
                 .await
                 .map_err(|e| describe(&e))?;
-            let body = out.body.collect().await.map_err(|e| e.to_string())?;
-            Ok(body.into_bytes().to_vec())
+            Ok(Box::new(S3Body(out.body)) as Box<dyn Body>)
         })
     }
 }
@@ -293,14 +317,16 @@ impl ObjectStore for MemoryObjects {
         })
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Vec<u8>> {
+    fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Box<dyn Body>> {
         Box::pin(async move {
             self.check()?;
-            self.lock()
+            let bytes = self
+                .lock()
                 .objects
                 .get(key)
                 .cloned()
-                .ok_or_else(|| "NoSuchKey: The specified key does not exist.".to_owned())
+                .ok_or_else(|| "NoSuchKey: The specified key does not exist.".to_owned())?;
+            Ok(Box::new(Whole(Some(bytes.into()))) as Box<dyn Body>)
         })
     }
 }

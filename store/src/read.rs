@@ -5,7 +5,7 @@
 //! earlier completions, the source's segments, rotated and current files (or the legacy
 //! `<stem>.log` when there is no JSONL), and the lines still only in the ring.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::archive::{self, Archive};
@@ -24,19 +24,18 @@ use sluice_router::{
 /// a legacy `<stem>.log` (when there is no JSONL), then each completion (its local files, or its
 /// S3 object once they are gone), then the source's segments, rotated and current files, then
 /// what only the ring holds yet. Tiers are read in seq order and a line is written once, by the
-/// first tier that has it; memory stays at a few chunks however long the log (an S3 object is
-/// fetched whole). `None` when nothing is known of the source.
-pub fn log_body(
+/// first tier that has it; memory stays at a few chunks however long the log, S3 objects included. `None` when nothing is known of the source.
+pub async fn log_body(
     router: &Router,
     stored: Stored,
     source: &str,
     step: Option<&str>,
-) -> Option<tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>> {
-    let tiers = stored.tiers(source);
+) -> std::io::Result<Option<tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>>> {
+    let tiers = stored.tiers(source).await?;
     let legacy = legacy_path(&stored.dir, source);
     let in_ring = router.source_stats(source).is_some_and(|s| s.published > 0);
-    if tiers.is_empty() && !in_ring && !legacy.exists() {
-        return None;
+    if tiers.is_empty() && !in_ring && !tokio::fs::try_exists(&legacy).await.unwrap_or(false) {
+        return Ok(None);
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut w = JsonlWriter {
@@ -59,11 +58,14 @@ pub fn log_body(
                 match tier {
                     Tier::Files(files) => w = blocking(w, move |w| w.files(&files)).await?,
                     Tier::Object { key, .. } => {
-                        for line in stored.object_lines(&key).await? {
-                            w.line(line);
-                            if w.buf.len() >= CHUNK {
-                                w.flush().await?;
-                            }
+                        w = stored
+                            .object_lines(&key, w, |w, line| {
+                                w.line(line);
+                                w.buf.len() < CHUNK || w.flush_blocking().is_ok()
+                            })
+                            .await?;
+                        if w.tx.is_closed() {
+                            return Err(gone());
                         }
                     }
                 }
@@ -87,7 +89,7 @@ pub fn log_body(
             tracing::warn!(job = %source, error = %e, "job log read failed");
         }
     });
-    Some(rx)
+    Ok(Some(rx))
 }
 
 /// Bytes of the answer gathered before they are sent.
@@ -237,8 +239,17 @@ pub struct Stored {
 
 impl Stored {
     /// Every tier of `source`, oldest first: each completion (its files while they are on
-    /// disk, else its object), then the files not yet completed.
-    pub fn tiers(&self, source: &str) -> Vec<Tier> {
+    /// disk, else its object), then the files not yet completed. Lists directories and reads
+    /// archive records off the async runtime.
+    pub async fn tiers(&self, source: &str) -> std::io::Result<Vec<Tier>> {
+        let (stored, source) = (self.clone(), source.to_owned());
+        tokio::task::spawn_blocking(move || stored.tiers_blocking(&source))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    /// [`Stored::tiers`], on the calling thread.
+    pub fn tiers_blocking(&self, source: &str) -> Vec<Tier> {
         let mut tiers: Vec<Tier> = archive::records_of(&self.dir, source)
             .into_iter()
             .filter_map(|r| {
@@ -277,7 +288,7 @@ impl Stored {
         let mut envs = in_ring.unwrap_or_default();
         let mut stored = false;
         if envs.len() < limit && ring_first > 1 {
-            let tiers = self.tiers(id);
+            let tiers = self.tiers(id).await?;
             stored = !tiers.is_empty();
             let source = id.to_owned();
             let keep = move |l: &Line| filter.matches(&l.to_envelope(&source));
@@ -293,12 +304,17 @@ impl Stored {
     }
 
     /// One source's stats: the router's, or for a source this process has not seen, what
-    /// storage holds of it (`published`: its newest stored seq). `None` if neither has it.
-    pub fn source_stats(&self, router: &Router, id: &str) -> Option<SourceStats> {
+    /// storage holds of it (`published`: its newest stored seq, read off the async runtime).
+    /// `None` if neither has it.
+    pub async fn source_stats(&self, router: &Router, id: &str) -> Option<SourceStats> {
         if let Some(stats) = router.source_stats(id) {
             return Some(stats);
         }
-        let stored = crate::history::StoredSeqs::new(&self.dir).last_seq(id);
+        let seqs = crate::history::StoredSeqs::new(&self.dir);
+        let source = id.to_owned();
+        let stored = tokio::task::spawn_blocking(move || seqs.last_seq(&source))
+            .await
+            .unwrap_or(0);
         (stored > 0).then(|| SourceStats {
             source_id: id.to_owned(),
             retained: 0,
@@ -349,19 +365,24 @@ impl Stored {
         out.into_values().collect()
     }
 
-    /// An archived object's lines.
-    async fn object_lines(&self, key: &str) -> std::io::Result<Vec<Line>> {
+    /// Reads an archived object's lines into `each` with `state` as they download, off the
+    /// async runtime; stops early when `each` returns false. (An unreadable line, which only a
+    /// damaged object has, is skipped.)
+    async fn object_lines<S: Send + 'static>(
+        &self,
+        key: &str,
+        state: S,
+        mut each: impl FnMut(&mut S, Line) -> bool + Send + 'static,
+    ) -> std::io::Result<S> {
         let Some(archive) = &self.archive else {
-            return Ok(Vec::new());
+            return Ok(state);
         };
-        let text = archive
-            .fetch(key)
+        archive
+            .read_lines(key, state, move |state, raw| {
+                serde_json::from_slice::<Line>(raw).map_or(true, |line| each(state, line))
+            })
             .await
-            .map_err(|e| std::io::Error::other(format!("cannot read s3 object {key}: {e}")))?;
-        Ok(text
-            .split(|&b| b == b'\n')
-            .filter_map(|raw| serde_json::from_slice::<Line>(raw).ok())
-            .collect())
+            .map_err(std::io::Error::other)
     }
 
     /// The last `n` stored lines of `source` with a seq below `before` that `keep` accepts,
@@ -374,7 +395,7 @@ impl Stored {
         n: usize,
         keep: impl Fn(&Line) -> bool + Clone + Send + 'static,
     ) -> std::io::Result<Vec<Line>> {
-        self.last_lines_in(self.tiers(source), before, n, keep)
+        self.last_lines_in(self.tiers(source).await?, before, n, keep)
             .await
     }
 
@@ -403,14 +424,19 @@ impl Stored {
                     .map_err(std::io::Error::other)?
                 }
                 Tier::Object { key, .. } => {
-                    let mut lines: Vec<Line> = self
-                        .object_lines(&key)
-                        .await?
-                        .into_iter()
-                        .filter(|l| l.seq.is_some_and(|s| s < before) && keep(l))
-                        .collect();
-                    lines.drain(..lines.len().saturating_sub(want));
-                    lines
+                    let keep = keep.clone();
+                    let kept = self
+                        .object_lines(&key, VecDeque::new(), move |kept, l| {
+                            if l.seq.is_some_and(|s| s < before) && keep(&l) {
+                                kept.push_back(l);
+                                if kept.len() > want {
+                                    kept.pop_front();
+                                }
+                            }
+                            true
+                        })
+                        .await?;
+                    Vec::from(kept)
                 }
             };
             have += lines.len();
@@ -430,7 +456,7 @@ impl Stored {
         batch: usize,
         tx: tokio::sync::mpsc::Sender<Vec<Line>>,
     ) -> std::io::Result<()> {
-        for tier in self.tiers(source) {
+        for tier in self.tiers(source).await? {
             match tier {
                 Tier::Files(files) => {
                     let tx = tx.clone();
@@ -452,16 +478,21 @@ impl Stored {
                     if last_seq != 0 && last_seq <= after {
                         continue;
                     }
-                    let lines: Vec<Line> = self
-                        .object_lines(&key)
-                        .await?
-                        .into_iter()
-                        .filter(|l| l.seq.is_some_and(|s| s > after && s < before))
-                        .collect();
-                    for chunk in lines.chunks(batch.max(1)) {
-                        if tx.send(chunk.to_vec()).await.is_err() {
-                            return Ok(());
-                        }
+                    let batch = batch.max(1);
+                    let sender = tx.clone();
+                    let (rest, open) = self
+                        .object_lines(&key, (Vec::new(), true), move |(lines, open), l| {
+                            if l.seq.is_some_and(|s| s > after && s < before) {
+                                lines.push(l);
+                                if lines.len() >= batch {
+                                    *open = sender.blocking_send(std::mem::take(lines)).is_ok();
+                                }
+                            }
+                            *open
+                        })
+                        .await?;
+                    if !open || (!rest.is_empty() && tx.send(rest).await.is_err()) {
+                        return Ok(());
                     }
                 }
             }

@@ -214,6 +214,55 @@ pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next `n` JSON text messages of a WebSocket (envelopes, or Strøm's lines).
+/// Writes `lines` lines of a job into `path` as the persister writes them, each
+/// `"{BIG_PAD} {seq}"` (320,000 lines: 64 MiB).
+pub fn write_big_job(path: &std::path::Path, lines: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for seq in 1..=lines {
+        writeln!(
+            file,
+            "{{\"ts\":\"2026-01-01T00:00:00.000Z\",\"stream\":\"stdout\",\"step\":\"build\",\"line\":\"{BIG_PAD} {seq}\",\"origin\":\"APP/0\",\"seq\":{seq}}}"
+        )
+        .unwrap();
+    }
+    file.into_inner().unwrap().sync_all().unwrap();
+}
+
+/// The padding of [`write_big_job`]'s lines.
+pub const BIG_PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// A streamed job log (`{"logs":"<jsonl>"}`) counted as it arrives: its bytes, its lines, and
+/// its first and last bytes.
+#[derive(Debug, Default)]
+pub struct JobLogCount {
+    pub bytes: usize,
+    pub lines: u64,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+    escaped: bool,
+}
+
+impl JobLogCount {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len();
+        if self.head.len() < 64 {
+            self.head.extend_from_slice(&chunk[..chunk.len().min(64)]);
+        }
+        // Inside the `logs` string every `\` starts a pair; `\n` pairs end lines.
+        for &b in chunk {
+            if self.escaped {
+                self.lines += u64::from(b == b'n');
+                self.escaped = false;
+            } else {
+                self.escaped = b == b'\\';
+            }
+        }
+        self.tail.extend_from_slice(chunk);
+        self.tail.drain(..self.tail.len().saturating_sub(400));
+    }
+}
+
 pub async fn next_json(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
     use futures_util::StreamExt;
     let mut got = Vec::new();
