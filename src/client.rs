@@ -264,8 +264,9 @@ impl Query {
     }
 }
 
-fn source_path(source: &str) -> String {
-    utf8_percent_encode(source, KEEP).to_string()
+/// `value` percent-encoded for a URL's path segment or query.
+pub fn encode_component(value: &str) -> String {
+    utf8_percent_encode(value, KEEP).to_string()
 }
 
 /// `GET` of a source's JSON resource (`stats`, `recent?...`): 404 is an unknown source, any
@@ -277,7 +278,7 @@ async fn get_source_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ClientError> {
     let url = format!(
         "http://{http}/api/v1/sources/{}/{resource}",
-        source_path(source)
+        encode_component(source)
     );
     let resp = reqwest::get(&url).await.map_err(|e| http_error(http, &e))?;
     let status = resp.status();
@@ -316,7 +317,7 @@ pub struct Tail {
 pub async fn tail(http: &str, source: &str, query: &Query) -> Result<Tail, ClientError> {
     let url = format!(
         "ws://{http}/api/v1/sources/{}/stream?format=msgpack&{}",
-        source_path(source),
+        encode_component(source),
         query.params()
     );
     match tokio_tungstenite::connect_async(url.as_str()).await {

@@ -170,6 +170,71 @@ async fn seqs_continue_across_restarts_so_reads_show_every_line_once_in_order() 
     assert!(out.lines().next().unwrap().ends_with("before 0"), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_list_comes_in_pages_and_names_long_ids_only_storage_knows() {
+    let mut server = Server::start("");
+    let long = format!("org/{}", "long-".repeat(50));
+    let mut ids: Vec<String> = (0..25).map(|i| format!("page-{i:02}")).collect();
+    ids.push(long.clone());
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch: Vec<Envelope> = ids.iter().map(|id| Envelope::new(id, "hello")).collect();
+    conn.send_batch(&batch).await.unwrap();
+    server.stop_and_restart();
+    ids.sort();
+
+    // Pages of 10, each naming the next in its Link header, until the last names none.
+    let mut url = "/api/v1/sources?limit=10".to_owned();
+    let mut listed: Vec<Value> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let resp = server.client.get(server.url(&url)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let next = resp
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let page: Vec<Value> = resp.json().await.unwrap();
+        assert!(page.len() <= 10);
+        listed.extend(page);
+        pages += 1;
+        let Some(next) = next else { break };
+        let (target, rel) = next.split_once(">; ").unwrap();
+        assert_eq!(rel, "rel=\"next\"");
+        url = target.trim_start_matches('<').to_owned();
+    }
+    assert_eq!(pages, 3);
+    let got: Vec<&str> = listed
+        .iter()
+        .map(|s| s["source_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    // The long id names its file only by a hash; it is listed by its whole id all the same.
+    let entry = listed
+        .iter()
+        .find(|s| s["source_id"] == long.as_str())
+        .unwrap();
+    assert_eq!(entry["lines_in"], serde_json::json!(["files"]));
+
+    for (query, error) in [
+        ("limit=0", "limit 0 is not between 1 and 10000"),
+        ("limit=10001", "limit 10001 is not between 1 and 10000"),
+        ("limit=x", "invalid limit"),
+        ("page=2", "unknown query parameter page"),
+    ] {
+        let resp = server
+            .client
+            .get(server.url(&format!("/api/v1/sources?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains(error), "{query}: {body}");
+    }
+}
+
 fn sluice(server: &Server, args: &[&str]) -> String {
     let out = output_ok(
         Command::new(SLUICE)

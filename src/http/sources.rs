@@ -15,9 +15,14 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let list = warp::path!("api" / "v1" / "sources")
         .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
         .and(with(state.clone()))
-        .and_then(|state: AppState| async move {
-            Ok::<_, warp::Rejection>(list(&state).await.unwrap_or_else(ApiError::into_response))
+        .and_then(|q, state: AppState| async move {
+            Ok::<_, warp::Rejection>(
+                list(&state, &q)
+                    .await
+                    .unwrap_or_else(ApiError::into_response),
+            )
         });
     let recent = warp::path!("api" / "v1" / "sources" / ..)
         .and(warp::path::tail())
@@ -45,17 +50,44 @@ fn with(
     warp::any().map(move || state.clone())
 }
 
-/// Every source, in memory or only in storage, sorted by id, with where its lines live.
-async fn list(state: &AppState) -> Result<Response, ApiError> {
+/// Sources listed per page when `limit` is not given, and the most one page may hold.
+const LIST_DEFAULT_LIMIT: usize = 1_000;
+const LIST_MAX_LIMIT: usize = 10_000;
+
+/// Every source, in memory or only in storage, sorted by id, with where its lines live: a page
+/// of `limit` after the id `after`, and a `Link: <…>; rel="next"` header while more follow.
+async fn list(state: &AppState, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    super::known_params(q, &["limit", "after"])?;
+    let limit = number_param::<usize>(q, "limit")?.unwrap_or(LIST_DEFAULT_LIMIT);
+    if !(1..=LIST_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is not between 1 and {LIST_MAX_LIMIT}: page with after"
+        )));
+    }
+    let after = q.get("after").filter(|a| !a.is_empty()).cloned();
+    if let Some(a) = &after {
+        validate_source_id(a).map_err(|e| ApiError::bad_request(format!("after: {e}")))?;
+    }
     let stored = state.stored();
     let router = state.router.clone();
-    let list = tokio::task::spawn_blocking(move || stored.list_sources(&router))
-        .await
-        .map_err(|e| ApiError {
-            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot list stored sources: {e}"),
-        })?;
-    Ok(warp::reply::json(&list).into_response())
+    let page =
+        tokio::task::spawn_blocking(move || stored.list_sources(&router, after.as_deref(), limit))
+            .await
+            .map_err(|e| ApiError {
+                status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("cannot list stored sources: {e}"),
+            })?;
+    let mut resp = warp::reply::json(&page.sources).into_response();
+    if let Some(next) = page.next_after {
+        let link = format!(
+            "</api/v1/sources?limit={limit}&after={}>; rel=\"next\"",
+            crate::client::encode_component(&next)
+        );
+        if let Ok(v) = warp::http::HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(warp::http::header::LINK, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// One source's stats; for a source this process has not seen, what storage holds of it.

@@ -10,11 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use sluice_router::History;
 
 use crate::archive;
 use crate::files::last_seq_in;
-use crate::persister::{file_path, rotated_path};
+use crate::persister::{file_path, names, rotated_path};
 
 /// The last seqs of sources in a storage directory, for [`sluice_router::Router::with_history`].
 #[derive(Debug, Clone)]
@@ -71,11 +73,42 @@ pub struct StoredIn {
     pub s3: bool,
 }
 
-/// Every source with lines under `dir`, by id, and where they are: one directory listing of
-/// the files, the archive records and the segments. Sources whose ids were too long to name a
-/// file in full are not listed (their stems are hashed).
-pub fn stored_sources(dir: &Path) -> std::collections::BTreeMap<String, StoredIn> {
-    let mut out: std::collections::BTreeMap<String, StoredIn> = Default::default();
+/// What the names under a storage directory say of one source: whether it has files, and its
+/// archive records (read only when asked, by [`StoredNames::places`]).
+#[derive(Debug, Default, Clone)]
+pub struct StoredNames {
+    files: bool,
+    records: Vec<PathBuf>,
+}
+
+impl StoredNames {
+    /// Where the source's lines live: its files, and for each archive record whether the
+    /// completion's files are still on disk or only in S3.
+    pub fn places(&self) -> StoredIn {
+        let mut places = StoredIn {
+            files: self.files,
+            s3: false,
+        };
+        for path in &self.records {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<archive::Record>(&bytes) else {
+                continue;
+            };
+            let local = record.files.iter().all(|f| f.exists());
+            places.files |= local;
+            places.s3 |= !local;
+        }
+        places
+    }
+}
+
+/// Every source with lines under `dir`, by id: directory listings of the files, the segments
+/// and the archive records, nothing read (a source whose id was too long to name a file in
+/// full is found through the id the persister kept for it).
+pub fn stored_sources(dir: &Path) -> BTreeMap<String, StoredNames> {
+    let mut out: BTreeMap<String, StoredNames> = BTreeMap::new();
     let names = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)
             .map(|it| {
@@ -90,12 +123,12 @@ pub fn stored_sources(dir: &Path) -> std::collections::BTreeMap<String, StoredIn
             Some((stem, rest)) if rest.is_empty() || rest[1..].parse::<u64>().is_ok() => stem,
             _ => continue,
         };
-        if let Some(id) = crate::persister::names::source_of_stem(stem) {
+        if let Some(id) = names::source_in(dir, stem) {
             out.entry(id).or_default().files = true;
         }
     }
     for stem in names(&dir.join(".archive").join("segments")) {
-        if let Some(id) = crate::persister::names::source_of_stem(&stem) {
+        if let Some(id) = names::source_in(dir, &stem) {
             out.entry(id).or_default().files = true;
         }
     }
@@ -106,19 +139,9 @@ pub fn stored_sources(dir: &Path) -> std::collections::BTreeMap<String, StoredIn
                 continue;
             };
             let stem = stem.split_once('#').map_or(stem, |(s, _)| s);
-            let Some(id) = crate::persister::names::source_of_stem(stem) else {
-                continue;
-            };
-            let Ok(bytes) = std::fs::read(records.join(&name)) else {
-                continue;
-            };
-            let Ok(record) = serde_json::from_slice::<archive::Record>(&bytes) else {
-                continue;
-            };
-            let local = record.files.iter().all(|f| f.exists());
-            let e = out.entry(id).or_default();
-            e.files |= local;
-            e.s3 |= !local;
+            if let Some(id) = names::source_in(dir, stem) {
+                out.entry(id).or_default().records.push(records.join(&name));
+            }
         }
     }
     out

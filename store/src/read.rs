@@ -229,6 +229,14 @@ pub struct Listed {
     pub lines_in: Vec<&'static str>,
 }
 
+/// One page of the list of sources, and where the next begins (none after the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub sources: Vec<Listed>,
+    /// Pass as `after` for the next page.
+    pub next_after: Option<String>,
+}
+
 /// Storage as readers need it: the directory, how many files a source keeps, and the archive.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -326,43 +334,51 @@ impl Stored {
         })
     }
 
-    /// Every source, in memory or only in storage, sorted by id, each with where its lines
-    /// live. Sources known only from storage have no counts here (their stats have them).
-    /// Lists directories and reads archive records: call it off the async runtime.
-    pub fn list_sources(&self, router: &Router) -> Vec<Listed> {
+    /// Up to `limit` sources with ids after `after`, sorted by id, in memory or only in storage,
+    /// each with where its lines live. Sources known only from storage have no counts here
+    /// (their stats have them). Lists directories, and reads the archive records of the page's
+    /// sources: call it off the async runtime.
+    pub fn list_sources(&self, router: &Router, after: Option<&str>, limit: usize) -> Page {
         let stored = crate::history::stored_sources(&self.dir);
-        let lines_in = |memory: bool, id: &str| -> Vec<&'static str> {
-            let s = stored.get(id).copied().unwrap_or_default();
-            [(memory, "memory"), (s.files, "files"), (s.s3, "s3")]
+        let mut ids: std::collections::BTreeSet<Arc<str>> =
+            router.source_ids().into_iter().collect();
+        ids.extend(stored.keys().map(|k| Arc::from(k.as_str())));
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(Arc::from(a)),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<Arc<str>> = ids
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let sources = page
+            .iter()
+            .map(|id| {
+                let stats = router.source_stats(id);
+                let places = stored.get(&**id).map(|n| n.places()).unwrap_or_default();
+                let memory = stats.as_ref().is_some_and(|s| s.retained > 0);
+                let lines_in = [
+                    (memory, "memory"),
+                    (places.files, "files"),
+                    (places.s3, "s3"),
+                ]
                 .into_iter()
                 .filter_map(|(here, name)| here.then_some(name))
-                .collect()
-        };
-        let mut out: BTreeMap<String, Listed> = BTreeMap::new();
-        for stats in router.sources() {
-            let lines_in = lines_in(stats.retained > 0, &stats.source_id);
-            out.insert(
-                stats.source_id.clone(),
+                .collect();
                 Listed {
-                    stats: Some(stats),
-                    source_id: None,
+                    source_id: stats.is_none().then(|| id.to_string()),
+                    stats,
                     lines_in,
-                },
-            );
+                }
+            })
+            .collect();
+        Page {
+            sources,
+            next_after: more.then(|| page.last().map(|id| id.to_string())).flatten(),
         }
-        for id in stored.keys() {
-            if !out.contains_key(id) {
-                out.insert(
-                    id.clone(),
-                    Listed {
-                        stats: None,
-                        source_id: Some(id.clone()),
-                        lines_in: lines_in(false, id),
-                    },
-                );
-            }
-        }
-        out.into_values().collect()
     }
 
     /// Reads an archived object's lines into `each` with `state` as they download, off the

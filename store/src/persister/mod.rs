@@ -461,6 +461,8 @@ impl Persister {
     fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
         if !self.files.contains_key(source) {
             let path = file_path(&self.config.local_dir, source);
+            // A long id's file name cannot give it back: keep it beside.
+            names::remember_id(&self.config.local_dir, &file_stem(source), source);
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             // A file left mid-line (a crash during a write): end that line, so that the next
             // one is not glued to it. The torn line stays unreadable; the rest stay whole.

@@ -4,6 +4,7 @@
 //! name are cut and given a hash of the whole id.
 
 use std::fmt::Write;
+use std::path::Path;
 
 /// Longest encoded stem kept whole; file systems allow 255 bytes per name, and rotation and
 /// archive suffixes need room.
@@ -60,6 +61,39 @@ pub fn source_of_stem(stem: &str) -> Option<String> {
     (file_stem(&id) == stem).then_some(id)
 }
 
+/// Where the ids of hashed stems are kept: `<dir>/.ids/<stem>` holds the whole id.
+pub const IDS_DIR: &str = ".ids";
+
+/// Keeps `source_id` for its stem if the stem is hashed (it cannot be read back from the
+/// name); once per stem. Failing is harmless: the source is then left out of listings.
+pub fn remember_id(dir: &Path, stem: &str, source_id: &str) {
+    if !stem.contains('~') {
+        return;
+    }
+    let path = dir.join(IDS_DIR).join(stem);
+    if path.exists() {
+        return;
+    }
+    let _ =
+        std::fs::create_dir_all(dir.join(IDS_DIR)).and_then(|()| std::fs::write(&path, source_id));
+}
+
+/// The source id of a stem under `dir`: read back from the name, or for a hashed stem from the
+/// id the persister kept (checked against the stem).
+pub fn source_in(dir: &Path, stem: &str) -> Option<String> {
+    if !stem.contains('~') {
+        return source_of_stem(stem);
+    }
+    let path = dir.join(IDS_DIR).join(stem);
+    // An id is at most 256 bytes: anything longer is not one of ours.
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.len() > 1024 {
+        return None;
+    }
+    let id = std::fs::read_to_string(path).ok()?;
+    (file_stem(&id) == stem).then_some(id)
+}
+
 /// FNV-1a, 64 bits: stable across versions and platforms, which the std hasher is not promised
 /// to be; names must not change between releases.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -91,6 +125,23 @@ mod tests {
         assert_eq!(source_of_stem("%zz"), None);
         assert_eq!(source_of_stem("a%2"), None);
         assert_eq!(source_of_stem("%61"), None, "not a stem file_stem makes");
+    }
+
+    #[test]
+    fn hashed_stems_read_back_through_the_kept_id() {
+        let dir = std::env::temp_dir().join(format!("sluice-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let long = "a/".repeat(120);
+        let stem = file_stem(&long);
+        assert_eq!(source_in(&dir, &stem), None, "not kept yet");
+        remember_id(&dir, &stem, &long);
+        assert_eq!(source_in(&dir, &stem).as_deref(), Some(long.as_str()));
+        // A kept id that does not make the stem (edited, or another id's) is not believed.
+        std::fs::write(dir.join(IDS_DIR).join(&stem), "someone-else").unwrap();
+        assert_eq!(source_in(&dir, &stem), None);
+        remember_id(&dir, "plain", "plain");
+        assert!(!dir.join(IDS_DIR).join("plain").exists(), "only hashed stems");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
