@@ -66,14 +66,31 @@ pub async fn complete(
     status: JobStatus,
 ) -> Result<Completion, CompleteError> {
     let stats = router.source_stats(id);
-    let dir = &persister.config.local_dir;
-    let on_disk = || {
-        file_path(dir, id).exists()
-            || rotated_path(dir, id, 1).exists()
-            || !crate::persister::segments(dir, id).is_empty()
-            || legacy_path(dir, id).exists()
+    let tags = router
+        .recent(id, 1, &Filter::default())
+        .and_then(|mut r| r.pop())
+        .map(|e| e.tags.clone())
+        .unwrap_or_default();
+    // What storage has of the job, and where its archive goes: a few stats and reads of small
+    // files, off the async runtime.
+    let (known, prepared) = {
+        let (dir, source) = (persister.config.local_dir.clone(), id.to_owned());
+        let archive = archive.cloned();
+        let in_memory = stats.is_some();
+        blocking(move || {
+            let known = in_memory
+                || file_path(&dir, &source).exists()
+                || rotated_path(&dir, &source, 1).exists()
+                || !crate::persister::segments(&dir, &source).is_empty()
+                || legacy_path(&dir, &source).exists();
+            let prepared = archive
+                .filter(|_| known)
+                .map(|a| a.prepare(&source, &tags, now_ns()));
+            (known, prepared)
+        })
+        .await?
     };
-    if stats.is_none() && !on_disk() {
+    if !known {
         // No empty objects, no records for typos.
         return Err(CompleteError::Unknown(id.to_owned()));
     }
@@ -83,14 +100,6 @@ pub async fn complete(
         .as_ref()
         .filter(|s| s.published > s.resumed_after)
         .map_or(0, |s| s.published);
-    let prepared = archive.map(|archive| {
-        let tags = router
-            .recent(id, 1, &Filter::default())
-            .and_then(|mut r| r.pop())
-            .map(|e| e.tags.clone())
-            .unwrap_or_default();
-        archive.prepare(id, &tags, now_ns())
-    });
     let done = persister
         .complete(id, upto, prepared.as_ref().map(|p| p.dir.clone()))
         .await
@@ -110,8 +119,9 @@ pub async fn complete(
             completion: prepared.completion,
             last_seq,
         };
-        archive
-            .enqueue(&record)
+        let queue = archive.clone();
+        blocking(move || queue.enqueue(&record))
+            .await?
             .map_err(|e| CompleteError::Record(crate::short_reason(&e)))?;
         target = Some((archive.bucket().to_owned(), prepared.key));
     }
@@ -120,4 +130,13 @@ pub async fn complete(
         rotated: done.rotated,
         archive: target,
     })
+}
+
+/// Runs `work` on the blocking pool (it touches files and syncs them).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CompleteError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CompleteError::Unavailable(e.to_string()))
 }

@@ -140,7 +140,10 @@ mod tests {
         std::fs::write(dir.join(IDS_DIR).join(&stem), "someone-else").unwrap();
         assert_eq!(source_in(&dir, &stem), None);
         remember_id(&dir, "plain", "plain");
-        assert!(!dir.join(IDS_DIR).join("plain").exists(), "only hashed stems");
+        assert!(
+            !dir.join(IDS_DIR).join("plain").exists(),
+            "only hashed stems"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
