@@ -12,7 +12,7 @@ use std::time::Duration;
 use sluice_router::{Filter, Router, Selector, Start};
 use sluice_store::archive::Archive;
 use sluice_store::history::StoredSeqs;
-use sluice_store::persister::{self, Persister, PersisterConfig, PersisterHandle};
+use sluice_store::persister::{self, DirLock, Persister, PersisterConfig, PersisterHandle};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -250,9 +250,10 @@ struct PersisterThread {
 fn start_persister(
     config: &Config,
     router: &Router,
+    lock: DirLock,
 ) -> Result<(PersisterHandle, PersisterThread), StartError> {
     let ls = &config.log_storage;
-    let (persister, handle, control) = Persister::new(
+    let (persister, handle, control) = Persister::with_lock(
         PersisterConfig {
             local_dir: ls.local_dir.clone(),
             fsync: ls.fsync,
@@ -264,6 +265,7 @@ fn start_persister(
             keep_segments: if ls.s3.is_some() { ls.keep_segments } else { 0 },
         },
         router,
+        lock,
     )
     .map_err(|e| StartError::Storage {
         dir: ls.local_dir.display().to_string(),
@@ -321,8 +323,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     // Each source continues the seqs storage already has of it; after a crash, past what the
     // crashed process may have published without writing.
     let dir = &config.log_storage.local_dir;
+    let lock = DirLock::take(dir).map_err(|e| StartError::Storage {
+        dir: dir.display().to_string(),
+        reason: crate::io_reason(&e),
+    })?;
     let mut stored = StoredSeqs::new(dir);
-    if !persister::stopped_cleanly(dir) {
+    if !lock.stopped_cleanly() {
         let skipped = persister::unwritten_bound(config.router.ring_max_entries);
         tracing::warn!(
             dir = %dir.display(),
@@ -347,7 +353,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         drains.add(req)?;
     }
 
-    let (persister, persister_thread) = start_persister(&config, &router)?;
+    let (persister, persister_thread) = start_persister(&config, &router, lock)?;
     let archive = match &config.log_storage.s3 {
         None => None,
         Some(s3) => {

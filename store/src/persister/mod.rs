@@ -183,7 +183,7 @@ pub struct Persister {
     /// by path, one at a time, off this thread. Closing a file never waits for the disk.
     closed_unsynced: Vec<PathBuf>,
     /// The exclusive lock on `local_dir`, held while the persister runs.
-    lock: File,
+    lock: DirLock,
 }
 
 impl std::fmt::Debug for Persister {
@@ -199,15 +199,6 @@ impl std::fmt::Debug for Persister {
 pub const LOCK_FILE: &str = ".sluice.lock";
 const STOPPED: &str = "stopped";
 
-/// Whether the last server on `dir` stopped having written all it published (or there was
-/// none). Read it before starting the persister, which takes the lock over.
-pub fn stopped_cleanly(dir: &Path) -> bool {
-    match std::fs::read_to_string(dir.join(LOCK_FILE)) {
-        Ok(text) => text.trim() == STOPPED,
-        Err(_) => true,
-    }
-}
-
 /// The most seqs of one source that a server can have published and not yet written when it
 /// dies: a full ring (the persister never lags more with `when_behind: block`, and is
 /// overtaken past it with `overwrite`), a batch being written, and the lines a failing disk
@@ -216,38 +207,69 @@ pub fn unwritten_bound(ring_max_entries: usize) -> u64 {
     (ring_max_entries + BATCH + MAX_RETRY_BYTES / 64) as u64
 }
 
-/// Takes an exclusive lock on `dir`, so that two servers never write the same files (their
-/// seqs would interleave). The lock goes with the process, however it ends.
-fn lock_dir(dir: &Path) -> std::io::Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = std::io::Read::read_to_string(&mut file, &mut pid);
-            let pid = pid.trim();
-            let who = if pid.is_empty() {
-                "another sluice".to_owned()
-            } else {
-                format!("another sluice (pid {pid})")
-            };
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ResourceBusy,
-                format!("{who} is using it"),
-            ));
+/// The exclusive lock on a storage directory, so that two servers never write the same files
+/// (their seqs would interleave). The lock goes with the process, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    file: File,
+    stopped_cleanly: bool,
+}
+
+impl DirLock {
+    /// Creates `dir` if needed and locks it; fails, naming the holder, if another server has it.
+    pub fn take(dir: &Path) -> std::io::Result<DirLock> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        let locked = file.try_lock();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut file, &mut text);
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = text.trim();
+                let who = if pid.is_empty() || pid == STOPPED {
+                    "another sluice".to_owned()
+                } else {
+                    format!("another sluice (pid {pid})")
+                };
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!("{who} is using it"),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        // A new directory, or one whose last server wrote all it published before stopping.
+        let stopped_cleanly = text.is_empty() || text.trim() == STOPPED;
+        // Who holds it, for the next one to say; a full disk must not stop the start.
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(DirLock {
+            file,
+            stopped_cleanly,
+        })
     }
-    // Who holds it, for the next one to say; a full disk must not stop the start.
-    file.set_len(0)?;
-    let _ = writeln!(file, "{}", std::process::id());
-    Ok(file)
+
+    /// Whether the last server on the directory stopped having written all it published (or
+    /// there was none): if not, seqs it may have handed out unwritten must be skipped.
+    pub fn stopped_cleanly(&self) -> bool {
+        self.stopped_cleanly
+    }
+
+    /// Says the next server need skip nothing.
+    fn mark_stopped(&self) -> std::io::Result<()> {
+        let mut file = &self.file;
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        writeln!(file, "{STOPPED}")?;
+        file.sync_all()
+    }
 }
 
 /// The current file of a source, and its `n`th rotated file.
@@ -265,14 +287,23 @@ pub fn legacy_path(dir: &Path, source: &str) -> PathBuf {
 }
 
 impl Persister {
-    /// Creates the directory and the handle; run the returned persister with [`Persister::run`].
-    /// Its notices go through `router`, and it moves `router`'s durability watermark.
+    /// Locks and creates the directory, and makes the handle; run the returned persister with
+    /// [`Persister::run`]. Its notices go through `router`, and it moves `router`'s durability
+    /// watermark.
     pub fn new(
         config: PersisterConfig,
         router: &Router,
     ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
-        std::fs::create_dir_all(&config.local_dir)?;
-        let lock = lock_dir(&config.local_dir)?;
+        let lock = DirLock::take(&config.local_dir)?;
+        Persister::with_lock(config, router, lock)
+    }
+
+    /// [`Persister::new`] on a directory already locked.
+    pub fn with_lock(
+        config: PersisterConfig,
+        router: &Router,
+        lock: DirLock,
+    ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
         // Files a rotation was deleting when the process stopped.
         for entry in std::fs::read_dir(&config.local_dir)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(DOOMED_SUFFIX) {
@@ -357,12 +388,7 @@ impl Persister {
             .values()
             .all(|f| f.buf.is_empty() && f.dropped == 0)
         {
-            let mut lock = &self.lock;
-            let _ = lock
-                .set_len(0)
-                .and_then(|()| lock.seek(std::io::SeekFrom::Start(0)))
-                .and_then(|_| writeln!(lock, "{STOPPED}"))
-                .and_then(|()| lock.sync_all());
+            let _ = self.lock.mark_stopped();
         }
     }
 
