@@ -8,16 +8,19 @@
 //! - [`msgpack`]: the envelope's MessagePack form, written and read by hand for speed.
 //! - [`router`]: sources, rings, cursors, filters, start positions and exact loss notices.
 //! - [`durable`]: the watermark of what the persister has on disk, for `ack=durable`.
+//! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //!
 //! Transports (TCP, WebSocket, syslog, files) live in the `sluice` and `sluice-drains` crates
 //! and only move bytes in and out of what is defined here.
 
+pub mod backoff;
 pub mod codec;
 pub mod durable;
 pub mod envelope;
 pub mod msgpack;
 pub mod router;
 
+pub use backoff::Backoff;
 pub use durable::{Durability, DurableError};
 pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
 pub use router::{

@@ -28,7 +28,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 use sluice_router::envelope::UtcTime;
-use sluice_router::{Envelope, Router};
+use sluice_router::{Backoff, Envelope, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -410,7 +410,7 @@ impl Archive {
 
     /// Works through pending records until `shutdown`; each failure waits with backoff.
     pub async fn run(self, router: Router, shutdown: CancellationToken) {
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let pending = self.pending();
             self.counters
@@ -434,7 +434,7 @@ impl Archive {
                         if let Err(e) = self.finish(&record) {
                             tracing::error!(job = %record.source, error = %e, "cannot clean up after archiving");
                         }
-                        delay = Duration::from_millis(500);
+                        backoff.reset();
                     }
                     Err(reason) => {
                         failed = true;
@@ -451,14 +451,12 @@ impl Archive {
             self.counters
                 .backlog
                 .store(self.pending().len() as u64, Ordering::Relaxed);
+            // Nothing pending waits for a wake (a new completion), or an hour.
             let wait = if failed {
-                delay
+                backoff.next_delay()
             } else {
                 Duration::from_secs(3600)
             };
-            if failed {
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_router::envelope::now_ns;
-use sluice_router::{Cursor, Delivery, Envelope, Router};
+use sluice_router::{Backoff, Cursor, Delivery, Envelope, Router};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +32,16 @@ pub struct DrainSettings {
     pub connect_timeout_secs: u64,
     /// Most messages written per batch.
     pub batch_messages: usize,
+}
+
+impl DrainSettings {
+    /// The reconnect delays these settings describe.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.reconnect_min_millis),
+            Duration::from_secs(self.reconnect_max_secs),
+        )
+    }
 }
 
 impl Default for DrainSettings {
@@ -82,7 +91,7 @@ impl SyslogDrain {
         let mut outbox = Outbox::default();
         let mut scratch = Vec::with_capacity(512);
         let mut deliveries = Vec::with_capacity(self.settings.batch_messages);
-        let mut backoff = Backoff::new(&self.settings);
+        let mut backoff = self.settings.backoff();
         let mut last_failure_notice: Option<Instant> = None;
         // When the current connection was opened: one that fails sooner than STABLE after it
         // (a handshake rejected after the client's Finished, a reset on the first write, ICMP
@@ -174,7 +183,7 @@ impl SyslogDrain {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff.next()) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
         // Shutting down: one short try to deliver what is already formatted.
@@ -256,7 +265,7 @@ impl SyslogDrain {
         let mut pending: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
         let mut pending_bytes = 0usize;
         let mut deliveries = Vec::with_capacity(self.settings.batch_messages);
-        let mut backoff = Backoff::new(&self.settings);
+        let mut backoff = self.settings.backoff();
         let mut last_failure_notice: Option<Instant> = None;
         loop {
             if pending.is_empty() {
@@ -331,7 +340,7 @@ impl SyslogDrain {
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff.next()) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }
@@ -386,66 +395,4 @@ enum Failure {
     /// The peer closed or reset the connection, or rejected it after the handshake.
     Closed(std::io::Error),
     Stop,
-}
-
-/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to a cap.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    fn new(s: &DrainSettings) -> Backoff {
-        let min = Duration::from_millis(s.reconnect_min_millis.max(1));
-        Backoff {
-            min,
-            max: Duration::from_secs(s.reconnect_max_secs).max(min),
-            current: min,
-            rng: (now_ns() as u64) | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: jitter needs spread, not cryptographic quality.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = d / 2;
-        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64 + 1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(&DrainSettings {
-            reconnect_min_millis: 100,
-            reconnect_max_secs: 1,
-            ..DrainSettings::default()
-        });
-        let delays: Vec<Duration> = (0..8).map(|_| b.next()).collect();
-        let caps = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
-        for (d, cap) in delays.iter().zip(caps) {
-            let cap = Duration::from_millis(cap);
-            assert!(
-                *d >= cap / 2 && *d <= cap,
-                "{d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-        }
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
-    }
 }
