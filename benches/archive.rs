@@ -18,12 +18,7 @@ use sluice_store::archive::{Archive, Record, S3Config, s3_client};
 use tokio_util::sync::CancellationToken;
 
 fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    sluice::procfs::memory("self").map_or(0, |m| m.peak_rss_bytes)
 }
 
 fn main() {

@@ -31,6 +31,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod net;
+pub mod procfs;
 pub mod server;
 
 /// A short, lowercase reason for an I/O error ("connection refused").

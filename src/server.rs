@@ -206,6 +206,32 @@ impl Bound {
         }
         out
     }
+
+    /// Takes in one line `sluice serve` printed: a `listening NAME=ADDRESS` line (see
+    /// [`Bound::lines`]) sets that address. Returns whether it was one.
+    pub fn read_line(&mut self, line: &str) -> bool {
+        let Some((name, addr)) = line
+            .strip_prefix("listening ")
+            .and_then(|l| l.split_once('='))
+        else {
+            return false;
+        };
+        let socket = addr.parse().ok();
+        let slot = match name {
+            "http" => &mut self.http,
+            "ingest" => &mut self.ingest,
+            "syslog_tcp" => &mut self.syslog_tcp,
+            "syslog_udp" => &mut self.syslog_udp,
+            "syslog_tls" => &mut self.syslog_tls,
+            "ingest_unix" => {
+                self.ingest_unix = Some(PathBuf::from(addr));
+                return true;
+            }
+            _ => return false,
+        };
+        *slot = socket;
+        socket.is_some()
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as servers that hold many sockets

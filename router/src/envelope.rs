@@ -39,7 +39,17 @@ impl Channel {
         }
     }
 
-    /// Parses `OUT`/`ERR` (any case) and the `stdout`/`stderr` spellings.
+    /// The spellings an envelope on the wire may use (the serde aliases above): `OUT`, `out`,
+    /// `stdout`, `ERR`, `err`, `stderr`.
+    pub fn from_wire(s: &[u8]) -> Option<Channel> {
+        match s {
+            b"OUT" | b"out" | b"stdout" => Some(Channel::Out),
+            b"ERR" | b"err" | b"stderr" => Some(Channel::Err),
+            _ => None,
+        }
+    }
+
+    /// Parses what a person types: `OUT`/`ERR` in any case, and `stdout`/`stderr`.
     pub fn parse(s: &str) -> Option<Channel> {
         match s.to_ascii_lowercase().as_str() {
             "out" | "stdout" => Some(Channel::Out),

@@ -340,16 +340,13 @@ impl<'a> Reader<'a> {
                 b"instance_id" => instance_id = Some(self.string("instance_id")?),
                 b"origin" => origin = Some(self.string("origin")?),
                 b"channel" => {
-                    channel = match self.raw("channel")? {
-                        b"OUT" | b"out" | b"stdout" => Channel::Out,
-                        b"ERR" | b"err" | b"stderr" => Channel::Err,
-                        other => {
-                            return Err(invalid(format!(
-                                "field `channel`: unknown variant {:?}, expected OUT or ERR",
-                                String::from_utf8_lossy(other)
-                            )));
-                        }
-                    }
+                    let raw = self.raw("channel")?;
+                    channel = Channel::from_wire(raw).ok_or_else(|| {
+                        invalid(format!(
+                            "field `channel`: unknown variant {:?}, expected OUT or ERR",
+                            String::from_utf8_lossy(raw)
+                        ))
+                    })?;
                 }
                 b"step" => {
                     step = if self.peek()? == 0xc0 {

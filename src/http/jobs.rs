@@ -78,7 +78,7 @@ pub fn routes(
         .and_then(move |id: String, step: String| {
             let st = st.clone();
             async move {
-                let step = decode(&step).unwrap_or(step);
+                let step = super::decode_segment(&step).unwrap_or(step);
                 Ok::<_, warp::Rejection>(
                     job_logs(&st, &id, Some(&step))
                         .await
@@ -101,15 +101,9 @@ pub fn routes(
         .unify()
 }
 
-fn decode(segment: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
-}
-
 fn job_id(raw: &str) -> Result<String, ApiError> {
-    let id = decode(raw).ok_or_else(|| ApiError::bad_request("the job id is not valid UTF-8"))?;
+    let id = super::decode_segment(raw)
+        .ok_or_else(|| ApiError::bad_request("the job id is not valid UTF-8"))?;
     validate_source_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(id)
 }

@@ -228,11 +228,15 @@ pub fn known_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), A
 /// Splits `cf/doppler/recent` into the decoded source id and the action.
 pub fn split_source_path(tail: &str) -> Option<(String, &str)> {
     let (id, action) = tail.rsplit_once('/')?;
-    let id = percent_encoding::percent_decode_str(id)
+    Some((decode_segment(id)?, action))
+}
+
+/// A path segment percent-decoded; `None` if it is not UTF-8.
+pub fn decode_segment(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
         .decode_utf8()
-        .ok()?
-        .into_owned();
-    Some((id, action))
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The query parameters shared by tails and `recent`: `origin`, `channel`, `step`.

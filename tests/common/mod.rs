@@ -71,16 +71,14 @@ impl Server {
             ),
         )
         .unwrap();
-        let (child, addrs) = spawn(&config, prefix);
-        let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed.clone();
-        let syslog_tls = addrs.syslog_tls;
+        let (child, a) = spawn(&config, prefix);
         Server {
             child,
-            http,
-            ingest,
-            syslog_tcp,
-            syslog_udp,
-            syslog_tls,
+            http: a.http,
+            ingest: a.ingest,
+            syslog_tcp: a.syslog_tcp,
+            syslog_udp: a.syslog_udp,
+            syslog_tls: a.syslog_tls,
             logs,
             dir,
             client: reqwest::Client::new(),
@@ -97,22 +95,16 @@ impl Server {
 
     /// Resident memory of the server process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.status_kb("VmRSS:") * 1024
+        self.memory().rss_bytes
     }
 
     /// The most resident memory the server has had so far.
     pub fn peak_rss_bytes(&self) -> u64 {
-        self.status_kb("VmHWM:") * 1024
+        self.memory().peak_rss_bytes
     }
 
-    fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
+    fn memory(&self) -> sluice::procfs::Memory {
+        sluice::procfs::memory(&self.child.id().to_string()).expect("the server runs")
     }
 
     /// `GET path` as JSON.
@@ -300,14 +292,6 @@ pub fn output_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-/// The addresses a `sluice serve` printed.
-#[derive(Clone)]
-struct Addrs {
-    /// http, ingest, syslog_tcp, syslog_udp.
-    fixed: [String; 4],
-    syslog_tls: Option<String>,
-}
-
 /// Starts `sluice serve --config CONFIG` and reads its `listening` lines up to `ready`.
 fn spawn(config: &Path, prefix: &[&str]) -> (Child, Addrs) {
     let mut command = match prefix {
@@ -332,35 +316,38 @@ fn spawn(config: &Path, prefix: &[&str]) -> (Child, Addrs) {
         .expect("start sluice serve");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let mut fixed: [String; 4] = Default::default();
-    let mut syslog_tls = None;
+    let mut bound = sluice::server::Bound::default();
     for line in &mut lines {
         let line = line.unwrap();
-        let Some((name, addr)) = line
-            .strip_prefix("listening ")
-            .and_then(|l| l.split_once('='))
-        else {
-            if line == "ready" {
-                break;
-            }
-            continue;
-        };
-        match name {
-            "http" => fixed[0] = addr.to_owned(),
-            "ingest" => fixed[1] = addr.to_owned(),
-            "syslog_tcp" => fixed[2] = addr.to_owned(),
-            "syslog_udp" => fixed[3] = addr.to_owned(),
-            "syslog_tls" => syslog_tls = Some(addr.to_owned()),
-            _ => {}
+        if line == "ready" {
+            break;
         }
+        bound.read_line(&line);
     }
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let addrs = Addrs {
+        http: addr(bound.http),
+        ingest: addr(bound.ingest),
+        syslog_tcp: addr(bound.syslog_tcp),
+        syslog_udp: addr(bound.syslog_udp),
+        syslog_tls: bound.syslog_tls.map(|a| a.to_string()),
+    };
     assert!(
-        !fixed[0].is_empty() && !fixed[1].is_empty(),
+        !addrs.http.is_empty() && !addrs.ingest.is_empty(),
         "sluice serve printed its addresses"
     );
     // Keep draining stdout so the child never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    (child, Addrs { fixed, syslog_tls })
+    (child, addrs)
+}
+
+/// The addresses a `sluice serve` printed, as the tests use them.
+struct Addrs {
+    http: String,
+    ingest: String,
+    syslog_tcp: String,
+    syslog_udp: String,
+    syslog_tls: Option<String>,
 }
 
 impl Server {
@@ -386,14 +373,13 @@ impl Server {
     }
 
     fn respawn(&mut self) {
-        let (child, addrs) = spawn(&self.dir.join("sluice.yaml"), &[]);
+        let (child, a) = spawn(&self.dir.join("sluice.yaml"), &[]);
         self.child = child;
-        let [http, ingest, syslog_tcp, syslog_udp] = addrs.fixed;
-        self.http = http;
-        self.ingest = ingest;
-        self.syslog_tcp = syslog_tcp;
-        self.syslog_udp = syslog_udp;
-        self.syslog_tls = addrs.syslog_tls;
+        self.http = a.http;
+        self.ingest = a.ingest;
+        self.syslog_tcp = a.syslog_tcp;
+        self.syslog_udp = a.syslog_udp;
+        self.syslog_tls = a.syslog_tls;
     }
 }
 
@@ -410,11 +396,9 @@ impl Server {
     pub fn open_fds(&self) -> (usize, usize) {
         let mut all = 0;
         let mut jsonl = 0;
-        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap() {
+        for target in sluice::procfs::open_fds(&self.child.id().to_string()).unwrap() {
             all += 1;
-            if let Ok(target) = std::fs::read_link(entry.unwrap().path())
-                && target.to_string_lossy().contains(".jsonl")
-            {
+            if target.to_string_lossy().contains(".jsonl") {
                 jsonl += 1;
             }
         }
@@ -423,17 +407,7 @@ impl Server {
 
     /// CPU time (user + system) the server process has used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // USER_HZ is 100 on every Linux this runs on.
-        Duration::from_millis(ticks * 10)
+        sluice::procfs::cpu_time(&self.child.id().to_string()).expect("the server runs")
     }
 
     /// One drain's view from `/api/v1/drains/{id}`.

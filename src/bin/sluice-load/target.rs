@@ -86,24 +86,17 @@ impl Target {
         };
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         target.child = Some(child);
+        let mut bound = sluice::server::Bound::default();
         for line in &mut lines {
             let line = line?;
             if line == "ready" {
                 break;
             }
-            if let Some((name, addr)) = line
-                .strip_prefix("listening ")
-                .and_then(|l| l.split_once('='))
-            {
-                let addr = Some(addr.to_owned());
-                match name {
-                    "http" => target.http = addr,
-                    "ingest" => target.ingest = addr,
-                    "syslog_tcp" => target.syslog = addr,
-                    _ => {}
-                }
-            }
+            bound.read_line(&line);
         }
+        target.http = bound.http.map(|a| a.to_string());
+        target.ingest = bound.ingest.map(|a| a.to_string());
+        target.syslog = bound.syslog_tcp.map(|a| a.to_string());
         anyhow::ensure!(
             target.http.is_some(),
             "{} serve exited before it was ready",
@@ -115,12 +108,8 @@ impl Target {
 
     /// Peak and current resident memory of the server, in bytes.
     pub fn memory(&self) -> Option<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let kb = status.lines().find_map(|l| l.strip_prefix(name))?;
-            Some(kb.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
-        };
-        Some((field("VmHWM:")?, field("VmRSS:")?))
+        let m = sluice::procfs::memory(&self.pid?.to_string())?;
+        Some((m.peak_rss_bytes, m.rss_bytes))
     }
 
     /// CPU seconds the server has used (user + system).
@@ -149,11 +138,5 @@ impl Target {
 
 /// CPU seconds (user + system) of `/proc/{pid}` (`self` for this process).
 pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(ticks as f64 / 100.0)
+    sluice::procfs::cpu_time(pid).map(|t| t.as_secs_f64())
 }

@@ -4,7 +4,12 @@
 //! name are cut and given a hash of the whole id.
 
 use std::fmt::Write;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::path::Path;
+
+/// Escaped in a stem: everything but `A-Z a-z 0-9 - _ .`.
+const UNSAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
 /// Longest encoded stem kept whole; file systems allow 255 bytes per name, and rotation and
 /// archive suffixes need room.
@@ -12,15 +17,14 @@ const MAX_STEM: usize = 200;
 
 /// The file stem for `source_id` (without `.jsonl`).
 pub fn file_stem(source_id: &str) -> String {
-    let mut out = String::with_capacity(source_id.len());
-    for (i, b) in source_id.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
-        if plain {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    // A leading `.` is escaped by hand: the set keeps `.` plain everywhere else.
+    let (lead, rest) = match source_id.strip_prefix('.') {
+        Some(rest) => ("%2E", rest),
+        None => ("", source_id),
+    };
+    let mut out = String::with_capacity(source_id.len() + 2);
+    out.push_str(lead);
+    out.extend(utf8_percent_encode(rest, UNSAFE));
     if out.len() > MAX_STEM {
         let mut cut = MAX_STEM - 18;
         // Do not cut through a %XX escape.
@@ -125,6 +129,30 @@ mod tests {
         assert_eq!(source_of_stem("%zz"), None);
         assert_eq!(source_of_stem("a%2"), None);
         assert_eq!(source_of_stem("%61"), None, "not a stem file_stem makes");
+    }
+
+    #[test]
+    fn stems_are_the_names_earlier_releases_gave() {
+        // The byte-by-byte encoder stems were first made with: names must never change.
+        let earlier = |id: &str| -> String {
+            let mut out = String::new();
+            for (i, b) in id.bytes().enumerate() {
+                let plain =
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+                if plain {
+                    out.push(b as char);
+                } else {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+            out
+        };
+        for a in 0x21u8..0x7f {
+            for b in 0x21u8..0x7f {
+                let id = format!("{}{}x", a as char, b as char);
+                assert_eq!(file_stem(&id), earlier(&id), "{id}");
+            }
+        }
     }
 
     #[test]
