@@ -9,8 +9,17 @@
 //! entries lie before its position (`matched_before`). When a cursor is overtaken, the entries
 //! it skipped are gone, but `evicted(matching keys) - matched_before` is exactly how many of them
 //! matched its filter.
+//!
+//! # Layout
+//!
+//! - this module: the [`Router`] (the registry of sources, publishing, the memory budget, the
+//!   held cursor's gate) and [`History`], what storage had of a source before this start.
+//! - `ring`: one source's ring and its per-key counts.
+//! - `cursor`: [`Cursor`]s, their positions, reads and the wait for new entries.
+//! - `filter`: [`Filter`], [`Selector`], [`Start`]: what a cursor reads and from where.
+//! - `delivery`: [`Delivery`] and [`MissedNotice`]: what a reader is handed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
@@ -20,7 +29,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::envelope::validate_source_id;
-use crate::envelope::{Channel, Envelope, EnvelopeError, now_ns, rfc3339_seconds};
+use crate::envelope::{Envelope, EnvelopeError, now_ns};
+
+mod cursor;
+mod delivery;
+mod filter;
+mod ring;
+
+pub use cursor::Cursor;
+use cursor::{AllSources, WaitGuard, WaitOn};
+pub use delivery::{Delivery, MissedNotice};
+pub use filter::{Filter, Selector, Start};
+use ring::Ring;
 
 /// Sizes of the in-memory rings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,115 +61,6 @@ impl Default for RouterConfig {
             ring_max_bytes: 16 * 1024 * 1024,
             memory_budget_bytes: 1024 * 1024 * 1024,
         }
-    }
-}
-
-/// Which envelopes of the selected sources a cursor wants.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// `RTR` matches `RTR`; `APP` matches `APP` and `APP/PROC/WEB`, but not `APPX`.
-    pub origin: Option<String>,
-    pub channel: Option<Channel>,
-    pub step: Option<String>,
-}
-
-impl Filter {
-    pub fn matches(&self, env: &Envelope) -> bool {
-        self.matches_parts(&env.origin, env.channel, env.step.as_deref())
-    }
-
-    fn matches_parts(&self, origin: &str, channel: Channel, step: Option<&str>) -> bool {
-        if let Some(prefix) = self.origin.as_deref().filter(|p| !p.is_empty()) {
-            let hit = origin == prefix
-                || (origin.starts_with(prefix) && origin.as_bytes()[prefix.len()] == b'/');
-            if !hit {
-                return false;
-            }
-        }
-        if self.channel.is_some_and(|c| c != channel) {
-            return false;
-        }
-        self.step.as_deref().is_none_or(|want| step == Some(want))
-    }
-}
-
-/// The sources a cursor reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    Source(String),
-    Sources(Vec<String>),
-    /// Every source, including those that appear later: the firehose.
-    All,
-}
-
-/// Where a cursor starts, in each source it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Only what is published from now on.
-    Live,
-    /// The last `n` retained entries that match the filter, then live.
-    Back(usize),
-    /// Everything after this `seq` (pass the last `seq` you saw to resume without a gap or a
-    /// duplicate). A `seq` older than the ring reports what was lost in between as missed; with a
-    /// filter, entries of every kind in that gap are counted, since their kinds are gone.
-    AfterSeq(u64),
-}
-
-/// What a cursor hands its reader.
-#[derive(Debug, Clone)]
-pub enum Delivery {
-    Log(Arc<Envelope>),
-    Missed(MissedNotice),
-}
-
-impl Delivery {
-    /// The envelope to show: the log itself, or the router's `LGR` line about the loss, phrased
-    /// for `consumer` ("tail", "syslog drain", …).
-    pub fn into_envelope(self, consumer: &str) -> Arc<Envelope> {
-        match self {
-            Delivery::Log(env) => env,
-            Delivery::Missed(notice) => Arc::new(notice.to_envelope(consumer)),
-        }
-    }
-}
-
-/// A cursor was overtaken: exactly `count` envelopes matching its filter were overwritten
-/// before it read them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MissedNotice {
-    pub source_id: Arc<str>,
-    pub count: u64,
-    /// When the loss began: the time of the last envelope the cursor received from this source
-    /// (or of the cursor's creation).
-    pub since_ns: i64,
-    /// The `seq` of the newest envelope lost; the next delivered envelope has a larger one.
-    pub last_missed_seq: u64,
-}
-
-impl MissedNotice {
-    pub fn message(&self, consumer: &str) -> String {
-        let noun = if self.count == 1 {
-            "message"
-        } else {
-            "messages"
-        };
-        format!(
-            "sluice dropped {} {noun} for this {consumer} since {}: consumer too slow",
-            self.count,
-            rfc3339_seconds(self.since_ns)
-        )
-    }
-
-    /// The in-band `LGR`/`ERR` envelope, carrying the tags `missed` and `since`.
-    pub fn to_envelope(&self, consumer: &str) -> Envelope {
-        let mut env = Envelope::notice(&*self.source_id, self.message(consumer));
-        // A reader's loss is its own, not a server event of the source.
-        env.step = None;
-        env.seq = self.last_missed_seq;
-        env.tags.insert("missed".into(), self.count.to_string());
-        env.tags
-            .insert("since".into(), rfc3339_seconds(self.since_ns));
-        env
     }
 }
 
@@ -235,118 +146,6 @@ struct Source {
     gate: AtomicU64,
     /// The `sources_version` this source was created under.
     created_version: u64,
-}
-
-#[derive(Debug)]
-struct Ring {
-    slots: VecDeque<Slot>,
-    /// `seq` of `slots[0]`; equals `next_seq` when the ring is empty.
-    first_seq: u64,
-    next_seq: u64,
-    bytes: usize,
-    /// Distinct `(origin, channel, step)` seen, with their counts; see the module docs.
-    keys: Vec<Key>,
-    /// Index of the key the previous envelope had: consecutive lines usually share it.
-    last_key: usize,
-    max_entries: usize,
-    max_bytes: usize,
-}
-
-#[derive(Debug)]
-struct Slot {
-    env: Arc<Envelope>,
-    key: u32,
-    size: u32,
-}
-
-#[derive(Debug)]
-struct Key {
-    origin: Box<str>,
-    channel: Channel,
-    step: Option<Box<str>>,
-    published: u64,
-    evicted: u64,
-}
-
-impl Ring {
-    fn new(config: &RouterConfig, resumed_after: u64) -> Ring {
-        Ring {
-            slots: VecDeque::new(),
-            first_seq: resumed_after + 1,
-            next_seq: resumed_after + 1,
-            bytes: 0,
-            keys: Vec::new(),
-            last_key: 0,
-            max_entries: config.ring_max_entries.max(1),
-            max_bytes: config.ring_max_bytes.max(1),
-        }
-    }
-
-    fn key_of(&mut self, env: &Envelope) -> usize {
-        let same = |k: &Key| {
-            k.channel == env.channel
-                && *k.origin == *env.origin
-                && k.step.as_deref() == env.step.as_deref()
-        };
-        if self.keys.get(self.last_key).is_some_and(same) {
-            return self.last_key;
-        }
-        let idx = match self.keys.iter().position(same) {
-            Some(i) => i,
-            None => {
-                self.keys.push(Key {
-                    origin: env.origin.as_str().into(),
-                    channel: env.channel,
-                    step: env.step.as_deref().map(Into::into),
-                    published: 0,
-                    evicted: 0,
-                });
-                self.keys.len() - 1
-            }
-        };
-        self.last_key = idx;
-        idx
-    }
-
-    /// Evicts from the front until an entry of `size` bytes fits. Returns the bytes freed, and
-    /// whether it fits: not when eviction would remove entries from `gate` on, unless
-    /// `overshoot` lets the ring grow past its limits instead.
-    fn make_room(&mut self, size: usize, gate: u64, overshoot: bool) -> (usize, bool) {
-        let mut freed = 0;
-        while !self.slots.is_empty()
-            && (self.slots.len() >= self.max_entries || self.bytes + size > self.max_bytes)
-        {
-            if self.first_seq >= gate {
-                return (freed, overshoot);
-            }
-            freed += self.evict_front();
-        }
-        (freed, true)
-    }
-
-    /// Appends `env` of `size` bytes (after [`Ring::make_room`]), assigning its `seq`.
-    fn push(&mut self, mut env: Envelope, size: usize) {
-        env.seq = self.next_seq;
-        self.next_seq += 1;
-        let key = self.key_of(&env);
-        self.keys[key].published += 1;
-        self.slots.push_back(Slot {
-            env: Arc::new(env),
-            key: key as u32,
-            size: size as u32,
-        });
-        self.bytes += size;
-    }
-
-    fn evict_front(&mut self) -> usize {
-        let Some(slot) = self.slots.pop_front() else {
-            return 0;
-        };
-        self.keys[slot.key as usize].evicted += 1;
-        self.first_seq += 1;
-        self.bytes -= slot.size as usize;
-        slot.size as usize
-    }
 }
 
 impl Router {
@@ -563,7 +362,7 @@ impl Router {
         let shared = self.shared.clone();
         let mut cursor = Cursor {
             held: false,
-            wait_on: WaitOn::Global,
+            wait_on: WaitOn::Global(self.shared.clone()),
             filter,
             all: None,
             members: Vec::new(),
@@ -833,334 +632,5 @@ impl Source {
             published: ring.next_seq - 1,
             resumed_after: self.resumed_after,
         }
-    }
-}
-
-/// Reads one or more sources, in `seq` order per source, with exact loss accounting.
-#[derive(Debug)]
-pub struct Cursor {
-    shared: Arc<Shared>,
-    /// Writers wait for this cursor rather than evict what it has not read.
-    held: bool,
-    filter: Filter,
-    /// What to wait on when there is nothing to read.
-    wait_on: WaitOn,
-    /// Set for the firehose: how it learns of sources created after it.
-    all: Option<AllSources>,
-    members: Vec<Member>,
-    /// Where the next read starts among `members`, so a busy source cannot starve the others.
-    rr: usize,
-    delivered: u64,
-    missed: u64,
-    created_ns: i64,
-}
-
-#[derive(Debug)]
-enum WaitOn {
-    Source(Arc<Source>),
-    Global,
-}
-
-#[derive(Debug)]
-struct AllSources {
-    version: u64,
-    known: HashSet<Arc<str>>,
-}
-
-#[derive(Debug)]
-struct Member {
-    source: Arc<Source>,
-    state: Position,
-}
-
-/// A cursor's place in one source.
-#[derive(Debug)]
-struct Position {
-    /// The next `seq` wanted.
-    next: u64,
-    /// How many entries before `next` match the filter (delivered, missed, or before the start).
-    matched_before: u64,
-    /// Per ring key: 0 not yet known, 1 matches the filter, 2 does not.
-    key_match: Vec<u8>,
-    /// Timestamp of the last envelope delivered from this source, for loss notices.
-    last_ts: i64,
-}
-
-/// Reads at most this many ring entries per lock hold, so a selective filter over a big ring
-/// cannot stall writers.
-const SCAN_LIMIT: usize = 4096;
-
-impl Position {
-    fn matches(&mut self, key: usize, ring: &Ring, filter: &Filter) -> bool {
-        if key >= self.key_match.len() {
-            self.key_match.resize(ring.keys.len(), 0);
-        }
-        if self.key_match[key] == 0 {
-            let k = &ring.keys[key];
-            let hit = filter.matches_parts(&k.origin, k.channel, k.step.as_deref());
-            self.key_match[key] = if hit { 1 } else { 2 };
-        }
-        self.key_match[key] == 1
-    }
-
-    /// Sum of a per-key counter over the keys that match the filter.
-    fn matching(&mut self, ring: &Ring, filter: &Filter, count: impl Fn(&Key) -> u64) -> u64 {
-        (0..ring.keys.len())
-            .filter(|&k| self.matches(k, ring, filter))
-            .map(|k| count(&ring.keys[k]))
-            .sum()
-    }
-}
-
-impl Cursor {
-    fn add_member(&mut self, source: Arc<Source>, start: Start) {
-        let mut m = Position {
-            next: 1,
-            matched_before: 0,
-            key_match: Vec::new(),
-            last_ts: 0,
-        };
-        {
-            let ring = source.ring.lock();
-            let filter = &self.filter;
-            let published = m.matching(&ring, filter, |k| k.published);
-            match start {
-                Start::Live => {
-                    m.next = ring.next_seq;
-                    m.matched_before = published;
-                }
-                Start::Back(n) => {
-                    let mut found = 0u64;
-                    let mut next = ring.next_seq;
-                    for (i, slot) in ring.slots.iter().enumerate().rev() {
-                        if found as usize >= n {
-                            break;
-                        }
-                        if m.matches(slot.key as usize, &ring, filter) {
-                            found += 1;
-                            next = ring.first_seq + i as u64;
-                        }
-                    }
-                    if (found as usize) < n {
-                        next = ring.first_seq;
-                    }
-                    m.next = next;
-                    m.matched_before = published - found;
-                }
-                Start::AfterSeq(seq) => {
-                    let want = seq.saturating_add(1).min(ring.next_seq);
-                    if want >= ring.first_seq {
-                        let skip = (want - ring.first_seq) as usize;
-                        let mut after = 0u64;
-                        for slot in ring.slots.iter().skip(skip) {
-                            if m.matches(slot.key as usize, &ring, filter) {
-                                after += 1;
-                            }
-                        }
-                        m.matched_before = published - after;
-                    } else {
-                        let evicted = m.matching(&ring, filter, |k| k.evicted);
-                        m.matched_before = evicted.saturating_sub(ring.first_seq - want);
-                    }
-                    m.next = want;
-                }
-            }
-        }
-        self.members.push(Member { source, state: m });
-    }
-
-    /// Learns of sources created since the firehose cursor last looked.
-    fn refresh_all(&mut self) {
-        let Some(all) = &self.all else { return };
-        let version = self.shared.sources_version.load(Ordering::Acquire);
-        if version == all.version {
-            return;
-        }
-        let fresh: Vec<Arc<Source>> = self
-            .shared
-            .sources
-            .iter()
-            .filter(|e| !all.known.contains(e.key()))
-            .map(|e| e.value().clone())
-            .collect();
-        let created_under = all.version;
-        for source in fresh {
-            // A source created after this cursor is read from its first line; one that raced
-            // with the cursor's creation starts live, as the others did.
-            let start = if source.created_version > created_under {
-                Start::AfterSeq(0)
-            } else {
-                Start::Live
-            };
-            if let Some(all) = &mut self.all {
-                all.known.insert(source.id.clone());
-            }
-            self.add_member(source, start);
-        }
-        if let Some(all) = &mut self.all {
-            all.version = version;
-        }
-    }
-
-    /// Appends up to `max` deliveries (plus at most one loss notice per source) to `out`
-    /// without waiting. Returns how many were appended.
-    pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
-        self.refresh_all();
-        let before = out.len();
-        let n = self.members.len();
-        for k in 0..n {
-            let idx = (self.rr + k) % n;
-            if out.len() - before >= max {
-                self.rr = idx;
-                break;
-            }
-            let Member { source, state: m } = &mut self.members[idx];
-            if source.next_seq.load(Ordering::Acquire) <= m.next {
-                continue; // nothing new, so nothing overwritten either
-            }
-            let ring = source.ring.lock();
-            if m.next < ring.first_seq {
-                let evicted = m.matching(&ring, &self.filter, |k| k.evicted);
-                let missed = evicted.saturating_sub(m.matched_before);
-                if missed > 0 {
-                    out.push(Delivery::Missed(MissedNotice {
-                        source_id: source.id.clone(),
-                        count: missed,
-                        since_ns: if m.last_ts != 0 {
-                            m.last_ts
-                        } else {
-                            self.created_ns
-                        },
-                        last_missed_seq: ring.first_seq - 1,
-                    }));
-                    self.missed += missed;
-                }
-                m.matched_before = m.matched_before.max(evicted);
-                m.next = ring.first_seq;
-            }
-            let skip = (m.next - ring.first_seq) as usize;
-            let room = max - (out.len() - before);
-            let mut taken = 0;
-            let mut scanned = 0;
-            for slot in ring.slots.range(skip..) {
-                if taken >= room || scanned >= SCAN_LIMIT {
-                    break;
-                }
-                scanned += 1;
-                if m.matches(slot.key as usize, &ring, &self.filter) {
-                    m.last_ts = slot.env.timestamp;
-                    out.push(Delivery::Log(slot.env.clone()));
-                    taken += 1;
-                }
-            }
-            m.next += scanned as u64;
-            m.matched_before += taken as u64;
-            self.delivered += taken as u64;
-            if self.held {
-                source.gate.store(m.next, Ordering::Release);
-            }
-        }
-        if self.held && out.len() > before {
-            // Pairs with the fence in `WaitGuard::new`, as for readers.
-            fence(Ordering::SeqCst);
-            if self.shared.room_waiting.load(Ordering::Relaxed) > 0 {
-                self.shared.room.notify_waiters();
-            }
-        }
-        out.len() - before
-    }
-
-    /// Appends at least one and at most `max` deliveries to `out`, waiting for new entries if
-    /// there are none. Cancel-safe: dropping the future loses nothing.
-    pub async fn next_batch(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
-        loop {
-            let n = self.poll_into(out, max);
-            if n > 0 {
-                return n;
-            }
-            let target = match &self.wait_on {
-                WaitOn::Source(s) => WaitTarget::Source(s.clone()),
-                WaitOn::Global => WaitTarget::Global(self.shared.clone()),
-            };
-            // Created before the re-check below, so a notify in between is not lost.
-            let notified = target.notify().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let _guard = WaitGuard::new(target.waiting());
-            let n = self.poll_into(out, max);
-            if n > 0 {
-                return n;
-            }
-            notified.await;
-        }
-    }
-
-    /// Envelopes delivered so far (loss notices not included).
-    pub fn delivered(&self) -> u64 {
-        self.delivered
-    }
-
-    /// Envelopes reported missed so far.
-    pub fn missed(&self) -> u64 {
-        self.missed
-    }
-
-    /// The next `seq` wanted from each source read, for resuming elsewhere.
-    pub fn positions(&self) -> Vec<(Arc<str>, u64)> {
-        self.members
-            .iter()
-            .map(|m| (m.source.id.clone(), m.state.next))
-            .collect()
-    }
-}
-
-impl Drop for Cursor {
-    fn drop(&mut self) {
-        if !self.held {
-            return;
-        }
-        // Writers evict again, and those waiting go on.
-        self.shared.held.store(false, Ordering::SeqCst);
-        for e in self.shared.sources.iter() {
-            e.value().gate.store(u64::MAX, Ordering::Release);
-        }
-        self.shared.room.notify_waiters();
-    }
-}
-
-enum WaitTarget {
-    Source(Arc<Source>),
-    Global(Arc<Shared>),
-}
-
-impl WaitTarget {
-    fn notify(&self) -> &Notify {
-        match self {
-            WaitTarget::Source(s) => &s.notify,
-            WaitTarget::Global(g) => &g.notify,
-        }
-    }
-    fn waiting(&self) -> &AtomicUsize {
-        match self {
-            WaitTarget::Source(s) => &s.waiting,
-            WaitTarget::Global(g) => &g.waiting,
-        }
-    }
-}
-
-/// Counts a waiting reader for as long as it lives, so publishers know to notify.
-struct WaitGuard<'a>(&'a AtomicUsize);
-
-impl<'a> WaitGuard<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        WaitGuard(count)
-    }
-}
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

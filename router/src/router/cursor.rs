@@ -1,0 +1,341 @@
+//! Cursors: a reader's place in each source it reads, the reads themselves, and the wait
+//! for new entries (a fence pairs each waiter with the publishers that must wake it).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
+
+use tokio::sync::Notify;
+
+use super::ring::{Key, Ring};
+use super::{Delivery, Filter, MissedNotice, Shared, Source, Start};
+
+/// Reads one or more sources, in `seq` order per source, with exact loss accounting.
+#[derive(Debug)]
+pub struct Cursor {
+    pub(super) shared: Arc<Shared>,
+    /// Writers wait for this cursor rather than evict what it has not read.
+    pub(super) held: bool,
+    pub(super) filter: Filter,
+    /// What to wait on when there is nothing to read.
+    pub(super) wait_on: WaitOn,
+    /// Set for the firehose: how it learns of sources created after it.
+    pub(super) all: Option<AllSources>,
+    pub(super) members: Vec<Member>,
+    /// Where the next read starts among `members`, so a busy source cannot starve the others.
+    pub(super) rr: usize,
+    pub(super) delivered: u64,
+    pub(super) missed: u64,
+    pub(super) created_ns: i64,
+}
+
+/// What a cursor waits on when there is nothing to read: its one source, or every publish.
+#[derive(Debug, Clone)]
+pub(super) enum WaitOn {
+    Source(Arc<Source>),
+    Global(Arc<Shared>),
+}
+
+impl WaitOn {
+    fn notify(&self) -> &Notify {
+        match self {
+            WaitOn::Source(s) => &s.notify,
+            WaitOn::Global(g) => &g.notify,
+        }
+    }
+
+    fn waiting(&self) -> &AtomicUsize {
+        match self {
+            WaitOn::Source(s) => &s.waiting,
+            WaitOn::Global(g) => &g.waiting,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct AllSources {
+    pub(super) version: u64,
+    pub(super) known: HashSet<Arc<str>>,
+}
+
+#[derive(Debug)]
+pub(super) struct Member {
+    pub(super) source: Arc<Source>,
+    pub(super) state: Position,
+}
+
+/// A cursor's place in one source.
+#[derive(Debug)]
+pub(super) struct Position {
+    /// The next `seq` wanted.
+    pub(super) next: u64,
+    /// How many entries before `next` match the filter (delivered, missed, or before the start).
+    pub(super) matched_before: u64,
+    /// Per ring key: 0 not yet known, 1 matches the filter, 2 does not.
+    pub(super) key_match: Vec<u8>,
+    /// Timestamp of the last envelope delivered from this source, for loss notices.
+    pub(super) last_ts: i64,
+}
+
+/// Reads at most this many ring entries per lock hold, so a selective filter over a big ring
+/// cannot stall writers.
+pub(super) const SCAN_LIMIT: usize = 4096;
+
+impl Position {
+    #[inline]
+    pub(super) fn matches(&mut self, key: usize, ring: &Ring, filter: &Filter) -> bool {
+        if key >= self.key_match.len() {
+            self.key_match.resize(ring.keys.len(), 0);
+        }
+        if self.key_match[key] == 0 {
+            let k = &ring.keys[key];
+            let hit = filter.matches_parts(&k.origin, k.channel, k.step.as_deref());
+            self.key_match[key] = if hit { 1 } else { 2 };
+        }
+        self.key_match[key] == 1
+    }
+
+    /// Sum of a per-key counter over the keys that match the filter.
+    pub(super) fn matching(
+        &mut self,
+        ring: &Ring,
+        filter: &Filter,
+        count: impl Fn(&Key) -> u64,
+    ) -> u64 {
+        (0..ring.keys.len())
+            .filter(|&k| self.matches(k, ring, filter))
+            .map(|k| count(&ring.keys[k]))
+            .sum()
+    }
+}
+
+impl Cursor {
+    pub(super) fn add_member(&mut self, source: Arc<Source>, start: Start) {
+        let mut m = Position {
+            next: 1,
+            matched_before: 0,
+            key_match: Vec::new(),
+            last_ts: 0,
+        };
+        {
+            let ring = source.ring.lock();
+            let filter = &self.filter;
+            let published = m.matching(&ring, filter, |k| k.published);
+            match start {
+                Start::Live => {
+                    m.next = ring.next_seq;
+                    m.matched_before = published;
+                }
+                Start::Back(n) => {
+                    let mut found = 0u64;
+                    let mut next = ring.next_seq;
+                    for (i, slot) in ring.slots.iter().enumerate().rev() {
+                        if found as usize >= n {
+                            break;
+                        }
+                        if m.matches(slot.key as usize, &ring, filter) {
+                            found += 1;
+                            next = ring.first_seq + i as u64;
+                        }
+                    }
+                    if (found as usize) < n {
+                        next = ring.first_seq;
+                    }
+                    m.next = next;
+                    m.matched_before = published - found;
+                }
+                Start::AfterSeq(seq) => {
+                    let want = seq.saturating_add(1).min(ring.next_seq);
+                    if want >= ring.first_seq {
+                        let skip = (want - ring.first_seq) as usize;
+                        let mut after = 0u64;
+                        for slot in ring.slots.iter().skip(skip) {
+                            if m.matches(slot.key as usize, &ring, filter) {
+                                after += 1;
+                            }
+                        }
+                        m.matched_before = published - after;
+                    } else {
+                        let evicted = m.matching(&ring, filter, |k| k.evicted);
+                        m.matched_before = evicted.saturating_sub(ring.first_seq - want);
+                    }
+                    m.next = want;
+                }
+            }
+        }
+        self.members.push(Member { source, state: m });
+    }
+
+    /// Learns of sources created since the firehose cursor last looked.
+    pub(super) fn refresh_all(&mut self) {
+        let Some(all) = &self.all else { return };
+        let version = self.shared.sources_version.load(Ordering::Acquire);
+        if version == all.version {
+            return;
+        }
+        let fresh: Vec<Arc<Source>> = self
+            .shared
+            .sources
+            .iter()
+            .filter(|e| !all.known.contains(e.key()))
+            .map(|e| e.value().clone())
+            .collect();
+        let created_under = all.version;
+        for source in fresh {
+            // A source created after this cursor is read from its first line; one that raced
+            // with the cursor's creation starts live, as the others did.
+            let start = if source.created_version > created_under {
+                Start::AfterSeq(0)
+            } else {
+                Start::Live
+            };
+            if let Some(all) = &mut self.all {
+                all.known.insert(source.id.clone());
+            }
+            self.add_member(source, start);
+        }
+        if let Some(all) = &mut self.all {
+            all.version = version;
+        }
+    }
+
+    /// Appends up to `max` deliveries (plus at most one loss notice per source) to `out`
+    /// without waiting. Returns how many were appended.
+    pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
+        self.refresh_all();
+        let before = out.len();
+        let n = self.members.len();
+        for k in 0..n {
+            let idx = (self.rr + k) % n;
+            if out.len() - before >= max {
+                self.rr = idx;
+                break;
+            }
+            let Member { source, state: m } = &mut self.members[idx];
+            if source.next_seq.load(Ordering::Acquire) <= m.next {
+                continue; // nothing new, so nothing overwritten either
+            }
+            let ring = source.ring.lock();
+            if m.next < ring.first_seq {
+                let evicted = m.matching(&ring, &self.filter, |k| k.evicted);
+                let missed = evicted.saturating_sub(m.matched_before);
+                if missed > 0 {
+                    out.push(Delivery::Missed(MissedNotice {
+                        source_id: source.id.clone(),
+                        count: missed,
+                        since_ns: if m.last_ts != 0 {
+                            m.last_ts
+                        } else {
+                            self.created_ns
+                        },
+                        last_missed_seq: ring.first_seq - 1,
+                    }));
+                    self.missed += missed;
+                }
+                m.matched_before = m.matched_before.max(evicted);
+                m.next = ring.first_seq;
+            }
+            let skip = (m.next - ring.first_seq) as usize;
+            let room = max - (out.len() - before);
+            let mut taken = 0;
+            let mut scanned = 0;
+            for slot in ring.slots.range(skip..) {
+                if taken >= room || scanned >= SCAN_LIMIT {
+                    break;
+                }
+                scanned += 1;
+                if m.matches(slot.key as usize, &ring, &self.filter) {
+                    m.last_ts = slot.env.timestamp;
+                    out.push(Delivery::Log(slot.env.clone()));
+                    taken += 1;
+                }
+            }
+            m.next += scanned as u64;
+            m.matched_before += taken as u64;
+            self.delivered += taken as u64;
+            if self.held {
+                source.gate.store(m.next, Ordering::Release);
+            }
+        }
+        if self.held && out.len() > before {
+            // Pairs with the fence in `WaitGuard::new`, as for readers.
+            fence(Ordering::SeqCst);
+            if self.shared.room_waiting.load(Ordering::Relaxed) > 0 {
+                self.shared.room.notify_waiters();
+            }
+        }
+        out.len() - before
+    }
+
+    /// Appends at least one and at most `max` deliveries to `out`, waiting for new entries if
+    /// there are none. Cancel-safe: dropping the future loses nothing.
+    pub async fn next_batch(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
+        loop {
+            let n = self.poll_into(out, max);
+            if n > 0 {
+                return n;
+            }
+            // Owned: the reads below borrow the cursor.
+            let target = self.wait_on.clone();
+            // Created before the re-check below, so a notify in between is not lost.
+            let notified = target.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _guard = WaitGuard::new(target.waiting());
+            let n = self.poll_into(out, max);
+            if n > 0 {
+                return n;
+            }
+            notified.await;
+        }
+    }
+
+    /// Envelopes delivered so far (loss notices not included).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Envelopes reported missed so far.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The next `seq` wanted from each source read, for resuming elsewhere.
+    pub fn positions(&self) -> Vec<(Arc<str>, u64)> {
+        self.members
+            .iter()
+            .map(|m| (m.source.id.clone(), m.state.next))
+            .collect()
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        // Writers evict again, and those waiting go on.
+        self.shared.held.store(false, Ordering::SeqCst);
+        for e in self.shared.sources.iter() {
+            e.value().gate.store(u64::MAX, Ordering::Release);
+        }
+        self.shared.room.notify_waiters();
+    }
+}
+
+/// Counts a waiting reader for as long as it lives, so publishers know to notify.
+pub(super) struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaitGuard<'a> {
+    pub(super) fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        WaitGuard(count)
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

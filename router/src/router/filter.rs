@@ -1,0 +1,54 @@
+//! What a cursor reads: which sources, which of their envelopes, from where.
+
+use crate::envelope::{Channel, Envelope};
+
+/// Which envelopes of the selected sources a cursor wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `RTR` matches `RTR`; `APP` matches `APP` and `APP/PROC/WEB`, but not `APPX`.
+    pub origin: Option<String>,
+    pub channel: Option<Channel>,
+    pub step: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, env: &Envelope) -> bool {
+        self.matches_parts(&env.origin, env.channel, env.step.as_deref())
+    }
+
+    pub(super) fn matches_parts(&self, origin: &str, channel: Channel, step: Option<&str>) -> bool {
+        if let Some(prefix) = self.origin.as_deref().filter(|p| !p.is_empty()) {
+            let hit = origin == prefix
+                || (origin.starts_with(prefix) && origin.as_bytes()[prefix.len()] == b'/');
+            if !hit {
+                return false;
+            }
+        }
+        if self.channel.is_some_and(|c| c != channel) {
+            return false;
+        }
+        self.step.as_deref().is_none_or(|want| step == Some(want))
+    }
+}
+
+/// The sources a cursor reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Source(String),
+    Sources(Vec<String>),
+    /// Every source, including those that appear later: the firehose.
+    All,
+}
+
+/// Where a cursor starts, in each source it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only what is published from now on.
+    Live,
+    /// The last `n` retained entries that match the filter, then live.
+    Back(usize),
+    /// Everything after this `seq` (pass the last `seq` you saw to resume without a gap or a
+    /// duplicate). A `seq` older than the ring reports what was lost in between as missed; with a
+    /// filter, entries of every kind in that gap are counted, since their kinds are gone.
+    AfterSeq(u64),
+}

@@ -1,0 +1,125 @@
+//! One source's ring: entries in `seq` order, evicted from the front, with per-key counts
+//! of what was published and evicted (for exact loss under a filter).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::envelope::{Channel, Envelope};
+
+use super::RouterConfig;
+
+#[derive(Debug)]
+pub(super) struct Ring {
+    pub(super) slots: VecDeque<Slot>,
+    /// `seq` of `slots[0]`; equals `next_seq` when the ring is empty.
+    pub(super) first_seq: u64,
+    pub(super) next_seq: u64,
+    pub(super) bytes: usize,
+    /// Distinct `(origin, channel, step)` seen, with their counts; see the module docs.
+    pub(super) keys: Vec<Key>,
+    /// Index of the key the previous envelope had: consecutive lines usually share it.
+    pub(super) last_key: usize,
+    pub(super) max_entries: usize,
+    pub(super) max_bytes: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) env: Arc<Envelope>,
+    pub(super) key: u32,
+    pub(super) size: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Key {
+    pub(super) origin: Box<str>,
+    pub(super) channel: Channel,
+    pub(super) step: Option<Box<str>>,
+    pub(super) published: u64,
+    pub(super) evicted: u64,
+}
+
+impl Ring {
+    pub(super) fn new(config: &RouterConfig, resumed_after: u64) -> Ring {
+        Ring {
+            slots: VecDeque::new(),
+            first_seq: resumed_after + 1,
+            next_seq: resumed_after + 1,
+            bytes: 0,
+            keys: Vec::new(),
+            last_key: 0,
+            max_entries: config.ring_max_entries.max(1),
+            max_bytes: config.ring_max_bytes.max(1),
+        }
+    }
+
+    #[inline]
+    pub(super) fn key_of(&mut self, env: &Envelope) -> usize {
+        let same = |k: &Key| {
+            k.channel == env.channel
+                && *k.origin == *env.origin
+                && k.step.as_deref() == env.step.as_deref()
+        };
+        if self.keys.get(self.last_key).is_some_and(same) {
+            return self.last_key;
+        }
+        let idx = match self.keys.iter().position(same) {
+            Some(i) => i,
+            None => {
+                self.keys.push(Key {
+                    origin: env.origin.as_str().into(),
+                    channel: env.channel,
+                    step: env.step.as_deref().map(Into::into),
+                    published: 0,
+                    evicted: 0,
+                });
+                self.keys.len() - 1
+            }
+        };
+        self.last_key = idx;
+        idx
+    }
+
+    /// Evicts from the front until an entry of `size` bytes fits. Returns the bytes freed, and
+    /// whether it fits: not when eviction would remove entries from `gate` on, unless
+    /// `overshoot` lets the ring grow past its limits instead.
+    #[inline]
+    pub(super) fn make_room(&mut self, size: usize, gate: u64, overshoot: bool) -> (usize, bool) {
+        let mut freed = 0;
+        while !self.slots.is_empty()
+            && (self.slots.len() >= self.max_entries || self.bytes + size > self.max_bytes)
+        {
+            if self.first_seq >= gate {
+                return (freed, overshoot);
+            }
+            freed += self.evict_front();
+        }
+        (freed, true)
+    }
+
+    /// Appends `env` of `size` bytes (after [`Ring::make_room`]), assigning its `seq`.
+    #[inline]
+    pub(super) fn push(&mut self, mut env: Envelope, size: usize) {
+        env.seq = self.next_seq;
+        self.next_seq += 1;
+        let key = self.key_of(&env);
+        self.keys[key].published += 1;
+        self.slots.push_back(Slot {
+            env: Arc::new(env),
+            key: key as u32,
+            size: size as u32,
+        });
+        self.bytes += size;
+    }
+
+    #[inline]
+    pub(super) fn evict_front(&mut self) -> usize {
+        let Some(slot) = self.slots.pop_front() else {
+            return 0;
+        };
+        self.keys[slot.key as usize].evicted += 1;
+        self.first_seq += 1;
+        self.bytes -= slot.size as usize;
+        slot.size as usize
+    }
+}
