@@ -44,7 +44,7 @@ if [ ! -x "$RSYSLOGD" ]; then
 fi
 
 echo "building sluice and sluice-load (release)" >&2
-(cd "$ROOT" && cargo build --release --quiet --bin sluice --bin sluice-load)
+(cd "$ROOT" && cargo build --release --quiet -p sluice -p sluice-load)
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 LOAD="$BIN/sluice-load"
 
