@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sluice_router::RouterConfig;
 
-use crate::drains::{Drains, DrainsConfig};
+use crate::bindings::{Bindings, DrainsConfig};
 use sluice_router::codec::DEFAULT_MAX_FRAME_BYTES;
 use sluice_store::archive::S3Config;
 use sluice_store::persister::Fsync;
@@ -495,7 +495,7 @@ impl Config {
             return Err("log_storage: max_files, max_open_files and fsync_interval_millis must be at least 1, max_file_size_bytes at least 1024".into());
         }
         for (i, req) in self.drains.bind.iter().enumerate() {
-            Drains::validate(req, &self.drains.tls)
+            Bindings::validate(req, &self.drains.tls)
                 .map_err(|e| format!("drains.bind[{i}]: {e}"))?;
         }
         Ok(())

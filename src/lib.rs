@@ -1,30 +1,43 @@
-//! Sluice: a pub/sub log router. Envelopes come in over the native stream, are kept in
-//! per-source rings by [`sluice_router`], and go out to WebSocket tails and the CLI.
+//! Sluice: a pub/sub log router. Envelopes come in over the native stream, syslog and HTTP, are
+//! kept in per-source rings by [`sluice_router`], and go out to WebSocket tails, the CLI,
+//! syslog drains ([`sluice_drains`]) and the stored log ([`sluice_store`]).
 //!
 //! # Layout
 //!
 //! - [`config`]: `sluice.yaml`, every default embedded.
-//! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket).
-//! - [`http`]: the warp API: sources, recent, WebSocket tails, firehose, health and metrics.
-//! - [`drains`]: the syslog drains bound on this server, each reading its own cursor.
+//! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket,
+//!   syslog TCP / UDP / TLS).
+//! - [`http`]: the API: sources, recent, WebSocket tails, firehose, drains, Strøm's job API,
+//!   health and metrics.
+//! - [`bindings`]: the drain bindings of this server (source → syslog URL), each drain running
+//!   as its own task on its own cursor.
 //! - the stored log (persister, reads from every tier, completion, archive) is
 //!   [`sluice_store`]'s; HTTP only parses, calls it and renders.
 //! - [`net`]: the accept loop, connection limits and the byte budget every listener shares.
-//! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully.
-//! - [`format`]: the `cf logs` line and the JSON shape of an envelope.
+//! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully (the
+//!   persister last).
+//! - [`format`](mod@format): the `cf logs` line and the JSON shape of an envelope.
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
 //! - [`cli`]: the `sluice` command line.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`procfs`]: memory and CPU of a process from `/proc`, for the tests and `sluice-load`.
 //! - [`fuzzing`]: the properties the fuzz targets check (also run as tests over the corpus).
 //!
-//! A native frame enters in [`ingest::native`], is ring-buffered by
-//! [`sluice_router::Router::publish`], and leaves through a [`sluice_router::Cursor`] in
-//! [`http::stream`].
+//! # Data paths
+//!
+//! - A native frame enters in [`ingest::native`]; a syslog line in [`ingest::syslog`].
+//! - Either is ring-buffered by [`sluice_router::Router::publish`] (with `when_behind: block`,
+//!   `publish_waiting`, which waits for the persister rather than overwrite what it has not
+//!   written).
+//! - It leaves through a [`sluice_router::Cursor`] each: a tail in [`http::stream`], a drain in
+//!   `sluice_drains::syslog::drain`, the JSONL file in `sluice_store::persister`.
+//! - Reads of what the ring let go (recent, backfill, `since_seq`, job logs) go through
+//!   `sluice_store::read`, files first, then S3.
 
+pub mod bindings;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod drains;
 pub mod format;
 pub mod fuzzing;
 pub mod http;

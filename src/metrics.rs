@@ -8,7 +8,7 @@ use sluice_router::Router;
 use sluice_store::archive::ArchiveCounters;
 use sluice_store::persister::PersisterCounters;
 
-use crate::drains::DrainView;
+use crate::bindings::DrainView;
 
 /// Process-wide counters. Plain relaxed atomics: each is only ever added to.
 #[derive(Debug, Default)]

@@ -17,8 +17,8 @@ use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bindings::{Bindings, DrainError};
 use crate::config::{Config, Http, Listen, WhenBehind};
-use crate::drains::{DrainError, Drains};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
 use crate::ingest::syslog::{SyslogIngest, tls_acceptor};
@@ -332,7 +332,7 @@ pub struct Running {
     pub bound: Bound,
     pub router: Router,
     pub metrics: Arc<Metrics>,
-    pub drains: Arc<Drains>,
+    pub drains: Arc<Bindings>,
     pub persister: PersisterHandle,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -369,7 +369,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut bound = Bound::default();
-    let drains = Arc::new(Drains::new(
+    let drains = Arc::new(Bindings::new(
         router.clone(),
         config.drains.clone(),
         shutdown.clone(),

@@ -7,6 +7,15 @@
 //!   HTTPS transports that only move bytes.
 //!
 //! The JSONL persister and the S3 archive are the stored log's, in `sluice-store`.
+//!
+//! # Data path
+//!
+//! A drain's task (`syslog::drain`) reads its own cursor on the source it is bound to, formats
+//! each envelope as RFC 5424 (`syslog::format`), frames it (octet counting over TCP and TLS, one
+//! datagram over UDP, a newline-separated batch over HTTPS) and writes it through
+//! `syslog::transport`. When it falls a ring behind, the cursor's exact loss count becomes one
+//! `LGR` line in the drain's own stream; when the peer is down, it reconnects with backoff and
+//! says so in the source's log.
 pub mod syslog;
 
 pub use sluice_router::short_reason;

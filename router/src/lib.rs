@@ -12,6 +12,13 @@
 //!
 //! Transports (TCP, WebSocket, syslog, files) live in the `sluice` and `sluice-drains` crates
 //! and only move bytes in and out of what is defined here.
+//!
+//! # Data path
+//!
+//! Ingest decodes an envelope ([`codec`], [`msgpack`]) and calls [`Router::publish`] (or
+//! `publish_waiting`), which assigns its `seq` in its source's ring. Every reader (a tail, a
+//! drain, the persister) holds a [`Cursor`] and gets [`Delivery`]s: envelopes in `seq` order, or
+//! a [`MissedNotice`] with the exact count it lost when a writer overtook it.
 
 pub mod backoff;
 pub mod codec;

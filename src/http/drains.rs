@@ -13,7 +13,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
-use crate::drains::{DrainError, DrainRequest};
+use crate::bindings::{DrainError, DrainRequest};
 
 /// Drain requests are small; anything larger is refused before it is read.
 const MAX_BODY_BYTES: u64 = 64 * 1024;

@@ -40,7 +40,7 @@ pub struct AppState {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
-    pub drains: Arc<crate::drains::Drains>,
+    pub drains: Arc<crate::bindings::Bindings>,
     pub persister: sluice_store::persister::PersisterHandle,
     /// Set when `log_storage.s3` is configured.
     pub archive: Option<sluice_store::archive::Archive>,

@@ -362,7 +362,7 @@ impl Archive {
     /// Reads an object's lines (gunzipped, without their newline) into `each` with `state`, off
     /// the async runtime, as its bytes arrive: memory holds a chunk and a line, however large
     /// the object. Stops early when `each` returns false; gives `state` back.
-    pub async fn read_lines<S: Send + 'static>(
+    pub async fn for_each_line<S: Send + 'static>(
         &self,
         key: &str,
         state: S,
@@ -816,7 +816,7 @@ mod tests {
             "keep_local keeps them"
         );
         let text = archive_parts
-            .read_lines(&job.key, String::new(), |text, line| {
+            .for_each_line(&job.key, String::new(), |text, line| {
                 text.push_str(std::str::from_utf8(line).unwrap());
                 text.push('\n');
                 true

@@ -34,7 +34,7 @@ impl StoredSeqs {
     }
 
     /// After a crash: each stored source skips `n` seqs past its stored ones (see
-    /// [`crate::persister::stopped_cleanly`] and [`crate::persister::unwritten_bound`]).
+    /// [`crate::persister::DirLock::stopped_cleanly`] and [`crate::persister::unwritten_bound`]).
     pub fn skipping(mut self, n: u64) -> StoredSeqs {
         self.skipped = n;
         self

@@ -394,7 +394,7 @@ impl Stored {
             return Ok(state);
         };
         archive
-            .read_lines(key, state, move |state, raw| {
+            .for_each_line(key, state, move |state, raw| {
                 serde_json::from_slice::<Line>(raw).map_or(true, |line| each(state, line))
             })
             .await

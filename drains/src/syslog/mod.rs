@@ -1,4 +1,4 @@
-//! Syslog drains: the RFC 5424 [`format`] (pure), and transports that only move its bytes.
+//! Syslog drains: the RFC 5424 [`format`](mod@format) (pure), and transports that only move its bytes.
 
 pub mod drain;
 pub mod format;

@@ -195,7 +195,7 @@ impl std::fmt::Debug for Persister {
 }
 
 /// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
-/// [`STOPPED`] once that server has written everything it published and stopped.
+/// `stopped` once that server has written everything it published and stopped.
 pub const LOCK_FILE: &str = ".sluice.lock";
 const STOPPED: &str = "stopped";
 
@@ -365,13 +365,13 @@ impl Persister {
                 _ = cursor.next_batch(&mut deliveries, BATCH) => {}
             }
             self.write(&mut deliveries);
-            self.settle();
+            self.write_out();
         }
         // Shutting down: take what is already published, write it, sync it.
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
             self.write(&mut deliveries);
         }
-        self.settle();
+        self.write_out();
         self.sync_all(true);
         for (r, _) in std::mem::take(&mut self.rotations) {
             if let Ok(Some(deleted)) = r.join() {
@@ -654,7 +654,7 @@ impl Persister {
 
     /// Writes out every buffer, syncs as configured, moves the durability marks, and answers
     /// completions that are now possible.
-    fn settle(&mut self) {
+    fn write_out(&mut self) {
         let mut touched = Vec::new();
         let waiting: Vec<Arc<str>> = self
             .files
@@ -743,7 +743,7 @@ impl Persister {
         if let Some(running) = self.background_sync.take() {
             if !wait && !running.is_finished() {
                 self.background_sync = Some(running);
-                return; // still syncing the previous round; try again at the next settle
+                return; // still syncing the previous round; try again at the next write_out
             }
             let _ = running.join();
         }

@@ -1,4 +1,4 @@
-//! The drains bound on this server: from the config file at start, and over HTTP
+//! The drain bindings of this server (which source drains to which URL): from the config file at start, and over HTTP
 //! (`POST/GET/DELETE /api/v1/drains`). Each drain runs as its own task reading its own cursor.
 
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ pub enum DrainError {
 }
 
 #[derive(Debug)]
-struct Bound {
+struct Binding {
     id: String,
     source: Option<String>,
     url: DrainUrl,
@@ -88,26 +88,26 @@ struct Bound {
     stop: CancellationToken,
 }
 
-/// The registry of running drains.
+/// The registry of drain bindings, each running as its own task.
 #[derive(Debug)]
-pub struct Drains {
+pub struct Bindings {
     router: Router,
     config: DrainsConfig,
     /// Keyed by id; a BTreeMap so listings come out in a stable order.
-    bound: Mutex<BTreeMap<String, Bound>>,
+    bound: Mutex<BTreeMap<String, Binding>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-impl Drains {
+impl Bindings {
     pub fn new(
         router: Router,
         config: DrainsConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
-    ) -> Drains {
-        Drains {
+    ) -> Bindings {
+        Bindings {
             router,
             config,
             bound: Mutex::new(BTreeMap::new()),
@@ -138,7 +138,7 @@ impl Drains {
 
     /// Binds a drain and starts its task. Its cursor starts live: it sends what arrives from now.
     pub fn add(&self, req: &DrainRequest) -> Result<DrainView, DrainError> {
-        let (url, tls) = Drains::validate(req, &self.config.tls)?;
+        let (url, tls) = Bindings::validate(req, &self.config.tls)?;
         let mut bound = self.bound.lock();
         let same_source = bound.values().filter(|b| b.source == req.source_id);
         let mut count = 0;
@@ -177,7 +177,7 @@ impl Drains {
         };
         tracing::info!(drain = %id, url = %url, source = ?req.source_id, "drain bound");
         self.tasks.spawn(drain.run(cursor, stop.clone()));
-        let b = Bound {
+        let b = Binding {
             id: id.clone(),
             source: req.source_id.clone(),
             url,
@@ -216,7 +216,7 @@ impl Drains {
     }
 }
 
-fn view(b: &Bound) -> DrainView {
+fn view(b: &Binding) -> DrainView {
     let c = &b.counters;
     DrainView {
         id: b.id.clone(),
