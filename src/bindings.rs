@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_drains::syslog::drain::{DrainCounters, DrainSettings, SyslogDrain};
-use sluice_drains::syslog::transport::{TlsOptions, tls_client_config};
 use sluice_drains::syslog::url::{DrainUrl, DrainUrlError, Scheme};
+use sluice_drains::tls::{TlsError, TlsOptions, tls_client_config};
 use sluice_router::{Filter, Router, Selector, Start, validate_source_id};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,8 +73,8 @@ pub enum DrainError {
     Source(String),
     #[error("source {0:?} already has {1} drains, the limit (drains.per_source_limit)")]
     Limit(String, usize),
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("this url is already bound for this source, as drain {0}")]
     Duplicate(String),
 }
@@ -117,28 +117,26 @@ impl Bindings {
         }
     }
 
-    /// Checks a request without binding it (used for the config file at load time).
-    pub fn validate(
-        req: &DrainRequest,
-        defaults: &TlsOptions,
-    ) -> Result<(DrainUrl, Option<Arc<rustls::ClientConfig>>), DrainError> {
+    /// Checks a request without binding it or reading any file (the config file's drains are
+    /// checked so when it is loaded; their TLS files are read when the server binds them).
+    pub fn check(req: &DrainRequest) -> Result<DrainUrl, DrainError> {
         if let Some(id) = &req.source_id {
             validate_source_id(id).map_err(|e| DrainError::Source(e.to_string()))?;
         }
-        let url = DrainUrl::parse(&req.url)?;
-        let tls = match url.scheme {
-            Scheme::Tls | Scheme::Https | Scheme::HttpsBatch => {
-                let opts = req.tls.as_ref().unwrap_or(defaults);
-                Some(tls_client_config(opts, &url).map_err(DrainError::Tls)?)
-            }
-            Scheme::Tcp | Scheme::Udp => None,
-        };
-        Ok((url, tls))
+        Ok(DrainUrl::parse(&req.url)?)
     }
 
     /// Binds a drain and starts its task. Its cursor starts live: it sends what arrives from now.
+    /// A TLS drain's CA and client files are read here, once.
     pub fn add(&self, req: &DrainRequest) -> Result<DrainView, DrainError> {
-        let (url, tls) = Bindings::validate(req, &self.config.tls)?;
+        let url = Bindings::check(req)?;
+        let tls = match url.scheme {
+            Scheme::Tls | Scheme::Https | Scheme::HttpsBatch => {
+                let opts = req.tls.as_ref().unwrap_or(&self.config.tls);
+                Some(tls_client_config(opts, &url)?)
+            }
+            Scheme::Tcp | Scheme::Udp => None,
+        };
         let mut bound = self.bound.lock();
         let same_source = bound.values().filter(|b| b.source == req.source_id);
         let mut count = 0;

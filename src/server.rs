@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_drains::tls::TlsError;
 use sluice_router::{Filter, Router, Selector, Start};
 use sluice_store::archive::Archive;
 use sluice_store::history::StoredSeqs;
@@ -57,7 +58,9 @@ pub enum BindError {
     #[error("refusing to listen on ingest_unix {0}: the path exists and is not a socket")]
     UnixNotSocket(String),
     #[error("cannot listen on syslog_tls: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
+    #[error("cannot listen on syslog_tls: listen.syslog_tls needs tls.cert_file and tls.key_file")]
+    TlsFiles,
 }
 
 impl Listeners {
@@ -256,8 +259,8 @@ pub fn raise_open_files_limit() -> Option<u64> {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Drain(#[from] DrainError),
+    #[error("drains.bind[{index}]: {error}")]
+    Drain { index: usize, error: DrainError },
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot use log_storage.local_dir {dir}: {reason}")]
@@ -375,8 +378,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         shutdown.clone(),
         tasks.clone(),
     ));
-    for req in &config.drains.bind {
-        drains.add(req)?;
+    for (index, req) in config.drains.bind.iter().enumerate() {
+        drains
+            .add(req)
+            .map_err(|error| StartError::Drain { index, error })?;
     }
 
     let (persister, persister_thread) = start_persister(&config, &router, lock)?;
@@ -451,10 +456,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     }
     if let Some(listener) = listeners.syslog_tls {
         let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
-            return Err(BindError::Tls(
-                "listen.syslog_tls needs tls.cert_file and tls.key_file".into(),
-            )
-            .into());
+            return Err(BindError::TlsFiles.into());
         };
         let acceptor = tls_acceptor(cert, key).map_err(BindError::Tls)?;
         bound.syslog_tls = listener.local_addr().ok();

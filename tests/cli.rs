@@ -141,6 +141,27 @@ fn bad_config_files_name_the_key_and_the_place() {
         )
     );
 
+    // A drain's TLS files are read when the server binds it (loading the file reads none),
+    // and a missing one stops the start, naming the entry and the file.
+    std::fs::write(
+        &path,
+        format!("listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: {}\ndrains:\n  bind:\n    - source_id: a\n      url: syslog-tls://127.0.0.1:6514\n      tls:\n        ca_file: /nonexistent.pem\n", dir.join("logs").display()),
+    )
+    .unwrap();
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "sluice: drains.bind[0]: cannot read CA file /nonexistent.pem: no such file or directory\n"
+    );
+    // The failed start published nothing: the next start has nothing to skip.
+    let out = sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(
+        !stderr(&out).contains("did not stop cleanly"),
+        "{}",
+        stderr(&out)
+    );
+
     // A port already taken is named.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();

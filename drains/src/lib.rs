@@ -5,6 +5,8 @@
 //!
 //! - `syslog`: RFC 5424 format (a pure function), octet-counting framing, and TCP, TLS, UDP and
 //!   HTTPS transports that only move bytes.
+//! - `tls`: TLS material loaded once (drains' client configuration, a TLS listener's server
+//!   configuration), with typed errors.
 //!
 //! The JSONL persister and the S3 archive are the stored log's, in `sluice-store`.
 //!
@@ -17,5 +19,6 @@
 //! `LGR` line in the drain's own stream; when the peer is down, it reconnects with backoff and
 //! says so in the source's log.
 pub mod syslog;
+pub mod tls;
 
 pub use sluice_router::short_reason;

@@ -3,133 +3,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::url::{DrainUrl, Scheme};
-
-/// TLS settings for `syslog-tls://` drains.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsOptions {
-    /// PEM file of the CAs to trust; the system's CAs when unset.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain, for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Accept any server certificate. Off by default; `?insecure-skip-verify=true` also sets it.
-    pub insecure_skip_verify: bool,
-}
-
-/// Where Debian keeps the system's CA bundle.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// Builds the rustls client configuration once, when the drain is bound, so a bad file is an
-/// error the API can report instead of a failure at every reconnect.
-pub fn tls_client_config(
-    opts: &TlsOptions,
-    url: &DrainUrl,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = if opts.insecure_skip_verify || url.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        let file = opts
-            .ca_file
-            .clone()
-            .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
-        let certs = CertificateDer::pem_file_iter(&file)
-            .map_err(|e| format!("cannot read CA file {}: {e}", file.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("invalid CA file {}: {e}", file.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("invalid CA certificate in {}: {e}", file.display()))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("no CA certificates in {}", file.display()));
-        }
-        builder.with_root_certificates(roots)
-    };
-    let config = match (&opts.cert_file, &opts.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("invalid client certificate or key: {e}"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err("mutual TLS needs both cert_file and key_file".into()),
-    };
-    Ok(Arc::new(config))
-}
-
-/// The opt-out verifier: checks signatures are well formed, trusts any certificate.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+pub use crate::tls::{TlsOptions, tls_client_config};
 
 /// How long a TLS 1.3 connection waits after its handshake for the receiver to refuse it.
 const TLS13_REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);

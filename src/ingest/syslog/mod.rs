@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_drains::tls::{TlsError, tls_server_config};
 use sluice_router::envelope::{now_ns, rfc3339_seconds};
 use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -289,24 +288,6 @@ impl SyslogIngest {
 }
 
 /// Builds the TLS acceptor for `syslog_tls` from PEM files.
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
-    let chain = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read tls.cert_file {}: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "no certificate in tls.cert_file {}",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("cannot read tls.key_file {}: {e}", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("invalid tls certificate or key: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+    Ok(TlsAcceptor::from(tls_server_config(cert_file, key_file)?))
 }

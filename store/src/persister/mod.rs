@@ -213,6 +213,18 @@ pub fn unwritten_bound(ring_max_entries: usize) -> u64 {
 pub struct DirLock {
     file: File,
     stopped_cleanly: bool,
+    /// Set once the persister runs: from then on only its clean end marks the directory.
+    running: bool,
+}
+
+impl Drop for DirLock {
+    /// A start that failed before the persister ran published nothing: the directory stays
+    /// as clean as it was.
+    fn drop(&mut self) {
+        if !self.running && self.stopped_cleanly {
+            let _ = self.mark_stopped();
+        }
+    }
 }
 
 impl DirLock {
@@ -253,6 +265,7 @@ impl DirLock {
         Ok(DirLock {
             file,
             stopped_cleanly,
+            running: false,
         })
     }
 
@@ -347,6 +360,7 @@ impl Persister {
         mut control: mpsc::Receiver<Control>,
         shutdown: CancellationToken,
     ) {
+        self.lock.running = true;
         let mut deliveries = Vec::with_capacity(BATCH);
         loop {
             let unsynced =
