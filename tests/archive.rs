@@ -526,6 +526,24 @@ async fn after_archiving_and_a_restart_every_read_comes_back_from_s3() {
     for ws in [&mut backfilled, &mut resumed, &mut job] {
         assert_eq!(next_seqs(ws, 1).await, [301]);
     }
+
+    // S3 out of reach: a read that needs it says so, as 503 (try again later).
+    drop(moto);
+    let resp = server
+        .client
+        .get(server.url("/api/v1/sources/job-s/recent?limit=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "cannot read the stored lines of \"job-s\": cannot read s3://sluice-logs/"
+        ) && error.ends_with("cannot reach the S3 endpoint: connection refused"),
+        "{error}"
+    );
 }
 
 /// A job only S3 holds is read as the object downloads: the server never holds the whole log.

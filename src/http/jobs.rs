@@ -20,6 +20,7 @@ use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
 use sluice_store::complete::{CompleteError, JobStatus};
+use sluice_store::persister::CompletionError;
 
 use sluice_store::read::log_body;
 
@@ -150,7 +151,8 @@ async fn complete(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Respons
     .map_err(|e| {
         let status = match e {
             CompleteError::Unknown(_) => StatusCode::NOT_FOUND,
-            CompleteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CompleteError::Persister(CompletionError::Stopping) => StatusCode::SERVICE_UNAVAILABLE,
+            CompleteError::Persister(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CompleteError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
@@ -230,10 +232,7 @@ async fn job_logs(
     let id = job_id(raw_id)?;
     let body = log_body(&state.router, state.stored(), &id, step)
         .await
-        .map_err(|e| ApiError {
-            status: warp::http::StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot read the logs of job {id:?}: {e}"),
-        })?
+        .map_err(|e| super::storage_error(&e, &format!("cannot read the logs of job {id:?}")))?
         .ok_or_else(|| ApiError::not_found(format!("no logs for job {id:?}")))?;
     let stream = tokio_stream::wrappers::ReceiverStream::new(body);
     Ok(warp::reply::with_header(

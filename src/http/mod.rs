@@ -225,6 +225,30 @@ pub fn known_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), A
     )))
 }
 
+/// A failed read of stored lines, with the status its kind calls for: the object store out of
+/// reach is 503 (try again), a store that refused or lost an object is 502, a local file that
+/// cannot be read is 500.
+pub fn storage_error(e: &std::io::Error, what: &str) -> ApiError {
+    use sluice_store::archive::ArchiveError;
+    use sluice_store::objects::ObjectError;
+    use warp::http::StatusCode;
+    let status = match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ArchiveError>())
+    {
+        Some(ArchiveError::Download {
+            error: ObjectError::Unreachable(_),
+            ..
+        }) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(ArchiveError::Download { .. } | ArchiveError::Object(_)) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError {
+        status,
+        message: format!("{what}: {e}"),
+    }
+}
+
 /// Splits `cf/doppler/recent` into the decoded source id and the action.
 pub fn split_source_path(tail: &str) -> Option<(String, &str)> {
     let (id, action) = tail.rsplit_once('/')?;

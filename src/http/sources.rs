@@ -138,10 +138,7 @@ async fn recent(
         .stored()
         .recent(&state.router, id, limit, filter)
         .await
-        .map_err(|e| ApiError {
-            status: warp::http::StatusCode::BAD_GATEWAY,
-            message: format!("cannot read the stored lines of {id:?}: {e}"),
-        })?
+        .map_err(|e| super::storage_error(&e, &format!("cannot read the stored lines of {id:?}")))?
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "unknown source {id:?}: no logs have been received for it"

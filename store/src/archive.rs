@@ -32,7 +32,7 @@ use sluice_router::{Backoff, Envelope, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::{ObjectStore, S3Objects};
+use crate::objects::{ObjectError, ObjectStore, S3Objects};
 use crate::persister::file_stem;
 
 /// `log_storage.s3`.
@@ -367,9 +367,13 @@ impl Archive {
         key: &str,
         state: S,
         mut each: impl FnMut(&mut S, &[u8]) -> bool + Send + 'static,
-    ) -> Result<S, String> {
-        let where_ = || format!("s3://{}/{key}", self.config.bucket);
-        let mut body = self.objects.get(key).await?;
+    ) -> Result<S, ArchiveError> {
+        let object = || format!("s3://{}/{key}", self.config.bucket);
+        let download = |error| ArchiveError::Download {
+            object: object(),
+            error,
+        };
+        let mut body = self.objects.get(key).await.map_err(download)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let pump = async move {
             while let Some(chunk) = body.next_chunk().await? {
@@ -377,7 +381,7 @@ impl Archive {
                     break;
                 }
             }
-            Ok::<(), String>(())
+            Ok::<(), ObjectError>(())
         };
         let read = tokio::task::spawn_blocking(move || {
             let gz = flate2::read::GzDecoder::new(Chunks {
@@ -403,9 +407,11 @@ impl Archive {
         });
         let (pumped, read) = tokio::join!(pump, read);
         // A failed download ends the gzip stream early: say why it ended, not how.
-        pumped.map_err(|e| format!("cannot read {}: {e}", where_()))?;
-        read.map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot gunzip {}: {e}", where_()))
+        pumped.map_err(download)?;
+        let gunzip =
+            |reason: String| ArchiveError::Gzip(format!("cannot gunzip {}: {reason}", object()));
+        read.map_err(|e| gunzip(e.to_string()))?
+            .map_err(|e| gunzip(crate::short_reason(&e)))
     }
 
     /// Works through pending records until `shutdown`; each failure waits with backoff.
@@ -495,7 +501,7 @@ impl Archive {
     }
 
     /// Gzips the record's files into the object, streaming. Returns the compressed size.
-    async fn upload(&self, record: &Record) -> Result<u64, String> {
+    async fn upload(&self, record: &Record) -> Result<u64, ArchiveError> {
         let mut multipart: Option<Upload> = None;
         let result = self.upload_parts(record, &mut multipart).await;
         if result.is_err()
@@ -511,7 +517,7 @@ impl Archive {
         &self,
         record: &Record,
         multipart: &mut Option<Upload>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ArchiveError> {
         let part_size = self.config.part_size_bytes.max(MIN_PART_BYTES);
         let level = Compression::new(self.config.compression_level.min(9));
         // Compression runs on a blocking thread, a part ahead of the upload: while one part is
@@ -537,7 +543,8 @@ impl Archive {
         }
         drop(rx);
         let _ = compressor.await;
-        let rest = rest.ok_or("the compressor stopped before the end")?;
+        let rest =
+            rest.ok_or_else(|| ArchiveError::Gzip("the compressor stopped before the end".into()))?;
         total += rest.len() as u64;
         if multipart.is_none() {
             self.objects.put(&record.key, rest).await?;
@@ -559,7 +566,7 @@ impl Archive {
         key: &str,
         multipart: &mut Option<Upload>,
         body: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ArchiveError> {
         if multipart.is_none() {
             let id = self.objects.start_upload(key).await?;
             *multipart = Some((id, Vec::new()));
@@ -570,6 +577,23 @@ impl Archive {
         parts.push((number, tag));
         Ok(())
     }
+}
+
+/// Why an archive upload or read failed; each shows as one short line for a job's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveError {
+    /// The object store refused or could not be reached.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// An object could not be downloaded.
+    #[error("cannot read {object}: {error}")]
+    Download { object: String, error: ObjectError },
+    /// A local file of the job could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// Compressing or decompressing failed (a damaged object, a worker that died).
+    #[error("{0}")]
+    Gzip(String),
 }
 
 /// A multipart upload in progress: its id and the parts uploaded (number, ETag).
@@ -587,26 +611,29 @@ fn compress_parts(
     files: &[PathBuf],
     part_size: usize,
     level: Compression,
-    tx: &tokio::sync::mpsc::Sender<Result<Part, String>>,
+    tx: &tokio::sync::mpsc::Sender<Result<Part, ArchiveError>>,
 ) {
     let new_part = || Vec::with_capacity(part_size + 64 * 1024);
-    let result = (|| -> Result<Option<Vec<u8>>, String> {
+    let read = |path: &PathBuf, e: std::io::Error| ArchiveError::File {
+        path: path.clone(),
+        reason: crate::short_reason(&e),
+    };
+    let gzip = |e: std::io::Error| ArchiveError::Gzip(crate::short_reason(&e));
+    let result = (|| -> Result<Option<Vec<u8>>, ArchiveError> {
         let mut encoder = GzEncoder::new(new_part(), level);
         let mut chunk = vec![0u8; 256 * 1024];
         for path in files {
             let mut file = match std::fs::File::open(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+                Err(e) => return Err(read(path, e)),
             };
             loop {
-                let n = file
-                    .read(&mut chunk)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let n = file.read(&mut chunk).map_err(|e| read(path, e))?;
                 if n == 0 {
                     break;
                 }
-                encoder.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+                encoder.write_all(&chunk[..n]).map_err(gzip)?;
                 if encoder.get_ref().len() >= part_size {
                     let part = std::mem::replace(encoder.get_mut(), new_part());
                     if tx.blocking_send(Ok(Part::Full(part))).is_err() {
@@ -616,7 +643,7 @@ fn compress_parts(
             }
         }
         let mut rest = std::mem::take(encoder.get_mut());
-        rest.extend_from_slice(&encoder.finish().map_err(|e| e.to_string())?);
+        rest.extend_from_slice(&encoder.finish().map_err(gzip)?);
         Ok(Some(rest))
     })();
     let last = match result {
@@ -793,9 +820,15 @@ mod tests {
         let archive =
             Archive::with_objects(config(MIN_PART_BYTES), &dir, true, objects.clone()).unwrap();
         let job = recorded(&archive, &dir, "job", &[noise(200_000, 5)]);
-        objects.fail_with(Some("SlowDown: please reduce your request rate"));
+        objects.fail_with(Some(ObjectError::refused(
+            "SlowDown: please reduce your request rate",
+        )));
         let e = archive.upload(&job).await.unwrap_err();
-        assert_eq!(e, "SlowDown: please reduce your request rate");
+        assert_eq!(e.to_string(), "SlowDown: please reduce your request rate");
+        assert!(
+            matches!(&e, ArchiveError::Object(ObjectError::Refused { code, .. }) if code == "SlowDown"),
+            "{e:?}"
+        );
         assert_eq!(archive.pending().len(), 1, "the record waits for the retry");
         objects.fail_with(None);
         // A failure part-way: the multipart upload started is aborted, not left behind.
@@ -851,7 +884,7 @@ mod tests {
         ) -> Pending<'a, Option<String>> {
             let left = self.parts_ok.load(Ordering::Relaxed);
             if left == 0 {
-                return Box::pin(async { Err("connection reset".to_owned()) });
+                return Box::pin(async { Err(ObjectError::Failed("connection reset".into())) });
             }
             self.parts_ok.store(left - 1, Ordering::Relaxed);
             self.inner.put_part(key, upload, number, body)

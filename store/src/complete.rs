@@ -8,7 +8,7 @@ use sluice_router::envelope::now_ns;
 use sluice_router::{Filter, Router};
 
 use crate::archive::{Archive, Record};
-use crate::persister::{PersisterHandle, file_path, legacy_path, rotated_path};
+use crate::persister::{CompletionError, PersisterHandle, file_path, legacy_path, rotated_path};
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +46,10 @@ pub enum CompleteError {
     /// Nothing was ever received for it: nothing to close or archive.
     #[error("unknown job {0:?}: no logs have been received for it")]
     Unknown(String),
-    /// The persister could not finish it (stopping, or its files could not be written or
-    /// moved).
-    #[error("{0}")]
-    Unavailable(String),
+    /// The persister could not finish it: it is stopping, or the job's files could not be
+    /// written or moved.
+    #[error(transparent)]
+    Persister(#[from] CompletionError),
     /// The archive's record could not be written.
     #[error("cannot record the archive upload: {0}")]
     Record(String),
@@ -102,8 +102,7 @@ pub async fn complete(
         .map_or(0, |s| s.published);
     let done = persister
         .complete(id, upto, prepared.as_ref().map(|p| p.dir.clone()))
-        .await
-        .map_err(CompleteError::Unavailable)?;
+        .await?;
     tracing::info!(job = %id, status = status.as_str(), "job completed");
     let mut files = done.rotated.clone();
     files.extend(done.path.clone());
@@ -138,5 +137,5 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, CompleteError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| CompleteError::Unavailable(e.to_string()))
+        .map_err(|_| CompleteError::Persister(CompletionError::Stopping))
 }

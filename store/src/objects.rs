@@ -12,7 +12,37 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
 /// A boxed future, so that the trait can be used as `dyn ObjectStore`.
-pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, ObjectError>> + Send + 'a>>;
+
+/// Why an object operation failed; each shows as one short line for a job's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    /// The store answered and refused: `line` starts with its `code` (`NoSuchBucket: …`,
+    /// `SlowDown: …`, `AccessDenied: …`).
+    #[error("{line}")]
+    Refused { code: String, line: String },
+    /// The store could not be reached, or did not answer in time.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The request, or its answer, broke off or could not be read.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ObjectError {
+    /// A refusal, from the store's `Code: message` line.
+    pub fn refused(line: impl Into<String>) -> ObjectError {
+        let line = line.into();
+        let code = line.split(':').next().unwrap_or_default().trim().to_owned();
+        ObjectError::Refused { code, line }
+    }
+
+    /// Whether the object (or its bucket) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ObjectError::Refused { code, .. }
+            if code == "NoSuchKey" || code == "NoSuchBucket" || code == "NotFound")
+    }
+}
 
 /// The object operations the archive needs. Errors are one short line for a job's log.
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
@@ -61,7 +91,13 @@ struct S3Body(ByteStream);
 
 impl Body for S3Body {
     fn next_chunk(&mut self) -> Pending<'_, Option<Bytes>> {
-        Box::pin(async move { self.0.next().await.transpose().map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            self.0
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| ObjectError::Failed(crate::short_reason(&e)))
+        })
     }
 }
 
@@ -101,7 +137,7 @@ impl ObjectStore for S3Objects {
                 .map_err(|e| describe(&e))?;
             Ok(created
                 .upload_id()
-                .ok_or("S3 gave no upload id")?
+                .ok_or_else(|| ObjectError::Failed("S3 gave no upload id".into()))?
                 .to_owned())
         })
     }
@@ -206,14 +242,14 @@ struct MemoryState {
     uploads: HashMap<String, (String, Parts)>,
     next_upload: u64,
     /// Every request fails with this while it is set.
-    failing: Option<String>,
+    failing: Option<ObjectError>,
     aborted: u64,
 }
 
 impl MemoryObjects {
-    /// Makes every request fail with `reason` (`None`: work again).
-    pub fn fail_with(&self, reason: Option<&str>) {
-        self.lock().failing = reason.map(str::to_owned);
+    /// Makes every request fail with `error` (`None`: work again).
+    pub fn fail_with(&self, error: Option<ObjectError>) {
+        self.lock().failing = error;
     }
 
     /// The stored object at `key`.
@@ -238,9 +274,9 @@ impl MemoryObjects {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ObjectError> {
         match &self.lock().failing {
-            Some(reason) => Err(reason.clone()),
+            Some(error) => Err(error.clone()),
             None => Ok(()),
         }
     }
@@ -276,9 +312,9 @@ impl ObjectStore for MemoryObjects {
         Box::pin(async move {
             self.check()?;
             let mut s = self.lock();
-            let (for_key, parts) = s.uploads.get_mut(upload).ok_or("NoSuchUpload")?;
+            let (for_key, parts) = s.uploads.get_mut(upload).ok_or_else(no_such_upload)?;
             if for_key != key {
-                return Err("NoSuchUpload".into());
+                return Err(no_such_upload());
             }
             parts.push((number, body));
             Ok(Some(format!("etag-{number}")))
@@ -294,12 +330,14 @@ impl ObjectStore for MemoryObjects {
         Box::pin(async move {
             self.check()?;
             let mut s = self.lock();
-            let (_, mut stored) = s.uploads.remove(upload).ok_or("NoSuchUpload")?;
+            let (_, mut stored) = s.uploads.remove(upload).ok_or_else(no_such_upload)?;
             stored.sort_by_key(|(n, _)| *n);
             let numbers: Vec<i32> = stored.iter().map(|(n, _)| *n).collect();
             let asked: Vec<i32> = parts.iter().map(|(n, _)| *n).collect();
             if numbers != asked {
-                return Err(format!("InvalidPart: have {numbers:?}, asked {asked:?}"));
+                return Err(ObjectError::refused(format!(
+                    "InvalidPart: have {numbers:?}, asked {asked:?}"
+                )));
             }
             let body = stored.into_iter().flat_map(|(_, b)| b).collect();
             s.objects.insert(key.to_owned(), body);
@@ -320,20 +358,21 @@ impl ObjectStore for MemoryObjects {
     fn get<'a>(&'a self, key: &'a str) -> Pending<'a, Box<dyn Body>> {
         Box::pin(async move {
             self.check()?;
-            let bytes = self
-                .lock()
-                .objects
-                .get(key)
-                .cloned()
-                .ok_or_else(|| "NoSuchKey: The specified key does not exist.".to_owned())?;
+            let bytes = self.lock().objects.get(key).cloned().ok_or_else(|| {
+                ObjectError::refused("NoSuchKey: The specified key does not exist.")
+            })?;
             Ok(Box::new(Whole(Some(bytes.into()))) as Box<dyn Body>)
         })
     }
 }
 
+fn no_such_upload() -> ObjectError {
+    ObjectError::refused("NoSuchUpload: The specified upload does not exist.")
+}
+
 /// An SDK error on one line: the service's `Code: message` when S3 answered, else the chain of
 /// causes (connection refused, timeouts).
-fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> ObjectError
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -342,9 +381,13 @@ where
     if let Some(service) = e.as_service_error()
         && let Some(code) = service.code()
     {
-        return match service.message() {
+        let line = match service.message() {
             Some(message) => format!("{code}: {message}"),
             None => code.to_owned(),
+        };
+        return ObjectError::Refused {
+            code: code.to_owned(),
+            line,
         };
     }
     // One short line for the job's log: what went wrong, and the innermost cause. The SDK's
@@ -375,5 +418,8 @@ where
         line.truncate(end);
         line.push('…');
     }
-    line
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ObjectError::Unreachable(line),
+        _ => ObjectError::Failed(line),
+    }
 }

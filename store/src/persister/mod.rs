@@ -86,7 +86,7 @@ pub enum Control {
         source: String,
         upto: u64,
         move_to: Option<PathBuf>,
-        reply: oneshot::Sender<Result<Completed, String>>,
+        reply: oneshot::Sender<Result<Completed, CompletionError>>,
     },
 }
 
@@ -107,6 +107,20 @@ pub struct PersisterHandle {
     pub config: Arc<PersisterConfig>,
 }
 
+/// Why the persister could not complete a source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompletionError {
+    /// The server is stopping (or the persister has stopped): try again after the restart.
+    #[error("sluice is shutting down")]
+    Stopping,
+    /// The source's file could not be written out.
+    #[error("cannot write {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+    /// A file could not be moved aside for the archive.
+    #[error("cannot move {} aside: {reason}", path.display())]
+    Move { path: PathBuf, reason: String },
+}
+
 impl PersisterHandle {
     /// Waits until `source` is written through `upto`, then closes its file (and moves its
     /// files into `move_to`, when given).
@@ -115,7 +129,7 @@ impl PersisterHandle {
         source: &str,
         upto: u64,
         move_to: Option<PathBuf>,
-    ) -> Result<Completed, String> {
+    ) -> Result<Completed, CompletionError> {
         let (reply, rx) = oneshot::channel();
         self.control
             .send(Control::Complete {
@@ -125,9 +139,8 @@ impl PersisterHandle {
                 reply,
             })
             .await
-            .map_err(|_| "the persister has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the persister has stopped".to_owned())?
+            .map_err(|_| CompletionError::Stopping)?;
+        rx.await.map_err(|_| CompletionError::Stopping)?
     }
 }
 
@@ -394,7 +407,7 @@ impl Persister {
         }
         for c in self.pending.drain(..) {
             let Control::Complete { reply, .. } = c;
-            let _ = reply.send(Err("sluice is shutting down".into()));
+            let _ = reply.send(Err(CompletionError::Stopping));
         }
         // Everything published is written: the next start need not skip seqs.
         if self
@@ -920,11 +933,11 @@ impl Persister {
             }
             let key: Arc<str> = Arc::from(source.as_str());
             if let Err(e) = self.flush_source(&key) {
-                let path = self.files.get(&key).map(|f| f.path.display().to_string());
-                let _ = reply.send(Err(format!(
-                    "cannot write {}: {e}",
-                    path.unwrap_or_default()
-                )));
+                let path = self.files.get(&key).map(|f| f.path.clone());
+                let _ = reply.send(Err(CompletionError::Write {
+                    path: path.unwrap_or_default(),
+                    reason: crate::short_reason(&e),
+                }));
                 continue;
             }
             if let Some(mut f) = self.files.remove(&key)
@@ -962,16 +975,17 @@ impl Persister {
 }
 
 /// Moves a completion's files into `dir` (same file names), durably, and says where they are.
-fn move_completed(done: Completed, dir: &Path, local_dir: &Path) -> Result<Completed, String> {
-    let fail = |what: &Path, e: std::io::Error| {
-        format!(
-            "cannot move {} aside: {}",
-            what.display(),
-            crate::short_reason(&e)
-        )
+fn move_completed(
+    done: Completed,
+    dir: &Path,
+    local_dir: &Path,
+) -> Result<Completed, CompletionError> {
+    let fail = |what: &Path, e: std::io::Error| CompletionError::Move {
+        path: what.to_owned(),
+        reason: crate::short_reason(&e),
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-    let mut moved = |from: PathBuf| -> Result<PathBuf, String> {
+    let mut moved = |from: PathBuf| -> Result<PathBuf, CompletionError> {
         let to = dir.join(from.file_name().unwrap_or_default());
         std::fs::rename(&from, &to).map_err(|e| fail(&from, e))?;
         Ok(to)
