@@ -12,13 +12,24 @@
 //! - A write that fails (disk full) keeps its bytes for the next try, up to a bound; past it the
 //!   lines are counted and announced with a `_server` line once writing works again.
 //! - [`Durability`] tells native ingest when a batch is on disk, for `ack=durable`.
+//!
+//! # Layout
+//!
+//! - this module: the writer task (batches, buffers, retries, fsync, the LRU of open files).
+//! - `line`: the JSONL line, written by hand for speed. `names`: file names from source ids.
+//! - `rotate`: rotation, segments, deletions counted and announced, off the writer's thread.
+//! - `completion`: a source written through, closed and moved aside for the archive.
+//! - `lock`: the directory's lock and the mark a clean stop leaves.
 
+mod completion;
 pub mod line;
+mod lock;
 pub mod names;
+mod rotate;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +41,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use completion::CompletionError;
 pub use line::{Line, SERVER_STEP, write_line};
+pub use lock::{DirLock, LOCK_FILE};
 pub use names::file_stem;
+use rotate::{Deleted, in_background};
+pub use rotate::{segments, segments_dir};
 
 /// When written lines are forced to disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,20 +120,6 @@ pub struct PersisterHandle {
     pub control: mpsc::Sender<Control>,
     pub counters: Arc<PersisterCounters>,
     pub config: Arc<PersisterConfig>,
-}
-
-/// Why the persister could not complete a source.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CompletionError {
-    /// The server is stopping (or the persister has stopped): try again after the restart.
-    #[error("sluice is shutting down")]
-    Stopping,
-    /// The source's file could not be written out.
-    #[error("cannot write {}: {reason}", path.display())]
-    Write { path: PathBuf, reason: String },
-    /// A file could not be moved aside for the archive.
-    #[error("cannot move {} aside: {reason}", path.display())]
-    Move { path: PathBuf, reason: String },
 }
 
 impl PersisterHandle {
@@ -207,95 +208,12 @@ impl std::fmt::Debug for Persister {
     }
 }
 
-/// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
-/// `stopped` once that server has written everything it published and stopped.
-pub const LOCK_FILE: &str = ".sluice.lock";
-const STOPPED: &str = "stopped";
-
 /// The most seqs of one source that a server can have published and not yet written when it
 /// dies: a full ring (the persister never lags more with `when_behind: block`, and is
 /// overtaken past it with `overwrite`), a batch being written, and the lines a failing disk
 /// leaves waiting for a retry (a line is at least 64 bytes).
 pub fn unwritten_bound(ring_max_entries: usize) -> u64 {
     (ring_max_entries + BATCH + MAX_RETRY_BYTES / 64) as u64
-}
-
-/// The exclusive lock on a storage directory, so that two servers never write the same files
-/// (their seqs would interleave). The lock goes with the process, however it ends.
-#[derive(Debug)]
-pub struct DirLock {
-    file: File,
-    stopped_cleanly: bool,
-    /// Set once the persister runs: from then on only its clean end marks the directory.
-    running: bool,
-}
-
-impl Drop for DirLock {
-    /// A start that failed before the persister ran published nothing: the directory stays
-    /// as clean as it was.
-    fn drop(&mut self) {
-        if !self.running && self.stopped_cleanly {
-            let _ = self.mark_stopped();
-        }
-    }
-}
-
-impl DirLock {
-    /// Creates `dir` if needed and locks it; fails, naming the holder, if another server has it.
-    pub fn take(dir: &Path) -> std::io::Result<DirLock> {
-        std::fs::create_dir_all(dir)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(LOCK_FILE))?;
-        let locked = file.try_lock();
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut file, &mut text);
-        match locked {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = text.trim();
-                let who = if pid.is_empty() || pid == STOPPED {
-                    "another sluice".to_owned()
-                } else {
-                    format!("another sluice (pid {pid})")
-                };
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ResourceBusy,
-                    format!("{who} is using it"),
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
-        }
-        // A new directory, or one whose last server wrote all it published before stopping.
-        let stopped_cleanly = text.is_empty() || text.trim() == STOPPED;
-        // Who holds it, for the next one to say; a full disk must not stop the start.
-        file.set_len(0)?;
-        file.seek(std::io::SeekFrom::Start(0))?;
-        let _ = writeln!(file, "{}", std::process::id());
-        Ok(DirLock {
-            file,
-            stopped_cleanly,
-            running: false,
-        })
-    }
-
-    /// Whether the last server on the directory stopped having written all it published (or
-    /// there was none): if not, seqs it may have handed out unwritten must be skipped.
-    pub fn stopped_cleanly(&self) -> bool {
-        self.stopped_cleanly
-    }
-
-    /// Says the next server need skip nothing.
-    fn mark_stopped(&self) -> std::io::Result<()> {
-        let mut file = &self.file;
-        file.set_len(0)?;
-        file.seek(std::io::SeekFrom::Start(0))?;
-        writeln!(file, "{STOPPED}")?;
-        file.sync_all()
-    }
 }
 
 /// The current file of a source, and its `n`th rotated file.
@@ -596,48 +514,6 @@ impl Persister {
         }
     }
 
-    /// Forgets rotations that have finished, and the descriptors they held; announces what
-    /// they deleted.
-    fn reap_rotations(&mut self) {
-        let mut i = 0;
-        while i < self.rotations.len() {
-            if !self.rotations[i].0.is_finished() {
-                i += 1;
-                continue;
-            }
-            let (h, n) = self.rotations.remove(i);
-            self.open_fds -= n;
-            if let Ok(Some(deleted)) = h.join() {
-                self.announce_deleted(&deleted);
-            }
-        }
-    }
-
-    fn announce_deleted(&self, d: &Deleted) {
-        self.counters
-            .deleted_lines
-            .fetch_add(d.lines, Ordering::Relaxed);
-        if d.lines == 0 {
-            return;
-        }
-        let seqs = match (d.first_seq, d.last_seq) {
-            (Some(a), Some(b)) => format!(" (seqs {a} to {b})"),
-            _ => String::new(),
-        };
-        let text = format!(
-            "sluice deleted {} {} of this source{seqs} from disk: {}",
-            d.lines,
-            if d.lines == 1 { "line" } else { "lines" },
-            d.why
-        );
-        tracing::warn!(source = %d.source, lines = d.lines, "{}", d.why);
-        if let Some(router) = &self.notices
-            && let Err(e) = router.publish_notice(Envelope::notice(&*d.source, text))
-        {
-            tracing::warn!(error = %e, "cannot publish a deletion notice");
-        }
-    }
-
     /// Closes the least recently used open file other than `keep`, writing out its buffer
     /// first. Returns false when no other file is open.
     fn close_least_used(&mut self, keep: &Arc<str>) -> bool {
@@ -810,289 +686,6 @@ impl Persister {
             }
         }
     }
-
-    fn rotate(&mut self, source: &Arc<str>) {
-        let dir = self.config.local_dir.clone();
-        let always = self.config.fsync == Fsync::Always;
-        if self.flush_source(source).is_err() {
-            return; // keep writing to the current file; rotation is tried again later
-        }
-        let Some(f) = self.files.get_mut(source) else {
-            return;
-        };
-        // Syncing the closed file and deleting the oldest each take tens of milliseconds at full
-        // speed, longer than a ring holds: they finish on a thread of their own, unless every
-        // write must be synced before it is acknowledged (`fsync: always`).
-        let mut closed = f.file.take();
-        if always && let Some(file) = closed.take() {
-            self.open_fds -= 1;
-            let _ = file.sync_data();
-        }
-        let keep = self.config.max_files.max(1) - 1;
-        let keep_segments = self.config.keep_segments;
-        let max_files = self.config.max_files;
-        let mut doomed: Option<(PathBuf, String)> = None;
-        let tick = self.counters.rotations.load(Ordering::Relaxed);
-        let result = (|| -> std::io::Result<()> {
-            // Renamed aside at once, deleted later: the name is free for the next rotation. A
-            // name of its own, so that a quick next rotation cannot replace it before its lines
-            // are counted.
-            let doom = |path: &Path| -> std::io::Result<PathBuf> {
-                let mut name = path.file_name().unwrap_or_default().to_owned();
-                name.push(format!(".{tick}{DOOMED_SUFFIX}"));
-                let aside = dir.join(name);
-                std::fs::rename(path, &aside)?;
-                Ok(aside)
-            };
-            // The file rotating out: kept as a segment for the archive, or deleted.
-            let mut set_aside = |path: &Path| -> std::io::Result<()> {
-                if keep_segments == 0 {
-                    let why = format!(
-                        "rotation keeps log_storage.max_files = {max_files} files per source"
-                    );
-                    doomed = Some((doom(path)?, why));
-                    return Ok(());
-                }
-                let existing = segments(&dir, source);
-                let next = existing.last().and_then(|p| segment_number(p)).unwrap_or(0) + 1;
-                let seg_dir = segments_dir(&dir, source);
-                std::fs::create_dir_all(&seg_dir)?;
-                let name = format!("{}.jsonl.s{next:08}", file_stem(source));
-                std::fs::rename(path, seg_dir.join(name))?;
-                if existing.len() >= keep_segments {
-                    let why = format!(
-                        "more than log_storage.keep_segments = {keep_segments} rotated files of this source waited for its completion"
-                    );
-                    doomed = Some((doom(&existing[0])?, why));
-                }
-                Ok(())
-            };
-            if keep == 0 {
-                return set_aside(&f.path);
-            }
-            let oldest = rotated_path(&dir, source, keep);
-            if oldest.exists() {
-                set_aside(&oldest)?;
-            }
-            for n in (1..keep).rev() {
-                let from = rotated_path(&dir, source, n);
-                if from.exists() {
-                    std::fs::rename(&from, rotated_path(&dir, source, n + 1))?;
-                }
-            }
-            std::fs::rename(&f.path, rotated_path(&dir, source, 1))
-        })();
-        match result {
-            Ok(()) => {
-                f.size = 0;
-                f.unsynced = false;
-                self.counters.rotations.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(file = %f.path.display(), error = %e, "cannot rotate log file");
-            }
-        }
-        if closed.is_none() && doomed.is_none() {
-            return;
-        }
-        // Where the closed file lives now, for the log if its sync fails.
-        let closed_path = rotated_path(&dir, source, 1);
-        let closed: Vec<_> = closed
-            .map(|f| ToSync::Open(f, closed_path))
-            .into_iter()
-            .collect();
-        // The closed file's descriptor stays counted until its sync is done.
-        let held = closed.len();
-        let doomed = doomed.map(|(path, why)| (path, source.clone(), why));
-        match in_background("sluice-rotate", closed, doomed, &self.counters) {
-            Some(h) => self.rotations.push((h, held)),
-            None => self.open_fds -= held,
-        }
-        self.reap_rotations();
-    }
-
-    fn answer_completions(&mut self) {
-        let mut still = Vec::new();
-        for c in std::mem::take(&mut self.pending) {
-            let Control::Complete {
-                source,
-                upto,
-                move_to,
-                reply,
-            } = c;
-            let handled = self.handled.get(source.as_str()).copied().unwrap_or(0);
-            if handled < upto {
-                still.push(Control::Complete {
-                    source,
-                    upto,
-                    move_to,
-                    reply,
-                });
-                continue;
-            }
-            let key: Arc<str> = Arc::from(source.as_str());
-            if let Err(e) = self.flush_source(&key) {
-                let path = self.files.get(&key).map(|f| f.path.clone());
-                let _ = reply.send(Err(CompletionError::Write {
-                    path: path.unwrap_or_default(),
-                    reason: crate::short_reason(&e),
-                }));
-                continue;
-            }
-            if let Some(mut f) = self.files.remove(&key)
-                && let Some(file) = f.file.take()
-            {
-                self.open_fds -= 1;
-                let _ = file.sync_data();
-            }
-            let done = self.completed(&source);
-            let _ = reply.send(match move_to {
-                None => Ok(done),
-                Some(dir) => {
-                    let moved = move_completed(done, &dir, &self.config.local_dir);
-                    let _ = std::fs::remove_dir(segments_dir(&self.config.local_dir, &source));
-                    moved
-                }
-            });
-        }
-        self.pending = still;
-    }
-
-    fn completed(&self, source: &str) -> Completed {
-        let dir = &self.config.local_dir;
-        let path = Some(file_path(dir, source)).filter(|p| p.exists());
-        let mut rotated: Vec<PathBuf> = (1..self.config.max_files.max(1))
-            .map(|n| rotated_path(dir, source, n))
-            .filter(|p| p.exists())
-            .collect();
-        rotated.reverse();
-        // Segments are older than every rotated file.
-        let mut all = segments(dir, source);
-        all.append(&mut rotated);
-        Completed { path, rotated: all }
-    }
-}
-
-/// Moves a completion's files into `dir` (same file names), durably, and says where they are.
-fn move_completed(
-    done: Completed,
-    dir: &Path,
-    local_dir: &Path,
-) -> Result<Completed, CompletionError> {
-    let fail = |what: &Path, e: std::io::Error| CompletionError::Move {
-        path: what.to_owned(),
-        reason: crate::short_reason(&e),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-    let mut moved = |from: PathBuf| -> Result<PathBuf, CompletionError> {
-        let to = dir.join(from.file_name().unwrap_or_default());
-        std::fs::rename(&from, &to).map_err(|e| fail(&from, e))?;
-        Ok(to)
-    };
-    let rotated = done
-        .rotated
-        .into_iter()
-        .map(&mut moved)
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = done.path.map(&mut moved).transpose()?;
-    for d in [dir, local_dir] {
-        if let Ok(f) = File::open(d) {
-            let _ = f.sync_all();
-        }
-    }
-    Ok(Completed { path, rotated })
-}
-
-/// Lines a rotation deleted, for the notice.
-#[derive(Debug)]
-struct Deleted {
-    source: Arc<str>,
-    lines: u64,
-    first_seq: Option<u64>,
-    last_seq: Option<u64>,
-    why: String,
-}
-
-/// Syncs `files`, then counts the lines of `doomed` (a file of a source, and why it goes) and
-/// deletes it, on a thread of its own; a failed sync is counted and logged there. `None` if the
-/// thread could not start (said in the log).
-fn in_background(
-    name: &str,
-    files: Vec<ToSync>,
-    doomed: Option<(PathBuf, Arc<str>, String)>,
-    counters: &Arc<PersisterCounters>,
-) -> Option<std::thread::JoinHandle<Option<Deleted>>> {
-    let counters = counters.clone();
-    let work = move || {
-        sync_files(files, &counters);
-        let (path, source, why) = doomed?;
-        let (lines, first_seq) = count_lines(&path);
-        let last_seq = Some(crate::files::last_seq_in(&path)).filter(|&s| s > 0);
-        let _ = std::fs::remove_file(path);
-        Some(Deleted {
-            source,
-            lines,
-            first_seq,
-            last_seq,
-            why,
-        })
-    };
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(work)
-        .inspect_err(|e| tracing::error!(error = %e, thread = name, "cannot start a thread"))
-        .ok()
-}
-
-/// The lines of the file at `path`, and the seq of its first line.
-fn count_lines(path: &Path) -> (u64, Option<u64>) {
-    use std::io::{BufRead, Read};
-    let Ok(file) = File::open(path) else {
-        return (0, None);
-    };
-    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
-    let mut first = Vec::new();
-    let _ = reader.read_until(b'\n', &mut first);
-    let first_seq = serde_json::from_slice::<Line>(&first)
-        .ok()
-        .and_then(|l| l.seq);
-    let mut lines = u64::from(first.ends_with(b"\n"));
-    let mut buf = vec![0u8; 256 * 1024];
-    while let Ok(n) = reader.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-    }
-    (lines, first_seq)
-}
-
-/// Where a source's rotated files wait for its completion, with an archive.
-pub fn segments_dir(dir: &Path, source: &str) -> PathBuf {
-    dir.join(".archive")
-        .join("segments")
-        .join(file_stem(source))
-}
-
-/// A source's segments, oldest first.
-pub fn segments(dir: &Path, source: &str) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(segments_dir(dir, source)) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(u64, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter_map(|p| Some((segment_number(&p)?, p)))
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
-}
-
-fn segment_number(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    let (_, n) = name.rsplit_once(".jsonl.s")?;
-    n.parse().ok()
 }
 
 /// The last byte of the file at `path`.

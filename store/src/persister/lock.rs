@@ -1,0 +1,89 @@
+//! The lock on a storage directory, and the mark a clean stop leaves in it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
+use std::path::Path;
+
+/// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
+/// `stopped` once that server has written everything it published and stopped.
+pub const LOCK_FILE: &str = ".sluice.lock";
+
+const STOPPED: &str = "stopped";
+
+/// The exclusive lock on a storage directory, so that two servers never write the same files
+/// (their seqs would interleave). The lock goes with the process, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    file: File,
+    stopped_cleanly: bool,
+    /// Set once the persister runs: from then on only its clean end marks the directory.
+    pub(super) running: bool,
+}
+
+impl Drop for DirLock {
+    /// A start that failed before the persister ran published nothing: the directory stays
+    /// as clean as it was.
+    fn drop(&mut self) {
+        if !self.running && self.stopped_cleanly {
+            let _ = self.mark_stopped();
+        }
+    }
+}
+
+impl DirLock {
+    /// Creates `dir` if needed and locks it; fails, naming the holder, if another server has it.
+    pub fn take(dir: &Path) -> std::io::Result<DirLock> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        let locked = file.try_lock();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut file, &mut text);
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = text.trim();
+                let who = if pid.is_empty() || pid == STOPPED {
+                    "another sluice".to_owned()
+                } else {
+                    format!("another sluice (pid {pid})")
+                };
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    format!("{who} is using it"),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        // A new directory, or one whose last server wrote all it published before stopping.
+        let stopped_cleanly = text.is_empty() || text.trim() == STOPPED;
+        // Who holds it, for the next one to say; a full disk must not stop the start.
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(DirLock {
+            file,
+            stopped_cleanly,
+            running: false,
+        })
+    }
+
+    /// Whether the last server on the directory stopped having written all it published (or
+    /// there was none): if not, seqs it may have handed out unwritten must be skipped.
+    pub fn stopped_cleanly(&self) -> bool {
+        self.stopped_cleanly
+    }
+
+    /// Says the next server need skip nothing.
+    pub(super) fn mark_stopped(&self) -> std::io::Result<()> {
+        let mut file = &self.file;
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        writeln!(file, "{STOPPED}")?;
+        file.sync_all()
+    }
+}
