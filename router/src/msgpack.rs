@@ -5,6 +5,10 @@
 //! order, any of them missing, unknown fields skipped, integers of any width, `message` as binary
 //! or string, the channel aliases. It just does so without serde's generic machinery and without
 //! filling defaults it then throws away.
+//!
+//! Why by hand (BENCHMARKS.md, "Profiles"): `rmp_serde`'s generic decoding was 19% of the
+//! server's samples and the tail's encoder 18%; by hand, decoding went from 1.6 to 5.2 M env/s
+//! per core and encoding from 4.2 to 18.6 M env/s per core.
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,8 @@
 //! tungstenite's default read buffer is 128 KiB per connection, zero-filled on the first read,
 //! and warp offers no way to change it: 10,000 tails would hold 1.3 GiB before a single line is
 //! sent. Tail clients only ever send control frames, so 1 KiB is plenty (it grows for
-//! a larger frame).
+//! a larger frame). Measured (BENCHMARKS.md, "Profiles"): 10,000 idle tails took 1.36 GiB with
+//! `warp::ws`, 83 MiB with this upgrade.
 
 use std::future::Future;
 

@@ -1,6 +1,10 @@
 //! One envelope as one JSONL line, Strøm's four fields first:
 //! `{"ts":"2025-02-12T10:56:45.123Z","stream":"stdout","step":"say-hello","line":"Hello World","origin":"APP/0","seq":17}`
 //! (`step` is left out when the envelope has none).
+//!
+//! Written by hand, escaping 8 bytes at a time, rather than with `format!` and serde: those were
+//! ~13% of the persister's samples; by hand `write_line` went from 7.2 to 11.0 M lines/s per
+//! core (BENCHMARKS.md, "Profiles").
 
 use serde::{Deserialize, Serialize};
 use sluice_router::envelope::UtcTime;
