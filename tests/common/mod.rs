@@ -1,8 +1,10 @@
-//! Helpers for end-to-end tests: a real `sluice serve` child on `127.0.0.1:0` ports, and the
+//! Helpers for end-to-end tests: a real `sluice serve` child on `127.0.0.1:0` ports (or, in
+//! `in_process`, a server inside the test for what waits on time), and the
 //! clients a user would use against it.
 
 #![allow(dead_code)]
 
+pub mod in_process;
 pub mod rsyslog;
 pub mod s3;
 pub mod tls;
