@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, Tmpfs, temp_dir};
 use futures_util::StreamExt;
@@ -61,11 +61,7 @@ async fn a_full_disk_costs_nothing_accepted_and_the_file_catches_up_when_room_re
         }
     }
     // The persister says so, and the file is short.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.metric("sluice_persister_errors_total").await == 0 {
-        assert!(Instant::now() < deadline, "no write error reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_metric("sluice_persister_errors_total", 1).await;
     let file = logs.join("disk.jsonl");
     // While full, the last line may be half written; the retry appends exactly the rest.
     let complete = std::fs::read(&file)
@@ -80,22 +76,19 @@ async fn a_full_disk_costs_nothing_accepted_and_the_file_catches_up_when_room_re
 
     // Room again: the retry writes the rest, each line once, none torn.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let written = loop {
+    let written = common::until("every line once room returned", 30, async || {
         let complete = std::fs::read(&file)
             .unwrap_or_default()
             .iter()
             .filter(|&&b| b == b'\n')
             .count() as u64;
         if complete >= N {
-            break lines(&file);
+            Ok(lines(&file))
+        } else {
+            Err(format!("{complete} of {N} lines"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{complete} of {N} lines after room returned"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let seqs: Vec<u64> = written.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
     assert_eq!(server.metric("sluice_persister_lost_total").await, 0);

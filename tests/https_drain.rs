@@ -6,7 +6,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::tls::Certs;
 use common::{Server, send_lines};
@@ -68,11 +67,7 @@ fn rand_suffix() -> u128 {
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    common::eventually(what, 30, async || done().then_some(())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,8 +167,7 @@ async fn https_drains_check_certificates_and_report_refusals() {
         .await;
     assert_eq!(status, 201);
     send_lines(&server, "api", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::until("both drains' failure notices", 30, async || {
         let n = server.router_notices("api").await;
         let unverified = n.iter().any(|m| {
             m.starts_with(&format!(
@@ -182,12 +176,9 @@ async fn https_drains_check_certificates_and_report_refusals() {
             )) && m.contains("certificate")
         });
         let refused = n.contains(&format!("failed to deliver to syslog drain https://localhost:{}/x: HTTP 500 Internal Server Error", failing.port));
-        if unverified && refused {
-            break;
-        }
-        assert!(Instant::now() < deadline, "notices: {n:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        if unverified && refused { Ok(()) } else { Err(n) }
+    })
+    .await;
     assert!(
         trusted.posts().is_empty(),
         "nothing went to a server whose certificate did not verify"

@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, jsonl, output_ok};
 use futures_util::StreamExt;
@@ -114,19 +114,19 @@ async fn stroms_documented_server_events_call_works_as_documented() {
         )
         .await;
     assert_eq!(status, 201);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let out = loop {
+    let out = common::until("the drain's server event", 30, async || {
         let out = output_ok(Command::new("sh").arg("-c").arg(format!(
             "curl -s http://{}/api/jobs/job-7/steps/_server/logs | jq -r .logs",
             server.http
         )));
         let text = String::from_utf8(out.stdout).unwrap();
         if text.contains("failed to connect") {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "no server event yet: {text:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(line["step"], "_server");
     assert_eq!(line["stream"], "stderr");

@@ -47,6 +47,8 @@ async fn a_hundred_half_sent_8_mib_frames_cost_the_budget_not_800_mib() {
         });
         conns.push(writer);
     }
+    // Time for the 100 writers to push what the server will take of their 2 MiB (the frames
+    // are never finished, so there is no event to wait for): then memory is at its peak.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let grown = server.rss_bytes().saturating_sub(before);
     assert!(

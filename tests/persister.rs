@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, eventually};
 use sluice::client::{IngestAddr, connect_ingest, connect_ingest_with};
@@ -20,20 +20,19 @@ fn read_lines(path: &Path) -> Vec<serde_json::Value> {
 }
 
 async fn wait_for_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lines = read_lines(path);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has {} of {n} lines",
-            path.display(),
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        &format!("{n} lines in {}", path.display()),
+        30,
+        async || {
+            let lines = read_lines(path);
+            if lines.len() >= n {
+                Ok(lines)
+            } else {
+                Err(format!("{} lines", lines.len()))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +89,7 @@ async fn hostile_ids_never_create_files_outside_the_directory() {
         .map(|id| Envelope::new(id.clone(), "probe"))
         .collect();
     conn.send_batch(&batch).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let names = common::until("a file per id", 30, async || {
         let names: BTreeSet<String> = std::fs::read_dir(logs)
             .unwrap()
             // The whole ids of names cut and hashed are kept in `.ids/` (checked below).
@@ -109,16 +107,17 @@ async fn hostile_ids_never_create_files_outside_the_directory() {
             .filter(|n| n != ".sluice.lock")
             .collect();
         if names.len() == ids.len() {
-            for name in &names {
-                assert!(
-                    name.ends_with(".jsonl") && !name.starts_with('.') && name.len() <= 255,
-                    "{name}"
-                );
-            }
-            break;
+            Ok(names)
+        } else {
+            Err(names)
         }
-        assert!(Instant::now() < deadline, "files: {names:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await;
+    for name in &names {
+        assert!(
+            name.ends_with(".jsonl") && !name.starts_with('.') && name.len() <= 255,
+            "{name}"
+        );
     }
     let mut kept: Vec<String> = std::fs::read_dir(logs.join(".ids"))
         .unwrap()
@@ -153,8 +152,7 @@ async fn files_rotate_by_size_keeping_max_files() {
         .map(|i| Envelope::new("busy", format!("{i:04} {}", "x".repeat(80))))
         .collect();
     conn.send_batch(&batch).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let seqs = loop {
+    let seqs = common::until("seq 300 in the kept files", 30, async || {
         let files = ["busy.jsonl.2", "busy.jsonl.1", "busy.jsonl"];
         let lines: Vec<serde_json::Value> = files
             .iter()
@@ -166,12 +164,12 @@ async fn files_rotate_by_size_keeping_max_files() {
             .filter(|l| l["step"] != "_server")
             .map(|l| l["seq"].as_u64().unwrap())
             .collect();
-        if seqs.last() == Some(&300) {
-            break seqs;
+        match seqs.last() {
+            Some(300) => Ok(seqs),
+            last => Err(last.copied()),
         }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let names = |logs: &std::path::Path| {
         let mut names: Vec<String> = std::fs::read_dir(logs)
             .unwrap()
@@ -182,10 +180,14 @@ async fn files_rotate_by_size_keeping_max_files() {
         names
     };
     // The oldest file is set aside and deleted off the writer's thread: wait for that.
-    while names(logs).iter().any(|n| n.ends_with(".deleting")) {
-        assert!(Instant::now() < deadline, "{:?}", names(logs));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until("the set-aside file's deletion", 30, async || {
+        let now = names(logs);
+        match now.iter().any(|n| n.ends_with(".deleting")) {
+            true => Err(now),
+            false => Ok(()),
+        }
+    })
+    .await;
     assert_eq!(
         names(logs),
         ["busy.jsonl", "busy.jsonl.1", "busy.jsonl.2"],

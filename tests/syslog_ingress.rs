@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 use common::rsyslog::Rsyslog;
@@ -42,19 +42,11 @@ impl Tail {
     }
 
     async fn wait(&self, n: usize) -> Vec<Envelope> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        common::until(&format!("{n} envelopes on the tail"), 30, async || {
             let got = self.got.lock().unwrap().clone();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tail got {} of {n}: {got:?}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if got.len() >= n { Ok(got) } else { Err(got) }
+        })
+        .await
     }
 }
 

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 use common::rsyslog::Rsyslog;
 use common::tls::Certs;
@@ -47,47 +46,39 @@ async fn tls_drains_verify_certificates_unless_told_not_to_and_do_mutual_tls() {
         ids.push((name, view["id"].as_str().unwrap().to_owned()));
     }
     // The refused drain says why in the source's stream.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let refusal = format!(
         "failed to connect to syslog drain syslog-tls://127.0.0.1:{anon}: invalid peer certificate: UnknownIssuer"
     );
-    while !server.router_notices("tls-app").await.contains(&refusal) {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal notice: {:?}",
-            server.router_notices("tls-app").await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until("the refusal notice", 30, async || {
+        let n = server.router_notices("tls-app").await;
+        if n.contains(&refusal) { Ok(()) } else { Err(n) }
+    })
+    .await;
     // Wait for the three good drains to be connected, then send.
     for (name, id) in &ids {
         if *name == "refused" {
             continue;
         }
-        while server.get_json(&format!("/api/v1/drains/{id}")).await["connected"] != true {
-            assert!(Instant::now() < deadline, "{name} never connected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::eventually(&format!("{name} to connect"), 30, async || {
+            let view = server.get_json(&format!("/api/v1/drains/{id}")).await;
+            (view["connected"] == true).then_some(())
+        })
+        .await;
     }
     const N: usize = 100;
     send_lines(&server, "tls-app", N).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lines = loop {
+    let lines = common::until("every line at rsyslog", 30, async || {
         let lines: Vec<String> = Rsyslog::lines(&rsyslog.tcp_out)
             .into_iter()
             .filter(|l| l.contains("|line "))
             .collect();
         if lines.len() >= 3 * N {
-            break lines;
+            Ok(lines)
+        } else {
+            Err(format!("{} of {}", lines.len(), 3 * N))
         }
-        assert!(
-            Instant::now() < deadline,
-            "rsyslog got {} of {}",
-            lines.len(),
-            3 * N
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     assert_eq!(
         lines.len(),
         3 * N,

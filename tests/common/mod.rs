@@ -152,6 +152,15 @@ impl Server {
             .unwrap()
     }
 
+    /// Waits (bounded) until the counter `name` reaches `n`.
+    pub async fn wait_metric(&self, name: &str, n: u64) {
+        until(&format!("{name} to reach {n}"), 30, async || {
+            let now = self.metric(name).await;
+            if now >= n { Ok(()) } else { Err(now) }
+        })
+        .await
+    }
+
     /// The router's own notices (`LGR` lines) among a source's recent lines: drain failures,
     /// losses.
     pub async fn router_notices(&self, source: &str) -> Vec<String> {
@@ -447,12 +456,25 @@ impl Drop for Tmpfs {
 /// Waits until `probe` gives a value, checking every 20 ms, for at most `secs` seconds; then
 /// fails naming `what`. The one place the end-to-end tests wait for a real server's state.
 pub async fn eventually<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    until(what, secs, async || probe().await.ok_or("not yet")).await
+}
+
+/// [`eventually`], for a probe that says where things stand when they are not there yet: the
+/// last `Err` is in the failure message.
+pub async fn until<T, E: std::fmt::Debug>(
+    what: &str,
+    secs: u64,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(v) = probe().await {
-            return v;
+        match probe().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {secs} s waiting for {what}: {e:?}")
+            }
+            // Polled, not notified: the server is another process (or only its files change).
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
