@@ -438,7 +438,10 @@ impl Config {
                 "drains.delivery.reconnect_min_millis",
                 d.reconnect_min_millis,
             ),
-            ("drains.delivery.reconnect_max_secs", d.reconnect_max_secs),
+            (
+                "drains.delivery.reconnect_max_millis",
+                d.reconnect_max_millis,
+            ),
             (
                 "drains.delivery.connect_timeout_secs",
                 d.connect_timeout_secs,
@@ -452,10 +455,10 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if d.reconnect_min_millis > d.reconnect_max_secs.saturating_mul(1000) {
+        if d.reconnect_min_millis > d.reconnect_max_millis {
             return Err(format!(
-                "drains.delivery.reconnect_min_millis ({}) must not exceed drains.delivery.reconnect_max_secs ({} s)",
-                d.reconnect_min_millis, d.reconnect_max_secs
+                "drains.delivery.reconnect_min_millis ({}) must not exceed drains.delivery.reconnect_max_millis ({})",
+                d.reconnect_min_millis, d.reconnect_max_millis
             ));
         }
         let ls = &self.log_storage;
@@ -564,7 +567,7 @@ mod tests {
                 "drains.delivery.connect_timeout_secs must be at least 1",
             ),
             (
-                "drains:\n  delivery:\n    reconnect_min_millis: 60000\n    reconnect_max_secs: 1\n",
+                "drains:\n  delivery:\n    reconnect_min_millis: 60000\n    reconnect_max_millis: 1000\n",
                 "drains.delivery.reconnect_min_millis (60000) must not exceed",
             ),
             (

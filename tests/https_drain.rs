@@ -148,7 +148,7 @@ async fn https_drains_check_certificates_and_report_refusals() {
     let failing = Sink::start(&certs, 500);
     let trusted = Sink::start(&certs, 200);
     let server = Server::start(
-        "drains:\n  delivery:\n    reconnect_min_millis: 20\n    reconnect_max_secs: 1\n",
+        "drains:\n  delivery:\n    reconnect_min_millis: 20\n    reconnect_max_millis: 1000\n",
     );
     // No CA given: the system's CAs do not know the test CA.
     let (status, _) = server

@@ -199,7 +199,7 @@ async fn a_dead_drain_is_announced_once_counted_exactly_and_resumes_when_its_tar
     let healthy = Rsyslog::start();
     let dead_port = free_tcp_port();
     let server = Server::start(
-        "router:\n  ring_max_entries: 1000\ndrains:\n  delivery:\n    reconnect_min_millis: 20\n    reconnect_max_secs: 1\n    failure_notice_interval_secs: 3600\n",
+        "router:\n  ring_max_entries: 1000\ndrains:\n  delivery:\n    reconnect_min_millis: 20\n    reconnect_max_millis: 1000\n    failure_notice_interval_secs: 3600\n",
     );
     let tail = Collector::start(&server, "svc").await;
     let dead_url = format!("syslog://127.0.0.1:{dead_port}");

@@ -20,7 +20,7 @@ async fn a_dead_drain_backs_off_to_its_cap_and_says_so_once_per_interval() {
     let mut config = TestServer::config("timing");
     let url = format!("syslog://127.0.0.1:{}", dead_port());
     config.drains.delivery.reconnect_min_millis = 100;
-    config.drains.delivery.reconnect_max_secs = 2;
+    config.drains.delivery.reconnect_max_millis = 2_000;
     config.drains.delivery.failure_notice_interval_secs = 60;
     config.drains.bind = vec![DrainRequest {
         source_id: Some("svc".into()),

@@ -24,8 +24,8 @@ use super::url::{DrainUrl, Scheme};
 pub struct DrainSettings {
     /// First reconnect delay; it doubles after each failure.
     pub reconnect_min_millis: u64,
-    /// Longest reconnect delay.
-    pub reconnect_max_secs: u64,
+    /// Longest reconnect delay (milliseconds too: the two bound one range).
+    pub reconnect_max_millis: u64,
     /// At most one "failed to connect" notice per drain in this many seconds.
     pub failure_notice_interval_secs: u64,
     /// Give up a connection attempt after this long.
@@ -39,7 +39,7 @@ impl DrainSettings {
     fn backoff(&self) -> Backoff {
         Backoff::new(
             Duration::from_millis(self.reconnect_min_millis),
-            Duration::from_secs(self.reconnect_max_secs),
+            Duration::from_millis(self.reconnect_max_millis),
         )
     }
 }
@@ -48,7 +48,7 @@ impl Default for DrainSettings {
     fn default() -> Self {
         DrainSettings {
             reconnect_min_millis: 100,
-            reconnect_max_secs: 30,
+            reconnect_max_millis: 30_000,
             failure_notice_interval_secs: 30,
             connect_timeout_secs: 10,
             batch_messages: 512,
