@@ -509,6 +509,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_shows_the_defaults_as_they_are() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").expect("the section")..];
+        let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &section[start..start + section[start..].find("```").expect("its end")];
+        let mut shown = Config::parse(block, Path::new("README.md")).unwrap();
+        // Every value is the default, but for one drain shown as an example (the default binds
+        // none).
+        assert_eq!(shown.drains.bind.len(), 1);
+        shown.drains.bind.clear();
+        assert_eq!(shown, Config::default());
+    }
+
+    #[test]
     fn defaults_are_loopback_and_documented_ports() {
         let c = Config::default();
         assert_eq!(c.listen.http.unwrap().to_string(), "127.0.0.1:8080");
