@@ -779,6 +779,58 @@ mod tests {
         record
     }
 
+    /// The retry loop on the paused clock: ten minutes of a refusing store pass in milliseconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_upload_is_retried_with_backoff_and_each_failure_is_said_once() {
+        let dir = temp("retry");
+        let objects = Arc::new(MemoryObjects::default());
+        let archive =
+            Archive::with_objects(config(MIN_PART_BYTES), &dir, false, objects.clone()).unwrap();
+        let job = recorded(&archive, &dir, "job", &[noise(10, 7)]);
+        objects.fail_with(Some(ObjectError::refused(
+            "SlowDown: please reduce your request rate",
+        )));
+        let router = Router::new(sluice_router::RouterConfig::default());
+        let mut notices = router
+            .subscribe(
+                sluice_router::Selector::Source("job".into()),
+                sluice_router::Filter::default(),
+                sluice_router::Start::Live,
+            )
+            .unwrap();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(archive.clone().run(router.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let mut batch = Vec::new();
+        notices.poll_into(&mut batch, 4096);
+        let failures = batch.len();
+        let expected = format!(
+            "failed to archive job logs to s3://b/{}: SlowDown: please reduce your request rate",
+            job.key
+        );
+        assert!(
+            batch
+                .iter()
+                .all(|d| matches!(d, sluice_router::Delivery::Log(e)
+                if e.message == expected.as_bytes())),
+            "{batch:?}"
+        );
+        // Delays double from 0.5 s to the 30 s cap, each drawn from [d/2, d]: at the cap one try
+        // every 15-30 s, so 20 to 40 in ten minutes, and up to 7 more on the way up.
+        assert!((20..=47).contains(&failures), "{failures} tries");
+        // The store comes back: the next try uploads, and the record is done.
+        objects.fail_with(None);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            objects.object(&job.key).is_some(),
+            "uploaded after the store came back"
+        );
+        assert!(archive.pending().is_empty());
+        stop.cancel();
+        running.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn small_jobs_go_in_one_put_and_big_ones_in_parts_each_exactly_the_files() {
         let dir = temp("upload");
