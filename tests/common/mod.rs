@@ -73,18 +73,30 @@ impl Server {
             ),
         )
         .unwrap();
-        let (child, a) = spawn(&config, prefix);
-        Server {
+        let (child, bound) = spawn(&config, prefix);
+        let mut server = Server {
             child,
-            http: a.http,
-            ingest: a.ingest,
-            syslog_tcp: a.syslog_tcp,
-            syslog_udp: a.syslog_udp,
-            syslog_tls: a.syslog_tls,
+            http: String::new(),
+            ingest: String::new(),
+            syslog_tcp: String::new(),
+            syslog_udp: String::new(),
+            syslog_tls: None,
             logs,
             dir,
             client: reqwest::Client::new(),
-        }
+        };
+        server.take_addresses(&bound);
+        server
+    }
+
+    /// The addresses the server printed, as strings for clients and URLs.
+    fn take_addresses(&mut self, bound: &sluice::server::Bound) {
+        let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        self.http = addr(bound.http);
+        self.ingest = addr(bound.ingest);
+        self.syslog_tcp = addr(bound.syslog_tcp);
+        self.syslog_udp = addr(bound.syslog_udp);
+        self.syslog_tls = bound.syslog_tls.map(|a| a.to_string());
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -304,7 +316,7 @@ pub fn output_ok(cmd: &mut Command) -> std::process::Output {
 }
 
 /// Starts `sluice serve --config CONFIG` and reads its `listening` lines up to `ready`.
-fn spawn(config: &Path, prefix: &[&str]) -> (Child, Addrs) {
+fn spawn(config: &Path, prefix: &[&str]) -> (Child, sluice::server::Bound) {
     let mut command = match prefix {
         [] => Command::new(SLUICE),
         [program, args @ ..] => {
@@ -335,30 +347,13 @@ fn spawn(config: &Path, prefix: &[&str]) -> (Child, Addrs) {
         }
         bound.read_line(&line);
     }
-    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let addrs = Addrs {
-        http: addr(bound.http),
-        ingest: addr(bound.ingest),
-        syslog_tcp: addr(bound.syslog_tcp),
-        syslog_udp: addr(bound.syslog_udp),
-        syslog_tls: bound.syslog_tls.map(|a| a.to_string()),
-    };
     assert!(
-        !addrs.http.is_empty() && !addrs.ingest.is_empty(),
+        bound.http.is_some() && bound.ingest.is_some(),
         "sluice serve printed its addresses"
     );
     // Keep draining stdout so the child never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    (child, addrs)
-}
-
-/// The addresses a `sluice serve` printed, as the tests use them.
-struct Addrs {
-    http: String,
-    ingest: String,
-    syslog_tcp: String,
-    syslog_udp: String,
-    syslog_tls: Option<String>,
+    (child, bound)
 }
 
 impl Server {
@@ -384,13 +379,9 @@ impl Server {
     }
 
     fn respawn(&mut self) {
-        let (child, a) = spawn(&self.dir.join("sluice.yaml"), &[]);
+        let (child, bound) = spawn(&self.dir.join("sluice.yaml"), &[]);
         self.child = child;
-        self.http = a.http;
-        self.ingest = a.ingest;
-        self.syslog_tcp = a.syslog_tcp;
-        self.syslog_udp = a.syslog_udp;
-        self.syslog_tls = a.syslog_tls;
+        self.take_addresses(&bound);
     }
 }
 
