@@ -45,10 +45,14 @@ fn envelope(source: &str, i: usize) -> Envelope {
 fn expected(source: &str, i: usize) -> String {
     let e = envelope(source, i);
     let pri = if e.channel == Channel::Err { 11 } else { 14 };
-    let ts =
-        chrono::DateTime::from_timestamp_nanos(e.timestamp).format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    // Go's `.999999`: microseconds, trailing zeros dropped (and the dot at a whole second).
+    let ts = chrono::DateTime::from_timestamp_nanos(e.timestamp)
+        .format("%Y-%m-%dT%H:%M:%S%.6f")
+        .to_string();
+    let ts = format!("{}+00:00", ts.trim_end_matches('0').trim_end_matches('.'));
     let host = if i.is_multiple_of(2) {
-        "acmecorp.prod.webapp".to_owned()
+        // `acme corp`: white space becomes `-`.
+        "acme-corp.prod.webapp".to_owned()
     } else {
         source.to_owned()
     };

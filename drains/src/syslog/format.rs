@@ -4,15 +4,17 @@
 //! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID - SD MSG\n`
 //!
 //! - PRI 14 (user.info) for `OUT`, 11 (user.err) for `ERR`;
-//! - TIMESTAMP in UTC with microseconds: `2016-06-14T21:10:05.360000+00:00`;
+//! - TIMESTAMP in UTC, microseconds without trailing zeros (Go's `.999999`):
+//!   `2016-06-14T21:10:05.36+00:00`, and `…:05+00:00` at a whole second;
 //! - HOSTNAME `org.space.app` from the `organization_name`, `space_name` and `app_name` tags when
-//!   all three are present (each part reduced to `[-a-zA-Z0-9]` and at most 63 bytes), else the
-//!   source id;
-//! - APP-NAME the source id (at most 48 bytes); PROCID `[ORIGIN/INSTANCE]` (at most 128);
-//!   MSGID `-`;
+//!   any of them is present (white space runs become `-`, anything but `[-a-zA-Z0-9]` is dropped,
+//!   then trailing `-`; each part at most 63 bytes; a missing one is empty), else the source id;
+//! - APP-NAME the source id (at most 48 bytes); PROCID `[ORIGIN/INSTANCE]`, the origin upper-cased,
+//!   at most 128 bytes with the brackets (the instance is cut to 36 bytes first, then the
+//!   origin); MSGID `-`;
 //! - SD `[tags@47450 k="v" ...]` with keys sorted and `"`, `\`, `]` escaped in values, or `-`
 //!   when there are no tags or metadata is disabled;
-//! - MSG with NUL bytes removed and exactly one trailing `\n`.
+//! - MSG as sent with NUL bytes removed, and a `\n` added unless it already ends in one.
 
 use std::io::Write;
 
@@ -42,32 +44,70 @@ pub fn format_rfc5424(env: &Envelope, opts: FormatOptions, out: &mut Vec<u8>) {
         Channel::Out => 14,
         Channel::Err => 11,
     };
-    let t = UtcTime::from_ns(env.timestamp);
     // Writing into a Vec cannot fail.
     let _ = write!(out, "<{pri}>1 ");
-    t.write_rfc3339(out, 6, "+00:00 ");
+    timestamp(env.timestamp, out);
+    out.push(b' ');
     hostname(env, out);
     out.push(b' ');
     push_printable(out, env.source_id.as_bytes(), MAX_APP_NAME);
     out.push(b' ');
-    let procid_start = out.len();
-    out.push(b'[');
-    push_printable(out, env.origin.as_bytes(), MAX_PROCID);
-    out.push(b'/');
-    push_printable(out, env.instance_id.as_bytes(), MAX_PROCID);
-    out.push(b']');
-    if out.len() - procid_start > MAX_PROCID {
-        out.truncate(procid_start + MAX_PROCID);
-    }
+    procid(env, out);
     out.extend_from_slice(b" - ");
     structured_data(env, opts, out);
     out.push(b' ');
-    let mut msg: &[u8] = &env.message;
-    while let [rest @ .., b'\n' | b'\r'] = msg {
-        msg = rest;
+    // The payload as it is, NULs removed; a newline added only if it does not end in one.
+    out.extend(env.message.iter().copied().filter(|&b| b != 0));
+    if out.last() != Some(&b'\n') {
+        out.push(b'\n');
     }
-    out.extend(msg.iter().copied().filter(|&b| b != 0));
-    out.push(b'\n');
+}
+
+/// Go's `2006-01-02T15:04:05.999999-07:00` in UTC: microseconds with trailing zeros dropped,
+/// and no fraction at all at a whole second (`05.36+00:00`, `05+00:00`).
+fn timestamp(ns: i64, out: &mut Vec<u8>) {
+    UtcTime::from_ns(ns).write_rfc3339(out, 6, "");
+    while out.last() == Some(&b'0') {
+        out.pop();
+    }
+    if out.last() == Some(&b'.') {
+        out.pop();
+    }
+    out.extend_from_slice(b"+00:00");
+}
+
+/// `[ORIGIN/INSTANCE]` as Loggregator writes it, at most 128 bytes with its brackets: the origin
+/// upper-cased; when both do not fit, the instance is cut to 36 bytes first, then the origin.
+fn procid(env: &Envelope, out: &mut Vec<u8>) {
+    const MAX_INSTANCE: usize = 36;
+    // Header fields are PRINTUSASCII: other bytes are left out (counted without allocating).
+    fn printable(s: &str) -> impl Iterator<Item = u8> + '_ {
+        s.bytes().filter(|b| (0x21..=0x7e).contains(b))
+    }
+    let mut origin = printable(&env.origin).count();
+    let mut instance = printable(&env.instance_id).count();
+    out.push(b'[');
+    if instance == 0 {
+        origin = origin.min(MAX_PROCID - 2);
+    } else {
+        let room = MAX_PROCID - 3;
+        if origin + instance > room {
+            instance = instance.min(MAX_INSTANCE);
+        }
+        if origin + instance > room {
+            origin = room - instance;
+        }
+    }
+    out.extend(
+        printable(&env.origin)
+            .take(origin)
+            .map(|b| b.to_ascii_uppercase()),
+    );
+    if instance > 0 {
+        out.push(b'/');
+        out.extend(printable(&env.instance_id).take(instance));
+    }
+    out.push(b']');
 }
 
 /// Appends `LEN SP MSG` (RFC 6587 octet counting) for `env` to `out`.
@@ -83,26 +123,46 @@ pub fn format_octet_counted(
     out.extend_from_slice(scratch);
 }
 
+/// `org.space.app` from the tags when any of the three is present (a missing one is empty), each
+/// part sanitized as Loggregator does; else the source id.
 fn hostname(env: &Envelope, out: &mut Vec<u8>) {
     let parts = ["organization_name", "space_name", "app_name"].map(|k| env.tags.get(k));
-    if let [Some(org), Some(space), Some(app)] = parts {
-        let start = out.len();
-        for (i, part) in [org, space, app].into_iter().enumerate() {
-            if i > 0 {
-                out.push(b'.');
-            }
-            out.extend(
-                part.bytes()
-                    .filter(|b| b.is_ascii_alphanumeric() || *b == b'-')
-                    .take(MAX_HOST_LABEL),
-            );
-        }
-        if out.len() - start > 2 {
-            return;
-        }
-        out.truncate(start); // all three reduced to nothing: fall back to the source id
+    if parts.iter().all(Option::is_none) {
+        push_printable(out, env.source_id.as_bytes(), MAX_HOSTNAME);
+        return;
     }
-    push_printable(out, env.source_id.as_bytes(), MAX_HOSTNAME);
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        let start = out.len();
+        host_label(part.map_or("", String::as_str), out);
+        out.truncate(start + MAX_HOST_LABEL.min(out.len() - start));
+    }
+}
+
+/// A hostname label: each run of white space becomes `-`, anything but `[-a-zA-Z0-9]` is dropped,
+/// then trailing `-` (before the cut to 63 bytes, as Loggregator does it).
+fn host_label(s: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut in_space = false;
+    for b in s.bytes() {
+        // Go's `\s`: tab, newline, form feed, carriage return, space.
+        if matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ') {
+            if !in_space {
+                out.push(b'-');
+            }
+            in_space = true;
+            continue;
+        }
+        in_space = false;
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b);
+        }
+    }
+    while out.len() > start && out.last() == Some(&b'-') {
+        out.pop();
+    }
 }
 
 /// Appends at most `max` bytes of `s`, keeping only RFC 5424 PRINTUSASCII (0x21–0x7E); `-` if
@@ -176,7 +236,7 @@ mod tests {
     fn plain_out_line() {
         assert_eq!(
             fmt(&env(), FormatOptions::default()),
-            "<14>1 2016-06-14T21:10:05.360000+00:00 cdabc600-0b73-48e1-b7d2-26af2c63f933 cdabc600-0b73-48e1-b7d2-26af2c63f933 [API/0] - - Updated app with guid\n"
+            "<14>1 2016-06-14T21:10:05.36+00:00 cdabc600-0b73-48e1-b7d2-26af2c63f933 cdabc600-0b73-48e1-b7d2-26af2c63f933 [API/0] - - Updated app with guid\n"
         );
     }
 
@@ -193,9 +253,9 @@ mod tests {
         e.tags.insert("quote".into(), r#"say "hi" \ [x]"#.into());
         assert_eq!(
             fmt(&e, FormatOptions::default()),
-            r#"<11>1 2016-06-14T21:10:05.360000+00:00 myorg.devspace.spring-music cdabc600-0b73-48e1-b7d2-26af2c63f933 [APP/PROC/WEB/3] - [tags@47450 app_name="spring-music" organization_name="my org!" quote="say \"hi\" \\ [x\]" space_name="dev_space"] ab"#
+            r#"<11>1 2016-06-14T21:10:05.36+00:00 my-org.devspace.spring-music cdabc600-0b73-48e1-b7d2-26af2c63f933 [APP/PROC/WEB/3] - [tags@47450 app_name="spring-music" organization_name="my org!" quote="say \"hi\" \\ [x\]" space_name="dev_space"] ab"#
                 .to_owned()
-                + "\n"
+                + "\n\n"
         );
         assert!(
             fmt(
@@ -204,7 +264,7 @@ mod tests {
                     disable_metadata: true
                 }
             )
-            .contains(" [APP/PROC/WEB/3] - - ab\n")
+            .contains(" [APP/PROC/WEB/3] - - ab\n\n")
         );
     }
 
@@ -227,6 +287,70 @@ mod tests {
         e.tags.clear();
         let line = fmt(&e, FormatOptions::default());
         assert_eq!(line.split(' ').nth(2).unwrap(), "a".repeat(255));
+    }
+
+    /// Field by field, the bytes Loggregator's syslog agent writes for the same envelope.
+    #[test]
+    fn each_field_as_loggregator_writes_it() {
+        let field = |e: &Envelope, n: usize| -> String {
+            fmt(e, FormatOptions::default())
+                .split(' ')
+                .nth(n)
+                .unwrap()
+                .to_owned()
+        };
+        // Hostname: white space becomes `-`, trailing `-` go; any one tag is enough.
+        let mut e = env();
+        e.tags.insert("organization_name".into(), "someorg".into());
+        e.tags.insert("space_name".into(), "some space".into());
+        e.tags.insert("app_name".into(), "someapp--".into());
+        assert_eq!(field(&e, 2), "someorg.some-space.someapp");
+        let mut e = env();
+        e.tags.insert("app_name".into(), "some app".into());
+        assert_eq!(field(&e, 2), "..some-app");
+        let mut e = env();
+        e.tags.insert("organization_name".into(), "!!".into());
+        assert_eq!(field(&e, 2), "..");
+
+        // Timestamp: Go's `.999999`.
+        let mut e = env();
+        e.timestamp = 1_465_938_605_000_000_000;
+        assert_eq!(field(&e, 1), "2016-06-14T21:10:05+00:00");
+        e.timestamp = 1_465_938_605_000_001_000;
+        assert_eq!(field(&e, 1), "2016-06-14T21:10:05.000001+00:00");
+        e.timestamp = 1_465_938_605_123_456_789;
+        assert_eq!(field(&e, 1), "2016-06-14T21:10:05.123456+00:00");
+
+        // PROCID: at most 128 bytes, the closing bracket kept; the instance is cut first.
+        let mut e = env();
+        e.origin = "a".repeat(100);
+        e.instance_id = "i".repeat(40);
+        let procid = field(&e, 4);
+        assert_eq!(procid.len(), 128);
+        assert_eq!(procid, format!("[{}/{}]", "A".repeat(89), "i".repeat(36)));
+        e.instance_id = "7".into();
+        assert_eq!(field(&e, 4), format!("[{}/7]", "A".repeat(100)));
+        e.instance_id = String::new();
+        e.origin = "x".repeat(200);
+        assert_eq!(field(&e, 4), format!("[{}]", "X".repeat(126)));
+
+        // The payload's own line ends are kept; `\n` is added only when it does not end in one.
+        for (sent, written) in [
+            ("x", "x\n"),
+            ("x\n", "x\n"),
+            ("x\n\n", "x\n\n"),
+            ("x\r\n", "x\r\n"),
+            ("x\r", "x\r\n"),
+            ("a\0b", "ab\n"),
+        ] {
+            let mut e = env();
+            e.message = sent.as_bytes().to_vec().into();
+            let line = fmt(&e, FormatOptions::default());
+            assert!(
+                line.ends_with(&format!(" - - {written}")),
+                "{sent:?}: {line:?}"
+            );
+        }
     }
 
     #[test]
