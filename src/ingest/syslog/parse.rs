@@ -103,19 +103,33 @@ pub fn parse_message(
         }
     }
 
-    // The message as bytes. When the input was not UTF-8 the parser saw a lossy copy; if the
-    // header before the message was ASCII, that copy's header has the same bytes as the input,
-    // so the input from the same offset on is the exact message.
+    // The message as bytes, exactly: from where it starts to the end of the frame. The parser
+    // trims MSG; the RFCs strip only the one space that separates it from the header, so the
+    // spaces (and tabs) it trimmed before the text are given back, less that one, and so is what
+    // follows the text. When the input was not UTF-8 the parser saw a lossy copy; if the header
+    // before the message was ASCII, that copy's header has the same bytes as the input, so the
+    // input from the same offset on is the exact message.
     let msg: &str = parsed.msg;
-    let mut body: &[u8] = match &text {
-        Cow::Borrowed(_) => msg.as_bytes(),
-        Cow::Owned(_) => {
-            let offset = msg.as_ptr() as usize - text.as_ptr() as usize;
-            match raw.get(..offset) {
-                Some(header) if header.is_ascii() => &raw[offset..],
-                _ => msg.as_bytes(),
-            }
+    let text_range = text.as_ptr() as usize..=text.as_ptr() as usize + text.len();
+    let mut body: &[u8] = if text_range.contains(&(msg.as_ptr() as usize)) && !msg.is_empty() {
+        let found = msg.as_ptr() as usize - text.as_ptr() as usize;
+        let before = text.as_bytes();
+        let mut start = found;
+        while start > 0 && matches!(before[start - 1], b' ' | b'\t') {
+            start -= 1;
         }
+        if start < found && before[start] == b' ' {
+            start += 1;
+        }
+        match &text {
+            Cow::Borrowed(t) => &t.as_bytes()[start..],
+            Cow::Owned(_) => match raw.get(..start) {
+                Some(header) if header.is_ascii() => &raw[start..],
+                _ => msg.as_bytes(),
+            },
+        }
+    } else {
+        msg.as_bytes()
     };
     while let [rest @ .., b'\n' | b'\r'] = body {
         body = rest;
@@ -255,6 +269,30 @@ mod tests {
         let e = one(b"<14>1 - web01 - - - - hello");
         assert_eq!(e.source_id, "web01", "no APP-NAME: the hostname");
         assert_eq!(e.timestamp, 0, "stamped by the router on receipt");
+    }
+
+    /// MSG is kept byte for byte, as rsyslog keeps it: only the one separating space goes.
+    #[test]
+    fn the_message_keeps_its_leading_and_trailing_white_space() {
+        for (raw, msg) in [
+            (&b"<14>1 2003-10-11T22:14:15.003Z host app - - -  nosd-sp"[..], &b" nosd-sp"[..]),
+            (
+                b"<14>1 2003-10-11T22:14:15.003Z host app [APP/0] - [tags@47450 a=\"b\"]     just a test",
+                b"    just a test",
+            ),
+            (b"<14>1 - host app - - - \tat com.example.Main.run(Main.java:5)", b"\tat com.example.Main.run(Main.java:5)"),
+            (b"<14>1 - host app - - - trailing  ", b"trailing  "),
+            (b"<13>Oct 11 22:14:15 host tag:  msgnum:2", b" msgnum:2"),
+            (b"<14>1 - host app - - - plain\n", b"plain"),
+        ] {
+            let e = one(raw);
+            assert_eq!(
+                String::from_utf8_lossy(&e.message),
+                String::from_utf8_lossy(msg),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
