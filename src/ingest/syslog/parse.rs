@@ -95,7 +95,15 @@ pub fn parse_message(
     if let Some(ts) = parsed.timestamp {
         env.timestamp = ts.timestamp_nanos_opt().unwrap_or(0);
     }
-    for element in &parsed.structured_data {
+    // RFC 3164 has no structured data: a body that starts with `[id k="v"]` is text, and the
+    // message starts at its bracket.
+    let rfc3164 = matches!(parsed.protocol, syslog_loose::Protocol::RFC3164);
+    let sd_start = parsed
+        .structured_data
+        .first()
+        .filter(|_| rfc3164)
+        .map(|e| e.id.as_ptr() as usize - 1);
+    for element in parsed.structured_data.iter().filter(|_| !rfc3164) {
         if element.id == "tags@47450" {
             for (k, v) in &element.params {
                 env.tags.insert(k.to_string(), unescape_param(v));
@@ -111,8 +119,10 @@ pub fn parse_message(
     // input from the same offset on is the exact message.
     let msg: &str = parsed.msg;
     let text_range = text.as_ptr() as usize..=text.as_ptr() as usize + text.len();
-    let mut body: &[u8] = if text_range.contains(&(msg.as_ptr() as usize)) && !msg.is_empty() {
-        let found = msg.as_ptr() as usize - text.as_ptr() as usize;
+    let msg_at = sd_start.unwrap_or(msg.as_ptr() as usize);
+    let mut body: &[u8] = if text_range.contains(&msg_at) && (!msg.is_empty() || sd_start.is_some())
+    {
+        let found = msg_at - text.as_ptr() as usize;
         let before = text.as_bytes();
         let mut start = found;
         while start > 0 && matches!(before[start - 1], b' ' | b'\t') {
@@ -283,6 +293,11 @@ mod tests {
             (b"<14>1 - host app - - - \tat com.example.Main.run(Main.java:5)", b"\tat com.example.Main.run(Main.java:5)"),
             (b"<14>1 - host app - - - trailing  ", b"trailing  "),
             (b"<13>Oct 11 22:14:15 host tag:  msgnum:2", b" msgnum:2"),
+            // RFC 3164 has no structured data: brackets at the start are text.
+            (
+                b"<30>Feb  4 10:00:00 host rsyslogd:  [origin software=\"rsyslogd\" swVersion=\"8\"] start",
+                b" [origin software=\"rsyslogd\" swVersion=\"8\"] start",
+            ),
             (b"<14>1 - host app - - - plain\n", b"plain"),
         ] {
             let e = one(raw);
