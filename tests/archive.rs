@@ -572,17 +572,7 @@ async fn a_big_job_read_back_from_s3_streams_in_bounded_memory() {
     assert!(!path.exists(), "only S3 has the lines");
     let before = server.peak_rss_bytes();
 
-    let mut resp = server
-        .client
-        .get(server.url("/api/jobs/big-job/logs"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut got = common::JobLogCount::default();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        got.feed(&chunk);
-    }
+    let got = common::JobLogCount::read(&server, "big-job", async |_| {}).await;
     let tail = String::from_utf8_lossy(&got.tail);
     assert_eq!(got.lines, LINES, "{tail}");
     assert!(got.bytes > 64 << 20, "{} bytes", got.bytes);

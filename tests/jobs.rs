@@ -223,17 +223,8 @@ async fn a_big_job_log_streams_in_bounded_memory_while_the_server_keeps_answerin
     common::write_big_job(&server.logs.join("big-job.jsonl"), LINES);
     let before = server.peak_rss_bytes();
 
-    let mut resp = server
-        .client
-        .get(server.url("/api/jobs/big-job/logs"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut got = common::JobLogCount::default();
     let mut health = 0;
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        got.feed(&chunk);
+    let got = common::JobLogCount::read(&server, "big-job", async |got| {
         if health < 20 && got.bytes > (health + 1) * (2 << 20) {
             let ok = server
                 .client
@@ -247,7 +238,8 @@ async fn a_big_job_log_streams_in_bounded_memory_while_the_server_keeps_answerin
             );
             health += 1;
         }
-    }
+    })
+    .await;
     assert!(
         got.head.starts_with(b"{\"logs\":\"{\\\"ts\\\""),
         "{}",

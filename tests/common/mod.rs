@@ -259,6 +259,28 @@ pub struct JobLogCount {
 }
 
 impl JobLogCount {
+    /// `GET /api/jobs/{job}/logs` read to its end, counted; `each` runs after every chunk with
+    /// the count so far (to probe the server meanwhile).
+    pub async fn read(
+        server: &Server,
+        job: &str,
+        mut each: impl AsyncFnMut(&JobLogCount),
+    ) -> JobLogCount {
+        let mut resp = server
+            .client
+            .get(server.url(&format!("/api/jobs/{job}/logs")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = JobLogCount::default();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            got.feed(&chunk);
+            each(&got).await;
+        }
+        got
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len();
         if self.head.len() < 64 {

@@ -42,7 +42,8 @@ impl DirLock {
             .open(dir.join(LOCK_FILE))?;
         let locked = file.try_lock();
         let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut file, &mut text);
+        // A pid or `stopped`: a few bytes; whatever else a file there holds is not read whole.
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, 64), &mut text);
         match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
