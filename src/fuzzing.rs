@@ -129,9 +129,10 @@ fn envelope(data: &[u8]) -> Envelope {
         if s.is_empty() { default.to_owned() } else { s }
     };
     let visible = |b: u8| (0x21..=0x7e).contains(&b);
-    let upper = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'/';
+    // Origins are free text (Loggregator's `MY TASK`); the drain writes them canonical.
+    let text = |b: u8| b.is_ascii_graphic() || b == b' ';
     let mut env = Envelope::new(field(visible, "app", 256), Vec::new());
-    env.origin = field(upper, "APP", 64);
+    env.origin = field(text, "APP", 64);
     env.instance_id = field(visible, "0", 64);
     let tag = field(|b| b.is_ascii_graphic() || b == b' ', "", 40);
     if !tag.is_empty() {

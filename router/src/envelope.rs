@@ -191,24 +191,45 @@ pub fn validate_source_id(id: &str) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
-/// Whether `origin` is the router's own (`LGR`, or under it: `LGR/...`).
+/// Whether `origin` is the router's own: `LGR`, or under it (`LGR/...`), in any spelling that
+/// a syslog drain would write as `[LGR...]` (see [`canonical_origin`]).
 pub fn is_router_origin(origin: &str) -> bool {
-    origin
-        .strip_prefix(ORIGIN_ROUTER)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    let mut canonical = Vec::with_capacity(origin.len());
+    canonical_origin(origin, &mut canonical);
+    canonical
+        .strip_prefix(ORIGIN_ROUTER.as_bytes())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }
 
-/// An origin is a short code of uppercase letters, digits, `/`, `_` and `-`.
+/// An origin is what the producer calls its source type, kept as sent: 1 to 64 bytes of text
+/// without control characters, with at least one visible ASCII character (`APP/PROC/WEB`,
+/// `RTR`, and Loggregator's free-form `source_type`s such as `MY TASK`).
 pub fn validate_origin(origin: &str) -> Result<(), EnvelopeError> {
     let ok = !origin.is_empty()
         && origin.len() <= MAX_ORIGIN_BYTES
-        && origin
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"/_-".contains(&b));
+        && !origin.chars().any(char::is_control)
+        && origin.bytes().any(is_visible_ascii);
     if ok {
         Ok(())
     } else {
         Err(EnvelopeError::Origin(shorten(origin)))
+    }
+}
+
+/// The origin as Loggregator writes it into a syslog PROCID: ASCII letters upper-cased, each
+/// white-space character turned into `-`, anything else that is not visible ASCII (0x21-0x7E)
+/// left out, and trailing `-` dropped (`my task ` → `MY-TASK`).
+pub fn canonical_origin(origin: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    for b in origin.bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' => out.push(b'-'),
+            0x21..=0x7e => out.push(b.to_ascii_uppercase()),
+            _ => {}
+        }
+    }
+    while out.len() > start && out.last() == Some(&b'-') {
+        out.pop();
     }
 }
 
@@ -233,7 +254,7 @@ pub enum EnvelopeError {
     )]
     SourceId(String),
     #[error(
-        "invalid origin {0:?}: an origin is 1 to 64 characters of A-Z, 0-9, '/', '_' and '-', such as APP/PROC/WEB or RTR"
+        "invalid origin {0:?}: an origin is 1 to 64 bytes of text without control characters, with at least one visible ASCII character, such as APP/PROC/WEB, RTR or MY TASK"
     )]
     Origin(String),
     #[error(
@@ -456,11 +477,39 @@ mod tests {
 
     #[test]
     fn origins() {
-        for ok in ["APP/PROC/WEB", "RTR", "LGR", "STG", "CELL", "X_1-2"] {
+        for ok in [
+            "APP/PROC/WEB",
+            "RTR",
+            "LGR",
+            "X_1-2",
+            "MY TASK",
+            "app/foo/bar",
+            "tâche 1",
+            &"A".repeat(64),
+        ] {
             assert!(validate_origin(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "app", "A B", &"A".repeat(65)] {
-            assert!(validate_origin(bad).is_err(), "{bad}");
+        for bad in ["", " ", "é", "A\nB", "A\u{7f}", &"A".repeat(65)] {
+            assert!(validate_origin(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origins_in_their_canonical_form() {
+        let canon = |o: &str| {
+            let mut out = Vec::new();
+            canonical_origin(o, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(canon("MY TASK"), "MY-TASK");
+        assert_eq!(canon("app/foo/bar"), "APP/FOO/BAR");
+        assert_eq!(canon("my  task \t"), "MY--TASK");
+        assert_eq!(canon("tâche"), "TCHE");
+        for reserved in ["LGR", "lgr", "LGR/x", "Lgr ", "lgr/2"] {
+            assert!(is_router_origin(reserved), "{reserved:?}");
+        }
+        for free in ["LGRX", "RTR", "L GR", "XLGR"] {
+            assert!(!is_router_origin(free), "{free:?}");
         }
     }
 

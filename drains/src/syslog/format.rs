@@ -9,8 +9,8 @@
 //! - HOSTNAME `org.space.app` from the `organization_name`, `space_name` and `app_name` tags when
 //!   any of them is present (white space runs become `-`, anything but `[-a-zA-Z0-9]` is dropped,
 //!   then trailing `-`; each part at most 63 bytes; a missing one is empty), else the source id;
-//! - APP-NAME the source id (at most 48 bytes); PROCID `[ORIGIN/INSTANCE]`, the origin upper-cased,
-//!   at most 128 bytes with the brackets (the instance is cut to 36 bytes first, then the
+//! - APP-NAME the source id (at most 48 bytes); PROCID `[ORIGIN/INSTANCE]`, the origin upper-cased
+//!   with white space as `-` (`MY TASK` → `MY-TASK`), at most 128 bytes with the brackets (the instance is cut to 36 bytes first, then the
 //!   origin); MSGID `-`;
 //! - SD `[tags@47450 k="v" ...]` with keys sorted and `"`, `\`, `]` escaped in values, or `-`
 //!   when there are no tags or metadata is disabled;
@@ -18,7 +18,7 @@
 
 use std::io::Write;
 
-use sluice_router::envelope::UtcTime;
+use sluice_router::envelope::{UtcTime, canonical_origin};
 use sluice_router::{Channel, Envelope};
 
 /// The private enterprise number Loggregator uses for its tags element.
@@ -77,16 +77,19 @@ fn timestamp(ns: i64, out: &mut Vec<u8>) {
 }
 
 /// `[ORIGIN/INSTANCE]` as Loggregator writes it, at most 128 bytes with its brackets: the origin
-/// upper-cased; when both do not fit, the instance is cut to 36 bytes first, then the origin.
+/// in its canonical form ([`canonical_origin`]: `MY TASK` → `MY-TASK`); when both do not fit,
+/// the instance is cut to 36 bytes first, then the origin.
 fn procid(env: &Envelope, out: &mut Vec<u8>) {
     const MAX_INSTANCE: usize = 36;
     // Header fields are PRINTUSASCII: other bytes are left out (counted without allocating).
     fn printable(s: &str) -> impl Iterator<Item = u8> + '_ {
         s.bytes().filter(|b| (0x21..=0x7e).contains(b))
     }
-    let mut origin = printable(&env.origin).count();
-    let mut instance = printable(&env.instance_id).count();
     out.push(b'[');
+    let origin_at = out.len();
+    canonical_origin(&env.origin, out);
+    let mut origin = out.len() - origin_at;
+    let mut instance = printable(&env.instance_id).count();
     if instance == 0 {
         origin = origin.min(MAX_PROCID - 2);
     } else {
@@ -98,11 +101,7 @@ fn procid(env: &Envelope, out: &mut Vec<u8>) {
             origin = room - instance;
         }
     }
-    out.extend(
-        printable(&env.origin)
-            .take(origin)
-            .map(|b| b.to_ascii_uppercase()),
-    );
+    out.truncate(origin_at + origin);
     if instance > 0 {
         out.push(b'/');
         out.extend(printable(&env.instance_id).take(instance));

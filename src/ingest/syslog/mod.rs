@@ -6,6 +6,7 @@
 //! what was accepted before it is kept.
 
 pub mod parse;
+pub mod rfc3164;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,25 +1,35 @@
-//! Syslog messages to envelopes (SPEC §2.2): RFC 5424 and RFC 3164 through `syslog_loose`, and
-//! RFC 6587 framing. Pure functions; the listeners only move bytes.
+//! Syslog messages to envelopes (SPEC §2.2): RFC 5424 through `syslog_loose`, RFC 3164 as
+//! rsyslog reads it ([`super::rfc3164`]), and RFC 6587 framing. Pure functions; the listeners
+//! only move bytes.
 //!
-//! Mapping: APP-NAME → `source_id` (else HOSTNAME); PROCID `[TYPE/INSTANCE]` → `origin` and
-//! `instance_id` (any other PROCID → origin `SYSLOG`, the PROCID as instance); severity 0–3 →
-//! `ERR`, else `OUT`; structured data `tags@47450` → `tags`; the timestamp when there is one.
-//! A PROCID of the router's own origin (`[LGR/0]`, another Sluice's notice relayed by its drain)
-//! becomes `RELAYED/LGR`: kept, but never mistaken for this Sluice's notices.
+//! Mapping: APP-NAME (RFC 3164: the TAG's name) → `source_id`, else HOSTNAME; an RFC 5424
+//! PROCID `[TYPE/INSTANCE]` → `origin` and `instance_id` as sent (`[TYPE]` alone: instance
+//! `0`); any other PROCID (a pid, RFC 3164's `name[pid]`) → origin `SYSLOG`, the PROCID as
+//! instance. A PROCID that cannot be kept that way (an origin or instance over 64 bytes) gives
+//! origin `SYSLOG`, instance `0`, and the PROCID whole in the tag `syslog_procid`: nothing is
+//! replaced silently. Severity 0–3 → `ERR`, else `OUT`; RFC 5424 structured data
+//! `tags@47450` → `tags`; the timestamp when there is one. A PROCID of the router's own origin
+//! (`[LGR/0]`, another Sluice's notice relayed by its drain) becomes `RELAYED/LGR`: kept, but
+//! never mistaken for this Sluice's notices.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 use chrono::Datelike;
-use sluice_router::envelope::{is_router_origin, validate_origin};
+use sluice_router::envelope::{MAX_INSTANCE_ID_BYTES, is_router_origin, now_ns, validate_origin};
 use sluice_router::{Channel, Envelope, validate_source_id};
-use syslog_loose::{ProcId, Variant};
+use syslog_loose::{ProcId, Protocol, Variant};
+
+use super::rfc3164;
 
 /// The origin given to syslog lines whose PROCID is not `[TYPE/INSTANCE]`.
 pub const SYSLOG_ORIGIN: &str = "SYSLOG";
 
 /// What a syslog line claiming the router's origin (`[LGR/0]`) gets in front of it.
 pub const RELAYED_PREFIX: &str = "RELAYED/";
+
+/// The tag that keeps a PROCID that could not be mapped onto `origin` and `instance_id`.
+pub const PROCID_TAG: &str = "syslog_procid";
 
 /// Why a syslog message was not turned into envelopes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,110 +47,12 @@ pub fn parse_message(
     max_message_bytes: usize,
     out: &mut Vec<Envelope>,
 ) -> Result<(), SyslogError> {
-    let text: Cow<'_, str> = String::from_utf8_lossy(raw);
-    let parsed = syslog_loose::parse_message_with_year(
-        &text,
-        |_| chrono::Utc::now().year(),
-        Variant::Either,
-    );
     let mut env = Envelope::new(String::new(), Bytes::new());
-
-    let source = parsed
-        .appname
-        .filter(|a| !a.is_empty() && *a != "-")
-        .or(parsed.hostname.filter(|h| !h.is_empty() && *h != "-"))
-        .ok_or(SyslogError::NoSource)?;
-    validate_source_id(source).map_err(|e| SyslogError::Invalid(e.to_string()))?;
-    env.source_id = source.to_owned();
-
-    match &parsed.procid {
-        Some(ProcId::Name(name))
-            if name.starts_with('[') && name.ends_with(']') && name.len() > 2 =>
-        {
-            let inner = &name[1..name.len() - 1];
-            let (origin, instance) = match inner.rsplit_once('/') {
-                Some((o, i)) if !o.is_empty() && !i.is_empty() => (o, i),
-                _ => (inner, "0"),
-            };
-            let mut origin = origin.to_ascii_uppercase();
-            if is_router_origin(&origin) {
-                // Another Sluice's notices, relayed by its drain: kept, but never to be taken
-                // for this Sluice's own.
-                origin.insert_str(0, RELAYED_PREFIX);
-            }
-            // (Found by the syslog_datagram fuzz target: the prefix once skipped this check.)
-            env.origin = if validate_origin(&origin).is_ok() {
-                origin
-            } else {
-                SYSLOG_ORIGIN.to_owned()
-            };
-            env.instance_id = instance.to_owned();
-        }
-        Some(other) => {
-            env.origin = SYSLOG_ORIGIN.to_owned();
-            env.instance_id = other.to_string();
-        }
-        None => env.origin = SYSLOG_ORIGIN.to_owned(),
-    }
-    if env.instance_id.is_empty()
-        || env.instance_id.len() > 64
-        || !env.instance_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
-    {
-        env.instance_id = "0".to_owned();
-    }
-    env.channel = match parsed.severity {
-        Some(s) if (s as u8) <= 3 => Channel::Err,
-        _ => Channel::Out,
+    let body = match rfc5424(raw, &mut env) {
+        Some(body) => body?,
+        None => Cow::Borrowed(rfc3164(raw, &mut env)?),
     };
-    if let Some(ts) = parsed.timestamp {
-        env.timestamp = ts.timestamp_nanos_opt().unwrap_or(0);
-    }
-    // RFC 3164 has no structured data: a body that starts with `[id k="v"]` is text, and the
-    // message starts at its bracket.
-    let rfc3164 = matches!(parsed.protocol, syslog_loose::Protocol::RFC3164);
-    let sd_start = parsed
-        .structured_data
-        .first()
-        .filter(|_| rfc3164)
-        .map(|e| e.id.as_ptr() as usize - 1);
-    for element in parsed.structured_data.iter().filter(|_| !rfc3164) {
-        if element.id == "tags@47450" {
-            for (k, v) in &element.params {
-                env.tags.insert(k.to_string(), unescape_param(v));
-            }
-        }
-    }
-
-    // The message as bytes, exactly: from where it starts to the end of the frame. The parser
-    // trims MSG; the RFCs strip only the one space that separates it from the header, so the
-    // spaces (and tabs) it trimmed before the text are given back, less that one, and so is what
-    // follows the text. When the input was not UTF-8 the parser saw a lossy copy; if the header
-    // before the message was ASCII, that copy's header has the same bytes as the input, so the
-    // input from the same offset on is the exact message.
-    let msg: &str = parsed.msg;
-    let text_range = text.as_ptr() as usize..=text.as_ptr() as usize + text.len();
-    let msg_at = sd_start.unwrap_or(msg.as_ptr() as usize);
-    let mut body: &[u8] = if text_range.contains(&msg_at) && (!msg.is_empty() || sd_start.is_some())
-    {
-        let found = msg_at - text.as_ptr() as usize;
-        let before = text.as_bytes();
-        let mut start = found;
-        while start > 0 && matches!(before[start - 1], b' ' | b'\t') {
-            start -= 1;
-        }
-        if start < found && before[start] == b' ' {
-            start += 1;
-        }
-        match &text {
-            Cow::Borrowed(t) => &t.as_bytes()[start..],
-            Cow::Owned(_) => match raw.get(..start) {
-                Some(header) if header.is_ascii() => &raw[start..],
-                _ => msg.as_bytes(),
-            },
-        }
-    } else {
-        msg.as_bytes()
-    };
+    let mut body: &[u8] = &body;
     while let [rest @ .., b'\n' | b'\r'] = body {
         body = rest;
     }
@@ -155,6 +67,160 @@ pub fn parse_message(
         out.push(part);
     }
     Ok(())
+}
+
+/// `<PRI>VERSION SP`: what RFC 5424 messages start with.
+fn looks_like_rfc5424(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(b"<") else {
+        return false;
+    };
+    let digits = rest
+        .iter()
+        .take(4)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    (1..=3).contains(&digits) && rest[digits..].starts_with(b">1 ")
+}
+
+/// An RFC 5424 message: the envelope's fields set and the message returned; `None` when `raw`
+/// is not one (RFC 3164 is tried next, as rsyslog does).
+fn rfc5424<'a>(raw: &'a [u8], env: &mut Envelope) -> Option<Result<Cow<'a, [u8]>, SyslogError>> {
+    if !looks_like_rfc5424(raw) {
+        return None;
+    }
+    let text: Cow<'_, str> = String::from_utf8_lossy(raw);
+    let parsed = syslog_loose::parse_message_with_year(
+        &text,
+        |_| chrono::Utc::now().year(),
+        Variant::RFC5424,
+    );
+    if !matches!(parsed.protocol, Protocol::RFC5424(_)) {
+        return None;
+    }
+    let source = parsed
+        .appname
+        .filter(|a| !a.is_empty() && *a != "-")
+        .or(parsed.hostname.filter(|h| !h.is_empty() && *h != "-"));
+    if let Err(e) = set_source(env, source) {
+        return Some(Err(e));
+    }
+    match &parsed.procid {
+        Some(ProcId::Name(name)) => set_procid(env, Some(name), true),
+        Some(ProcId::PID(pid)) => set_procid(env, Some(&pid.to_string()), true),
+        None => set_procid(env, None, true),
+    }
+    env.channel = channel(parsed.severity.map(|s| s as u8));
+    if let Some(ts) = parsed.timestamp {
+        env.timestamp = ts.timestamp_nanos_opt().unwrap_or(0);
+    }
+    for element in &parsed.structured_data {
+        if element.id == "tags@47450" {
+            for (k, v) in &element.params {
+                env.tags.insert(k.to_string(), unescape_param(v));
+            }
+        }
+    }
+
+    // The message as bytes, exactly: from where it starts to the end of the frame. The parser
+    // trims MSG; the RFC strips only the one space that separates it from the header, so the
+    // spaces (and tabs) it trimmed before the text are given back, less that one, and so is what
+    // follows the text. When the input was not UTF-8 the parser saw a lossy copy; if the header
+    // before the message was ASCII, that copy's header has the same bytes as the input, so the
+    // input from the same offset on is the exact message.
+    let msg: &str = parsed.msg;
+    let text_range = text.as_ptr() as usize..=text.as_ptr() as usize + text.len();
+    let msg_at = msg.as_ptr() as usize;
+    let body: Cow<'a, [u8]> = if text_range.contains(&msg_at) && !msg.is_empty() {
+        let found = msg_at - text.as_ptr() as usize;
+        let before = text.as_bytes();
+        let mut start = found;
+        while start > 0 && matches!(before[start - 1], b' ' | b'\t') {
+            start -= 1;
+        }
+        if start < found && before[start] == b' ' {
+            start += 1;
+        }
+        match raw.get(..start) {
+            Some(header) if matches!(text, Cow::Borrowed(_)) || header.is_ascii() => {
+                Cow::Borrowed(&raw[start..])
+            }
+            _ => Cow::Owned(msg.as_bytes().to_vec()),
+        }
+    } else {
+        Cow::Owned(msg.as_bytes().to_vec())
+    };
+    Some(Ok(body))
+}
+
+/// An RFC 3164 message (or anything else: a line without a header is all message).
+fn rfc3164<'a>(raw: &'a [u8], env: &mut Envelope) -> Result<&'a [u8], SyslogError> {
+    let h = rfc3164::parse(raw, now_ns());
+    set_source(env, h.appname.or(h.hostname))?;
+    set_procid(env, h.procid, false);
+    env.channel = channel(h.pri.map(|p| p & 7));
+    if let Some(ts) = h.timestamp {
+        env.timestamp = ts;
+    }
+    Ok(&raw[h.msg_at..])
+}
+
+fn set_source(env: &mut Envelope, source: Option<&str>) -> Result<(), SyslogError> {
+    let source = source.ok_or(SyslogError::NoSource)?;
+    validate_source_id(source).map_err(|e| SyslogError::Invalid(e.to_string()))?;
+    env.source_id = source.to_owned();
+    Ok(())
+}
+
+/// Severity 0–3 (emergency to error) is `ERR`; the rest, or none, `OUT`.
+fn channel(severity: Option<u8>) -> Channel {
+    match severity {
+        Some(s) if s <= 3 => Channel::Err,
+        _ => Channel::Out,
+    }
+}
+
+/// `origin` and `instance_id` from the PROCID (see the module's mapping). `bracketed`: an RFC
+/// 5424 PROCID, where `[TYPE/INSTANCE]` is Loggregator's form.
+fn set_procid(env: &mut Envelope, procid: Option<&str>, bracketed: bool) {
+    let fits = |instance: &str| {
+        !instance.is_empty()
+            && instance.len() <= MAX_INSTANCE_ID_BYTES
+            && instance.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    };
+    let Some(procid) = procid.filter(|p| !p.is_empty() && *p != "-") else {
+        env.origin = SYSLOG_ORIGIN.to_owned();
+        env.instance_id = "0".to_owned();
+        return;
+    };
+    let inner = procid
+        .strip_prefix('[')
+        .and_then(|p| p.strip_suffix(']'))
+        .filter(|inner| bracketed && !inner.is_empty());
+    if let Some(inner) = inner {
+        let (origin, instance) = match inner.rsplit_once('/') {
+            Some((o, i)) if !o.is_empty() && !i.is_empty() => (o, i),
+            _ => (inner, "0"),
+        };
+        let mut origin = origin.to_owned();
+        if is_router_origin(&origin) {
+            // Another Sluice's notices, relayed by its drain: kept, but never to be taken for
+            // this Sluice's own.
+            origin.insert_str(0, RELAYED_PREFIX);
+        }
+        // (Found by the syslog_datagram fuzz target: the prefix once skipped this check.)
+        if validate_origin(&origin).is_ok() && fits(instance) {
+            env.origin = origin;
+            env.instance_id = instance.to_owned();
+            return;
+        }
+    } else if fits(procid) {
+        env.origin = SYSLOG_ORIGIN.to_owned();
+        env.instance_id = procid.to_owned();
+        return;
+    }
+    env.origin = SYSLOG_ORIGIN.to_owned();
+    env.instance_id = "0".to_owned();
+    env.tags.insert(PROCID_TAG.to_owned(), procid.to_owned());
 }
 
 /// SD-PARAM values escape `"`, `\\` and `]` with a backslash (RFC 5424 §6.3.3); a backslash
@@ -279,6 +345,82 @@ mod tests {
         let e = one(b"<14>1 - web01 - - - - hello");
         assert_eq!(e.source_id, "web01", "no APP-NAME: the hostname");
         assert_eq!(e.timestamp, 0, "stamped by the router on receipt");
+    }
+
+    /// Every PROCID form of the README's table; nothing replaced without a trace.
+    #[test]
+    fn procids_map_as_documented() {
+        let ids = |raw: &[u8]| {
+            let e = one(raw);
+            (e.origin, e.instance_id, e.tags.get(PROCID_TAG).cloned())
+        };
+        let kept = |o: &str, i: &str| (o.to_owned(), i.to_owned(), None);
+        assert_eq!(ids(b"<14>1 - h app [web/3] - - x"), kept("web", "3"));
+        assert_eq!(
+            ids(b"<14>1 - h app [APP/PROC/WEB/0] - - x"),
+            kept("APP/PROC/WEB", "0")
+        );
+        assert_eq!(ids(b"<14>1 - h app [RTR] - - x"), kept("RTR", "0"));
+        assert_eq!(ids(b"<14>1 - h app [1] - - x"), kept("1", "0"));
+        assert_eq!(ids(b"<14>1 - h app 4242 - - x"), kept("SYSLOG", "4242"));
+        assert_eq!(ids(b"<14>1 - h app - - - x"), kept("SYSLOG", "0"));
+        assert_eq!(
+            ids(b"<14>1 - h app [LGR/0] - - x"),
+            kept("RELAYED/LGR", "0")
+        );
+        assert_eq!(
+            ids(b"<14>1 - h app [lgr/0] - - x"),
+            kept("RELAYED/lgr", "0")
+        );
+        // Too long to keep as origin or instance: the PROCID goes into a tag, whole.
+        let long_instance = format!("[APP/{}]", "i".repeat(65));
+        let raw = format!("<14>1 - h app {long_instance} - - x");
+        assert_eq!(
+            ids(raw.as_bytes()),
+            ("SYSLOG".into(), "0".into(), Some(long_instance))
+        );
+        let long_origin = format!("[{}/1]", "O".repeat(65));
+        let raw = format!("<14>1 - h app {long_origin} - - x");
+        assert_eq!(
+            ids(raw.as_bytes()),
+            ("SYSLOG".into(), "0".into(), Some(long_origin))
+        );
+        let long_pid = "9".repeat(100);
+        let raw = format!("<14>1 - h app {long_pid} - - x");
+        assert_eq!(
+            ids(raw.as_bytes()),
+            ("SYSLOG".into(), "0".into(), Some(long_pid))
+        );
+        // RFC 3164: `name[pid]` is a pid, brackets or not inside.
+        assert_eq!(
+            ids(b"<13>Oct 11 22:14:15 host app[APP/0]: x"),
+            kept("SYSLOG", "APP/0")
+        );
+    }
+
+    /// rsyslog and syslog-ng take RFC 3164 without a timestamp and with fractional seconds.
+    #[test]
+    fn rfc3164_without_a_timestamp_or_with_a_fraction() {
+        let e = one(b"<27>xapi: [error|xenserver|1|] Connection to master died");
+        assert_eq!((e.source_id.as_str(), e.channel), ("xapi", Channel::Err));
+        assert_eq!(
+            &e.message[..],
+            b"[error|xenserver|1|] Connection to master died"
+        );
+        let e = one(b"<14>123456789: HOSTNAME: %LINK-3-UPDOWN: Interface up");
+        assert_eq!(e.source_id, "123456789");
+        assert_eq!(&e.message[..], b"HOSTNAME: %LINK-3-UPDOWN: Interface up");
+        let e = one(b"<7> Aug 29 02:00:00.156789 ctld snmpd[2499]: Connection from UDP");
+        assert_eq!(
+            (
+                e.source_id.as_str(),
+                e.origin.as_str(),
+                e.instance_id.as_str()
+            ),
+            ("snmpd", "SYSLOG", "2499")
+        );
+        assert_eq!(e.timestamp % 1_000_000_000, 156_789_000);
+        assert_eq!(&e.message[..], b"Connection from UDP");
     }
 
     /// MSG is kept byte for byte, as rsyslog keeps it: only the one separating space goes.
