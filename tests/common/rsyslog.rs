@@ -102,6 +102,40 @@ input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="udp")
         }
     }
 
+    /// An rsyslog that writes, for each message received on TCP (octet counting on), one JSON
+    /// object of the fields it parsed: `pri`, `version` (0 for RFC 3164, 1 for RFC 5424),
+    /// `host`, `app`, `procid`, `reported` and `generated` (RFC 3339; equal when the message had
+    /// no timestamp) and `msg`, into `tcp_out`.
+    pub fn parser() -> Rsyslog {
+        let dir = temp_dir("rsyslog-parse");
+        let tcp_port = free_tcp_port();
+        let tcp_out = dir.join("parsed.jsonl");
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{dir}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off")
+module(load="imtcp")
+template(name="json" type="string" string="{{\"pri\":%pri%,\"version\":%protocol-version%,\"host\":\"%hostname:::json%\",\"app\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"reported\":\"%timereported:::date-rfc3339%\",\"generated\":\"%timegenerated:::date-rfc3339%\",\"msg\":\"%msg:::json%\"}}\n")
+ruleset(name="r") {{ action(type="omfile" file="{out}" template="json") }}
+input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="r" supportOctetCountedFraming="on")
+"#,
+                dir = dir.display(),
+                out = tcp_out.display(),
+            ),
+        )
+        .unwrap();
+        let child = launch(&dir, &conf, tcp_port);
+        Rsyslog {
+            child,
+            tcp_port,
+            udp_port: 0,
+            tcp_out,
+            udp_out: PathBuf::new(),
+            dir,
+        }
+    }
+
     /// An rsyslog that receives on its own TCP port (octet counted) and forwards everything with
     /// `omfwd` to `tcp_target` (octet-counted framing) and `udp_target`, in RFC 5424.
     pub fn forwarder(tcp_target: &str, udp_target: &str) -> Rsyslog {

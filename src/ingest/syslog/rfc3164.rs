@@ -118,35 +118,52 @@ fn two_digits(b: &[u8]) -> Option<u32> {
     }
 }
 
-/// `Mmm dd hh:mm:ss[.frac]` followed by a space or the end: nanoseconds and length.
+/// `Mmm dd hh:mm:ss[.frac]` followed by a space or the end: nanoseconds and length. The month
+/// in any case (`MAR`), the day padded with a space, a zero, or not at all (`Mar 7`).
 fn bsd_time(s: &[u8], now_ns: i64) -> Option<(i64, usize)> {
-    if s.len() < 15 || s[3] != b' ' || s[9] != b':' || s[12] != b':' {
+    let name = s.get(..3)?;
+    let month = MONTHS.iter().position(|m| name.eq_ignore_ascii_case(*m))? as u32 + 1;
+    if s.get(3) != Some(&b' ') {
         return None;
     }
-    let month = MONTHS.iter().position(|m| &s[..3] == *m)? as u32 + 1;
-    let day = match (s[4], s[5]) {
-        (b' ', d @ b'1'..=b'9') => u32::from(d - b'0'),
-        _ => two_digits(&s[4..6])?,
+    let mut i = 4;
+    if s.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let digits = s[i..]
+        .iter()
+        .take(2)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let day = match digits {
+        1 => u32::from(s[i] - b'0'),
+        2 => two_digits(&s[i..i + 2])?,
+        _ => return None,
     };
-    if s[6] != b' ' {
+    i += digits;
+    let clock = s.get(i..i + 9)?;
+    if clock[0] != b' ' || clock[3] != b':' || clock[6] != b':' {
         return None;
     }
     let (hour, min, sec) = (
-        two_digits(&s[7..9])?,
-        two_digits(&s[10..12])?,
-        two_digits(&s[13..15])?,
+        two_digits(&clock[1..3])?,
+        two_digits(&clock[4..6])?,
+        two_digits(&clock[7..9])?,
     );
-    let mut len = 15;
+    let mut len = i + 9;
     let mut nanos = 0u32;
-    if s.get(15) == Some(&b'.') {
-        let digits = s[16..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if s.get(len) == Some(&b'.') {
+        let digits = s[len + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if digits == 0 {
             return None;
         }
-        for (i, d) in s[16..16 + digits].iter().take(9).enumerate() {
-            nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
+        for (k, d) in s[len + 1..len + 1 + digits].iter().take(9).enumerate() {
+            nanos += u32::from(d - b'0') * 10u32.pow(8 - k as u32);
         }
-        len = 16 + digits;
+        len += 1 + digits;
     }
     if !matches!(s.get(len), None | Some(b' ')) {
         return None;
