@@ -96,6 +96,27 @@ fn parse(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    // The same lines as RFC 3164 (`<PRI>Mmm dd hh:mm:ss host app[instance]: msg`).
+    let mut stream3164 = Vec::new();
+    for e in envelopes() {
+        let line = format!(
+            "<14>Jun 14 21:10:05 web-01 {}[{}]: {}",
+            e.source_id,
+            e.instance_id,
+            String::from_utf8_lossy(&e.message)
+        );
+        stream3164.extend_from_slice(format!("{} {line}", line.len()).as_bytes());
+    }
+    group.bench_function("octet_counted_rfc3164", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut buf = BytesMut::from(&stream3164[..]);
+            while let Some(frame) = next_frame(&mut buf, 1 << 20).unwrap() {
+                parse_message(&frame, 64 * 1024, &mut out).unwrap();
+            }
+            black_box(out.len())
+        })
+    });
     group.finish();
 }
 

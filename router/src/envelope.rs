@@ -194,11 +194,27 @@ pub fn validate_source_id(id: &str) -> Result<(), EnvelopeError> {
 /// Whether `origin` is the router's own: `LGR`, or under it (`LGR/...`), in any spelling that
 /// a syslog drain would write as `[LGR...]` (see [`canonical_origin`]).
 pub fn is_router_origin(origin: &str) -> bool {
-    let mut canonical = Vec::with_capacity(origin.len());
-    canonical_origin(origin, &mut canonical);
-    canonical
-        .strip_prefix(ORIGIN_ROUTER.as_bytes())
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+    // The canonical form before its trailing `-` are trimmed, read lazily: no allocation, since
+    // every envelope at every ingress is checked. Trimmed, it is `LGR` or starts `LGR/` when
+    // untrimmed it starts `LGR` and goes on with `/`, nothing, or only `-`.
+    let mut canonical = origin.bytes().filter_map(canonical_byte);
+    if !canonical.by_ref().take(3).eq(ORIGIN_ROUTER.bytes()) {
+        return false;
+    }
+    match canonical.next() {
+        None | Some(b'/') => true,
+        Some(b'-') => canonical.all(|b| b == b'-'),
+        Some(_) => false,
+    }
+}
+
+/// One byte of an origin in its canonical form, or `None` when the form leaves it out.
+fn canonical_byte(b: u8) -> Option<u8> {
+    match b {
+        b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' => Some(b'-'),
+        0x21..=0x7e => Some(b.to_ascii_uppercase()),
+        _ => None,
+    }
 }
 
 /// An origin is what the producer calls its source type, kept as sent: 1 to 64 bytes of text
@@ -221,13 +237,7 @@ pub fn validate_origin(origin: &str) -> Result<(), EnvelopeError> {
 /// left out, and trailing `-` dropped (`my task ` → `MY-TASK`).
 pub fn canonical_origin(origin: &str, out: &mut Vec<u8>) {
     let start = out.len();
-    for b in origin.bytes() {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' => out.push(b'-'),
-            0x21..=0x7e => out.push(b.to_ascii_uppercase()),
-            _ => {}
-        }
-    }
+    out.extend(origin.bytes().filter_map(canonical_byte));
     while out.len() > start && out.last() == Some(&b'-') {
         out.pop();
     }
