@@ -46,6 +46,15 @@ ensure_tools() {
     "$tools/moto/bin/pip" install -q --disable-pip-version-check 'moto[server]'
   fi
   export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"
+
+  # A real Prometheus/OpenMetrics text parser for the /metrics tests: prometheus-client, from
+  # PyPI, in a venv of its own.
+  if [ ! -x "$tools/py/bin/python" ] || ! "$tools/py/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+    log "installing prometheus-client into $tools/py"
+    python3 -m venv "$tools/py"
+    "$tools/py/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
+  fi
+  export SLUICE_PYTHON="$tools/py/bin/python"
 }
 
 ensure_tools

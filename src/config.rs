@@ -208,6 +208,9 @@ pub struct Http {
     pub max_connections: usize,
     /// A request's headers must arrive within this long (a slow client holds nothing longer).
     pub header_read_timeout_secs: u64,
+    /// `/metrics` gives series of their own (`sluice_source_*{source="..."}`) to this many
+    /// sources, the busiest by envelopes: bounded however many sources there are. 0: none.
+    pub metrics_per_source_top: usize,
 }
 
 impl Default for Http {
@@ -219,6 +222,7 @@ impl Default for Http {
             socket_unsent_limit_bytes: 64 * 1024,
             max_connections: 16_384,
             header_read_timeout_secs: 10,
+            metrics_per_source_top: crate::metrics::DEFAULT_PER_SOURCE_TOP,
         }
     }
 }

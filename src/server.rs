@@ -368,7 +368,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         stored = stored.skipping(skipped);
     }
     let router = Router::with_history(config.router.clone(), Some(Arc::new(stored)));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.http.metrics_per_source_top));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut bound = Bound::default();
@@ -418,12 +418,16 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         frames: frames.clone(),
         decoding: Budget::new(ic.buffer_budget_bytes),
     };
-    let ingest_limit = || ConnectionLimit::new("ingest", ic.max_connections);
+    let ingest_limit = |listener: &'static str| {
+        let limit = ConnectionLimit::new("ingest", ic.max_connections);
+        metrics.track_listener(listener, &limit);
+        limit
+    };
     if let Some(listener) = listeners.ingest {
         bound.ingest = listener.local_addr().ok();
         tasks.spawn(ingest.clone().serve_tcp(
             listener,
-            ingest_limit(),
+            ingest_limit("ingest"),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -432,7 +436,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     if let Some((listener, path, id)) = listeners.ingest_unix {
         bound.ingest_unix = Some(path.clone());
         unix_path = Some((path, id));
-        tasks.spawn(ingest.serve_unix(listener, ingest_limit(), shutdown.clone(), tasks.clone()));
+        tasks.spawn(ingest.serve_unix(
+            listener,
+            ingest_limit("ingest_unix"),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     let syslog = SyslogIngest {
         router: router.clone(),
@@ -443,13 +452,17 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         frame_timeout: Duration::from_secs(config.syslog.frame_timeout_secs),
         frames,
     };
-    let syslog_limit = || ConnectionLimit::new("syslog", config.syslog.max_connections);
+    let syslog_limit = |listener: &'static str| {
+        let limit = ConnectionLimit::new("syslog", config.syslog.max_connections);
+        metrics.track_listener(listener, &limit);
+        limit
+    };
     if let Some(listener) = listeners.syslog_tcp {
         bound.syslog_tcp = listener.local_addr().ok();
         tasks.spawn(syslog.clone().serve_tcp(
             listener,
             None,
-            syslog_limit(),
+            syslog_limit("syslog_tcp"),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -463,7 +476,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         tasks.spawn(syslog.clone().serve_tcp(
             listener,
             Some(acceptor),
-            syslog_limit(),
+            syslog_limit("syslog_tls"),
             shutdown.clone(),
             tasks.clone(),
         ));

@@ -46,6 +46,21 @@ pub enum FrameError {
     Truncated { have: usize, want: usize },
 }
 
+impl FrameError {
+    /// One word for the kind, as metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::Empty => "empty",
+            FrameError::UnknownKind(_) => "unknown_kind",
+            FrameError::Decode(_) => "decode",
+            FrameError::Invalid(_) => "invalid",
+            FrameError::Trailing(_) => "trailing",
+            FrameError::Truncated { .. } => "truncated",
+        }
+    }
+}
+
 /// Splits the next complete frame off the front of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed. A header declaring more than `max` bytes is an

@@ -277,6 +277,18 @@ pub enum EnvelopeError {
     Reserved(String),
 }
 
+impl EnvelopeError {
+    /// One word for the field that was refused, as metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::SourceId(_) => "source_id",
+            EnvelopeError::Origin(_) => "origin",
+            EnvelopeError::InstanceId(_) => "instance_id",
+            EnvelopeError::Reserved(_) => "reserved",
+        }
+    }
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
     SystemTime::now()

@@ -22,7 +22,7 @@ pub fn routes(
             &state.persister.counters,
             state.archive.as_ref().map(|a| &*a.counters),
         );
-        warp::reply::with_header(body, CONTENT_TYPE, "text/plain; version=0.0.4").into_response()
+        warp::reply::with_header(body, CONTENT_TYPE, crate::metrics::CONTENT_TYPE).into_response()
     });
     healthz.or(readyz).unify().or(metrics).unify()
 }

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{AppState, routes};
-use crate::metrics::Metrics;
 use crate::net::{ConnectionLimit, accept_loop, answer_and_close};
 
 /// What a connection past `http.max_connections` is told before it is closed.
@@ -30,8 +29,9 @@ pub async fn serve(
 ) {
     let http = &state.config.http;
     let limit = ConnectionLimit::new("http", http.max_connections);
-    let header_timeout = Duration::from_secs(http.header_read_timeout_secs);
     let metrics = state.metrics.clone();
+    metrics.track_listener("http", &limit);
+    let header_timeout = Duration::from_secs(http.header_read_timeout_secs);
     let service = warp::service(routes(state));
     let graceful = GracefulShutdown::new();
     let connection = |stream, peer: String, slot| {
@@ -52,7 +52,7 @@ pub async fn serve(
         });
     };
     let refused = |stream: tokio::net::TcpStream, _peer| {
-        Metrics::add(&metrics.http_connections_refused, 1);
+        metrics.connection_refused("http");
         tasks.spawn(answer_and_close(stream, TOO_MANY));
     };
     accept_loop(listener, &shutdown, &limit, connection, refused).await;

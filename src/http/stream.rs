@@ -24,7 +24,6 @@ use warp::reply::Response;
 use super::ws::{Message, Socket, Upgrade};
 use super::{ApiError, AppState, filter_from_query, number_param, split_source_path};
 use crate::format::json_line;
-use crate::metrics::Metrics;
 
 /// Envelopes read from the cursor per WebSocket write, at first; each write that has to wait for
 /// the client halves the batch, down to this. A tail that stops reading holds one such message
@@ -191,7 +190,7 @@ pub(crate) async fn pump(
 ) {
     // warp spawns this task; the token makes shutdown wait for it all the same.
     let _running = state.tasks.token();
-    Metrics::add(&state.metrics.tails_opened, 1);
+    state.metrics.tails_opened.inc();
     let (mut tx, mut rx) = socket.split();
     let period = Duration::from_secs(state.config.http.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -264,8 +263,8 @@ pub(crate) async fn pump(
                     }
                 }
                 let now = (cursor.delivered(), cursor.missed());
-                Metrics::add(&state.metrics.tail_delivered, now.0 - reported.0);
-                Metrics::add(&state.metrics.tail_missed, now.1 - reported.1);
+                state.metrics.tail_delivered.inc_by(now.0 - reported.0);
+                state.metrics.tail_missed.inc_by(now.1 - reported.1);
                 reported = now;
             }
         }
@@ -273,7 +272,7 @@ pub(crate) async fn pump(
     if let Err(e) = outcome {
         tracing::debug!(error = %e, "tail closed");
     }
-    Metrics::add(&state.metrics.tails_closed, 1);
+    state.metrics.tails_closed.inc();
 }
 
 /// Cuts `batch` at the first loss notice `refill` takes: the deliveries before it stay in

@@ -91,6 +91,19 @@ enum ConnError {
     Idle(u64),
 }
 
+impl ConnError {
+    /// One word for the kind, as metrics label it.
+    fn reason(&self) -> &'static str {
+        match self {
+            ConnError::Frame(e) => e.reason(),
+            ConnError::Control(_) => "control",
+            ConnError::Io(_) => "io",
+            ConnError::FrameTimeout(_) => "frame_timeout",
+            ConnError::Idle(_) => "idle",
+        }
+    }
+}
+
 /// Reads this many bytes at a time at most; frames larger than this are assembled across reads.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -136,7 +149,7 @@ impl NativeIngest {
             });
         };
         let refused = |stream: L::Stream, _peer| {
-            Metrics::add(&self.metrics.ingest_connections_refused, 1);
+            self.metrics.connection_refused("ingest");
             // Say why, without waiting for a peer that may not read.
             tasks.spawn(async move {
                 let mut reply = BytesMut::new();
@@ -155,7 +168,7 @@ impl NativeIngest {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        Metrics::add(&self.metrics.ingest_connections, 1);
+        self.metrics.ingest_connections.inc();
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::new();
         let mut ack = Ack::None;
@@ -295,7 +308,7 @@ impl NativeIngest {
                 if let ConnError::Idle(_) = e {
                     tracing::debug!(%peer, reason = %e, "closing ingest connection");
                 } else {
-                    Metrics::add(&self.metrics.ingest_malformed, 1);
+                    self.metrics.ingest_malformed(e.reason());
                     tracing::warn!(%peer, reason = %e, "closing ingest connection");
                 }
                 // Frames before the bad one are answered first, in order, then the reason.
@@ -323,7 +336,7 @@ impl NativeIngest {
     fn decode_cost(&self, frame: &[u8]) -> Result<usize, Reply> {
         let n = codec::envelope_count(frame);
         if n > self.max_batch_envelopes {
-            Metrics::add(&self.metrics.ingest_refused, n as u64);
+            self.metrics.ingest_refused("batch_too_large", n as u64);
             return Err(Reply {
                 accepted: 0,
                 error: Some(format!(
@@ -346,7 +359,7 @@ impl NativeIngest {
             Ok(p) => p,
             // A field of the wrong type or value: that frame is refused, the stream is intact.
             Err(e) if e.is_recoverable() => {
-                return Ok(Handled::Answer(self.refused(1, e.to_string())));
+                return Ok(Handled::Answer(self.refused(1, e.reason(), e.to_string())));
             }
             Err(e) => return Err(e.into()),
         };
@@ -377,19 +390,19 @@ impl NativeIngest {
         let ranges = (ack == Ack::Durable).then_some(ranges);
         match self.router.publish_waiting(envelopes, ranges).await {
             Ok(_) => {
-                Metrics::add(&self.metrics.ingest_frames, 1);
-                Metrics::add(&self.metrics.ingest_envelopes, n);
+                self.metrics.ingest_frames.inc();
+                self.metrics.ingest_envelopes.inc_by(n);
                 (ack == Ack::Count).then_some(Reply {
                     accepted: n,
                     error: None,
                 })
             }
-            Err(e) => self.refused(n, e.to_string()),
+            Err(e) => self.refused(n, e.reason(), e.to_string()),
         }
     }
 
-    fn refused(&self, n: u64, reason: String) -> Option<Reply> {
-        Metrics::add(&self.metrics.ingest_refused, n);
+    fn refused(&self, n: u64, kind: &'static str, reason: String) -> Option<Reply> {
+        self.metrics.ingest_refused(kind, n);
         tracing::warn!(%reason, envelopes = n, "refused an ingest batch");
         Some(Reply {
             accepted: 0,

@@ -146,7 +146,8 @@ impl Server {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    /// The value of a counter or gauge from `/metrics`.
+    /// The value of a counter or gauge from `/metrics`: the sum of its samples, whatever their
+    /// labels (`sluice_syslog_refused_total` is counted by `reason`).
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self
             .client
@@ -157,11 +158,7 @@ impl Server {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("metric {name} missing"))
-            .parse()
-            .unwrap()
+        metric_sum(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
     /// Waits (bounded) until the counter `name` reaches `n`.
@@ -464,6 +461,24 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// The sum of the samples named `name` in a `/metrics` text (`name` alone, or `name{...}`);
+/// `None` if it has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<u64> {
+    let values: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.as_bytes().first()? {
+                b' ' => rest,
+                b'{' => &rest[rest.rfind('}')? + 1..],
+                _ => return None,
+            };
+            value.trim().parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Waits until `probe` gives a value, checking every 20 ms, for at most `secs` seconds; then

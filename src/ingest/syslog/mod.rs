@@ -71,7 +71,7 @@ impl SyslogIngest {
                         {
                             Ok(Ok(s)) => this.connection(s, &peer, stop).await,
                             Ok(Err(e)) => {
-                                Metrics::add(&this.metrics.syslog_malformed, 1);
+                                this.metrics.syslog_malformed("tls_handshake");
                                 tracing::warn!(%peer, error = %e, "syslog tls handshake failed");
                             }
                             Err(_) => tracing::warn!(%peer, "syslog tls handshake timed out"),
@@ -82,7 +82,7 @@ impl SyslogIngest {
             });
         };
         // Syslog senders read nothing: a refused connection is just closed.
-        let refused = |_stream, _peer| Metrics::add(&self.metrics.syslog_connections_refused, 1);
+        let refused = |_stream, _peer| self.metrics.connection_refused("syslog");
         accept_loop(listener, &shutdown, &limit, connection, refused).await;
     }
 
@@ -105,7 +105,7 @@ impl SyslogIngest {
                     Ok(None) => break,
                     Err(e) => {
                         self.publish(&mut batch).await;
-                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        self.metrics.syslog_malformed(e.reason());
                         tracing::warn!(%peer, reason = %e, "closing syslog connection");
                         return;
                     }
@@ -140,7 +140,7 @@ impl SyslogIngest {
                     held = tokio::select! {
                         h = self.frames.take(target) => h,
                         () = tokio::time::sleep_until(late) => {
-                            Metrics::add(&self.metrics.syslog_malformed, 1);
+                            self.metrics.syslog_malformed("no_buffer_room");
                             tracing::warn!(%peer, "closing syslog connection: no room for its frame in ingest.buffer_budget_bytes");
                             return;
                         }
@@ -158,7 +158,7 @@ impl SyslogIngest {
                 n = stream.read_buf(&mut buf) => n,
                 () = sleep_until_some(deadline) => {
                     if frame_started.is_some() {
-                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        self.metrics.syslog_malformed("frame_timeout");
                         tracing::warn!(%peer, timeout_secs = self.frame_timeout.as_secs(), "closing syslog connection: frame not complete in time");
                     } else {
                         tracing::debug!(%peer, "closing idle syslog connection");
@@ -175,7 +175,7 @@ impl SyslogIngest {
                         self.message(&rest, &mut batch);
                         self.publish(&mut batch).await;
                     } else if !rest.is_empty() {
-                        Metrics::add(&self.metrics.syslog_malformed, 1);
+                        self.metrics.syslog_malformed("truncated");
                         tracing::warn!(%peer, bytes = rest.len(), "syslog connection closed in the middle of a frame");
                     }
                     return;
@@ -217,16 +217,16 @@ impl SyslogIngest {
                     let n = batch.len() as u64;
                     match self.router.publish(std::mem::take(&mut batch)) {
                         Ok(published) => {
-                            Metrics::add(&self.metrics.syslog_messages, published as u64);
+                            self.metrics.syslog_messages.inc_by(published as u64);
                             let lost = n - published as u64;
                             if lost > 0 {
-                                Metrics::add(&self.metrics.syslog_udp_dropped, lost);
+                                self.metrics.syslog_udp_dropped.inc_by(lost);
                                 let d = dropped.entry(source).or_insert((0, now_ns()));
                                 d.0 += lost;
                             }
                         }
                         Err(e) => {
-                            Metrics::add(&self.metrics.syslog_refused, n);
+                            self.metrics.syslog_refused(e.reason(), n);
                             tracing::warn!(reason = %e, "syslog message refused");
                         }
                     }
@@ -263,7 +263,7 @@ impl SyslogIngest {
             return;
         }
         if let Err(e) = parse_message(raw, self.max_message_bytes, batch) {
-            Metrics::add(&self.metrics.syslog_refused, 1);
+            self.metrics.syslog_refused(e.reason(), 1);
             tracing::debug!(reason = %e, "syslog message refused");
         }
     }
@@ -278,10 +278,12 @@ impl SyslogIngest {
             .publish_waiting(std::mem::take(batch), None)
             .await
         {
-            Ok(_) => Metrics::add(&self.metrics.syslog_messages, n),
+            Ok(_) => {
+                self.metrics.syslog_messages.inc_by(n);
+            }
             Err(e) => {
                 // parse_message validated each envelope; this is a bug if it happens.
-                Metrics::add(&self.metrics.syslog_refused, n);
+                self.metrics.syslog_refused(e.reason(), n);
                 tracing::warn!(reason = %e, "syslog batch refused");
             }
         }

@@ -238,6 +238,16 @@ fn unescape_param(v: &str) -> String {
     out
 }
 
+impl SyslogError {
+    /// One word for the kind, as metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SyslogError::NoSource => "no_source",
+            SyslogError::Invalid(_) => "invalid_source_id",
+        }
+    }
+}
+
 /// Why a stream could not be framed; the connection is closed with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
@@ -245,6 +255,16 @@ pub enum FramingError {
     BadCount(String),
     #[error("syslog frame of {declared} bytes exceeds the limit of {max} bytes")]
     TooLarge { declared: usize, max: usize },
+}
+
+impl FramingError {
+    /// One word for the kind, as metrics label it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FramingError::BadCount(_) => "bad_octet_count",
+            FramingError::TooLarge { .. } => "frame_too_large",
+        }
+    }
 }
 
 /// RFC 6587 framing, told apart frame by frame: a frame starting with a digit is octet counted

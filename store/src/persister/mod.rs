@@ -89,6 +89,8 @@ pub struct PersisterCounters {
     pub rotations: AtomicU64,
     /// Lines in files that rotation deleted (`max_files`, `keep_segments`).
     pub deleted_lines: AtomicU64,
+    /// Files held open now (updated after each batch).
+    pub open_files: AtomicU64,
 }
 
 /// Requests to the persister task.
@@ -311,6 +313,9 @@ impl Persister {
             }
             self.write(&mut deliveries);
             self.write_out();
+            self.counters
+                .open_files
+                .store(self.open_fds as u64, Ordering::Relaxed);
         }
         // Shutting down: take what is already published, write it, sync it.
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
