@@ -4,7 +4,7 @@
 //! Two kinds, each metric declared once:
 //! - what the server counts as it happens ([`Metrics`]' own counters, in its registry): ingest,
 //!   syslog, tails, connections refused, inputs refused or malformed by reason;
-//! - what is read at scrape time from the parts that already keep it ([`Scrape`]): the router's
+//! - what is read at scrape time from the parts that already keep it (a `Scrape`): the router's
 //!   rings and sources (the busiest `per_source_top` sources by name), the persister, the
 //!   archive, each drain, the open connections of each listener.
 

@@ -27,6 +27,12 @@ use crate::metrics::Metrics;
 use crate::net::{Budget, ConnectionLimit};
 
 /// Listeners bound before the server starts.
+///
+/// One set of listeners at three stages, each its own type because each holds something else:
+/// [`crate::config::Listen`] says where to bind (addresses from the config file),
+/// `Listeners` holds the bound sockets (bound early, so that a bad address fails before
+/// anything starts), and [`Bound`] the addresses they got (port 0 resolved), which `sluice
+/// serve` prints and tests read back with [`Bound::read_line`].
 #[derive(Debug, Default)]
 pub struct Listeners {
     pub http: Option<TcpListener>,
