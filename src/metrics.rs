@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Frames accepted by native ingest.
     pub ingest_frames: Counter,
     pub ingest_connections: Counter,
+    /// Envelopes accepted by `POST /api/v1/ingest`.
+    pub http_ingest_envelopes: Counter,
     /// Native ingest connections closed for a bad frame, by reason.
     ingest_malformed: Family<Label, Counter>,
     /// Envelopes refused at native ingest, by reason.
@@ -123,6 +125,10 @@ impl Metrics {
             "sluice_ingest_connections",
             "Native ingest connections accepted.",
         );
+        let http_ingest_envelopes = counter(
+            "sluice_http_ingest_envelopes",
+            "Envelopes accepted by POST /api/v1/ingest.",
+        );
         let syslog_messages = counter("sluice_syslog_messages", "Syslog messages accepted.");
         let syslog_udp_dropped = counter(
             "sluice_syslog_udp_dropped",
@@ -149,7 +155,7 @@ impl Metrics {
         );
         let ingest_refused = family(
             "sluice_ingest_refused_envelopes",
-            "Envelopes refused at native ingest, by the field that was invalid.",
+            "Envelopes refused at native or HTTP ingest, by the field that was invalid (or the batch).",
         );
         let connections_refused = family(
             "sluice_connections_refused",
@@ -183,6 +189,7 @@ impl Metrics {
             ingest_envelopes,
             ingest_frames,
             ingest_connections,
+            http_ingest_envelopes,
             ingest_malformed,
             ingest_refused,
             connections_refused,

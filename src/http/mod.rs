@@ -5,6 +5,7 @@
 //! | [`sources`] | `GET /api/v1/sources`, `GET /api/v1/sources/{id}/recent` |
 //! | [`stream`] | `GET /api/v1/sources/{id}/stream`, `GET /api/v1/firehose` (WebSocket) |
 //! | [`drains`] | `POST /api/v1/drains`, `GET /api/v1/drains[/{id}]`, `DELETE /api/v1/drains/{id}` |
+//! | [`ingest`] | `POST /api/v1/ingest`: NDJSON, a JSON array or MessagePack |
 //! | [`jobs`] | job completion and Strøm's API (`/worker/jobs/...`, `/api/jobs/...`) |
 //! | [`ops`] | `GET /healthz`, `GET /readyz`, `GET /metrics` |
 //!
@@ -13,6 +14,7 @@
 //! `/sources/cf%2Fdoppler/recent` work.
 
 pub mod drains;
+pub mod ingest;
 pub mod jobs;
 pub mod ops;
 pub mod serve;
@@ -71,6 +73,8 @@ pub fn routes(
         .or(drains::routes(state.clone()))
         .unify()
         .or(jobs::routes(state.clone()))
+        .unify()
+        .or(ingest::routes(state.clone()))
         .unify()
         .or(ops::routes(state))
         .unify()
