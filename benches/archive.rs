@@ -96,6 +96,7 @@ fn main() {
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             part_size_bytes: 8 << 20,
             compression_level: level,
+            unready_after_failing_secs: 600,
         };
         let creds = aws_sdk_s3::config::Credentials::new("bench", "bench", None, None, "bench");
         let client = s3_client(&config, Some(creds)).await;

@@ -587,3 +587,48 @@ async fn a_big_job_read_back_from_s3_streams_in_bounded_memory() {
         growth >> 20
     );
 }
+
+/// `/readyz` says "not ready" once archive uploads have failed for
+/// `unready_after_failing_secs`, with the reason, and "ready" once one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_uploads_keep_failing_and_recovers_when_one_succeeds() {
+    let port = free_tcp_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = Server::start(&format!(
+        "{}    unready_after_failing_secs: 1\n",
+        config(&endpoint, false)
+    ));
+    let readyz = async || {
+        let resp = reqwest::get(server.url("/readyz")).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+    send(&server, "job-r", 10).await;
+    let (status, _) = server
+        .post_json(
+            "/api/v1/sources/job-r/complete",
+            json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = common::eventually("readyz to fail", 30, async || {
+        let (status, body) = readyz().await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("not ready:\n")
+            && body.contains("archive uploads to s3://sluice-logs have failed for")
+            && body.contains("unready_after_failing_secs: 1"),
+        "{body}"
+    );
+    // S3 comes up: the retry succeeds and the server is ready again.
+    let moto = Moto::start_on(port);
+    let s3 = client(&moto.endpoint()).await;
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    common::eventually("readyz to recover", 120, async || {
+        (readyz().await.0 == 200).then_some(())
+    })
+    .await;
+}

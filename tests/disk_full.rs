@@ -168,3 +168,35 @@ async fn given_up_lines_leave_whole_jsonl_an_exact_count_and_a_notice_with_a_seq
     let api = server.get_json("/api/jobs/torn/steps/_server/logs").await;
     assert!(api["logs"].as_str().unwrap().contains("could not write"));
 }
+
+/// `/readyz` names a `local_dir` it cannot write (a full disk) and is ready again once there is
+/// room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_local_dir_cannot_be_written() {
+    let logs = temp_dir("disk-ready").join("logs");
+    let _disk = Tmpfs::mount(&logs, "64k");
+    let server = Server::start(&format!("log_storage:\n  local_dir: {}\n", logs.display()));
+    let readyz = async || {
+        let resp = reqwest::get(server.url("/readyz")).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+    // Fill the disk to the last byte.
+    let filler = logs.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    let _ = std::io::Write::write_all(&mut f, &[0u8]);
+    drop(f);
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!(
+            "log_storage.local_dir {} is not writable: No space left on device",
+            logs.display()
+        )),
+        "{body}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(readyz().await, (200, "ready\n".to_owned()));
+}

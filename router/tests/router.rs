@@ -421,3 +421,32 @@ async fn writers_wait_for_the_held_cursor_and_everyone_else_is_still_overwritten
         .collect();
     assert_eq!(r.publish(batch).unwrap(), 20);
 }
+
+/// While a writer waits for the held cursor, the router says so (readiness reads it), and
+/// stops saying so once the cursor has read and the writer is through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_tells_how_many_writers_wait_for_the_held_cursor() {
+    let r = router(4);
+    let mut held = r
+        .subscribe_held(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    assert_eq!(r.publishers_waiting(), 0);
+    let r2 = r.clone();
+    let writer = tokio::spawn(async move {
+        let batch = (0..10).map(|i| Envelope::new("w", format!("{i}"))).collect();
+        r2.publish_waiting(batch, None).await.unwrap()
+    });
+    // Poll (bounded) until the writer is parked on the full ring.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.publishers_waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the writer never waited");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(r.publishers_waiting(), 1);
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        held.next_batch(&mut got, 16).await;
+    }
+    assert_eq!(writer.await.unwrap(), 10);
+    assert_eq!(r.publishers_waiting(), 0);
+}

@@ -55,6 +55,14 @@ pub struct S3Config {
     /// objects a few per cent larger on log text (BENCHMARKS.md).
     #[serde(default = "default_compression_level")]
     pub compression_level: u32,
+    /// `/readyz` fails once uploads have failed for this long without one succeeding; 0:
+    /// never.
+    #[serde(default = "default_unready_after")]
+    pub unready_after_failing_secs: u64,
+}
+
+fn default_unready_after() -> u64 {
+    600
 }
 
 fn default_compression_level() -> u32 {
@@ -207,6 +215,8 @@ pub async fn s3_client(
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ArchiveCounters {
+    /// When uploads started failing (ns since the epoch), 0 while the last one succeeded.
+    pub failing_since_ns: std::sync::atomic::AtomicI64,
     pub uploaded: AtomicU64,
     pub bytes: AtomicU64,
     pub failures: AtomicU64,
@@ -441,10 +451,17 @@ impl Archive {
                             tracing::error!(job = %record.source, error = %e, "cannot clean up after archiving");
                         }
                         backoff.reset();
+                        self.counters.failing_since_ns.store(0, Ordering::Relaxed);
                     }
                     Err(reason) => {
                         failed = true;
                         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.counters.failing_since_ns.compare_exchange(
+                            0,
+                            sluice_router::envelope::now_ns().max(1),
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
                         let text = format!(
                             "failed to archive job logs to s3://{}/{}: {reason}",
                             self.config.bucket, record.key
@@ -721,6 +738,7 @@ mod tests {
             endpoint: None,
             part_size_bytes,
             compression_level: 1,
+            unready_after_failing_secs: 600,
         }
     }
 

@@ -64,6 +64,7 @@ pub async fn client(endpoint: &str) -> Client {
         endpoint: Some(endpoint.to_owned()),
         part_size_bytes: 5 << 20,
         compression_level: 1,
+        unready_after_failing_secs: 600,
     };
     let credentials =
         aws_sdk_s3::config::Credentials::new("sluice-test", "sluice-test", None, None, "tests");

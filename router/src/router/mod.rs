@@ -346,6 +346,12 @@ impl Router {
         Ok(cursor)
     }
 
+    /// Publishers waiting now for the held cursor to make room: the persister is a ring behind
+    /// (`when_behind: block`).
+    pub fn publishers_waiting(&self) -> usize {
+        self.shared.room_waiting.load(Ordering::Relaxed)
+    }
+
     /// Envelopes that had to wait for the held cursor before their ring took them.
     pub fn waited_for_room_total(&self) -> u64 {
         self.shared.waited_for_room.load(Ordering::Relaxed)
