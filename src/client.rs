@@ -111,6 +111,16 @@ pub async fn connect_ingest_with(
     addr: &IngestAddr,
     ack: &str,
 ) -> Result<IngestConnection, ClientError> {
+    connect_ingest_as(addr, ack, None).await
+}
+
+/// Like [`connect_ingest_with`], first presenting `token` (the control word `auth=TOKEN`) to a
+/// server that has tokens configured.
+pub async fn connect_ingest_as(
+    addr: &IngestAddr,
+    ack: &str,
+    token: Option<&str>,
+) -> Result<IngestConnection, ClientError> {
     let shown = addr.to_string();
     let failed = |e: std::io::Error| ClientError::Connect {
         addr: shown.clone(),
@@ -146,6 +156,9 @@ pub async fn connect_ingest_with(
         },
     };
     let mut hello = BytesMut::new();
+    if let Some(token) = token {
+        codec::encode_control_frame(&format!("auth={token}"), &mut hello);
+    }
     codec::encode_control_frame(ack, &mut hello);
     conn.writer.write(&hello).await?;
     Ok(conn)
@@ -273,6 +286,7 @@ pub fn encode_component(value: &str) -> String {
 /// other failure the server's reason.
 async fn get_source_json<T: serde::de::DeserializeOwned>(
     http: &str,
+    token: Option<&str>,
     source: &str,
     resource: &str,
 ) -> Result<T, ClientError> {
@@ -280,7 +294,11 @@ async fn get_source_json<T: serde::de::DeserializeOwned>(
         "http://{http}/api/v1/sources/{}/{resource}",
         encode_component(source)
     );
-    let resp = reqwest::get(&url).await.map_err(|e| http_error(http, &e))?;
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().await.map_err(|e| http_error(http, &e))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| http_error(http, &e))?;
     if status == reqwest::StatusCode::NOT_FOUND {
@@ -293,17 +311,22 @@ async fn get_source_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The newest seq of `source` (`GET /api/v1/sources/{id}/stats`): in memory or in storage.
-pub async fn newest_seq(http: &str, source: &str) -> Result<u64, ClientError> {
-    let stats: serde_json::Value = get_source_json(http, source, "stats").await?;
+pub async fn newest_seq(http: &str, token: Option<&str>, source: &str) -> Result<u64, ClientError> {
+    let stats: serde_json::Value = get_source_json(http, token, source, "stats").await?;
     stats["published"]
         .as_u64()
         .ok_or_else(|| ClientError::Protocol("stats without published".into()))
 }
 
 /// `GET /api/v1/sources/{id}/recent` as envelopes, oldest first.
-pub async fn recent(http: &str, source: &str, query: &Query) -> Result<Vec<Envelope>, ClientError> {
+pub async fn recent(
+    http: &str,
+    token: Option<&str>,
+    source: &str,
+    query: &Query,
+) -> Result<Vec<Envelope>, ClientError> {
     let resource = format!("recent?format=json&{}", query.params());
-    get_source_json(http, source, &resource).await
+    get_source_json(http, token, source, &resource).await
 }
 
 /// A live WebSocket tail in `msgpack` format.
@@ -314,13 +337,28 @@ pub struct Tail {
 }
 
 /// Opens `GET /api/v1/sources/{id}/stream?format=msgpack&...`.
-pub async fn tail(http: &str, source: &str, query: &Query) -> Result<Tail, ClientError> {
+pub async fn tail(
+    http: &str,
+    token: Option<&str>,
+    source: &str,
+    query: &Query,
+) -> Result<Tail, ClientError> {
+    use tungstenite::client::IntoClientRequest;
     let url = format!(
         "ws://{http}/api/v1/sources/{}/stream?format=msgpack&{}",
         encode_component(source),
         query.params()
     );
-    match tokio_tungstenite::connect_async(url.as_str()).await {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Protocol("the token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    match tokio_tungstenite::connect_async(request).await {
         Ok((ws, _)) => Ok(Tail {
             ws,
             http: http.to_owned(),

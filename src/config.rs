@@ -17,6 +17,7 @@ use sluice_store::persister::Fsync;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: Listen,
+    pub auth: Auth,
     pub router: RouterConfig,
     pub ingest: Ingest,
     pub http: Http,
@@ -24,6 +25,14 @@ pub struct Config {
     pub syslog: Syslog,
     pub tls: Tls,
     pub log_storage: LogStorage,
+}
+
+/// `auth`: bearer tokens (see [`crate::auth`]). None: every request is allowed, and the
+/// listeners bind loopback addresses only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub tokens: Vec<crate::auth::TokenConfig>,
 }
 
 /// Where each listener binds. `null` disables a listener; port 0 picks a free port.
@@ -372,6 +381,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        crate::auth::Tokens::new(&self.auth.tokens)?;
         if self.ingest.max_frame_bytes < 64 || self.ingest.max_frame_bytes > u32::MAX as usize {
             return Err(format!(
                 "ingest.max_frame_bytes must be between 64 and {}, not {}",

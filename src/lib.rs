@@ -34,6 +34,7 @@
 //! - Reads of what the ring let go (recent, backfill, `since_seq`, job logs) go through
 //!   `sluice_store::read`, files first, then S3.
 
+pub mod auth;
 pub mod bindings;
 pub mod cli;
 pub mod client;

@@ -77,7 +77,7 @@ impl Default for Metrics {
 }
 
 /// The `reason`s each family counts (the README's table lists them).
-const INGEST_MALFORMED: [&str; 8] = [
+const INGEST_MALFORMED: [&str; 9] = [
     "too_large",
     "truncated",
     "decode",
@@ -86,14 +86,16 @@ const INGEST_MALFORMED: [&str; 8] = [
     "unknown_kind",
     "control",
     "frame_timeout",
+    "unauthenticated",
 ];
-const INGEST_REFUSED: [&str; 6] = [
+const INGEST_REFUSED: [&str; 7] = [
     "source_id",
     "origin",
     "instance_id",
     "reserved",
     "invalid",
     "batch_too_large",
+    "forbidden",
 ];
 const SYSLOG_REFUSED: [&str; 2] = ["no_source", "invalid_source_id"];
 const SYSLOG_MALFORMED: [&str; 6] = [

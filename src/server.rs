@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Guard, Tokens};
 use crate::bindings::{Bindings, DrainError};
 use crate::config::{Config, Http, Listen, WhenBehind};
 use crate::http::{self, AppState};
@@ -70,16 +71,17 @@ pub enum BindError {
 }
 
 impl Listeners {
-    /// Binds every listener `listen` enables. Without auth tokens (none exist yet) only loopback
-    /// addresses are allowed, so nothing is exposed by accident.
-    pub async fn bind(listen: &Listen, http: &Http) -> Result<Listeners, BindError> {
+    /// Binds every listener `listen` enables. Without auth tokens (`network` false) only
+    /// loopback addresses are allowed, so nothing is exposed by accident.
+    pub async fn bind(listen: &Listen, http: &Http, network: bool) -> Result<Listeners, BindError> {
         async fn tcp(
             what: &'static str,
             addr: Option<SocketAddr>,
             unsent_limit: Option<u32>,
+            network: bool,
         ) -> Result<Option<TcpListener>, BindError> {
             let Some(addr) = addr else { return Ok(None) };
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && !network {
                 return Err(BindError::NotLoopback { what, addr });
             }
             // Options set on the listener are inherited by every accepted socket (Linux):
@@ -105,8 +107,14 @@ impl Listeners {
                 reason: crate::io_reason(&e),
             })
         }
-        let http_listener = tcp("http", listen.http, Some(http.socket_unsent_limit_bytes)).await?;
-        let ingest = tcp("ingest", listen.ingest, None).await?;
+        let http_listener = tcp(
+            "http",
+            listen.http,
+            Some(http.socket_unsent_limit_bytes),
+            network,
+        )
+        .await?;
+        let ingest = tcp("ingest", listen.ingest, None, network).await?;
         let ingest_unix = match &listen.ingest_unix {
             None => None,
             Some(path) => {
@@ -114,11 +122,11 @@ impl Listeners {
                 Some((listener, path.clone(), id))
             }
         };
-        let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp, None).await?;
-        let syslog_tls = tcp("syslog_tls", listen.syslog_tls, None).await?;
+        let syslog_tcp = tcp("syslog_tcp", listen.syslog_tcp, None, network).await?;
+        let syslog_tls = tcp("syslog_tls", listen.syslog_tls, None, network).await?;
         let syslog_udp = match listen.syslog_udp {
             None => None,
-            Some(addr) if !addr.ip().is_loopback() => {
+            Some(addr) if !addr.ip().is_loopback() && !network => {
                 return Err(BindError::NotLoopback {
                     what: "syslog_udp",
                     addr,
@@ -271,6 +279,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error("cannot use log_storage.local_dir {dir}: {reason}")]
     Storage { dir: String, reason: String },
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// The persister's thread, stopped last: once nothing publishes any more, it writes the rest.
@@ -341,6 +351,7 @@ pub struct Running {
     pub bound: Bound,
     pub router: Router,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Guard>,
     pub drains: Arc<Bindings>,
     pub persister: PersisterHandle,
     shutdown: CancellationToken,
@@ -375,6 +386,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     }
     let router = Router::with_history(config.router.clone(), Some(Arc::new(stored)));
     let metrics = Arc::new(Metrics::new(config.http.metrics_per_source_top));
+    let auth = Arc::new(Guard::new(
+        Tokens::new(&config.auth.tokens).map_err(StartError::Auth)?,
+    ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut bound = Bound::default();
@@ -415,6 +429,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let ingest = NativeIngest {
         router: router.clone(),
         metrics: metrics.clone(),
+        auth: auth.clone(),
         max_frame_bytes: ic.max_frame_bytes,
         max_batch_envelopes: ic.max_batch_envelopes,
         durability: router.durability().clone(),
@@ -496,6 +511,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         let state = AppState {
             router: router.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
             config: config.clone(),
             drains: drains.clone(),
             persister: persister.clone(),
@@ -514,6 +530,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         bound,
         router,
         metrics,
+        auth,
         drains,
         persister,
         shutdown,
@@ -525,6 +542,11 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
 }
 
 impl Running {
+    /// How many auth tokens the server checks requests against.
+    pub fn auth_tokens(&self) -> usize {
+        self.auth.token_count()
+    }
+
     /// Stops accepting, closes tails and connections, and waits for every task (up to the grace
     /// period). Returns false if some task was still running when the grace period ended.
     pub async fn stop(self) -> bool {

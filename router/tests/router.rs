@@ -433,13 +433,18 @@ async fn the_router_tells_how_many_writers_wait_for_the_held_cursor() {
     assert_eq!(r.publishers_waiting(), 0);
     let r2 = r.clone();
     let writer = tokio::spawn(async move {
-        let batch = (0..10).map(|i| Envelope::new("w", format!("{i}"))).collect();
+        let batch = (0..10)
+            .map(|i| Envelope::new("w", format!("{i}")))
+            .collect();
         r2.publish_waiting(batch, None).await.unwrap()
     });
     // Poll (bounded) until the writer is parked on the full ring.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while r.publishers_waiting() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the writer never waited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never waited"
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(r.publishers_waiting(), 1);

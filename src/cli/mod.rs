@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `emit`, `logs`.
+//! The `sluice` command line: `serve`, `emit`, `logs`, `token`.
 //!
 //! Client commands find the server the way `serve` was configured: `--config FILE` (or
 //! `SLUICE_CONFIG`), or `--http ADDR` / `--ingest ADDR`, else the embedded defaults. Errors are
@@ -46,6 +46,23 @@ pub enum Command {
     /// Lines are printed in the `cf logs` format, in local time:
     /// `2016-06-14T14:10:05.36-0700 [APP/PROC/WEB/0] OUT message`.
     Logs(logs::LogsArgs),
+    /// Make an auth token: prints a new random token, and the `auth.tokens` entry (its
+    /// SHA-256) to put in the server's config file. With --hash, reads a token from standard
+    /// input and prints only its SHA-256.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The token's name in the config entry.
+    #[arg(long, default_value = "my-token")]
+    pub name: String,
+    /// The scopes in the config entry: ingest, read, operator.
+    #[arg(long, value_delimiter = ',', default_value = "read")]
+    pub scopes: Vec<String>,
+    /// Read a token from standard input and print its SHA-256 only.
+    #[arg(long)]
+    pub hash: bool,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +84,15 @@ pub struct ConnArgs {
     /// The server's native ingest address, or a Unix socket path (overrides the config file).
     #[arg(long, value_name = "HOST:PORT|PATH", global = true)]
     pub ingest: Option<String>,
+    /// A bearer token, for a server with auth tokens configured.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    pub token: Option<String>,
 }
 
 impl ConnArgs {
@@ -113,6 +139,34 @@ impl ConnArgs {
     }
 }
 
+/// `sluice token`.
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    if args.hash {
+        let mut token = String::new();
+        std::io::stdin().read_to_string(&mut token)?;
+        println!(
+            "{}",
+            crate::auth::hash_hex(token.trim_end_matches(['\n', '\r']))
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &args.scopes {
+        if !matches!(s.as_str(), "ingest" | "read" | "operator") {
+            anyhow::bail!("unknown scope {s:?}: use ingest, read or operator");
+        }
+    }
+    let token = crate::auth::new_token()?;
+    println!("token: {token}");
+    println!("# in the server's config file (the token itself is not stored there):");
+    println!("auth:");
+    println!("  tokens:");
+    println!("    - name: {}", args.name);
+    println!("      sha256: \"{}\"", crate::auth::hash_hex(&token));
+    println!("      scopes: [{}]", args.scopes.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -132,6 +186,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::Logs(args) => logs::run(args).await,
+            Command::Token(args) => token(args),
         }
     });
     // Tails may still be blocked on stdin or sockets; do not wait for them.

@@ -19,7 +19,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .init();
     let config = Config::load(args.config.as_deref())?;
     let open_files = server::raise_open_files_limit();
-    let listeners = Listeners::bind(&config.listen, &config.http).await?;
+    let network = !config.auth.tokens.is_empty();
+    let listeners = Listeners::bind(&config.listen, &config.http, network).await?;
     let config_max_open_files = config.log_storage.max_open_files;
     let running = server::start(config, listeners).await?;
     {
@@ -30,7 +31,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    tracing::info!("no auth tokens configured: listening on loopback addresses only");
+    if network {
+        tracing::info!(
+            tokens = running.auth_tokens(),
+            "auth tokens configured: requests and native ingest need one"
+        );
+        for (what, addr) in [
+            ("syslog_tcp", running.bound.syslog_tcp),
+            ("syslog_udp", running.bound.syslog_udp),
+            ("syslog_tls", running.bound.syslog_tls),
+        ] {
+            if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                tracing::warn!(
+                    listener = what,
+                    %addr,
+                    "syslog carries no token: anyone who can reach this address can write any source"
+                );
+            }
+        }
+    } else {
+        tracing::info!("no auth tokens configured: listening on loopback addresses only");
+    }
     match open_files {
         Some(n) => {
             tracing::info!(limit = n, "open files limit");

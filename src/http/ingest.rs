@@ -28,6 +28,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState};
+use crate::auth::{Caller, Scope};
 
 /// One envelope as JSON: the names a tail shows.
 #[derive(Debug, Deserialize)]
@@ -81,15 +82,17 @@ pub fn routes(
         .and(warp::post())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("content-type"))
+        .and(super::auth::caller(state.clone()))
         .and(super::body(max))
         .and_then(
             move |query: HashMap<String, String>,
                   kind: Option<String>,
+                  caller: Caller,
                   body: Result<Bytes, ApiError>| {
                 let st = state.clone();
                 async move {
                     let done = match body {
-                        Ok(body) => ingest(&st, &query, kind.as_deref(), &body).await,
+                        Ok(body) => ingest(&st, &caller, &query, kind.as_deref(), &body).await,
                         Err(e) => Err(e),
                     };
                     Ok::<_, warp::Rejection>(done.unwrap_or_else(ApiError::into_response))
@@ -100,11 +103,12 @@ pub fn routes(
 
 async fn ingest(
     state: &AppState,
+    caller: &Caller,
     query: &HashMap<String, String>,
     kind: Option<&str>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if let Some(key) = query.keys().find(|k| *k != "ack") {
+    if let Some(key) = query.keys().find(|k| *k != "ack" && *k != "token") {
         return Err(ApiError::bad_request(format!(
             "unknown query parameter {key:?}: this endpoint takes ack"
         )));
@@ -134,6 +138,15 @@ async fn ingest(
         return Err(too_many(batch.len(), max_batch));
     }
     for (i, e) in batch.iter().enumerate() {
+        if let Err(denied) = caller.allow(Scope::Ingest, Some(&e.source_id)) {
+            state
+                .metrics
+                .ingest_refused("forbidden", batch.len() as u64);
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: format!("envelope {i}: {denied}"),
+            });
+        }
         if let Err(err) = e.validate() {
             state
                 .metrics

@@ -13,6 +13,7 @@
 //! last path segment, percent-decoded, so both `/sources/cf/doppler/recent` and
 //! `/sources/cf%2Fdoppler/recent` work.
 
+pub mod auth;
 pub mod drains;
 pub mod ingest;
 pub mod jobs;
@@ -41,6 +42,8 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub router: Router,
     pub metrics: Arc<Metrics>,
+    /// The tokens requests are checked against.
+    pub auth: Arc<crate::auth::Guard>,
     pub config: Arc<Config>,
     pub drains: Arc<crate::bindings::Bindings>,
     pub persister: sluice_store::persister::PersisterHandle,
@@ -67,7 +70,7 @@ impl AppState {
 pub fn routes(
     state: AppState,
 ) -> impl warp::Filter<Extract = (Response,), Error = Infallible> + Clone {
-    sources::routes(state.clone())
+    let everything = sources::routes(state.clone())
         .or(stream::routes(state.clone()))
         .unify()
         .or(drains::routes(state.clone()))
@@ -76,8 +79,10 @@ pub fn routes(
         .unify()
         .or(ingest::routes(state.clone()))
         .unify()
-        .or(ops::routes(state))
-        .unify()
+        .or(ops::routes(state.clone()))
+        .unify();
+    auth::guard(state)
+        .and(everything)
         .recover(|rejection: warp::Rejection| async move {
             Ok::<_, Infallible>(rejection_reply(rejection))
         })
@@ -132,6 +137,9 @@ impl ApiError {
 /// named here is a gap in the routes: logged, and answered 500 with a fixed message (never a
 /// dump of its internals).
 fn rejection_reply(rejection: warp::Rejection) -> Response {
+    if let Some(auth::Refused(denied)) = rejection.find::<auth::Refused>() {
+        return auth::refused(denied.clone());
+    }
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -215,7 +223,8 @@ pub fn known_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), A
     let mut unknown: Vec<&str> = q
         .keys()
         .map(String::as_str)
-        .filter(|k| !known.contains(k))
+        // `token` carries a bearer token where no header can (see `auth`).
+        .filter(|k| !known.contains(k) && *k != "token")
         .collect();
     if unknown.is_empty() {
         return Ok(());

@@ -40,6 +40,9 @@ fn config() -> WebSocketConfig {
 pub struct Upgrade {
     key: String,
     on_upgrade: Option<OnUpgrade>,
+    /// The `bearer.TOKEN` subprotocol a browser offered its token in: a client that offers
+    /// subprotocols must get one of them back.
+    protocol: Option<String>,
 }
 
 /// Why a streaming endpoint refused a plain HTTP request.
@@ -84,9 +87,18 @@ pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> +
                 else {
                     return reject("missing header `sec-websocket-key`");
                 };
+                let protocol = headers
+                    .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(str::trim)
+                    .find(|p| p.starts_with(super::auth::WS_PROTOCOL_PREFIX))
+                    .map(str::to_owned);
                 Ok(Upgrade {
                     key: key.to_owned(),
                     on_upgrade,
+                    protocol,
                 })
             },
         )
@@ -124,6 +136,9 @@ impl Upgrade {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(v) = HeaderValue::from_str(&derive_accept_key(self.key.as_bytes())) {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        if let Some(v) = self.protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
         res
     }

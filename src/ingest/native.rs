@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Caller, Scope};
 use crate::metrics::Metrics;
 use crate::net::{
     Accept, Budget, ConnectionLimit, Held, accept_loop, answer_and_close, sleep_until_some,
@@ -37,6 +38,8 @@ use crate::net::{
 pub struct NativeIngest {
     pub router: Router,
     pub metrics: Arc<Metrics>,
+    /// With tokens configured, a connection's first frame is `auth=TOKEN`.
+    pub auth: Arc<crate::auth::Guard>,
     pub max_frame_bytes: usize,
     /// Most envelopes in one batch: decoded, each costs far more than its bytes on the wire.
     pub max_batch_envelopes: usize,
@@ -89,6 +92,8 @@ enum ConnError {
     FrameTimeout(u64),
     #[error("idle for {0} s: closing the connection")]
     Idle(u64),
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl ConnError {
@@ -100,6 +105,7 @@ impl ConnError {
             ConnError::Io(_) => "io",
             ConnError::FrameTimeout(_) => "frame_timeout",
             ConnError::Idle(_) => "idle",
+            ConnError::Auth(_) => "unauthenticated",
         }
     }
 }
@@ -172,6 +178,8 @@ impl NativeIngest {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::new();
         let mut ack = Ack::None;
+        // Open without tokens configured; with them, anonymous until `auth=TOKEN`.
+        let mut caller = self.auth.caller(None).unwrap_or(Caller::Anonymous);
         let mut ranges: Vec<(Arc<str>, u64, u64)> = Vec::new();
         // Answers not yet written, in the order of their frames. A durable answer waits for the
         // disk; reading goes on meanwhile, so every frame's wait starts when it arrives and each
@@ -199,7 +207,7 @@ impl NativeIngest {
                                     () = shutdown.cancelled() => return Ok(()),
                                 },
                             };
-                            match self.frame(&frame, &mut ack)? {
+                            match self.frame(&frame, &mut ack, &mut caller)? {
                                 Handled::Answer(reply) => reply,
                                 // With `when_behind: block` this waits for the persister, and
                                 // the connection is not read meanwhile: TCP backpressure.
@@ -354,7 +362,12 @@ impl NativeIngest {
 
     /// Decodes one frame: a control word is applied and answered here (if at all), envelopes
     /// are handed back to publish.
-    fn frame(&self, frame: &[u8], ack: &mut Ack) -> Result<Handled, ConnError> {
+    fn frame(
+        &self,
+        frame: &[u8],
+        ack: &mut Ack,
+        caller: &mut Caller,
+    ) -> Result<Handled, ConnError> {
         let payload = match codec::decode_payload(frame) {
             Ok(p) => p,
             // A field of the wrong type or value: that frame is refused, the stream is intact.
@@ -364,6 +377,13 @@ impl NativeIngest {
             Err(e) => return Err(e.into()),
         };
         match payload {
+            Payload::Control(word) if word.starts_with("auth=") => {
+                *caller = self
+                    .auth
+                    .caller(Some(&word["auth=".len()..]))
+                    .map_err(|d| ConnError::Auth(d.to_string()))?;
+                Ok(Handled::Answer(None))
+            }
             Payload::Control(word) => {
                 *ack = match word.as_str() {
                     "ack=count" => Ack::Count,
@@ -373,7 +393,20 @@ impl NativeIngest {
                 };
                 Ok(Handled::Answer(None))
             }
-            Payload::Envelopes(envelopes) => Ok(Handled::Publish(envelopes)),
+            Payload::Envelopes(envelopes) => {
+                if *caller == Caller::Anonymous {
+                    return Err(ConnError::Auth(
+                        "this server takes tokens: send the control word auth=TOKEN first".into(),
+                    ));
+                }
+                let n = envelopes.len() as u64;
+                for e in &envelopes {
+                    if let Err(d) = caller.allow(Scope::Ingest, Some(&e.source_id)) {
+                        return Ok(Handled::Answer(self.refused(n, "forbidden", d.to_string())));
+                    }
+                }
+                Ok(Handled::Publish(envelopes))
+            }
         }
     }
 

@@ -271,9 +271,9 @@ impl Archive {
         objects: Arc<dyn ObjectStore>,
     ) -> std::io::Result<Archive> {
         let dir = local_dir.join(".archive");
-        std::fs::create_dir_all(dir.join("pending"))?;
-        std::fs::create_dir_all(dir.join("done"))?;
-        std::fs::create_dir_all(dir.join("files"))?;
+        crate::private::create_dir_all(&dir.join("pending"))?;
+        crate::private::create_dir_all(&dir.join("done"))?;
+        crate::private::create_dir_all(&dir.join("files"))?;
         let archive = Archive {
             objects,
             config: Arc::new(config),
@@ -342,7 +342,7 @@ impl Archive {
         let name = record.file_name();
         let tmp = self.dir.join("pending").join(format!("{name}.tmp"));
         let path = self.dir.join("pending").join(name);
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private::create(&tmp)?;
         f.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;

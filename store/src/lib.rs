@@ -35,6 +35,7 @@ pub mod files;
 pub mod history;
 pub mod objects;
 pub mod persister;
+pub mod private;
 pub mod read;
 
 pub use sluice_router::short_reason;

@@ -40,7 +40,8 @@ impl TestServer {
             .parent()
             .expect("a directory of its own")
             .to_owned();
-        let listeners = Listeners::bind(&config.listen, &config.http)
+        let network = !config.auth.tokens.is_empty();
+        let listeners = Listeners::bind(&config.listen, &config.http, network)
             .await
             .expect("loopback port 0 binds");
         let running = server::start(config, listeners)

@@ -93,7 +93,7 @@ fn move_completed(
         path: what.to_owned(),
         reason: crate::short_reason(&e),
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    crate::private::create_dir_all(dir).map_err(|e| fail(dir, e))?;
     let mut moved = |from: PathBuf| -> Result<PathBuf, CompletionError> {
         let to = dir.join(from.file_name().unwrap_or_default());
         std::fs::rename(&from, &to).map_err(|e| fail(&from, e))?;

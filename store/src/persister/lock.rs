@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
@@ -33,12 +34,13 @@ impl Drop for DirLock {
 impl DirLock {
     /// Creates `dir` if needed and locks it; fails, naming the holder, if another server has it.
     pub fn take(dir: &Path) -> std::io::Result<DirLock> {
-        std::fs::create_dir_all(dir)?;
+        crate::private::create_dir_all(dir)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(dir.join(LOCK_FILE))?;
         let locked = file.try_lock();
         let mut text = String::new();

@@ -28,7 +28,7 @@ pub mod names;
 mod rotate;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -734,7 +734,7 @@ fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> 
         return Ok(());
     }
     if f.file.is_none() {
-        let file = OpenOptions::new().create(true).append(true).open(&f.path)?;
+        let file = crate::private::open_append(&f.path)?;
         f.file = Some(Arc::new(file));
     }
     let mut file: &File = f.file.as_deref().expect("opened above");

@@ -78,8 +78,8 @@ pub fn remember_id(dir: &Path, stem: &str, source_id: &str) {
     if path.exists() {
         return;
     }
-    let _ =
-        std::fs::create_dir_all(dir.join(IDS_DIR)).and_then(|()| std::fs::write(&path, source_id));
+    let _ = crate::private::create_dir_all(&dir.join(IDS_DIR))
+        .and_then(|()| crate::private::write(&path, source_id.as_bytes()));
 }
 
 /// The source id of a stem under `dir`: read back from the name, or for a hashed stem from the

@@ -59,7 +59,7 @@ impl Persister {
                 let existing = segments(&dir, source);
                 let next = existing.last().and_then(|p| segment_number(p)).unwrap_or(0) + 1;
                 let seg_dir = segments_dir(&dir, source);
-                std::fs::create_dir_all(&seg_dir)?;
+                crate::private::create_dir_all(&seg_dir)?;
                 let name = format!("{}.jsonl.s{next:08}", file_stem(source));
                 std::fs::rename(path, seg_dir.join(name))?;
                 if existing.len() >= keep_segments {
