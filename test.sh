@@ -47,12 +47,12 @@ ensure_tools() {
   fi
   export SLUICE_MOTO_SERVER="$tools/moto/bin/moto_server"
 
-  # A real Prometheus/OpenMetrics text parser for the /metrics tests: prometheus-client, from
-  # PyPI, in a venv of its own.
-  if [ ! -x "$tools/py/bin/python" ] || ! "$tools/py/bin/python" -c 'import prometheus_client' 2>/dev/null; then
-    log "installing prometheus-client into $tools/py"
+  # Real Python clients, from PyPI, in a venv of their own: prometheus-client's text parsers
+  # for /metrics, and the websockets client for tails over wss://.
+  if [ ! -x "$tools/py/bin/python" ] || ! "$tools/py/bin/python" -c 'import prometheus_client, websockets' 2>/dev/null; then
+    log "installing prometheus-client and websockets into $tools/py"
     python3 -m venv "$tools/py"
-    "$tools/py/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20'
+    "$tools/py/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20' 'websockets>=12'
   fi
   export SLUICE_PYTHON="$tools/py/bin/python"
 }

@@ -144,24 +144,54 @@ pub async fn connect_ingest_as(
             (Box::new(r), Box::new(w))
         }
     };
-    let mut conn = IngestConnection {
-        writer: IngestWriter {
-            w,
-            addr: shown.clone(),
-        },
-        replies: ReplyReader {
-            r,
-            buf: BytesMut::new(),
-            addr: shown,
-        },
-    };
-    let mut hello = BytesMut::new();
-    if let Some(token) = token {
-        codec::encode_control_frame(&format!("auth={token}"), &mut hello);
+    IngestConnection::start(r, w, shown, ack, token).await
+}
+
+impl IngestConnection {
+    /// Native ingest over a stream already connected (TLS, say), `shown` as its address.
+    pub async fn over<S>(
+        stream: S,
+        shown: &str,
+        ack: &str,
+        token: Option<&str>,
+    ) -> Result<IngestConnection, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        IngestConnection::start(Box::new(r), Box::new(w), shown.to_owned(), ack, token).await
     }
-    codec::encode_control_frame(ack, &mut hello);
-    conn.writer.write(&hello).await?;
-    Ok(conn)
+
+    async fn start(
+        r: Box<dyn AsyncRead + Unpin + Send>,
+        w: Box<dyn AsyncWrite + Unpin + Send>,
+        shown: String,
+        ack: &str,
+        token: Option<&str>,
+    ) -> Result<IngestConnection, ClientError> {
+        let mut conn = IngestConnection {
+            writer: IngestWriter {
+                w,
+                addr: shown.clone(),
+            },
+            replies: ReplyReader {
+                r,
+                buf: BytesMut::new(),
+                addr: shown,
+            },
+        };
+        conn.hello(ack, token).await?;
+        Ok(conn)
+    }
+
+    async fn hello(&mut self, ack: &str, token: Option<&str>) -> Result<(), ClientError> {
+        let mut hello = BytesMut::new();
+        if let Some(token) = token {
+            codec::encode_control_frame(&format!("auth={token}"), &mut hello);
+        }
+        codec::encode_control_frame(ack, &mut hello);
+        self.writer.write(&hello).await
+    }
 }
 
 impl IngestConnection {

@@ -196,6 +196,10 @@ pub struct Tls {
     pub cert_file: Option<PathBuf>,
     /// PEM private key.
     pub key_file: Option<PathBuf>,
+    /// Serve the HTTP listener (API, tails, `/metrics`) over TLS with these files.
+    pub http: bool,
+    /// Serve native ingest (TCP) over TLS with these files.
+    pub ingest: bool,
 }
 
 /// HTTP and WebSocket settings.
@@ -432,10 +436,18 @@ impl Config {
         if self.http.ping_interval_secs == 0 {
             return Err("http.ping_interval_secs must be at least 1".into());
         }
-        if self.listen.syslog_tls.is_some()
-            && (self.tls.cert_file.is_none() || self.tls.key_file.is_none())
-        {
-            return Err("listen.syslog_tls needs tls.cert_file and tls.key_file".into());
+        let tls_files = self.tls.cert_file.is_some() && self.tls.key_file.is_some();
+        for (name, wanted) in [
+            ("listen.syslog_tls", self.listen.syslog_tls.is_some()),
+            ("tls.http", self.tls.http && self.listen.http.is_some()),
+            (
+                "tls.ingest",
+                self.tls.ingest && self.listen.ingest.is_some(),
+            ),
+        ] {
+            if wanted && !tls_files {
+                return Err(format!("{name} needs tls.cert_file and tls.key_file"));
+            }
         }
         if self.syslog.max_message_bytes == 0
             || self.syslog.max_frame_bytes < self.syslog.max_message_bytes
@@ -613,6 +625,22 @@ mod tests {
             (
                 "ingest:\n  max_connections: 0\n",
                 "ingest.max_connections must be at least 1",
+            ),
+            (
+                "tls:\n  http: true\n",
+                "tls.http needs tls.cert_file and tls.key_file",
+            ),
+            (
+                "tls:\n  ingest: true\n  cert_file: c.pem\n",
+                "tls.ingest needs tls.cert_file and tls.key_file",
+            ),
+            (
+                "auth:\n  tokens:\n    - name: a\n      sha256: abc\n      scopes: [read]\n",
+                "sha256 must be 64 hex digits",
+            ),
+            (
+                "auth:\n  tokens:\n    - name: a\n      sha256: abc\n      scopes: [admin]\n",
+                "unknown variant `admin`",
             ),
             (
                 "ingest:\n  buffer_budget_bytes: 1000\n",

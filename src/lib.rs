@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod net;
 pub mod procfs;
 pub mod server;
+pub mod tls;
 
 /// A short, lowercase reason for an I/O error ("connection refused").
 pub fn io_reason(e: &std::io::Error) -> String {

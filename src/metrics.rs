@@ -64,6 +64,8 @@ pub struct Metrics {
     pub tail_missed: Counter,
     pub tails_opened: Counter,
     pub tails_closed: Counter,
+    /// SIGHUP reloads, by result (`applied`, `refused`).
+    reloads: Family<Label, Counter>,
     /// Each listener's connection limit, whose open count a scrape reads.
     listeners: Mutex<Vec<(&'static str, ConnectionLimit)>>,
     /// How many sources get series of their own (the busiest by envelopes).
@@ -77,7 +79,7 @@ impl Default for Metrics {
 }
 
 /// The `reason`s each family counts (the README's table lists them).
-const INGEST_MALFORMED: [&str; 9] = [
+const INGEST_MALFORMED: [&str; 10] = [
     "too_large",
     "truncated",
     "decode",
@@ -87,6 +89,7 @@ const INGEST_MALFORMED: [&str; 9] = [
     "control",
     "frame_timeout",
     "unauthenticated",
+    "tls_handshake",
 ];
 const INGEST_REFUSED: [&str; 7] = [
     "source_id",
@@ -167,6 +170,10 @@ impl Metrics {
             "sluice_syslog_refused",
             "Syslog messages refused, by reason (no usable source id).",
         );
+        let reloads = family(
+            "sluice_config_reloads",
+            "Config reloads (SIGHUP), by result: applied, or refused with the old settings kept.",
+        );
         let syslog_malformed = family(
             "sluice_syslog_malformed",
             "Syslog connections closed for bad framing, truncation, a late frame or a failed TLS handshake, by reason.",
@@ -182,6 +189,9 @@ impl Metrics {
             for reason in reasons {
                 let _ = family.get_or_create(&[("reason", reason)]);
             }
+        }
+        for result in ["applied", "refused"] {
+            let _ = reloads.get_or_create(&[("result", result)]);
         }
         for listener in ["http", "ingest", "syslog"] {
             let _ = connections_refused.get_or_create(&[("listener", listener)]);
@@ -203,6 +213,7 @@ impl Metrics {
             tail_missed,
             tails_opened,
             tails_closed,
+            reloads,
             listeners: Mutex::new(Vec::new()),
             per_source_top,
         }
@@ -242,6 +253,12 @@ impl Metrics {
         self.syslog_malformed
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// A config reload, applied or refused.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
     }
 
     /// Makes `limit`'s open connections part of every scrape, as `listener`.

@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Guard, Tokens};
-use crate::bindings::{Bindings, DrainError};
+use crate::bindings::{Bindings, DrainError, DrainRequest};
 use crate::config::{Config, Http, Listen, WhenBehind};
 use crate::http::{self, AppState};
 use crate::ingest::native::NativeIngest;
-use crate::ingest::syslog::{SyslogIngest, tls_acceptor};
+use crate::ingest::syslog::SyslogIngest;
 use crate::metrics::Metrics;
 use crate::net::{Budget, ConnectionLimit};
+use crate::tls::ServerTls;
 
 /// Listeners bound before the server starts.
 ///
@@ -66,7 +67,9 @@ pub enum BindError {
     UnixNotSocket(String),
     #[error("cannot listen on syslog_tls: {0}")]
     Tls(#[from] TlsError),
-    #[error("cannot listen on syslog_tls: listen.syslog_tls needs tls.cert_file and tls.key_file")]
+    #[error(
+        "TLS listeners (listen.syslog_tls, tls.http, tls.ingest) need tls.cert_file and tls.key_file"
+    )]
     TlsFiles,
 }
 
@@ -270,6 +273,19 @@ pub fn raise_open_files_limit() -> Option<u64> {
     limit.current
 }
 
+/// What [`Running::reload`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Tokens in effect now.
+    pub tokens: usize,
+    /// Whether the TLS certificate and key were read again.
+    pub tls: bool,
+    pub drains_added: usize,
+    pub drains_removed: usize,
+    /// Settings that differ from the running ones and take effect only at a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -354,6 +370,13 @@ pub struct Running {
     pub auth: Arc<Guard>,
     pub drains: Arc<Bindings>,
     pub persister: PersisterHandle,
+    /// The config in effect (its reloadable parts replaced by [`Running::reload`]).
+    config: parking_lot::Mutex<Arc<Config>>,
+    /// The certificate TLS listeners present, if any listens.
+    tls: Option<Arc<ServerTls>>,
+    /// Drains bound from `drains.bind`, with their ids: a reload binds what it adds and unbinds
+    /// what it drops, and leaves the rest (and drains bound through the API) alone.
+    config_drains: parking_lot::Mutex<Vec<(DrainRequest, String)>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -398,10 +421,12 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         shutdown.clone(),
         tasks.clone(),
     ));
+    let mut config_drains = Vec::with_capacity(config.drains.bind.len());
     for (index, req) in config.drains.bind.iter().enumerate() {
-        drains
+        let view = drains
             .add(req)
             .map_err(|error| StartError::Drain { index, error })?;
+        config_drains.push((req.clone(), view.id));
     }
 
     let (persister, persister_thread) = start_persister(&config, &router, lock)?;
@@ -422,6 +447,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             tasks.spawn(archive.clone().run(router.clone(), shutdown.clone()));
             Some(archive)
         }
+    };
+    // One certificate for every TLS listener, loaded before any starts.
+    let wants_tls = listeners.syslog_tls.is_some()
+        || (config.tls.http && listeners.http.is_some())
+        || (config.tls.ingest && listeners.ingest.is_some());
+    let server_tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        _ if !wants_tls => None,
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key).map_err(BindError::Tls)?),
+        _ => return Err(BindError::TlsFiles.into()),
     };
     let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let ic = &config.ingest;
@@ -448,6 +482,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         bound.ingest = listener.local_addr().ok();
         tasks.spawn(ingest.clone().serve_tcp(
             listener,
+            server_tls.clone().filter(|_| config.tls.ingest),
             ingest_limit("ingest"),
             shutdown.clone(),
             tasks.clone(),
@@ -489,14 +524,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         ));
     }
     if let Some(listener) = listeners.syslog_tls {
-        let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
-            return Err(BindError::TlsFiles.into());
-        };
-        let acceptor = tls_acceptor(cert, key).map_err(BindError::Tls)?;
         bound.syslog_tls = listener.local_addr().ok();
         tasks.spawn(syslog.clone().serve_tcp(
             listener,
-            Some(acceptor),
+            server_tls.clone(),
             syslog_limit("syslog_tls"),
             shutdown.clone(),
             tasks.clone(),
@@ -522,6 +553,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         tasks.spawn(http::serve::serve(
             state,
             listener,
+            server_tls.clone().filter(|_| config.tls.http),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -533,6 +565,9 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         auth,
         drains,
         persister,
+        config: parking_lot::Mutex::new(config.clone()),
+        tls: server_tls,
+        config_drains: parking_lot::Mutex::new(config_drains),
         shutdown,
         tasks,
         grace: Duration::from_secs(config.http.shutdown_grace_secs),
@@ -545,6 +580,94 @@ impl Running {
     /// How many auth tokens the server checks requests against.
     pub fn auth_tokens(&self) -> usize {
         self.auth.token_count()
+    }
+
+    /// Applies what can change while running from `new` (SIGHUP): the auth tokens, the TLS
+    /// certificate and key, and the drains of `drains.bind`. Everything is checked first (tokens,
+    /// files, every new drain); if anything is wrong nothing changes and the reason comes back.
+    /// Tails, ingest connections and the rings are not touched. Other settings differing from
+    /// the running ones are named in [`Reloaded::needs_restart`].
+    pub fn reload(&self, new: Config) -> Result<Reloaded, String> {
+        let tokens = Tokens::new(&new.auth.tokens)?;
+        let tls = match (&self.tls, &new.tls.cert_file, &new.tls.key_file) {
+            (None, _, _) => None,
+            (Some(_), Some(cert), Some(key)) => {
+                Some(ServerTls::read(cert, key).map_err(|e| e.to_string())?)
+            }
+            (Some(_), _, _) => return Err(BindError::TlsFiles.to_string()),
+        };
+        let mut config_drains = self.config_drains.lock();
+        let kept = |req: &DrainRequest| new.drains.bind.contains(req);
+        let mut added = Vec::new();
+        for (index, req) in new.drains.bind.iter().enumerate() {
+            if config_drains.iter().any(|(old, _)| old == req) {
+                continue;
+            }
+            match self.drains.add(req) {
+                Ok(view) => added.push((req.clone(), view.id)),
+                Err(e) => {
+                    for (_, id) in &added {
+                        self.drains.remove(id);
+                    }
+                    return Err(format!("drains.bind[{index}]: {e}"));
+                }
+            }
+        }
+        // Checked: apply.
+        self.auth.replace(tokens);
+        if let (Some(server), Some(fresh)) = (&self.tls, tls) {
+            server.replace(fresh);
+        }
+        let before = config_drains.len();
+        config_drains.retain(|(req, id)| {
+            let keep = kept(req);
+            if !keep {
+                self.drains.remove(id);
+            }
+            keep
+        });
+        let removed = before - config_drains.len();
+        let drains_added = added.len();
+        config_drains.extend(added);
+        let mut config = self.config.lock();
+        let old = &**config;
+        let mut needs_restart = Vec::new();
+        for (name, differs) in [
+            ("listen", old.listen != new.listen),
+            ("router", old.router != new.router),
+            ("ingest", old.ingest != new.ingest),
+            ("http", old.http != new.http),
+            ("syslog", old.syslog != new.syslog),
+            ("log_storage", old.log_storage != new.log_storage),
+            (
+                "tls.http, tls.ingest",
+                (old.tls.http, old.tls.ingest) != (new.tls.http, new.tls.ingest),
+            ),
+            (
+                "drains (but drains.bind)",
+                (
+                    old.drains.per_source_limit,
+                    &old.drains.delivery,
+                    &old.drains.tls,
+                ) != (
+                    new.drains.per_source_limit,
+                    &new.drains.delivery,
+                    &new.drains.tls,
+                ),
+            ),
+        ] {
+            if differs {
+                needs_restart.push(name);
+            }
+        }
+        *config = Arc::new(new);
+        Ok(Reloaded {
+            tokens: self.auth.token_count(),
+            tls: self.tls.is_some(),
+            drains_added,
+            drains_removed: removed,
+            needs_restart,
+        })
     }
 
     /// Stops accepting, closes tails and connections, and waits for every task (up to the grace

@@ -67,7 +67,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => tracing::info!("open files limit: unlimited"),
     }
-    wait_for_signal().await;
+    wait_for_signal(&running, args.config.as_deref()).await;
     tracing::info!("shutting down");
     if !running.stop().await {
         tracing::warn!("some connections were still open when the grace period ended");
@@ -78,8 +78,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Waits for a signal that asks the server to stop: SIGTERM, SIGINT or SIGQUIT. Signals whose
 /// default action would kill the process without a flush (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM,
 /// SIGPIPE and the like) are caught and logged instead, so no signal but SIGKILL loses what was
-/// accepted. SIGHUP has nothing to reload yet: drains change through the API.
-async fn wait_for_signal() {
+/// accepted. SIGHUP reloads the config file's tokens, TLS files and `drains.bind` ([`reload`]).
+async fn wait_for_signal(running: &server::Running, config: Option<&std::path::Path>) {
     use tokio::signal::unix::{SignalKind, signal};
     let stop = [
         ("SIGTERM", SignalKind::terminate()),
@@ -122,12 +122,43 @@ async fn wait_for_signal() {
             return;
         }
         if name == "SIGHUP" {
-            tracing::info!(
-                signal = name,
-                "nothing to reload: drains change through the API; ignoring it"
-            );
+            // A few small files: read on this worker, which serves nothing else.
+            tokio::task::block_in_place(|| reload(running, config));
         } else {
             tracing::info!(signal = name, "ignoring signal");
         }
+    }
+}
+
+/// SIGHUP: reads the config file again and applies its tokens, TLS files and `drains.bind`;
+/// a config that does not load, or does not apply, is refused whole with the reason.
+fn reload(running: &server::Running, path: Option<&std::path::Path>) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            running.metrics.config_reload(false);
+            tracing::error!(error = %e, "reload refused, the running settings stay");
+            return;
+        }
+    };
+    let result = running.reload(new);
+    running.metrics.config_reload(result.is_ok());
+    match result {
+        Ok(r) => {
+            tracing::info!(
+                tokens = r.tokens,
+                tls_reloaded = r.tls,
+                drains_added = r.drains_added,
+                drains_removed = r.drains_removed,
+                "reloaded"
+            );
+            if !r.needs_restart.is_empty() {
+                tracing::warn!(
+                    settings = %r.needs_restart.join(", "),
+                    "these settings changed in the file and take effect only at a restart"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused, the running settings stay"),
     }
 }

@@ -3,6 +3,7 @@
 //! shutdown. warp's built-in server can set neither, and logs every client disconnect as an
 //! error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{AppState, routes};
 use crate::net::{ConnectionLimit, accept_loop, answer_and_close};
+use crate::tls::ServerTls;
 
 /// What a connection past `http.max_connections` is told before it is closed.
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"too many connections: the server is at http.max_connections\"}";
@@ -24,6 +26,7 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appl
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -42,9 +45,27 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let ended = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "https handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = ended {
                 // Clients that go away, headers that never came: the client's doing.
                 tracing::debug!(%peer, error = %e, "http connection ended");
             }

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::net::{
     Accept, Budget, ConnectionLimit, Held, accept_loop, answer_and_close, sleep_until_some,
 };
+use crate::tls::ServerTls;
 
 /// What every native ingest connection shares.
 #[derive(Debug, Clone)]
@@ -118,11 +119,12 @@ impl NativeIngest {
     pub async fn serve_tcp(
         self,
         listener: TcpListener,
+        tls: Option<Arc<ServerTls>>,
         limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        self.serve(listener, limit, shutdown, tasks).await;
+        self.serve(listener, tls, limit, shutdown, tasks).await;
     }
 
     /// Accepts Unix socket connections until `shutdown`.
@@ -133,12 +135,13 @@ impl NativeIngest {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        self.serve(listener, limit, shutdown, tasks).await;
+        self.serve(listener, None, limit, shutdown, tasks).await;
     }
 
     async fn serve<L>(
         self,
         listener: L,
+        tls: Option<Arc<ServerTls>>,
         limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -146,11 +149,21 @@ impl NativeIngest {
         L: Accept,
         L::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let connection = |stream, peer, slot| {
+        let connection = |stream, peer: String, slot| {
             let this = self.clone();
             let stop = shutdown.clone();
+            let tls = tls.clone();
             tasks.spawn(async move {
-                this.connection(stream, peer, stop).await;
+                match tls {
+                    None => this.connection(stream, peer, stop).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => this.connection(s, peer, stop).await,
+                        Err(e) => {
+                            this.metrics.ingest_malformed("tls_handshake");
+                            tracing::warn!(%peer, error = %e, "ingest tls handshake failed");
+                        }
+                    },
+                }
                 drop(slot);
             });
         };

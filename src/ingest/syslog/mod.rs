@@ -9,23 +9,21 @@ pub mod parse;
 pub mod rfc3164;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use sluice_drains::tls::{TlsError, tls_server_config};
 use sluice_router::envelope::{now_ns, rfc3339_seconds};
 use sluice_router::{Envelope, Router};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::net::{Budget, ConnectionLimit, Held, accept_loop, sleep_until_some};
+use crate::tls::ServerTls;
 use parse::{next_frame, parse_message};
 
 /// What every syslog listener shares.
@@ -47,13 +45,12 @@ pub struct SyslogIngest {
 }
 
 const READ_CHUNK: usize = 64 * 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SyslogIngest {
     pub async fn serve_tcp(
         self,
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<ServerTls>>,
         limit: ConnectionLimit,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -65,18 +62,13 @@ impl SyslogIngest {
             tasks.spawn(async move {
                 match tls {
                     None => this.connection(stream, &peer, stop).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => this.connection(s, &peer, stop).await,
-                            Ok(Err(e)) => {
-                                this.metrics.syslog_malformed("tls_handshake");
-                                tracing::warn!(%peer, error = %e, "syslog tls handshake failed");
-                            }
-                            Err(_) => tracing::warn!(%peer, "syslog tls handshake timed out"),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => this.connection(s, &peer, stop).await,
+                        Err(e) => {
+                            this.metrics.syslog_malformed("tls_handshake");
+                            tracing::warn!(%peer, error = %e, "syslog tls handshake failed");
                         }
-                    }
+                    },
                 }
                 drop(slot);
             });
@@ -288,9 +280,4 @@ impl SyslogIngest {
             }
         }
     }
-}
-
-/// Builds the TLS acceptor for `syslog_tls` from PEM files.
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
-    Ok(TlsAcceptor::from(tls_server_config(cert_file, key_file)?))
 }
