@@ -39,6 +39,16 @@ fn curl(ca: &std::path::Path, http: &str, path: &str, token: Option<&str>) -> Op
     (out.status.success() && code != 0).then_some(code)
 }
 
+/// An HTTPS client that trusts `cas`, with `localhost` at the server's loopback address.
+fn https(cas: &[&std::path::Path], http: &str) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().resolve("localhost", http.parse().unwrap());
+    for ca in cas {
+        let pem = std::fs::read(ca).unwrap();
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
 /// A rustls client that trusts `ca`.
 fn connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -177,16 +187,7 @@ async fn sighup_reloads_tokens_certificate_and_drains_under_load_losing_nothing(
         assert!(ok);
     };
     let metric = async |name: &str| -> u64 {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&a.ca).unwrap()).unwrap(),
-            )
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&b.ca).unwrap()).unwrap(),
-            )
-            .resolve("localhost", server.http.parse().unwrap())
-            .build()
-            .unwrap();
+        let client = https(&[&a.ca, &b.ca], &server.http);
         let port = server.http.rsplit_once(':').unwrap().1;
         let mut sum = 0;
         for token in ["old-token", "new-token"] {
@@ -283,24 +284,15 @@ async fn sighup_reloads_tokens_certificate_and_drains_under_load_losing_nothing(
         (got2.load(Ordering::Relaxed) > 0).then_some(())
     })
     .await;
-    let drains: serde_json::Value = {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&b.ca).unwrap()).unwrap(),
-            )
-            .resolve("localhost", server.http.parse().unwrap())
-            .build()
-            .unwrap();
-        client
-            .get(format!("https://localhost:{port}/api/v1/drains"))
-            .bearer_auth("new-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
+    let drains: serde_json::Value = https(&[&b.ca], &server.http)
+        .get(format!("https://localhost:{port}/api/v1/drains"))
+        .bearer_auth("new-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let urls: Vec<&str> = drains
         .as_array()
         .unwrap()
