@@ -200,6 +200,9 @@ pub struct Tls {
     pub http: bool,
     /// Serve native ingest (TCP) over TLS with these files.
     pub ingest: bool,
+    /// PEM CAs whose client certificates `syslog_tls` requires (mutual TLS): syslog carries no
+    /// token, so this is how a syslog sender proves who it is. None: any client.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// HTTP and WebSocket settings.

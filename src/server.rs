@@ -372,8 +372,10 @@ pub struct Running {
     pub persister: PersisterHandle,
     /// The config in effect (its reloadable parts replaced by [`Running::reload`]).
     config: parking_lot::Mutex<Arc<Config>>,
-    /// The certificate TLS listeners present, if any listens.
+    /// The certificate TLS listeners present, if any listens (HTTP and native ingest).
     tls: Option<Arc<ServerTls>>,
+    /// The same for `syslog_tls`, which may require client certificates.
+    syslog_tls: Option<Arc<ServerTls>>,
     /// Drains bound from `drains.bind`, with their ids: a reload binds what it adds and unbinds
     /// what it drops, and leaves the rest (and drains bound through the API) alone.
     config_drains: parking_lot::Mutex<Vec<(DrainRequest, String)>>,
@@ -452,9 +454,20 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let wants_tls = listeners.syslog_tls.is_some()
         || (config.tls.http && listeners.http.is_some())
         || (config.tls.ingest && listeners.ingest.is_some());
-    let server_tls = match (&config.tls.cert_file, &config.tls.key_file) {
-        _ if !wants_tls => None,
-        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key).map_err(BindError::Tls)?),
+    // HTTP and native ingest authenticate with tokens; syslog TLS, which carries none, with
+    // client certificates when `tls.client_ca_file` is set: two configs of the same pair.
+    let (server_tls, syslog_tls) = match (&config.tls.cert_file, &config.tls.key_file) {
+        _ if !wants_tls => (None, None),
+        (Some(cert), Some(key)) => (
+            Some(ServerTls::load(cert, key, None).map_err(BindError::Tls)?),
+            match listeners.syslog_tls {
+                Some(_) => Some(
+                    ServerTls::load(cert, key, config.tls.client_ca_file.as_deref())
+                        .map_err(BindError::Tls)?,
+                ),
+                None => None,
+            },
+        ),
         _ => return Err(BindError::TlsFiles.into()),
     };
     let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
@@ -527,7 +540,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         bound.syslog_tls = listener.local_addr().ok();
         tasks.spawn(syslog.clone().serve_tcp(
             listener,
-            server_tls.clone(),
+            syslog_tls.clone(),
             syslog_limit("syslog_tls"),
             shutdown.clone(),
             tasks.clone(),
@@ -567,6 +580,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
         persister,
         config: parking_lot::Mutex::new(config.clone()),
         tls: server_tls,
+        syslog_tls,
         config_drains: parking_lot::Mutex::new(config_drains),
         shutdown,
         tasks,
@@ -589,13 +603,19 @@ impl Running {
     /// the running ones are named in [`Reloaded::needs_restart`].
     pub fn reload(&self, new: Config) -> Result<Reloaded, String> {
         let tokens = Tokens::new(&new.auth.tokens)?;
-        let tls = match (&self.tls, &new.tls.cert_file, &new.tls.key_file) {
-            (None, _, _) => None,
-            (Some(_), Some(cert), Some(key)) => {
-                Some(ServerTls::read(cert, key).map_err(|e| e.to_string())?)
-            }
-            (Some(_), _, _) => return Err(BindError::TlsFiles.to_string()),
+        let read = |tls: &Option<Arc<ServerTls>>, client_ca: Option<&std::path::Path>| match (
+            tls,
+            &new.tls.cert_file,
+            &new.tls.key_file,
+        ) {
+            (None, _, _) => Ok(None),
+            (Some(_), Some(cert), Some(key)) => ServerTls::read(cert, key, client_ca)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (Some(_), _, _) => Err(BindError::TlsFiles.to_string()),
         };
+        let tls = read(&self.tls, None)?;
+        let syslog_tls = read(&self.syslog_tls, new.tls.client_ca_file.as_deref())?;
         let mut config_drains = self.config_drains.lock();
         let kept = |req: &DrainRequest| new.drains.bind.contains(req);
         let mut added = Vec::new();
@@ -616,6 +636,9 @@ impl Running {
         // Checked: apply.
         self.auth.replace(tokens);
         if let (Some(server), Some(fresh)) = (&self.tls, tls) {
+            server.replace(fresh);
+        }
+        if let (Some(server), Some(fresh)) = (&self.syslog_tls, syslog_tls) {
             server.replace(fresh);
         }
         let before = config_drains.len();
@@ -663,7 +686,7 @@ impl Running {
         *config = Arc::new(new);
         Ok(Reloaded {
             tokens: self.auth.token_count(),
-            tls: self.tls.is_some(),
+            tls: self.tls.is_some() || self.syslog_tls.is_some(),
             drains_added,
             drains_removed: removed,
             needs_restart,

@@ -22,15 +22,24 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerTls>, TlsError> {
+    /// The certificate and key; with `client_ca`, clients must present a certificate it signed.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
         Ok(Arc::new(ServerTls {
-            config: parking_lot::RwLock::new(tls_server_config(cert, key)?),
+            config: parking_lot::RwLock::new(tls_server_config(cert, key, client_ca)?),
         }))
     }
 
     /// Reads a certificate and key (the same files again, or others) without using them yet.
-    pub fn read(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        tls_server_config(cert, key)
+    pub fn read(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        tls_server_config(cert, key, client_ca)
     }
 
     /// Handshakes from now on present `config` (from [`ServerTls::read`]).

@@ -149,3 +149,69 @@ async fn sluice_receives_syslog_over_tls_from_another_sluices_drain() {
         "the plain-text handshake was counted"
     );
 }
+
+/// With `tls.client_ca_file`, `syslog_tls` takes only senders with a certificate that CA
+/// signed: syslog carries no token, so this is its authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_tls_with_a_client_ca_takes_only_senders_it_signed() {
+    let certs = Certs::generate();
+    let receiver = Server::start(&format!(
+        "  syslog_tls: 127.0.0.1:0\ntls:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n",
+        certs.cert.display(),
+        certs.key.display(),
+        certs.ca.display()
+    ));
+    let port = receiver
+        .syslog_tls
+        .clone()
+        .expect("syslog_tls bound")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let sender = Server::start("");
+    let url = format!("syslog-tls://localhost:{port}");
+    // Without a client certificate: refused by the receiver, nothing of it published.
+    let (status, anonymous) = sender
+        .post_json(
+            "/api/v1/drains",
+            json!({"source_id": "anon", "url": url, "tls": {"ca_file": certs.ca}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{anonymous}");
+    // With one the receiver's CA signed: accepted.
+    let (status, signed) = sender
+        .post_json(
+            "/api/v1/drains",
+            json!({"source_id": "signed", "url": url, "tls": {"ca_file": certs.ca, "cert_file": certs.cert, "key_file": certs.key}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{signed}");
+    let mut conn = connect_ingest(&IngestAddr::Tcp(sender.ingest.clone()))
+        .await
+        .unwrap();
+    conn.send_batch(&[
+        Envelope::new("anon", "no certificate"),
+        Envelope::new("signed", "signed"),
+    ])
+    .await
+    .unwrap();
+    receiver.wait_published("signed", 1).await;
+    receiver
+        .wait_metric("sluice_syslog_malformed_total", 1)
+        .await;
+    let anon = common::eventually("the anonymous drain to fail", 30, async || {
+        let d = sender.drain(anonymous["id"].as_str().unwrap()).await;
+        (d["errors"].as_u64()? >= 1).then_some(d)
+    })
+    .await;
+    assert_eq!(anon["sent"], 0, "{anon}");
+    let unknown = receiver.get_json("/api/v1/sources/anon/recent").await;
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown source"),
+        "{unknown}"
+    );
+}

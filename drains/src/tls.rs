@@ -96,21 +96,43 @@ pub fn tls_client_config(
     Ok(Arc::new(config))
 }
 
-/// The rustls server configuration for a TLS listener (`syslog_tls`), from PEM files.
+/// The rustls server configuration for a TLS listener, from PEM files; with `client_ca`, a
+/// client must present a certificate that CA signed (mutual TLS).
 pub fn tls_server_config(
     cert_file: &Path,
     key_file: &Path,
+    client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates("tls.cert_file", cert_file)?;
     let key = private_key("tls.key_file", key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid {
             what: "TLS versions",
             reason: e.to_string(),
-        })?
-        .with_no_client_auth()
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates("tls.client_ca_file", ca)? {
+                roots.add(cert).map_err(|e| TlsError::Invalid {
+                    what: "tls.client_ca_file",
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| TlsError::Invalid {
+                        what: "tls.client_ca_file",
+                        reason: e.to_string(),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Invalid {
             what: "tls certificate or key",
@@ -231,7 +253,7 @@ mod tests {
 
         let empty = std::env::temp_dir().join(format!("sluice-tls-{}.pem", std::process::id()));
         std::fs::write(&empty, "not pem\n").unwrap();
-        let e = tls_server_config(&empty, &empty).unwrap_err();
+        let e = tls_server_config(&empty, &empty, None).unwrap_err();
         assert!(
             matches!(
                 e,
