@@ -2,6 +2,7 @@
 //! acknowledgements, `recent` over HTTP, and WebSocket tails.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -145,6 +146,36 @@ pub async fn connect_ingest_as(
         }
     };
     IngestConnection::start(r, w, shown, ack, token).await
+}
+
+/// [`connect_ingest_as`], over TLS when `tls` is given (a server with `tls.ingest`).
+pub async fn connect_ingest_tls(
+    addr: &IngestAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ack: &str,
+    token: Option<&str>,
+) -> Result<IngestConnection, ClientError> {
+    let (Some(tls), IngestAddr::Tcp(a)) = (tls, addr) else {
+        return connect_ingest_as(addr, ack, token).await;
+    };
+    let failed = |e: std::io::Error| ClientError::Connect {
+        addr: a.clone(),
+        reason: io_reason(&e),
+    };
+    let tcp = TcpStream::connect(a.as_str()).await.map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(failed)?;
+    IngestConnection::over(stream, a, ack, token).await
 }
 
 impl IngestConnection {
@@ -312,20 +343,77 @@ pub fn encode_component(value: &str) -> String {
     utf8_percent_encode(value, KEEP).to_string()
 }
 
+/// A server's HTTP side as a client reaches it: its address, the token to present, and, for a
+/// server whose HTTP listener speaks TLS (`tls.http`), the TLS client to use (`https://`,
+/// `wss://`).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub http: String,
+    pub token: Option<String>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Remote {
+    /// A plain-HTTP server without tokens at `http`.
+    pub fn plain(http: &str) -> Remote {
+        Remote {
+            http: http.to_owned(),
+            token: None,
+            tls: None,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.http)
+    }
+
+    fn http_client(&self) -> Result<reqwest::Client, ClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        builder
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// A TLS client configuration trusting `ca` (PEM), or the system's CAs.
+pub fn tls_client(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let file = ca.unwrap_or(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let bad = |reason: String| ClientError::Protocol(format!("{}: {reason}", file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// `GET` of a source's JSON resource (`stats`, `recent?...`): 404 is an unknown source, any
 /// other failure the server's reason.
 async fn get_source_json<T: serde::de::DeserializeOwned>(
-    http: &str,
-    token: Option<&str>,
+    remote: &Remote,
     source: &str,
     resource: &str,
 ) -> Result<T, ClientError> {
-    let url = format!(
-        "http://{http}/api/v1/sources/{}/{resource}",
+    let http = remote.http.as_str();
+    let url = remote.url(&format!(
+        "/api/v1/sources/{}/{resource}",
         encode_component(source)
-    );
-    let mut request = reqwest::Client::new().get(&url);
-    if let Some(token) = token {
+    ));
+    let mut request = remote.http_client()?.get(&url);
+    if let Some(token) = &remote.token {
         request = request.bearer_auth(token);
     }
     let resp = request.send().await.map_err(|e| http_error(http, &e))?;
@@ -341,8 +429,8 @@ async fn get_source_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The newest seq of `source` (`GET /api/v1/sources/{id}/stats`): in memory or in storage.
-pub async fn newest_seq(http: &str, token: Option<&str>, source: &str) -> Result<u64, ClientError> {
-    let stats: serde_json::Value = get_source_json(http, token, source, "stats").await?;
+pub async fn newest_seq(remote: &Remote, source: &str) -> Result<u64, ClientError> {
+    let stats: serde_json::Value = get_source_json(remote, source, "stats").await?;
     stats["published"]
         .as_u64()
         .ok_or_else(|| ClientError::Protocol("stats without published".into()))
@@ -350,30 +438,35 @@ pub async fn newest_seq(http: &str, token: Option<&str>, source: &str) -> Result
 
 /// `GET /api/v1/sources/{id}/recent` as envelopes, oldest first.
 pub async fn recent(
-    http: &str,
-    token: Option<&str>,
+    remote: &Remote,
     source: &str,
     query: &Query,
 ) -> Result<Vec<Envelope>, ClientError> {
     let resource = format!("recent?format=json&{}", query.params());
-    get_source_json(http, token, source, &resource).await
+    get_source_json(remote, source, &resource).await
 }
 
 /// A live WebSocket tail in `msgpack` format.
-#[derive(Debug)]
 pub struct Tail {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<Box<dyn Stream>>,
     http: String,
 }
 
+/// What a tail's WebSocket runs over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail").field("http", &self.http).finish()
+    }
+}
+
 /// Opens `GET /api/v1/sources/{id}/stream?format=msgpack&...`.
-pub async fn tail(
-    http: &str,
-    token: Option<&str>,
-    source: &str,
-    query: &Query,
-) -> Result<Tail, ClientError> {
+pub async fn tail(remote: &Remote, source: &str, query: &Query) -> Result<Tail, ClientError> {
     use tungstenite::client::IntoClientRequest;
+    let http = remote.http.as_str();
+    // The handshake's own URL is ws:// even over TLS: the stream below is already encrypted.
     let url = format!(
         "ws://{http}/api/v1/sources/{}/stream?format=msgpack&{}",
         encode_component(source),
@@ -382,21 +475,42 @@ pub async fn tail(
     let mut request = url
         .into_client_request()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    if let Some(token) = token {
+    if let Some(token) = &remote.token {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Protocol("the token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", value);
     }
-    match tokio_tungstenite::connect_async(request).await {
+    let connect_failed = |e: &std::io::Error| ClientError::Connect {
+        addr: http.to_owned(),
+        reason: io_reason(e),
+    };
+    let tcp = TcpStream::connect(http)
+        .await
+        .map_err(|e| connect_failed(&e))?;
+    let stream: Box<dyn Stream> = match &remote.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let host = http.rsplit_once(':').map_or(http, |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| connect_failed(&e))?;
+            Box::new(tls)
+        }
+    };
+    match tokio_tungstenite::client_async(request, stream).await {
         Ok((ws, _)) => Ok(Tail {
             ws,
             http: http.to_owned(),
         }),
-        Err(tungstenite::Error::Io(e)) => Err(ClientError::Connect {
-            addr: http.to_owned(),
-            reason: io_reason(&e),
-        }),
+        Err(tungstenite::Error::Io(e)) => Err(connect_failed(&e)),
         Err(tungstenite::Error::Http(resp)) => Err(ClientError::Refused(error_message(
             resp.body().as_deref().unwrap_or_default(),
         ))),

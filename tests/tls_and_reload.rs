@@ -323,3 +323,79 @@ async fn sighup_reloads_tokens_certificate_and_drains_under_load_losing_nothing(
     }
     assert!(metric("sluice_config_reloads_total").await >= 2);
 }
+
+/// `sluice emit` and `sluice logs` (recent and following) against a server that speaks TLS
+/// on both sides: `tls://` and `https://` addresses, `--cacert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_cacert() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let certs = Certs::generate();
+    let server = Server::start(&tls_config(&certs));
+    let https_url = format!("https://{}", server.http);
+    let ca = certs.ca.display().to_string();
+    let mut follow = Command::new(common::SLUICE)
+        .args(["logs", "cli-tls", "--http", &https_url, "--cacert", &ca])
+        .env("TZ", "UTC")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = https(&[&certs.ca], &server.http);
+    let port = server.http.rsplit_once(':').unwrap().1.to_owned();
+    common::eventually("the tail to open", 30, async || {
+        let text = client
+            .get(format!("https://localhost:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (common::metric_sum(&text, "sluice_tails_opened_total")? >= 1).then_some(())
+    })
+    .await;
+    let mut emit = Command::new(common::SLUICE)
+        .args(["emit", "--source", "cli-tls", "--ingest"])
+        .arg(format!("tls://{}", server.ingest))
+        .args(["--cacert", &ca])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(emit.stdin.take().unwrap(), "over tls").unwrap();
+    let out = emit.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let line = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
+        .await
+        .unwrap();
+    assert!(line.ends_with("OUT over tls"), "{line}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let out = Command::new(common::SLUICE)
+        .args([
+            "logs", "cli-tls", "--recent", "--http", &https_url, "--cacert", &ca,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OUT over tls"));
+    // Trusting another CA: refused, with the reason.
+    let other = certs.other_ca.display().to_string();
+    let out = Command::new(common::SLUICE)
+        .args([
+            "logs", "cli-tls", "--recent", "--http", &https_url, "--cacert", &other,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!out.stderr.is_empty());
+}

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::ConnArgs;
-use crate::client::connect_ingest_as;
+use crate::client::connect_ingest_tls;
 
 #[derive(Debug, Args)]
 pub struct EmitArgs {
@@ -86,8 +86,13 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-line-bytes must be at least 1");
     }
     let addr = args.conn.ingest()?;
-    let conn =
-        connect_ingest_as(&addr, args.ack.control_word(), args.conn.token.as_deref()).await?;
+    let conn = connect_ingest_tls(
+        &addr,
+        args.conn.ingest_tls()?,
+        args.ack.control_word(),
+        args.conn.token.as_deref(),
+    )
+    .await?;
     let (mut writer, mut replies) = (conn.writer, conn.replies);
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4 * BATCH_LINES);

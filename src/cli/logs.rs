@@ -48,8 +48,7 @@ pub struct LogsArgs {
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     validate_source_id(&args.source)?;
-    let http = args.conn.http()?;
-    let token = args.conn.token.as_deref();
+    let remote = args.conn.remote()?;
     let channel = if args.stdout {
         Some(Channel::Out)
     } else if args.stderr {
@@ -73,7 +72,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             limit: Some(back),
             ..Query::default()
         };
-        let envs = client::recent(&http, token, &args.source, &query).await?;
+        let envs = client::recent(&remote, &args.source, &query).await?;
         if out.print(&envs).is_err() {
             return Ok(ExitCode::SUCCESS); // the reader went away (`| head`)
         }
@@ -81,7 +80,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     // With --all and no -f: up to the newest line there is now.
     let until = match (args.all, args.follow) {
-        (true, false) => match client::newest_seq(&http, token, &args.source).await? {
+        (true, false) => match client::newest_seq(&remote, &args.source).await? {
             0 => return Ok(ExitCode::SUCCESS),
             n => Some(n),
         },
@@ -99,7 +98,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         since_seq: args.all.then_some(0),
         ..Query::default()
     };
-    let mut tail = client::tail(&http, token, &args.source, &query).await?;
+    let mut tail = client::tail(&remote, &args.source, &query).await?;
     loop {
         tokio::select! {
             next = tail.next() => match next? {

@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{IngestAddr, check_addr};
+use std::sync::Arc;
+
+use crate::client::{IngestAddr, Remote, check_addr, tls_client};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
@@ -78,12 +80,17 @@ pub struct ConnArgs {
     /// The configuration file the server uses: its listen addresses are used.
     #[arg(short, long, env = "SLUICE_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
-    /// The server's HTTP address (overrides the config file).
-    #[arg(long, value_name = "HOST:PORT", global = true)]
+    /// The server's HTTP address (overrides the config file); `https://HOST:PORT` for a server
+    /// with `tls.http`.
+    #[arg(long, value_name = "[https://]HOST:PORT", global = true)]
     pub http: Option<String>,
-    /// The server's native ingest address, or a Unix socket path (overrides the config file).
-    #[arg(long, value_name = "HOST:PORT|PATH", global = true)]
+    /// The server's native ingest address, or a Unix socket path (overrides the config file);
+    /// `tls://HOST:PORT` for a server with `tls.ingest`.
+    #[arg(long, value_name = "[tls://]HOST:PORT|PATH", global = true)]
     pub ingest: Option<String>,
+    /// A PEM CA file to trust for a server that speaks TLS (the system's CAs without it).
+    #[arg(long, env = "SLUICE_CACERT", value_name = "FILE", global = true)]
+    pub cacert: Option<PathBuf>,
     /// A bearer token, for a server with auth tokens configured.
     #[arg(
         long,
@@ -100,10 +107,48 @@ impl ConnArgs {
         Ok(Config::load(self.config.as_deref())?)
     }
 
-    /// The HTTP address to use.
-    pub fn http(&self) -> anyhow::Result<String> {
+    /// The server's HTTP side: its address, TLS when it speaks it, and the token.
+    pub fn remote(&self) -> anyhow::Result<Remote> {
+        let (http, tls) = match &self.http {
+            Some(a) => match a.strip_prefix("https://") {
+                Some(rest) => (rest.trim_end_matches('/').to_owned(), true),
+                None => (
+                    a.strip_prefix("http://")
+                        .unwrap_or(a)
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    false,
+                ),
+            },
+            None => (self.http()?, self.config()?.tls.http),
+        };
+        check_addr("--http", &http).map_err(anyhow::Error::msg)?;
+        Ok(Remote {
+            http,
+            token: self.token.clone(),
+            tls: match tls {
+                true => Some(tls_client(self.cacert.as_deref())?),
+                false => None,
+            },
+        })
+    }
+
+    /// The TLS client for native ingest, when the server speaks TLS there (`--ingest
+    /// tls://...`, or `tls.ingest` in the config file).
+    pub fn ingest_tls(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+        let tls = match &self.ingest {
+            Some(a) => a.starts_with("tls://"),
+            None => self.config()?.tls.ingest,
+        };
+        Ok(match tls {
+            true => Some(tls_client(self.cacert.as_deref())?),
+            false => None,
+        })
+    }
+
+    /// The HTTP address from the config file (or `--http` as given).
+    fn http(&self) -> anyhow::Result<String> {
         if let Some(a) = &self.http {
-            check_addr("--http", a).map_err(anyhow::Error::msg)?;
             return Ok(a.clone());
         }
         let config = self.config()?;
@@ -119,7 +164,7 @@ impl ConnArgs {
     /// The native ingest address to use.
     pub fn ingest(&self) -> anyhow::Result<IngestAddr> {
         if let Some(a) = &self.ingest {
-            let addr = IngestAddr::parse(a);
+            let addr = IngestAddr::parse(a.strip_prefix("tls://").unwrap_or(a));
             if let IngestAddr::Tcp(t) = &addr {
                 check_addr("--ingest", t).map_err(anyhow::Error::msg)?;
             }
