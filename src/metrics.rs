@@ -279,6 +279,7 @@ impl Metrics {
     ) -> String {
         let relaxed = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut sources = router.sources();
+        let retained_entries: u64 = sources.iter().map(|s| s.retained as u64).sum();
         let top = self.per_source_top.min(sources.len());
         if top < sources.len() {
             sources.select_nth_unstable_by(top, |a, b| b.published.cmp(&a.published));
@@ -290,6 +291,7 @@ impl Metrics {
             waited: router.waited_for_room_total(),
             evicted: router.evicted_for_budget_total(),
             retained_bytes: router.retained_bytes() as u64,
+            retained_entries,
             source_count: router.source_ids().len() as u64,
             sources: sources
                 .into_iter()
@@ -346,6 +348,7 @@ struct Scrape {
     waited: u64,
     evicted: u64,
     retained_bytes: u64,
+    retained_entries: u64,
     source_count: u64,
     /// Source id, envelopes (its newest seq), ring entries, ring bytes.
     sources: Vec<(String, u64, u64, u64)>,
@@ -416,6 +419,13 @@ impl Collector for Scrape {
             "Bytes held by all rings.",
             Gauge,
             self.retained_bytes,
+        )?;
+        one(
+            e,
+            "sluice_router_retained_entries",
+            "Envelopes held by all rings.",
+            Gauge,
+            self.retained_entries,
         )?;
         one(
             e,

@@ -226,6 +226,18 @@ async fn every_endpoint_with_no_token_the_wrong_scope_and_the_right_one() {
         ws_status(&server, "/api/v1/firehose", Some(&format!("bearer.{OPS}"))).await,
         101
     );
+    // Every WebSocket endpoint: no token, the wrong one, the right one.
+    for (path, wrong, right) in [
+        ("/api/v1/firehose", READER, OPS),
+        ("/api/v1/sources/app-1/stream", INGESTER, READER),
+        ("/api/jobs/app-1/logs/stream", INGESTER, READER),
+    ] {
+        assert_eq!(ws_status(&server, path, None).await, 401, "{path}");
+        let wrong = format!("bearer.{wrong}");
+        assert_eq!(ws_status(&server, path, Some(&wrong)).await, 403, "{path}");
+        let right = format!("bearer.{right}");
+        assert_eq!(ws_status(&server, path, Some(&right)).await, 101, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
