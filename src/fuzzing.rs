@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config_loader", config_loader),
     ("drain_url", drain_url),
     ("http_query", http_query),
+    ("http_ingest", http_ingest),
 ];
 
 /// The native stream: frames split off a byte stream, payloads decoded. A decoded batch is
@@ -274,5 +275,60 @@ pub fn http_query(data: &[u8]) {
         if let Ok(Some(n)) = crate::http::number_param::<usize>(&q, name) {
             assert_eq!(q[name].parse::<usize>().ok(), Some(n));
         }
+    }
+}
+
+/// `POST /api/v1/ingest`'s body, as each content type reads it, and the path table that says
+/// which scope a request needs: any body is a batch of 1 to `max` envelopes or a 400/413 with a
+/// reason (413 exactly when there are too many); any source id put in a path comes back out of
+/// it whole.
+pub fn http_ingest(data: &[u8]) {
+    const MAX: usize = 8;
+    let kinds = [
+        None,
+        Some("application/json"),
+        Some("application/x-ndjson"),
+        Some("application/msgpack"),
+    ];
+    let kind = kinds[data.first().map_or(0, |b| usize::from(*b) % kinds.len())];
+    let body = data.get(1..).unwrap_or_default();
+    match crate::http::ingest::decode(kind, body, MAX) {
+        Ok(batch) => assert!(
+            (1..=MAX).contains(&batch.len()),
+            "{} envelopes",
+            batch.len()
+        ),
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            assert!(
+                matches!(e.status.as_u16(), 400 | 413),
+                "{}: {}",
+                e.status,
+                e.message
+            );
+        }
+    }
+    // Any visible-ASCII id, percent-encoded into a path, is the source its rule names.
+    let id: String = String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    if !id.is_empty() {
+        let path = format!(
+            "/api/v1/sources/{}/recent",
+            crate::client::encode_component(&id)
+        );
+        assert_eq!(
+            crate::http::auth::rule(&warp::http::Method::GET, &path),
+            crate::http::auth::Rule::Read(id.clone()),
+            "{path}"
+        );
+        let path = format!("/worker/jobs/{}/logs", crate::client::encode_component(&id));
+        assert_eq!(
+            crate::http::auth::rule(&warp::http::Method::POST, &path),
+            crate::http::auth::Rule::Ingest(Some(id)),
+            "{path}"
+        );
     }
 }

@@ -196,13 +196,28 @@ fn too_many(n: usize, max: usize) -> ApiError {
 }
 
 /// The envelopes of a body, by its content type.
-fn decode(kind: Option<&str>, body: &[u8], max_batch: usize) -> Result<Vec<Envelope>, ApiError> {
+pub fn decode(
+    kind: Option<&str>,
+    body: &[u8],
+    max_batch: usize,
+) -> Result<Vec<Envelope>, ApiError> {
     let essence = kind
         .and_then(|k| k.split(';').next())
         .map(|k| k.trim().to_ascii_lowercase())
         .unwrap_or_default();
+    let batch = decode_any(&essence, body, max_batch)?;
+    if batch.is_empty() {
+        // (Found by the http_ingest fuzz target: `[]` was accepted as a batch of nothing.)
+        return Err(ApiError::bad_request(
+            "no envelopes: send one JSON object per line, a JSON array, or MessagePack",
+        ));
+    }
+    Ok(batch)
+}
+
+fn decode_any(essence: &str, body: &[u8], max_batch: usize) -> Result<Vec<Envelope>, ApiError> {
     if matches!(
-        essence.as_str(),
+        essence,
         "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack"
     ) {
         return match codec::decode_payload(body) {
@@ -236,11 +251,6 @@ fn decode(kind: Option<&str>, body: &[u8], max_batch: usize) -> Result<Vec<Envel
         let e: JsonEnvelope = serde_json::from_slice(line)
             .map_err(|e| ApiError::bad_request(format!("line {}: {e}", i + 1)))?;
         batch.push(e.into());
-    }
-    if batch.is_empty() {
-        return Err(ApiError::bad_request(
-            "no envelopes: send one JSON object per line, a JSON array, or MessagePack",
-        ));
     }
     Ok(batch)
 }
@@ -277,5 +287,23 @@ mod tests {
         codec::encode_batch(&[Envelope::new("m", "packed")], &mut packed);
         let batch = decode(Some("application/msgpack"), &packed, 10).unwrap();
         assert_eq!(&batch[0].message[..], b"packed");
+    }
+
+    /// An empty array (JSON or MessagePack) is no batch at all, as an empty NDJSON body is not.
+    #[test]
+    fn empty_batches_are_refused_whatever_their_type() {
+        for (kind, body) in [
+            ("application/json", &b"[]"[..]),
+            ("application/msgpack", b"\x90"),
+            ("application/x-ndjson", b""),
+        ] {
+            let e = decode(Some(kind), body, 1).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{kind}");
+            assert!(
+                e.message.starts_with("no envelopes"),
+                "{kind}: {}",
+                e.message
+            );
+        }
     }
 }
