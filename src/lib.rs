@@ -7,15 +7,17 @@
 //! - [`config`]: `sluice.yaml`, every default embedded.
 //! - [`ingest`]: listeners that decode envelopes and publish them (native TCP / Unix socket,
 //!   syslog TCP / UDP / TLS).
-//! - [`http`]: the API: sources, recent, WebSocket tails, firehose, drains, Strøm's job API,
-//!   health and metrics.
+//! - [`http`]: the API: sources, recent, WebSocket tails, firehose, drains, HTTP ingest, Strøm's
+//!   job API, health and metrics; [`http::auth`] is the one table from endpoint to scope.
+//! - [`auth`]: bearer tokens (hashed, compared in constant time) and their scopes.
+//! - [`tls`]: the server's certificate for every TLS listener, reloadable.
 //! - [`bindings`]: the drain bindings of this server (source → syslog URL), each drain running
 //!   as its own task on its own cursor.
 //! - the stored log (persister, reads from every tier, completion, archive) is
 //!   [`sluice_store`]'s; HTTP only parses, calls it and renders.
 //! - [`net`]: the accept loop, connection limits and the byte budget every listener shares.
-//! - [`server`]: binds listeners, starts every task with one stop signal, stops gracefully (the
-//!   persister last).
+//! - [`server`]: binds listeners, starts every task with one stop signal, reloads tokens, TLS
+//!   and `drains.bind` (SIGHUP), stops gracefully (the persister last).
 //! - [`format`](mod@format): the `cf logs` line and the JSON shape of an envelope.
 //! - [`client`]: what `sluice emit` and `sluice logs` use to talk to a server.
 //! - [`cli`]: the `sluice` command line.
@@ -25,7 +27,8 @@
 //!
 //! # Data paths
 //!
-//! - A native frame enters in [`ingest::native`]; a syslog line in [`ingest::syslog`].
+//! - A native frame enters in [`ingest::native`]; a syslog line in [`ingest::syslog`]; an HTTP
+//!   batch in [`http::ingest`].
 //! - Either is ring-buffered by [`sluice_router::Router::publish`] (with `when_behind: block`,
 //!   `publish_waiting`, which waits for the persister rather than overwrite what it has not
 //!   written).
