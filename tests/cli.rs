@@ -40,10 +40,11 @@ fn every_command_has_complete_help() {
         (
             "logs",
             &[
-                "--recent", "--follow", "--lines", "--stdout", "--stderr", "--origin", "--step",
-                "--json", "--http", "--config",
+                "--recent", "--follow", "--tail", "--lines", "--num", "--stdout", "--stderr",
+                "--origin", "--step", "--json", "--http", "--config", "--token", "--cacert",
             ][..],
         ),
+        ("token", &["--name", "--scopes", "--hash"][..]),
     ] {
         let out = sluice(&[cmd, "--help"]);
         assert!(out.status.success());
@@ -56,7 +57,7 @@ fn every_command_has_complete_help() {
         }
     }
     let top = String::from_utf8(sluice(&["--help"]).stdout).unwrap();
-    for cmd in ["serve", "emit", "logs"] {
+    for cmd in ["serve", "emit", "logs", "token"] {
         assert!(top.contains(cmd));
     }
 }

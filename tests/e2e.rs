@@ -159,7 +159,9 @@ async fn logs_follows_with_filters_and_reports_a_stopped_server() {
         .args([
             "logs",
             "svc",
-            "-f",
+            "--tail",
+            "--num",
+            "0",
             "--stderr",
             "--origin",
             "RTR",
@@ -212,9 +214,10 @@ async fn logs_follows_with_filters_and_reports_a_stopped_server() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.ends_with(" [RTR/0]      ERR wanted\n"), "{stdout}");
     assert!(!out.status.success());
+    // The banner says the tail is up before any line comes.
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
-        "sluice: the server ended the stream: sluice is shutting down\n"
+        "Connected, tailing logs for svc\nsluice: the server ended the stream: sluice is shutting down\n"
     );
 }
 

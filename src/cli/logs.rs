@@ -17,11 +17,13 @@ pub struct LogsArgs {
     /// Print the recent lines and exit (with -f, keep following after them).
     #[arg(long)]
     pub recent: bool,
-    /// Follow: keep printing new lines as they arrive (the default without --recent).
-    #[arg(short, long)]
+    /// Follow: keep printing new lines as they arrive (the default without --recent). Also
+    /// spelled --tail, as nomad and heroku users type it.
+    #[arg(short, long, visible_alias = "tail")]
     pub follow: bool,
-    /// How many lines back to start: with --recent the default is 1000, otherwise 0.
-    #[arg(short = 'n', long = "lines", value_name = "N")]
+    /// How many lines back to start: with --recent the default is 1000, otherwise 0. Also
+    /// spelled --num.
+    #[arg(short = 'n', long = "lines", visible_alias = "num", value_name = "N")]
     pub lines: Option<usize>,
     /// Every stored line, from the source's first (memory, then its files), then exit; with -f,
     /// keep following.
@@ -99,6 +101,9 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         ..Query::default()
     };
     let mut tail = client::tail(&remote, &args.source, &query).await?;
+    // On stderr, so that stdout stays the lines alone: until one arrives, this says the tail
+    // is up.
+    eprintln!("Connected, tailing logs for {}", args.source);
     loop {
         tokio::select! {
             next = tail.next() => match next? {
