@@ -473,6 +473,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let ic = &config.ingest;
     let frames = Budget::new(ic.buffer_budget_bytes);
+    let bodies = frames.clone();
     let ingest = NativeIngest {
         router: router.clone(),
         metrics: metrics.clone(),
@@ -556,6 +557,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             router: router.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+            bodies: bodies.clone(),
             config: config.clone(),
             drains: drains.clone(),
             persister: persister.clone(),

@@ -217,3 +217,57 @@ async fn bad_bodies_are_refused_whole_with_a_reason() {
     assert!(server.metric("sluice_ingest_refused_envelopes_total").await >= 9);
     assert_eq!(server.metric("sluice_http_ingest_envelopes_total").await, 1);
 }
+
+/// Large bodies are paid for from `ingest.buffer_budget_bytes` before they are read: clients
+/// that each start the largest body and stall hold the budget, not the server's memory, and the
+/// one that finds no room is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_large_bodies_hold_the_budget_and_the_next_is_told_to_retry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MIB: usize = 1024 * 1024;
+    let server = Server::start(
+        "ingest:\n  max_frame_bytes: 1048576\n  max_batch_envelopes: 1000\n  buffer_budget_bytes: 2621440\n  frame_timeout_secs: 1\nsyslog:\n  max_frame_bytes: 1048576\n",
+    );
+    let start = |len: usize| {
+        let http = server.http.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&http).await.unwrap();
+            let head = format!(
+                "POST /api/v1/ingest HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n{{\"source_id\":\"big\",\"message\":\""
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s
+        }
+    };
+    // Three bodies of 1 MiB, their senders stalled: two take 2 of the 2.5 MiB, and the one
+    // that finds no room (whichever came last) is answered 503 with the reason once
+    // frame_timeout_secs has passed. The other two wait for their bodies, unanswered.
+    let [mut a, mut b, mut c] = [start(MIB).await, start(MIB).await, start(MIB).await];
+    let mut bufs = [[0u8; 4096]; 3];
+    let first = {
+        let [ba, bb, bc] = &mut bufs;
+        let answer = async {
+            tokio::select! {
+                n = a.read(ba) => (0, n),
+                n = b.read(bb) => (1, n),
+                n = c.read(bc) => (2, n),
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), answer)
+            .await
+            .expect("one is answered")
+    };
+    let (which, n) = (first.0, first.1.unwrap());
+    let answer = String::from_utf8_lossy(&bufs[which][..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("ingest.buffer_budget_bytes"), "{answer}");
+    // Small bodies need no budget and go through meanwhile.
+    let (status, _) = post(
+        &server,
+        "",
+        "application/x-ndjson",
+        b"{\"source_id\":\"small\"}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use sluice_router::codec::{self, Payload};
 use sluice_router::{Channel, Envelope};
@@ -83,12 +82,12 @@ pub fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("content-type"))
         .and(super::auth::caller(state.clone()))
-        .and(super::body(max))
+        .and(super::large_body(max, &state))
         .and_then(
             move |query: HashMap<String, String>,
                   kind: Option<String>,
                   caller: Caller,
-                  body: Result<Bytes, ApiError>| {
+                  body: Result<super::Body, ApiError>| {
                 let st = state.clone();
                 async move {
                     let done = match body {

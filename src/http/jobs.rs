@@ -49,8 +49,8 @@ pub fn routes(
     let st = state.clone();
     let worker_logs = warp::path!("worker" / "jobs" / String / "logs")
         .and(warp::post())
-        .and(super::body(MAX_WORKER_BODY_BYTES))
-        .and_then(move |id: String, body: Result<Bytes, ApiError>| {
+        .and(super::large_body(MAX_WORKER_BODY_BYTES, &state))
+        .and_then(move |id: String, body: Result<super::Body, ApiError>| {
             let st = st.clone();
             async move {
                 let done = match body {

@@ -44,6 +44,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The tokens requests are checked against.
     pub auth: Arc<crate::auth::Guard>,
+    /// What large request bodies are paid from: the same budget as native and syslog frames
+    /// (`ingest.buffer_budget_bytes`).
+    pub bodies: crate::net::Budget,
     pub config: Arc<Config>,
     pub drains: Arc<crate::bindings::Bindings>,
     pub persister: sluice_store::persister::PersisterHandle,
@@ -180,6 +183,62 @@ pub fn body(
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .then(move |declared, stream| collect_body(declared, stream, max))
+}
+
+/// A request body and the part of the budget it holds, given back when it is dropped.
+#[derive(Debug)]
+pub struct Body {
+    bytes: bytes::Bytes,
+    _held: crate::net::Held,
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Bodies up to this size cost no budget, as each native connection's first 64 KiB do not.
+const FREE_BODY_BYTES: u64 = 64 * 1024;
+
+/// [`body`] for endpoints that take large bodies (ingest, worker logs): a body over 64 KiB is
+/// paid for from `state.bodies` before it is read (its declared length, or `max` when it is
+/// chunked), waiting at most `ingest.frame_timeout_secs` for room (503 past that), so that many
+/// clients each sending the largest body cost the budget, not memory.
+pub fn large_body(
+    max: u64,
+    state: &AppState,
+) -> impl warp::Filter<Extract = (Result<Body, ApiError>,), Error = warp::Rejection> + Clone + use<>
+{
+    let budget = state.bodies.clone();
+    let wait = std::time::Duration::from_secs(state.config.ingest.frame_timeout_secs);
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |declared: Option<u64>, stream| {
+            let budget = budget.clone();
+            async move {
+                let need = declared.unwrap_or(max).min(max);
+                let held = if need > FREE_BODY_BYTES && declared.is_none_or(|d| d <= max) {
+                    match tokio::time::timeout(wait, budget.take(need as usize)).await {
+                        Ok(held) => held,
+                        Err(_) => {
+                            return Err(ApiError {
+                                status: StatusCode::SERVICE_UNAVAILABLE,
+                                message: format!(
+                                    "no room for a body of {need} bytes in ingest.buffer_budget_bytes within {} s: send it again",
+                                    wait.as_secs()
+                                ),
+                            });
+                        }
+                    }
+                } else {
+                    crate::net::Held::default()
+                };
+                let bytes = collect_body(declared, stream, max).await?;
+                Ok(Body { bytes, _held: held })
+            }
+        })
 }
 
 async fn collect_body<S, B>(
