@@ -352,6 +352,40 @@ mod tests {
         }
     }
 
+    /// The README's drain example is what the formatter writes.
+    #[test]
+    fn the_readme_shows_real_output() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Syslog drains").unwrap()..];
+        let shown: Vec<&str> = section
+            .lines()
+            .skip_while(|l| *l != "```")
+            .skip(1)
+            .take(2)
+            .collect();
+        let mut out = env();
+        out.source_id = "my-app".into();
+        out.origin = "APP/PROC/WEB".into();
+        out.message = "message".into();
+        for (k, v) in [
+            ("organization_name", "acme"),
+            ("space_name", "prod"),
+            ("app_name", "web app"),
+        ] {
+            out.tags.insert(k.into(), v.into());
+        }
+        let mut err = Envelope::new("my-task", "it broke");
+        err.origin = "my task".into();
+        err.instance_id = "2".into();
+        err.channel = Channel::Err;
+        err.timestamp = 1_465_938_606_000_000_000;
+        let written = [out, err].map(|e| fmt(&e, FormatOptions::default()));
+        assert_eq!(
+            shown,
+            written.iter().map(|l| l.trim_end()).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn octet_counting_counts_bytes_including_the_newline() {
         let mut e = env();
