@@ -428,6 +428,41 @@ async fn get_source_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// Every source the server knows (`GET /api/v1/sources`, page after page), sorted by id.
+pub async fn sources(remote: &Remote) -> Result<Vec<serde_json::Value>, ClientError> {
+    let http = remote.http.as_str();
+    let client = remote.http_client()?;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/api/v1/sources?limit=10000".to_owned();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", encode_component(a)));
+        }
+        let mut request = client.get(remote.url(&path));
+        if let Some(token) = &remote.token {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.map_err(|e| http_error(http, &e))?;
+        let status = resp.status();
+        let more = resp.headers().contains_key(reqwest::header::LINK);
+        let body = resp.bytes().await.map_err(|e| http_error(http, &e))?;
+        if !status.is_success() {
+            return Err(ClientError::Refused(error_message(&body)));
+        }
+        let page: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        after = page
+            .last()
+            .and_then(|s| s["source_id"].as_str())
+            .map(str::to_owned);
+        all.extend(page);
+        if !more || after.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
 /// The newest seq of `source` (`GET /api/v1/sources/{id}/stats`): in memory or in storage.
 pub async fn newest_seq(remote: &Remote, source: &str) -> Result<u64, ClientError> {
     let stats: serde_json::Value = get_source_json(remote, source, "stats").await?;

@@ -45,6 +45,7 @@ fn every_command_has_complete_help() {
             ][..],
         ),
         ("token", &["--name", "--scopes", "--hash"][..]),
+        ("sources", &["--json", "--http", "--token", "--cacert"][..]),
     ] {
         let out = sluice(&[cmd, "--help"]);
         assert!(out.status.success());
@@ -57,7 +58,7 @@ fn every_command_has_complete_help() {
         }
     }
     let top = String::from_utf8(sluice(&["--help"]).stdout).unwrap();
-    for cmd in ["serve", "emit", "logs", "token"] {
+    for cmd in ["serve", "emit", "logs", "token", "sources"] {
         assert!(top.contains(cmd));
     }
 }

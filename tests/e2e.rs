@@ -281,3 +281,56 @@ async fn tails_are_pinged_and_bad_parameters_are_refused_before_the_upgrade() {
     let unknown = reqwest::get(server.url("/api/v1/nothing")).await.unwrap();
     assert_eq!(unknown.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_sources_lists_every_source_with_its_newest_seq() {
+    let server = Server::start("");
+    for (source, n) in [("web", 3), ("api", 1), ("cf/doppler", 2)] {
+        common::send_lines(&server, source, n).await;
+    }
+    let out = Command::new(SLUICE)
+        .args(["sources", "--http", &server.http])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["SOURCE", "NEWEST", "SEQ", "IN", "MEMORY", "LINES", "IN"]
+    );
+    // Sorted by id: id, newest seq, lines in memory; `files` joins `memory` once the persister
+    // has written them.
+    let ids: Vec<[&str; 3]> = rows[1..].iter().map(|r| [r[0], r[1], r[2]]).collect();
+    assert_eq!(
+        ids,
+        [
+            ["api", "1", "1"],
+            ["cf/doppler", "2", "2"],
+            ["web", "3", "3"]
+        ]
+    );
+    assert!(
+        rows[1..].iter().all(|r| r[3].starts_with("memory")),
+        "{text}"
+    );
+    let out = Command::new(SLUICE)
+        .args(["sources", "--json", "--http", &server.http])
+        .output()
+        .unwrap();
+    let json: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.len(), 3);
+    assert_eq!(json[2]["source_id"], "web");
+    assert_eq!(json[2]["published"], 3);
+}

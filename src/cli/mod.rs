@@ -48,10 +48,22 @@ pub enum Command {
     /// Lines are printed in the `cf logs` format, in local time:
     /// `2016-06-14T14:10:05.36-0700 [APP/PROC/WEB/0] OUT message`.
     Logs(logs::LogsArgs),
+    /// List the sources the server knows, in memory or only in storage, sorted by id: their
+    /// newest seq, the lines their ring holds, and where their lines live.
+    Sources(SourcesArgs),
     /// Make an auth token: prints a new random token, and the `auth.tokens` entry (its
     /// SHA-256) to put in the server's config file. With --hash, reads a token from standard
     /// input and prints only its SHA-256.
     Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesArgs {
+    /// One JSON object per source instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +196,40 @@ impl ConnArgs {
     }
 }
 
+/// `sluice sources`.
+async fn sources(args: SourcesArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let list = crate::client::sources(&args.conn.remote()?).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &list {
+            writeln!(out, "{s}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<40} {:>12} {:>10}  LINES IN",
+        "SOURCE", "NEWEST SEQ", "IN MEMORY"
+    )?;
+    for s in &list {
+        let num = |k: &str| s[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
+        let tiers: Vec<&str> = s["lines_in"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<40} {:>12} {:>10}  {}",
+            s["source_id"].as_str().unwrap_or("?"),
+            num("published"),
+            num("retained"),
+            tiers.join(",")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `sluice token`.
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     use std::io::Read;
@@ -232,6 +278,7 @@ pub fn main() -> ExitCode {
             Command::Emit(args) => emit::run(args).await,
             Command::Logs(args) => logs::run(args).await,
             Command::Token(args) => token(args),
+            Command::Sources(args) => sources(args).await,
         }
     });
     // Tails may still be blocked on stdin or sockets; do not wait for them.
