@@ -280,6 +280,7 @@ impl Metrics {
         let relaxed = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut sources = router.sources();
         let retained_entries: u64 = sources.iter().map(|s| s.retained as u64).sum();
+        let source_count = sources.len() as u64;
         let top = self.per_source_top.min(sources.len());
         if top < sources.len() {
             sources.select_nth_unstable_by(top, |a, b| b.published.cmp(&a.published));
@@ -292,7 +293,7 @@ impl Metrics {
             evicted: router.evicted_for_budget_total(),
             retained_bytes: router.retained_bytes() as u64,
             retained_entries,
-            source_count: router.source_ids().len() as u64,
+            source_count,
             sources: sources
                 .into_iter()
                 .map(|s| {

@@ -288,15 +288,7 @@ async fn sluice_sources_lists_every_source_with_its_newest_seq() {
     for (source, n) in [("web", 3), ("api", 1), ("cf/doppler", 2)] {
         common::send_lines(&server, source, n).await;
     }
-    let out = Command::new(SLUICE)
-        .args(["sources", "--http", &server.http])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(Command::new(SLUICE).args(["sources", "--http", &server.http]));
     let text = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<Vec<&str>> = text
         .lines()

@@ -376,17 +376,9 @@ async fn the_cli_speaks_tls_with_cacert() {
     assert!(line.ends_with("OUT over tls"), "{line}");
     let _ = follow.kill();
     let _ = follow.wait();
-    let out = Command::new(common::SLUICE)
-        .args([
-            "logs", "cli-tls", "--recent", "--http", &https_url, "--cacert", &ca,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(Command::new(common::SLUICE).args([
+        "logs", "cli-tls", "--recent", "--http", &https_url, "--cacert", &ca,
+    ]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OUT over tls"));
     // Trusting another CA: refused, with the reason.
     let other = certs.other_ca.display().to_string();

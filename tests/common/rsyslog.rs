@@ -125,15 +125,7 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="r" supportOcte
             ),
         )
         .unwrap();
-        let child = launch(&dir, &conf, tcp_port);
-        Rsyslog {
-            child,
-            tcp_port,
-            udp_port: 0,
-            tcp_out,
-            udp_out: PathBuf::new(),
-            dir,
-        }
+        Rsyslog::launched(dir, &conf, tcp_port, 0, tcp_out)
     }
 
     /// An rsyslog that receives on its own TCP port (octet counted) and forwards everything with
@@ -159,15 +151,7 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="fwd" supportOc
             ),
         )
         .unwrap();
-        let child = launch(&dir, &conf, tcp_port);
-        Rsyslog {
-            child,
-            tcp_port,
-            udp_port: 0,
-            tcp_out: PathBuf::new(),
-            udp_out: PathBuf::new(),
-            dir,
-        }
+        Rsyslog::launched(dir, &conf, tcp_port, 0, PathBuf::new())
     }
 
     /// An rsyslog with two TLS inputs (its OpenSSL driver): `tcp_port` accepts any client
@@ -197,12 +181,22 @@ input(type="imtcp" address="127.0.0.1" port="{mutual}" ruleset="r" streamDriver.
             ),
         )
         .unwrap();
-        let child = launch(&dir, &conf, anon);
+        Rsyslog::launched(dir, &conf, anon, mutual, out)
+    }
+
+    /// rsyslogd started on `conf` (listening on `tcp_port`), writing TCP input to `tcp_out`.
+    fn launched(
+        dir: PathBuf,
+        conf: &Path,
+        tcp_port: u16,
+        udp_port: u16,
+        tcp_out: PathBuf,
+    ) -> Rsyslog {
         Rsyslog {
-            child,
-            tcp_port: anon,
-            udp_port: mutual,
-            tcp_out: out,
+            child: launch(&dir, conf, tcp_port),
+            tcp_port,
+            udp_port,
+            tcp_out,
             udp_out: PathBuf::new(),
             dir,
         }
