@@ -226,6 +226,18 @@ impl IngestConnection {
 }
 
 impl IngestConnection {
+    /// Reports an event about a source (the control word `event=JSON`: see
+    /// [`crate::ingest::event`]) and waits for its acknowledgement.
+    pub async fn send_event(&mut self, event: &serde_json::Value) -> Result<u64, ClientError> {
+        let mut frame = BytesMut::new();
+        codec::encode_control_frame(
+            &format!("{}{event}", crate::ingest::event::PREFIX),
+            &mut frame,
+        );
+        self.writer.write(&frame).await?;
+        self.replies.next().await
+    }
+
     /// Sends one batch and waits for its acknowledgement.
     pub async fn send_batch(&mut self, envs: &[Envelope]) -> Result<u64, ClientError> {
         self.writer.write(&codec::batch_frame(envs)).await?;

@@ -391,6 +391,32 @@ async fn native_ingest_and_the_cli_present_their_token() {
             .unwrap(),
         1
     );
+    // Events about a source need the same token as its lines.
+    let exit = |source: &str| json!({"event": "exit", "source_id": source, "status": 0});
+    let err = conn.send_event(&exit("db")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not cover source \"db\""),
+        "{err}"
+    );
+    assert_eq!(conn.send_event(&exit("app-1")).await.unwrap(), 1);
+    let (status, notices) = call(
+        &server,
+        "GET",
+        "/api/v1/sources/app-1/recent?origin=LGR",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let notices: serde_json::Value = serde_json::from_str(&notices).unwrap();
+    assert_eq!(notices[0]["message"], "exited with status 0");
+    let mut anonymous = connect_ingest_as(&addr, "ack=count", None).await.unwrap();
+    let err = anonymous.send_event(&exit("app-1")).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("send the control word auth=TOKEN first"),
+        "{err}"
+    );
 
     // `sluice emit --token` and `sluice logs` with SLUICE_TOKEN.
     let mut emit = Command::new(SLUICE)

@@ -44,6 +44,23 @@ fn every_command_has_complete_help() {
                 "--origin", "--step", "--json", "--http", "--config", "--token", "--cacert",
             ][..],
         ),
+        (
+            "run",
+            &[
+                "--source",
+                "--origin",
+                "--instance",
+                "--step",
+                "--tag",
+                "--max-line-bytes",
+                "--buffer-bytes",
+                "--buffer-dir",
+                "--flush-timeout",
+                "--quiet",
+                "--ingest",
+                "--token",
+            ][..],
+        ),
         ("token", &["--name", "--scopes", "--hash"][..]),
         ("sources", &["--json", "--http", "--token", "--cacert"][..]),
     ] {
@@ -58,7 +75,7 @@ fn every_command_has_complete_help() {
         }
     }
     let top = String::from_utf8(sluice(&["--help"]).stdout).unwrap();
-    for cmd in ["serve", "emit", "logs", "token", "sources"] {
+    for cmd in ["serve", "emit", "logs", "run", "token", "sources"] {
         assert!(top.contains(cmd));
     }
 }
@@ -189,5 +206,56 @@ fn without_tokens_only_loopback_is_served() {
     assert_eq!(
         stderr(&out),
         "sluice: refusing to listen on http 0.0.0.0:0: no auth tokens are configured, so sluice binds loopback addresses only (127.0.0.0/8, ::1)\n"
+    );
+}
+
+#[test]
+fn run_mistakes_are_one_line_errors_and_an_absent_server_costs_the_command_nothing() {
+    let out = sluice(&["run", "--source", "a", "--", "/nonexistent/cmd"]);
+    assert_eq!(out.status.code(), Some(127), "as a shell says: not found");
+    assert_eq!(
+        stderr(&out),
+        "sluice: cannot run /nonexistent/cmd: no such file or directory\n"
+    );
+    let out = sluice(&["run", "--source", "bad id", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("sluice: invalid source_id \"bad id\""));
+    let out = sluice(&["run", "--source", "a", "--buffer-bytes", "10", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("sluice: --buffer-bytes must be at least"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice(&["run", "--source", "a"]);
+    assert_eq!(out.status.code(), Some(2), "no command: a usage error");
+
+    // Nothing listens: the command runs and exits as it would; what could not be delivered is
+    // said once the flush timeout has passed.
+    let out = sluice(&[
+        "run",
+        "--source",
+        "a",
+        "--ingest",
+        "127.0.0.1:1",
+        "--flush-timeout",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo one; echo two; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("sluice run: cannot connect to sluice at 127.0.0.1:1: connection refused"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "sluice run: 2 lines not delivered: gave up after 1 s (--flush-timeout) without reaching sluice at 127.0.0.1:1\n"
+        ),
+        "{err}"
     );
 }

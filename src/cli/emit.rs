@@ -18,6 +18,23 @@ use crate::client::connect_ingest_tls;
 
 #[derive(Debug, Args)]
 pub struct EmitArgs {
+    #[command(flatten)]
+    pub lines: LineArgs,
+    /// Send the lines on ERR (stderr) instead of OUT.
+    #[arg(long)]
+    pub stderr: bool,
+    /// What the server must confirm before emit exits 0: `count` (every line accepted into the
+    /// router), `durable` (every line written to the persister's file, synced with `fsync:
+    /// always`) or `none` (sent, and the connection closed cleanly).
+    #[arg(long, value_enum, default_value_t = AckMode::Count, value_name = "MODE")]
+    pub ack: AckMode,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// What every line sent by `emit` and `run` carries, and how long one may be.
+#[derive(Debug, Args)]
+pub struct LineArgs {
     /// The source the lines belong to (an app, job or allocation id).
     #[arg(short, long, value_name = "ID")]
     pub source: String,
@@ -27,9 +44,6 @@ pub struct EmitArgs {
     /// Instance index.
     #[arg(long, default_value = "0", value_name = "N")]
     pub instance: String,
-    /// Send the lines on ERR (stderr) instead of OUT.
-    #[arg(long)]
-    pub stderr: bool,
     /// The job step (or task) the lines belong to.
     #[arg(long, value_name = "S")]
     pub step: Option<String>,
@@ -39,13 +53,22 @@ pub struct EmitArgs {
     /// Lines longer than this are split into several envelopes.
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_line_bytes: usize,
-    /// What the server must confirm before emit exits 0: `count` (every line accepted into the
-    /// router), `durable` (every line written to the persister's file, synced with `fsync:
-    /// always`) or `none` (sent, and the connection closed cleanly).
-    #[arg(long, value_enum, default_value_t = AckMode::Count, value_name = "MODE")]
-    pub ack: AckMode,
-    #[command(flatten)]
-    pub conn: ConnArgs,
+}
+
+impl LineArgs {
+    /// The envelope every line is a copy of (on OUT), checked as the server will check it.
+    pub fn template(&self) -> anyhow::Result<Envelope> {
+        let mut template = Envelope::new(self.source.clone(), Bytes::new());
+        template.origin = self.origin.clone();
+        template.instance_id = self.instance.clone();
+        template.step = self.step.clone();
+        template.tags = parse_tags(&self.tags)?;
+        template.validate()?;
+        if self.max_line_bytes == 0 {
+            anyhow::bail!("--max-line-bytes must be at least 1");
+        }
+        Ok(template)
+    }
 }
 
 /// The acknowledgement `sluice emit` asks for.
@@ -71,19 +94,9 @@ const BATCH_LINES: usize = 1000;
 const BATCH_BYTES: usize = 1024 * 1024;
 
 pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
-    let mut template = Envelope::new(args.source.clone(), Bytes::new());
-    template.origin = args.origin.clone();
-    template.instance_id = args.instance.clone();
-    template.channel = if args.stderr {
-        Channel::Err
-    } else {
-        Channel::Out
-    };
-    template.step = args.step.clone();
-    template.tags = parse_tags(&args.tags)?;
-    template.validate()?;
-    if args.max_line_bytes == 0 {
-        anyhow::bail!("--max-line-bytes must be at least 1");
+    let mut template = args.lines.template()?;
+    if args.stderr {
+        template.channel = Channel::Err;
     }
     let addr = args.conn.ingest()?;
     let conn = connect_ingest_tls(
@@ -96,7 +109,7 @@ pub async fn run(args: EmitArgs) -> anyhow::Result<ExitCode> {
     let (mut writer, mut replies) = (conn.writer, conn.replies);
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4 * BATCH_LINES);
-    let max = args.max_line_bytes;
+    let max = args.lines.max_line_bytes;
     let reader =
         tokio::spawn(async move { read_lines(BufReader::new(tokio::io::stdin()), max, tx).await });
 
@@ -207,40 +220,79 @@ pub async fn read_lines<R: AsyncBufRead + Unpin>(
     max: usize,
     tx: mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
-    let mut line = BytesMut::new();
+    let mut lines = Lines::new(max);
+    let mut ready = Vec::new();
     loop {
         let buf = input.fill_buf().await?;
         if buf.is_empty() {
-            if !line.is_empty() {
-                let _ = tx.send(line.split().freeze()).await;
+            lines.finish(|l| ready.push(l));
+        } else {
+            lines.feed(buf, |l| ready.push(l));
+            let n = buf.len();
+            input.consume(n);
+        }
+        for line in ready.drain(..) {
+            if tx.send(line).await.is_err() {
+                return Ok(());
             }
+        }
+        if lines.finished {
             return Ok(());
         }
-        let (take, ends_line) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        let content = if ends_line {
-            &buf[..take - 1]
-        } else {
-            &buf[..take]
-        };
-        line.extend_from_slice(content);
-        input.consume(take);
-        while line.len() > max {
-            let cut = utf8_cut(&line, max);
-            if tx.send(line.split_to(cut).freeze()).await.is_err() {
-                return Ok(());
+    }
+}
+
+/// Cuts a byte stream into lines without their line breaks (`\n`, or `\r\n`), splitting those
+/// longer than `max` bytes; the last line is given out at the end even without a line break.
+#[derive(Debug)]
+pub struct Lines {
+    line: BytesMut,
+    max: usize,
+    finished: bool,
+}
+
+impl Lines {
+    pub fn new(max: usize) -> Lines {
+        Lines {
+            line: BytesMut::new(),
+            max: max.max(1),
+            finished: false,
+        }
+    }
+
+    /// Takes `buf`, giving each line it completes to `out`.
+    pub fn feed(&mut self, mut buf: &[u8], mut out: impl FnMut(Bytes)) {
+        while !buf.is_empty() {
+            let (take, ends_line) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            let content = if ends_line {
+                &buf[..take - 1]
+            } else {
+                &buf[..take]
+            };
+            self.line.extend_from_slice(content);
+            buf = &buf[take..];
+            while self.line.len() > self.max {
+                let cut = utf8_cut(&self.line, self.max);
+                out(self.line.split_to(cut).freeze());
+            }
+            if ends_line {
+                if self.line.last() == Some(&b'\r') {
+                    self.line.truncate(self.line.len() - 1);
+                }
+                out(self.line.split().freeze());
             }
         }
-        if ends_line {
-            if line.last() == Some(&b'\r') {
-                line.truncate(line.len() - 1);
-            }
-            if tx.send(line.split().freeze()).await.is_err() {
-                return Ok(());
-            }
+    }
+
+    /// The end of the stream: a last line without a line break is given out.
+    pub fn finish(&mut self, mut out: impl FnMut(Bytes)) {
+        if !self.line.is_empty() {
+            out(self.line.split().freeze());
         }
+        self.finished = true;
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `sluice` command line: `serve`, `emit`, `logs`, `token`.
+//! The `sluice` command line: `serve`, `emit`, `logs`, `run`, `sources`, `token`.
 //!
 //! Client commands find the server the way `serve` was configured: `--config FILE` (or
 //! `SLUICE_CONFIG`), or `--http ADDR` / `--ingest ADDR`, else the embedded defaults. Errors are
@@ -6,7 +6,9 @@
 
 mod emit;
 mod logs;
+mod run;
 mod serve;
+mod spool;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,15 @@ pub enum Command {
     /// Lines are printed in the `cf logs` format, in local time:
     /// `2016-06-14T14:10:05.36-0700 [APP/PROC/WEB/0] OUT message`.
     Logs(logs::LogsArgs),
+    /// Run a command and send its output to sluice: stdout lines on OUT, stderr lines on ERR.
+    ///
+    /// `sluice run --source ID -- COMMAND ARGS...` exits as the command did, and records how it
+    /// ended as a `_server` line (`exited with status N`, `killed by signal S`). SIGINT and
+    /// SIGTERM are passed on to the command. Sluice never slows the command: while sluice is
+    /// unreachable (or slower than the command) the output is held, up to --buffer-bytes, and
+    /// sent when it can be; past that the oldest lines are dropped and the drop is announced
+    /// in the log with its exact count.
+    Run(run::RunArgs),
     /// List the sources the server knows, in memory or only in storage, sorted by id: their
     /// newest seq, the lines their ring holds, and where their lines live.
     Sources(SourcesArgs),
@@ -277,6 +288,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Emit(args) => emit::run(args).await,
             Command::Logs(args) => logs::run(args).await,
+            Command::Run(args) => run::run(args).await,
             Command::Token(args) => token(args),
             Command::Sources(args) => sources(args).await,
         }

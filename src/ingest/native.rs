@@ -6,6 +6,10 @@
 //! until the persister has the batch in its file (synced, with `fsync: always`), so an emitter
 //! can retry without loss. Without either, the server only answers frames it refuses.
 //!
+//! The control word `event=JSON` reports something about a source that a producer may not write
+//! as a line (its process exited, it dropped lines): the server records it as its own `_server`
+//! notice (see [`super::event`]), answered like a batch of one.
+//!
 //! Bad input costs only the connection that sent it: a malformed, oversized or truncated frame
 //! is answered with a reply naming the problem, then that connection is closed; a batch with an
 //! invalid field (of any kind: a bad `channel` as much as a bad `source_id`) is refused whole,
@@ -27,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::event::{self, ProducerEvent};
 use crate::auth::{Caller, Scope};
 use crate::metrics::Metrics;
 use crate::net::{
@@ -84,7 +89,7 @@ enum ConnError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(
-        "unknown control word {0:?}: the server understands ack=count, ack=durable and ack=none"
+        "unknown control word {0:?}: the server understands ack=count, ack=durable, ack=none, auth=TOKEN and event=JSON"
     )]
     Control(String),
     #[error("i/o error: {0}")]
@@ -397,6 +402,18 @@ impl NativeIngest {
                     .map_err(|d| ConnError::Auth(d.to_string()))?;
                 Ok(Handled::Answer(None))
             }
+            Payload::Control(word) if word.starts_with(event::PREFIX) => {
+                if *caller == Caller::Anonymous {
+                    return Err(ConnError::Auth(
+                        "this server takes tokens: send the control word auth=TOKEN first".into(),
+                    ));
+                }
+                Ok(Handled::Answer(self.event(
+                    &word[event::PREFIX.len()..],
+                    *ack,
+                    caller,
+                )))
+            }
             Payload::Control(word) => {
                 *ack = match word.as_str() {
                     "ack=count" => Ack::Count,
@@ -444,6 +461,25 @@ impl NativeIngest {
                 })
             }
             Err(e) => self.refused(n, e.reason(), e.to_string()),
+        }
+    }
+
+    /// Publishes a producer's event as the server's notice; answered like a one-envelope
+    /// batch (with acknowledgements on, or when refused).
+    fn event(&self, json: &str, ack: Ack, caller: &Caller) -> Option<Reply> {
+        let notice = match ProducerEvent::parse(json).and_then(|e| e.notice()) {
+            Ok(n) => n,
+            Err(e) => return self.refused(1, "invalid", e.to_string()),
+        };
+        if let Err(d) = caller.allow(Scope::Ingest, Some(&notice.source_id)) {
+            return self.refused(1, "forbidden", d.to_string());
+        }
+        match self.router.publish_notice(notice) {
+            Ok(_) => (ack != Ack::None).then_some(Reply {
+                accepted: 1,
+                error: None,
+            }),
+            Err(e) => self.refused(1, e.reason(), e.to_string()),
         }
     }
 

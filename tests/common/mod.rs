@@ -387,6 +387,13 @@ impl Server {
     /// Stops the server as an operator would (SIGTERM, waiting for it to finish), then starts
     /// it again on the same config and directory.
     pub fn stop_and_restart(&mut self) {
+        self.stop();
+        self.respawn();
+    }
+
+    /// Stops the server as an operator would (SIGTERM, waiting for it to finish); start it
+    /// again with [`Server::respawn`].
+    pub fn stop(&mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -394,10 +401,10 @@ impl Server {
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "sluice exited with {exit}");
-        self.respawn();
     }
 
-    fn respawn(&mut self) {
+    /// Starts the server again on the same config and directories; ports are new.
+    pub fn respawn(&mut self) {
         let (child, bound) = spawn(&self.dir.join("sluice.yaml"), &[]);
         self.child = child;
         self.take_addresses(&bound);
