@@ -328,8 +328,18 @@ pub struct Query {
 impl Query {
     fn params(&self) -> String {
         let mut p = Vec::new();
-        if let Some(o) = &self.filter.origin {
-            p.push(format!("origin={}", utf8_percent_encode(o, KEEP)));
+        let list = |values: &[String]| {
+            values
+                .iter()
+                .map(|v| utf8_percent_encode(v, KEEP).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if !self.filter.origins.is_empty() {
+            p.push(format!("origin={}", list(&self.filter.origins)));
+        }
+        if !self.filter.instances.is_empty() {
+            p.push(format!("instance={}", list(&self.filter.instances)));
         }
         if let Some(c) = self.filter.channel {
             p.push(format!("channel={}", c.as_str()));
@@ -511,14 +521,28 @@ impl std::fmt::Debug for Tail {
 
 /// Opens `GET /api/v1/sources/{id}/stream?format=msgpack&...`.
 pub async fn tail(remote: &Remote, source: &str, query: &Query) -> Result<Tail, ClientError> {
-    use tungstenite::client::IntoClientRequest;
-    let http = remote.http.as_str();
-    // The handshake's own URL is ws:// even over TLS: the stream below is already encrypted.
-    let url = format!(
-        "ws://{http}/api/v1/sources/{}/stream?format=msgpack&{}",
+    let path = format!(
+        "/api/v1/sources/{}/stream?format=msgpack&{}",
         encode_component(source),
         query.params()
     );
+    open_tail(remote, &path).await
+}
+
+/// Opens `GET /api/v1/firehose?format=msgpack&...`: every source.
+pub async fn firehose(remote: &Remote, query: &Query) -> Result<Tail, ClientError> {
+    open_tail(
+        remote,
+        &format!("/api/v1/firehose?format=msgpack&{}", query.params()),
+    )
+    .await
+}
+
+async fn open_tail(remote: &Remote, path: &str) -> Result<Tail, ClientError> {
+    use tungstenite::client::IntoClientRequest;
+    let http = remote.http.as_str();
+    // The handshake's own URL is ws:// even over TLS: the stream below is already encrypted.
+    let url = format!("ws://{http}{path}");
     let mut request = url
         .into_client_request()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -257,7 +257,9 @@ pub fn http_query(data: &[u8]) {
         };
         q.insert(decode(k), decode(v));
     }
-    let known = ["limit", "origin", "channel", "step", "format", "backfill"];
+    let known = [
+        "limit", "origin", "channel", "step", "instance", "format", "backfill",
+    ];
     match crate::http::known_params(&q, &known) {
         // `token` is every endpoint's (a bearer token where no header can go).
         Ok(()) => assert!(
@@ -266,10 +268,9 @@ pub fn http_query(data: &[u8]) {
         ),
         Err(e) => assert!(e.message.starts_with("unknown query parameter")),
     }
-    if let Ok(filter) = crate::http::filter_from_query(&q)
-        && let Some(origin) = &filter.origin
-    {
-        assert!(!origin.is_empty());
+    if let Ok(filter) = crate::http::filter_from_query(&q) {
+        assert!(filter.origins.iter().all(|o| !o.is_empty()));
+        assert!(filter.instances.iter().all(|i| !i.is_empty()));
     }
     for name in ["limit", "backfill"] {
         if let Ok(Some(n)) = crate::http::number_param::<usize>(&q, name) {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{SLUICE, Server, output_ok};
+use common::{SLUICE, Server, Watched, output_ok};
 use futures_util::StreamExt;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
@@ -155,26 +155,26 @@ async fn logs_recent_prints_the_last_hundred_in_the_cf_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follows_with_filters_and_reports_a_stopped_server() {
     let mut server = Server::start("");
-    let follow = tokio::process::Command::new(SLUICE)
-        .args([
-            "logs",
-            "svc",
-            "--tail",
-            "--num",
-            "0",
-            "--stderr",
-            "--origin",
-            "RTR",
-            "--http",
-            &server.http,
-        ])
-        .env("TZ", "UTC")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The tail must be subscribed before the lines are sent: wait for the server to count it.
-    server.wait_metric("sluice_tails_opened_total", 1).await;
+    let follow = Watched::spawn(
+        Command::new(SLUICE)
+            .args([
+                "logs",
+                "svc",
+                "--tail",
+                "--num",
+                "0",
+                "--stderr",
+                "--origin",
+                "RTR",
+                "--http",
+                &server.http,
+            ])
+            .env("TZ", "UTC"),
+    );
+    // The banner says the tail is up before any line comes.
+    follow
+        .stderr_says("Connected, tailing logs for svc\n")
+        .await;
     for (origin, stderr, text) in [
         ("RTR", true, "wanted"),
         ("RTR", false, "stdout"),
@@ -200,24 +200,19 @@ async fn logs_follows_with_filters_and_reports_a_stopped_server() {
         writeln!(child.stdin.take().unwrap(), "{text}").unwrap();
         assert!(child.wait().unwrap().success());
     }
-    server.wait_published("svc", 3).await;
-    // Once the server has written the line to the tail, a close frame can only come after it.
-    server.wait_metric("sluice_tail_delivered_total", 1).await;
-    // Stopping the server ends the tail with a clear reason and a failing exit code.
+    let stdout = follow.stdout_lines(1).await;
+    // Stopping the server: the tail says why and keeps trying to reconnect.
     sigterm(server.child.id());
-    let out = tokio::time::timeout(Duration::from_secs(30), follow.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
     let _ = server.child.wait();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(stdout.ends_with(" [RTR/0]      ERR wanted\n"), "{stdout}");
-    assert!(!out.status.success());
-    // The banner says the tail is up before any line comes.
-    assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
-        "Connected, tailing logs for svc\nsluice: the server ended the stream: sluice is shutting down\n"
+    follow
+        .stderr_says(
+            "sluice logs: the stream of svc ended (sluice is shutting down); reconnecting\n",
+        )
+        .await;
+    assert_eq!(follow.stdout().lines().count(), 1, "{stdout:?}");
+    assert!(
+        stdout[0].ends_with(" [RTR/0]      ERR wanted"),
+        "{stdout:?}"
     );
 }
 

@@ -77,7 +77,7 @@ async fn unknown_query_parameters_are_refused_by_name() {
     for (path, error) in [
         (
             "/api/v1/sources/app/recent?chanel=ERR",
-            "unknown query parameter chanel: this endpoint takes limit, origin, channel, step, format",
+            "unknown query parameter chanel: this endpoint takes limit, origin, channel, step, instance, format",
         ),
         (
             "/api/v1/drains?source=app&x=1",

@@ -127,7 +127,7 @@ async fn bad_frames_close_only_their_own_connection_with_a_reason() {
     assert_eq!(
         send_raw(&server, &hello, false).await,
         Some(vec![error(
-            "unknown control word \"ack=maybe\": the server understands ack=count, ack=durable and ack=none"
+            "unknown control word \"ack=maybe\": the server understands ack=count, ack=durable, ack=none, auth=TOKEN and event=JSON"
         )])
     );
     still_fine(&mut good, 5).await;

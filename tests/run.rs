@@ -3,75 +3,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
-use common::{SLUICE, Server, eventually, output_ok, temp_dir};
+use common::{SLUICE, Server, Watched, eventually, output_ok, temp_dir};
 
-/// A `sluice run` child whose stdout and stderr are collected as they come.
-struct Run {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Run {
-    fn start(args: &[&str], command: &[&str]) -> Run {
-        let mut child = Command::new(SLUICE)
+/// `sluice run ARGS -- COMMAND`, its output collected as it comes.
+fn sluice_run(args: &[&str], command: &[&str]) -> Watched {
+    Watched::spawn(
+        Command::new(SLUICE)
             .arg("run")
             .args(args)
             .arg("--")
             .args(command)
-            .env_remove("SLUICE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let collect = |pipe: Box<dyn std::io::Read + Send>| {
-            let text = Arc::new(Mutex::new(String::new()));
-            let into = text.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let line = line.unwrap();
-                    let mut t = into.lock().unwrap();
-                    t.push_str(&line);
-                    t.push('\n');
-                }
-            });
-            text
-        };
-        let stdout = collect(Box::new(child.stdout.take().unwrap()));
-        let stderr = collect(Box::new(child.stderr.take().unwrap()));
-        Run {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let child = &mut self.child;
-        eventually("sluice run to exit", 60, async || {
-            child.try_wait().unwrap().map(|s| s.code().unwrap())
-        })
-        .await
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().to_string();
-        output_ok(Command::new("kill").args([sig, &pid]));
-    }
+            .env_remove("SLUICE_CONFIG"),
+    )
 }
 
 /// Every stored line of `source` (memory, then files), as `sluice logs --all --json` prints it.
@@ -79,7 +25,7 @@ fn stored(server: &Server, source: &str) -> Vec<serde_json::Value> {
     let out = output_ok(Command::new(SLUICE).args([
         "logs",
         source,
-        "--all",
+        "--from-start",
         "--json",
         "--http",
         &server.http,
@@ -111,7 +57,7 @@ fn touch(path: &Path) {
 #[tokio::test]
 async fn both_streams_are_sent_and_the_exit_status_passes_through_and_is_recorded() {
     let server = Server::start("");
-    let mut run = Run::start(
+    let mut run = sluice_run(
         &[
             "--source",
             "job-1",
@@ -160,7 +106,7 @@ async fn both_streams_are_sent_and_the_exit_status_passes_through_and_is_recorde
 #[tokio::test]
 async fn a_child_killed_by_a_signal_is_recorded_and_exits_as_a_shell_reports_it() {
     let server = Server::start("");
-    let mut run = Run::start(
+    let mut run = sluice_run(
         &["--source", "job-2", "--ingest", &server.ingest, "--quiet"],
         &["sh", "-c", "echo before; kill -KILL $$"],
     );
@@ -182,7 +128,7 @@ async fn sigint_and_sigterm_are_passed_on_to_the_child() {
             "trap 'echo got {name}; exit {code}' {name}; echo ready; while :; do sleep 0.05; done"
         );
         let source = format!("job-{name}");
-        let mut run = Run::start(
+        let mut run = sluice_run(
             &["--source", &source, "--ingest", &server.ingest],
             &["sh", "-c", &script],
         );
@@ -218,7 +164,7 @@ async fn output_while_sluice_is_stopped_is_held_and_sent_when_it_returns() {
          while [ ! -e {g}/end ]; do sleep 0.02; done",
         g = gates.display()
     );
-    let mut run = Run::start(
+    let mut run = sluice_run(
         &["--source", "held", "--ingest", &socket, "--quiet"],
         &["sh", "-c", &script],
     );
@@ -272,7 +218,7 @@ async fn past_the_buffer_the_oldest_lines_are_dropped_and_announced_exactly() {
          while [ ! -e {g}/end ]; do sleep 0.02; done",
         g = gates.display()
     );
-    let mut run = Run::start(
+    let mut run = sluice_run(
         &[
             "--source",
             "dropping",

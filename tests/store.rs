@@ -292,7 +292,7 @@ async fn history_reads_join_storage_and_memory(server: &Server, id: &str, expect
     for (line, text) in printed.iter().zip(expected) {
         assert!(line.ends_with(text.as_str()), "{line} / {text}");
     }
-    let all = sluice(server, &["logs", id, "--all", "--json"]);
+    let all = sluice(server, &["logs", id, "--from-start", "--json"]);
     let all: Vec<Value> = all
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -8,19 +8,20 @@ use proptest::prelude::*;
 use sluice_router::{Channel, Delivery, Envelope, Filter, Router, RouterConfig, Selector, Start};
 
 const SOURCES: [&str; 3] = ["a", "b", "cf/doppler"];
-/// (origin, channel, step) of the envelopes published.
-const KINDS: [(&str, Channel, Option<&str>); 4] = [
-    ("APP/PROC/WEB", Channel::Out, None),
-    ("APP/PROC/WEB", Channel::Err, None),
-    ("RTR", Channel::Out, None),
-    ("STG", Channel::Out, Some("build")),
+/// (origin, channel, step, instance) of the envelopes published.
+const KINDS: [(&str, Channel, Option<&str>, &str); 5] = [
+    ("APP/PROC/WEB", Channel::Out, None, "0"),
+    ("APP/PROC/WEB", Channel::Err, None, "0"),
+    ("RTR", Channel::Out, None, "0"),
+    ("STG", Channel::Out, Some("build"), "0"),
+    ("APP/PROC/WEB", Channel::Out, None, "1"),
 ];
 
 fn filters() -> Vec<Filter> {
     vec![
         Filter::default(),
         Filter {
-            origin: Some("APP".into()),
+            origins: vec!["APP".into()],
             ..Filter::default()
         },
         Filter {
@@ -28,12 +29,20 @@ fn filters() -> Vec<Filter> {
             ..Filter::default()
         },
         Filter {
-            origin: Some("RTR".into()),
+            origins: vec!["RTR".into()],
             channel: Some(Channel::Out),
             ..Filter::default()
         },
         Filter {
             step: Some("build".into()),
+            ..Filter::default()
+        },
+        Filter {
+            instances: vec!["1".into()],
+            ..Filter::default()
+        },
+        Filter {
+            origins: vec!["RTR".into(), "STG".into()],
             ..Filter::default()
         },
     ]
@@ -73,7 +82,7 @@ enum StartOp {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..3usize, prop::collection::vec(0..4usize, 1..12))
+        4 => (0..3usize, prop::collection::vec(0..KINDS.len(), 1..12))
             .prop_map(|(source, kinds)| Op::Publish { source, kinds }),
         1 => (
             prop_oneof![
@@ -81,7 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
                 (0..3usize, 0..3usize).prop_map(|(a, b)| Sel::Two(a, b)),
                 Just(Sel::All)
             ],
-            0..5usize,
+            0..7usize,
             prop_oneof![
                 Just(StartOp::Live),
                 (0..15usize).prop_map(StartOp::Back),
@@ -107,8 +116,9 @@ impl Model {
     }
 
     fn matches(filter: &Filter, kind: usize) -> bool {
-        let (origin, channel, step) = KINDS[kind];
+        let (origin, channel, step, instance) = KINDS[kind];
         let mut e = Envelope::new("x", "");
+        e.instance_id = instance.into();
         e.origin = origin.into();
         e.channel = channel;
         e.step = step.map(Into::into);
@@ -173,8 +183,9 @@ fn check(cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let batch = kinds
                     .iter()
                     .map(|&k| {
-                        let (origin, channel, step) = KINDS[k];
+                        let (origin, channel, step, instance) = KINDS[k];
                         let mut e = Envelope::new(SOURCES[source], "m");
+                        e.instance_id = instance.into();
                         e.origin = origin.into();
                         e.channel = channel;
                         e.step = step.map(Into::into);

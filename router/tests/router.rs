@@ -173,7 +173,7 @@ fn an_overtaken_cursor_is_told_exactly_what_it_missed() {
 fn losses_under_a_filter_count_only_matching_envelopes() {
     let r = router(4);
     let f = Filter {
-        origin: Some("RTR".into()),
+        origins: vec!["RTR".into()],
         ..Filter::default()
     };
     let mut c = r
@@ -217,7 +217,7 @@ fn filters_by_origin_prefix_channel_and_step() {
             .collect::<Vec<_>>()
     };
     let app = Filter {
-        origin: Some("APP".into()),
+        origins: vec!["APP".into()],
         ..Filter::default()
     };
     assert_eq!(get(app), ["1", "3"]);
@@ -231,7 +231,48 @@ fn filters_by_origin_prefix_channel_and_step() {
         ..Filter::default()
     };
     assert_eq!(get(build), ["staging"]);
+    let either = Filter {
+        origins: vec!["RTR".into(), "STG".into()],
+        ..Filter::default()
+    };
+    assert_eq!(get(either), ["4", "staging"]);
     assert_eq!(r.recent("a", 2, &Filter::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn filters_by_instance_and_counts_an_instances_losses_exactly() {
+    let r = router(4);
+    let web = Filter {
+        instances: vec!["1".into()],
+        ..Filter::default()
+    };
+    let mut c = r
+        .subscribe(Selector::Source("a".into()), web.clone(), Start::Live)
+        .unwrap();
+    // Instances 0, 1, 2 in turn: 20 lines, 7 of instance 1, all but the last 4 entries
+    // overwritten before the cursor reads.
+    let batch: Vec<Envelope> = (0..20)
+        .map(|i| {
+            let mut e = line("a", "APP/PROC/WEB", Channel::Out, &format!("{i}"));
+            e.instance_id = (i % 3).to_string();
+            e
+        })
+        .collect();
+    r.publish(batch).unwrap();
+    let out = drain(&mut c);
+    // Kept: 16..=19, of which 16 and 19 are instance 1; lost: 1, 4, 7, 10, 13.
+    assert!(
+        matches!(&out[..], [Delivery::Missed(n), ..] if n.count == 5),
+        "{out:?}"
+    );
+    assert_eq!(seqs(&out[1..]), [17, 20]);
+    let recent: Vec<_> = r
+        .recent("a", 100, &web)
+        .unwrap()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.message).into_owned())
+        .collect();
+    assert_eq!(recent, ["16", "19"]);
 }
 
 #[test]

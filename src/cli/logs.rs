@@ -1,141 +1,449 @@
-//! `sluice logs`: follow a source, or print its recent lines.
+//! `sluice logs`: follow one source, several, or all of them; or print their recent lines.
+//!
+//! Following survives the server going away: each source's tail reconnects with backoff and
+//! resumes after the last `seq` it printed, so nothing is shown twice and nothing is skipped
+//! (a range the server no longer has arrives as its loss notice).
 
-use std::io::{BufWriter, ErrorKind, Write};
+use std::io::{BufWriter, ErrorKind, IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Args;
-use sluice_router::{Channel, Envelope, Filter, validate_source_id};
+use clap::{Args, ValueEnum};
+use sluice_router::envelope::ORIGIN_ROUTER;
+use sluice_router::{Backoff, Channel, Envelope, Filter, validate_source_id};
+use tokio::sync::mpsc;
 
 use super::ConnArgs;
-use crate::client::{self, Query};
+use crate::client::{self, ClientError, Query, Remote};
 use crate::format::{cf_line, json_line};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The source to show (an app, job or allocation id).
-    pub source: String,
+    /// The sources to show (app, job or allocation ids); several are shown together, each line
+    /// prefixed with its source.
+    #[arg(value_name = "SOURCE", required_unless_present = "all")]
+    pub sources: Vec<String>,
+    /// Every source, including those that appear later (the firehose; with tokens, an
+    /// operator's).
+    #[arg(long, conflicts_with_all = ["sources", "recent", "from_start", "since"])]
+    pub all: bool,
     /// Print the recent lines and exit (with -f, keep following after them).
     #[arg(long)]
     pub recent: bool,
     /// Follow: keep printing new lines as they arrive (the default without --recent). Also
-    /// spelled --tail, as nomad and heroku users type it.
+    /// spelled --tail (and -tail), as nomad and heroku users type it.
     #[arg(short, long, visible_alias = "tail")]
     pub follow: bool,
     /// How many lines back to start: with --recent the default is 1000, otherwise 0. Also
     /// spelled --num.
     #[arg(short = 'n', long = "lines", visible_alias = "num", value_name = "N")]
     pub lines: Option<usize>,
-    /// Every stored line, from the source's first (memory, then its files), then exit; with -f,
-    /// keep following.
-    #[arg(long, conflicts_with_all = ["recent", "lines"])]
-    pub all: bool,
+    /// Every stored line, from the source's first (its files, then memory), then exit; with
+    /// -f, keep following.
+    #[arg(long, conflicts_with_all = ["recent", "lines", "since"])]
+    pub from_start: bool,
+    /// Only lines from this long ago (`30s`, `10m`, `2h`, `1d`, `1h30m`) or since this time
+    /// (RFC 3339: `2026-11-23T10:00:00Z`); then exit, or with -f keep following.
+    #[arg(long, value_name = "DURATION|TIME", conflicts_with_all = ["recent", "lines"])]
+    pub since: Option<String>,
     /// Only lines sent on stdout (OUT).
     #[arg(long, conflicts_with = "stderr")]
     pub stdout: bool,
     /// Only lines sent on stderr (ERR).
     #[arg(long)]
     pub stderr: bool,
-    /// Only this origin, or origins under it: RTR, APP, APP/PROC/WEB, STG, ...
-    #[arg(long, value_name = "CODE")]
-    pub origin: Option<String>,
+    /// Only this origin, or origins under it: RTR, APP, APP/PROC/WEB, STG, ...; repeatable
+    /// (any of them).
+    #[arg(long = "origin", value_name = "CODE")]
+    pub origins: Vec<String>,
+    /// Only this instance (index, dyno); repeatable (any of them).
+    #[arg(long = "instance", value_name = "N")]
+    pub instances: Vec<String>,
     /// Only this job step (or task).
     #[arg(long, value_name = "S")]
     pub step: Option<String>,
     /// One JSON object per line instead of the cf format.
     #[arg(long)]
     pub json: bool,
+    /// Colour ERR lines red and Sluice's own (LGR) lines yellow: `auto` when stdout is a
+    /// terminal and NO_COLOR is unset.
+    #[arg(long, value_enum, default_value_t = Color::Auto, value_name = "WHEN")]
+    pub color: Color,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The shortest and longest waits between reconnections.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Go-style single-dash spellings of long flags that nomad and heroku users type (`-tail`,
+/// `-since=1h`), rewritten to clap's double dash before parsing.
+pub fn go_style_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const LONG: [&str; 9] = [
+        "tail", "follow", "num", "lines", "since", "origin", "instance", "step", "json",
+    ];
+    let is_logs = args.get(1).is_some_and(|a| a == "logs");
+    if !is_logs {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(s)
+                if s.starts_with('-')
+                    && !s.starts_with("--")
+                    && LONG.contains(&s[1..].split('=').next().unwrap_or_default()) =>
+            {
+                format!("-{s}").into()
+            }
+            _ => a,
+        })
+        .collect()
+}
+
 pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    validate_source_id(&args.source)?;
+    for s in &args.sources {
+        validate_source_id(s)?;
+    }
     let remote = args.conn.remote()?;
-    let channel = if args.stdout {
-        Some(Channel::Out)
-    } else if args.stderr {
-        Some(Channel::Err)
-    } else {
-        None
-    };
     let filter = Filter {
-        origin: args.origin.clone(),
-        channel,
+        origins: args.origins.clone(),
+        channel: if args.stdout {
+            Some(Channel::Out)
+        } else if args.stderr {
+            Some(Channel::Err)
+        } else {
+            None
+        },
         step: args.step.clone(),
+        instances: args.instances.clone(),
     };
-    let back = args.lines.unwrap_or(if args.recent { 1000 } else { 0 });
+    let since_ns = match &args.since {
+        Some(s) => Some(parse_since(s, chrono::Utc::now())?),
+        None => None,
+    };
+    let colour = match args.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        }
+    };
     let mut out = Printer {
         out: BufWriter::new(std::io::stdout().lock()),
         json: args.json,
+        colour,
+        prefix: args.all || args.sources.len() > 1,
     };
+    let back = args.lines.unwrap_or(if args.recent { 1000 } else { 0 });
+
     if args.recent && !args.follow {
         let query = Query {
             filter,
             limit: Some(back),
             ..Query::default()
         };
-        let envs = client::recent(&remote, &args.source, &query).await?;
-        if out.print(&envs).is_err() {
-            return Ok(ExitCode::SUCCESS); // the reader went away (`| head`)
+        let mut all = Vec::new();
+        for source in &args.sources {
+            all.extend(client::recent(&remote, source, &query).await?);
         }
+        // Several sources: one timeline, the newest `back` lines of it.
+        all.sort_by_key(|e| e.timestamp);
+        let skip = all.len().saturating_sub(back);
+        let _ = out.print(&all[skip..]); // an error: the reader went away (`| head`)
         return Ok(ExitCode::SUCCESS);
     }
-    // With --all and no -f: up to the newest line there is now.
-    let until = match (args.all, args.follow) {
-        (true, false) => match client::newest_seq(&remote, &args.source).await? {
-            0 => return Ok(ExitCode::SUCCESS),
-            n => Some(n),
-        },
-        _ => None,
-    };
-    // Stopping at a seq needs every line to see it: filter here instead of at the server.
-    let local_filter = until.map(|_| filter.clone());
-    let query = Query {
-        filter: if until.is_some() {
-            Filter::default()
-        } else {
-            filter
-        },
-        backfill: (!args.all).then_some(back),
-        since_seq: args.all.then_some(0),
-        ..Query::default()
-    };
-    let mut tail = client::tail(&remote, &args.source, &query).await?;
-    // On stderr, so that stdout stays the lines alone: until one arrives, this says the tail
-    // is up.
-    eprintln!("Connected, tailing logs for {}", args.source);
+
+    let (tx, mut rx) = mpsc::channel::<Vec<Envelope>>(64);
+    let mut followers = tokio::task::JoinSet::new();
+    if args.all {
+        let query = Query {
+            filter,
+            backfill: Some(back),
+            ..Query::default()
+        };
+        followers.spawn(follow_all(remote.clone(), query, tx.clone()));
+    } else {
+        for source in &args.sources {
+            let follower = Follower {
+                remote: remote.clone(),
+                source: source.clone(),
+                filter: filter.clone(),
+                backfill: back,
+                from_start: args.from_start || since_ns.is_some(),
+                since_ns,
+                // Without -f, a whole-log read stops at the newest line there is now.
+                stop_at_newest: (args.from_start || since_ns.is_some()) && !args.follow,
+                tx: tx.clone(),
+            };
+            followers.spawn(follower.run());
+        }
+    }
+    drop(tx);
     loop {
         tokio::select! {
-            next = tail.next() => match next? {
-                Some((mut envs, closed)) => {
-                    let last = envs.last().map(|e| e.seq);
-                    if let Some(f) = &local_filter {
-                        envs.retain(|e| f.matches(e));
-                    }
+            batch = rx.recv() => match batch {
+                Some(envs) => {
                     if out.print(&envs).is_err() {
                         return Ok(ExitCode::SUCCESS);
                     }
-                    if until.is_some_and(|u| last.is_some_and(|seq| seq >= u)) {
-                        tail.close().await;
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    if let Some(reason) = closed {
-                        anyhow::bail!("the server ended the stream: {reason}");
-                    }
                 }
-                None => anyhow::bail!("the server ended the stream"),
+                // Every follower is done: whole-log reads without -f.
+                None => break,
             },
-            _ = tokio::signal::ctrl_c() => {
-                tail.close().await;
-                return Ok(ExitCode::SUCCESS);
+            Some(done) = followers.join_next() => {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(e) => anyhow::bail!("a follower failed: {e}"),
+                }
             }
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
+    while let Some(done) = followers.join_next().await {
+        done??;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One source's tail, reconnected for as long as it takes.
+struct Follower {
+    remote: Remote,
+    source: String,
+    filter: Filter,
+    backfill: usize,
+    /// Start at the source's first stored line.
+    from_start: bool,
+    /// Leave out lines older than this (loss notices excepted).
+    since_ns: Option<i64>,
+    stop_at_newest: bool,
+    tx: mpsc::Sender<Vec<Envelope>>,
+}
+
+impl Follower {
+    async fn run(self) -> Result<(), ClientError> {
+        // Where the source stands now: a live tail that has printed nothing yet resumes here.
+        let newest = match client::newest_seq(&self.remote, &self.source).await {
+            Ok(n) => n,
+            Err(ClientError::UnknownSource(_)) => 0,
+            Err(e) => return Err(e),
+        };
+        if self.stop_at_newest && newest == 0 {
+            return Ok(());
+        }
+        // Stopping at a seq needs every line to see it: filter here instead of at the server.
+        let local = self.stop_at_newest || self.since_ns.is_some();
+        let server_filter = if local {
+            Filter::default()
+        } else {
+            self.filter.clone()
+        };
+        let mut last_seq: Option<u64> = None;
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+        let mut connected = false;
+        loop {
+            let query = Query {
+                filter: server_filter.clone(),
+                since_seq: match (last_seq, self.from_start, self.backfill) {
+                    (Some(seq), _, _) => Some(seq),
+                    (None, true, _) => Some(0),
+                    (None, false, 0) => Some(newest),
+                    (None, false, _) => None,
+                },
+                backfill: (last_seq.is_none() && !self.from_start && self.backfill > 0)
+                    .then_some(self.backfill),
+                ..Query::default()
+            };
+            let mut tail = match client::tail(&self.remote, &self.source, &query).await {
+                Ok(t) => t,
+                // Until the first connection, a failure is the user's to see at once; after
+                // it, only a refusal (a token no longer taken, say) ends the tail.
+                Err(e) if connected && retryable(&e) => {
+                    tracing::debug!(error = %e, "reconnecting");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // On stderr, so that stdout stays the lines alone: until one arrives, this says
+            // the tail is up.
+            if connected {
+                eprintln!("Reconnected, tailing logs for {}", self.source);
+            } else {
+                eprintln!("Connected, tailing logs for {}", self.source);
+            }
+            connected = true;
+            backoff.reset();
+            let why = loop {
+                match next_or_end(&mut tail).await? {
+                    Ok((mut envs, closed)) => {
+                        let newest_here = envs.last().map(|e| e.seq);
+                        if let Some(seq) = newest_here {
+                            last_seq = Some(seq);
+                        }
+                        if local {
+                            envs.retain(|e| {
+                                self.filter.matches(e)
+                                    && self
+                                        .since_ns
+                                        .is_none_or(|t| e.timestamp >= t || is_loss_notice(e))
+                            });
+                        }
+                        if !envs.is_empty() && self.tx.send(envs).await.is_err() {
+                            return Ok(());
+                        }
+                        if self.stop_at_newest && newest_here.is_some_and(|s| s >= newest) {
+                            tail.close().await;
+                            return Ok(());
+                        }
+                        if let Some(reason) = closed {
+                            break reason;
+                        }
+                    }
+                    Err(why) => break why,
+                }
+            };
+            eprintln!(
+                "sluice logs: the stream of {} ended ({why}); reconnecting",
+                self.source
+            );
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+/// The firehose. It cannot resume by seq (it spans sources that may appear while it is away),
+/// so a reconnection says so and goes on live.
+async fn follow_all(
+    remote: Remote,
+    query: Query,
+    tx: mpsc::Sender<Vec<Envelope>>,
+) -> Result<(), ClientError> {
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut connected = false;
+    loop {
+        let mut q = query.clone();
+        if connected {
+            q.backfill = None;
+        }
+        let mut tail = match client::firehose(&remote, &q).await {
+            Ok(t) => t,
+            Err(e) if connected && retryable(&e) => {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if connected {
+            eprintln!(
+                "Reconnected, tailing logs for every source (lines sent while disconnected are not shown: the firehose does not resume)"
+            );
+        } else {
+            eprintln!("Connected, tailing logs for every source");
+        }
+        connected = true;
+        backoff.reset();
+        let why = loop {
+            match next_or_end(&mut tail).await? {
+                Ok((envs, closed)) => {
+                    if !envs.is_empty() && tx.send(envs).await.is_err() {
+                        return Ok(());
+                    }
+                    if let Some(reason) = closed {
+                        break reason;
+                    }
+                }
+                Err(why) => break why,
+            }
+        };
+        eprintln!("sluice logs: the firehose ended ({why}); reconnecting");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// A tail's next batch (and the close reason that came with it); `Ok(Err(why))` when the stream
+/// ended in a way worth reconnecting after; `Err` when the server refused.
+async fn next_or_end(
+    tail: &mut client::Tail,
+) -> Result<Result<(Vec<Envelope>, Option<String>), String>, ClientError> {
+    match tail.next().await {
+        Ok(Some(batch)) => Ok(Ok(batch)),
+        Ok(None) => Ok(Err("the server closed the stream".into())),
+        Err(e) if retryable(&e) => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a tail that failed this way is worth opening again: the network or the server going
+/// away, not the server refusing.
+fn retryable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Lost { .. } | ClientError::Protocol(_)
+    )
+}
+
+fn is_loss_notice(e: &Envelope) -> bool {
+    e.origin == ORIGIN_ROUTER && e.tags.contains_key("missed")
+}
+
+/// `--since`: a duration back from `now` (`90s`, `10m`, `2h`, `1d`, `1h30m`) or an RFC 3339
+/// time, as nanoseconds since the epoch.
+pub fn parse_since(s: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t
+            .timestamp_nanos_opt()
+            .ok_or_else(|| anyhow::anyhow!("--since {s:?} is out of range"));
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid --since {s:?}: expected a duration (30s, 10m, 2h, 1d, 1h30m) or an RFC 3339 time (2026-11-23T10:00:00Z)"
+        )
+    };
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    let back = chrono::Duration::try_seconds(total).ok_or_else(bad)?;
+    (now - back).timestamp_nanos_opt().ok_or_else(bad)
 }
 
 struct Printer<W: Write> {
     out: W,
     json: bool,
+    colour: bool,
+    /// Several sources: each line starts with its source.
+    prefix: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -147,12 +455,91 @@ impl<W: Write> Printer<W> {
             } else {
                 cf_line(env, &chrono::Local)
             };
-            self.out.write_all(line.as_bytes())?;
+            let paint = match (self.colour, self.json) {
+                (true, false) if env.origin == ORIGIN_ROUTER => Some("\x1b[33m"),
+                (true, false) if env.channel == Channel::Err => Some("\x1b[31m"),
+                _ => None,
+            };
+            if self.prefix && !self.json {
+                write!(self.out, "{}: ", env.source_id)?;
+            }
+            match paint {
+                Some(code) => write!(self.out, "{code}{line}\x1b[0m")?,
+                None => self.out.write_all(line.as_bytes())?,
+            }
             self.out.write_all(b"\n")?;
         }
         match self.out.flush() {
             Err(e) if e.kind() == ErrorKind::BrokenPipe => Err(e),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_times() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let at = |s: &str| parse_since(s, now).unwrap();
+        let ns = |secs: i64| now.timestamp_nanos_opt().unwrap() - secs * 1_000_000_000;
+        assert_eq!(at("30s"), ns(30));
+        assert_eq!(at("10m"), ns(600));
+        assert_eq!(at("1h30m"), ns(5400));
+        assert_eq!(at("2d"), ns(2 * 86_400));
+        assert_eq!(at("2026-11-23T09:00:00Z"), ns(3600));
+        assert_eq!(at("2026-11-23T10:00:00+01:00"), ns(3600));
+        for bad in ["", "10", "m", "10x", "1.5h", "-5m", "99999999999999999999d"] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn go_style_flags_are_taken_for_logs_only() {
+        let args = |a: &[&str]| {
+            a.iter()
+                .map(Into::into)
+                .collect::<Vec<std::ffi::OsString>>()
+        };
+        assert_eq!(
+            go_style_flags(args(&[
+                "sluice",
+                "logs",
+                "-tail",
+                "-n",
+                "5",
+                "-since=1h",
+                "app"
+            ])),
+            args(&["sluice", "logs", "--tail", "-n", "5", "--since=1h", "app"])
+        );
+        assert_eq!(
+            go_style_flags(args(&["sluice", "emit", "-tail"])),
+            args(&["sluice", "emit", "-tail"])
+        );
+    }
+
+    #[test]
+    fn colour_marks_err_and_sluices_own_lines_and_several_sources_are_prefixed() {
+        let mut out = Vec::new();
+        let mut p = Printer {
+            out: &mut out,
+            json: false,
+            colour: true,
+            prefix: true,
+        };
+        let mut err = Envelope::new("api", "boom");
+        err.channel = Channel::Err;
+        let notice = Envelope::notice("web", "exited with status 1");
+        p.print(&[Envelope::new("web", "ok"), err, notice]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("web: ") && !lines[0].contains('\x1b'));
+        assert!(lines[1].starts_with("api: \x1b[31m") && lines[1].ends_with("boom\x1b[0m"));
+        assert!(lines[2].starts_with("web: \x1b[33m"), "{}", lines[2]);
     }
 }

@@ -271,7 +271,7 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(logs::go_style_flags(std::env::args_os().collect()));
     crate::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

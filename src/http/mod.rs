@@ -335,7 +335,8 @@ pub fn decode_segment(segment: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// The query parameters shared by tails and `recent`: `origin`, `channel`, `step`.
+/// The query parameters shared by tails and `recent`: `origin` and `instance` (each one value or
+/// several, comma-separated: any of them), `channel`, `step`.
 pub fn filter_from_query(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let channel = match q.get("channel").map(String::as_str) {
         None | Some("") => None,
@@ -346,10 +347,19 @@ pub fn filter_from_query(q: &HashMap<String, String>) -> Result<Filter, ApiError
         })?),
     };
     let nonempty = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    let list = |k: &str| -> Vec<String> {
+        q.get(k).map_or_else(Vec::new, |v| {
+            v.split(',')
+                .filter(|i| !i.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    };
     Ok(Filter {
-        origin: nonempty("origin"),
+        origins: list("origin"),
         channel,
         step: nonempty("step"),
+        instances: list("instance"),
     })
 }
 

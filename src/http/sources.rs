@@ -114,7 +114,10 @@ async fn recent(
     q: &HashMap<String, String>,
     accept: Option<String>,
 ) -> Result<Response, ApiError> {
-    super::known_params(q, &["limit", "origin", "channel", "step", "format"])?;
+    super::known_params(
+        q,
+        &["limit", "origin", "channel", "step", "instance", "format"],
+    )?;
     validate_source_id(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let filter = filter_from_query(q)?;
     let limit =

@@ -85,6 +85,7 @@ fn open(
             "origin",
             "channel",
             "step",
+            "instance",
             "backfill",
             "since_seq",
             "format",

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod in_process;
+pub mod proxy;
 pub mod rsyslog;
 pub mod s3;
 pub mod tls;
@@ -511,5 +512,97 @@ pub async fn until<T, E: std::fmt::Debug>(
             // Polled, not notified: the server is another process (or only its files change).
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
+    }
+}
+
+/// A child process (a client command) whose stdout and stderr are collected as they come;
+/// killed on drop.
+pub struct Watched {
+    pub child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watched {
+    /// Starts `command` with no standard input.
+    pub fn spawn(command: &mut Command) -> Watched {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let into = text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    let mut t = into.lock().unwrap();
+                    t.push_str(&line);
+                    t.push('\n');
+                }
+            });
+            text
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Watched {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until stdout has `n` lines, and returns them.
+    pub async fn stdout_lines(&self, n: usize) -> Vec<String> {
+        until("lines on stdout", 60, async || {
+            let out = self.stdout();
+            let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            if lines.len() >= n {
+                Ok(lines)
+            } else {
+                Err(out)
+            }
+        })
+        .await
+    }
+
+    /// Waits (bounded) until stderr contains `text`.
+    pub async fn stderr_says(&self, text: &str) {
+        until(text, 60, async || {
+            let err = self.stderr();
+            if err.contains(text) { Ok(()) } else { Err(err) }
+        })
+        .await
+    }
+
+    pub async fn exit_code(&mut self) -> i32 {
+        let child = &mut self.child;
+        eventually("the command to exit", 60, async || {
+            child.try_wait().unwrap().map(|s| s.code().unwrap())
+        })
+        .await
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        output_ok(Command::new("kill").args([sig, &pid]));
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -89,7 +89,7 @@ impl Position {
         }
         if self.key_match[key] == 0 {
             let k = &ring.keys[key];
-            let hit = filter.matches_parts(&k.origin, k.channel, k.step.as_deref());
+            let hit = filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance);
             self.key_match[key] = if hit { 1 } else { 2 };
         }
         self.key_match[key] == 1

@@ -5,26 +5,52 @@ use crate::envelope::{Channel, Envelope};
 /// Which envelopes of the selected sources a cursor wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// `RTR` matches `RTR`; `APP` matches `APP` and `APP/PROC/WEB`, but not `APPX`.
-    pub origin: Option<String>,
+    /// Any of these origins, or origins under one of them: `RTR` matches `RTR`; `APP` matches
+    /// `APP` and `APP/PROC/WEB`, but not `APPX`. Empty: every origin.
+    pub origins: Vec<String>,
     pub channel: Option<Channel>,
     pub step: Option<String>,
+    /// Any of these instances (`instance_id`s). Empty: every instance.
+    pub instances: Vec<String>,
 }
 
 impl Filter {
-    pub fn matches(&self, env: &Envelope) -> bool {
-        self.matches_parts(&env.origin, env.channel, env.step.as_deref())
+    /// A filter for one origin (or those under it).
+    pub fn origin(origin: impl Into<String>) -> Filter {
+        Filter {
+            origins: vec![origin.into()],
+            ..Filter::default()
+        }
     }
 
-    pub(super) fn matches_parts(&self, origin: &str, channel: Channel, step: Option<&str>) -> bool {
-        if let Some(prefix) = self.origin.as_deref().filter(|p| !p.is_empty()) {
-            let hit = origin == prefix
-                || (origin.starts_with(prefix) && origin.as_bytes()[prefix.len()] == b'/');
-            if !hit {
-                return false;
-            }
+    pub fn matches(&self, env: &Envelope) -> bool {
+        self.matches_parts(
+            &env.origin,
+            env.channel,
+            env.step.as_deref(),
+            &env.instance_id,
+        )
+    }
+
+    pub(super) fn matches_parts(
+        &self,
+        origin: &str,
+        channel: Channel,
+        step: Option<&str>,
+        instance: &str,
+    ) -> bool {
+        let under = |prefix: &String| {
+            prefix.is_empty()
+                || origin == prefix
+                || (origin.starts_with(prefix.as_str()) && origin.as_bytes()[prefix.len()] == b'/')
+        };
+        if !self.origins.is_empty() && !self.origins.iter().any(under) {
+            return false;
         }
         if self.channel.is_some_and(|c| c != channel) {
+            return false;
+        }
+        if !self.instances.is_empty() && !self.instances.iter().any(|i| i == instance) {
             return false;
         }
         self.step.as_deref().is_none_or(|want| step == Some(want))

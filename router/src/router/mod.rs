@@ -4,7 +4,7 @@
 //! that lock, evict from the front when the ring is full (by entries or by bytes), and never wait
 //! for a reader. A reader is a [`Cursor`]: the next `seq` it wants per source, plus a [`Filter`].
 //!
-//! Exact loss counts under a filter: every ring keeps, per distinct `(origin, channel, step)`
+//! Exact loss counts under a filter: every ring keeps, per distinct `(origin, channel, step, instance)`
 //! key, how many entries it has published and evicted; every cursor keeps how many matching
 //! entries lie before its position (`matched_before`). When a cursor is overtaken, the entries
 //! it skipped are gone, but `evicted(matching keys) - matched_before` is exactly how many of them
@@ -433,7 +433,7 @@ impl Router {
             .rev()
             .filter(|s| {
                 let k = &ring.keys[s.key as usize];
-                filter.matches_parts(&k.origin, k.channel, k.step.as_deref())
+                filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance)
             })
             .take(limit)
             .map(|s| s.env.clone())

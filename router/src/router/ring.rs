@@ -15,7 +15,7 @@ pub(super) struct Ring {
     pub(super) first_seq: u64,
     pub(super) next_seq: u64,
     pub(super) bytes: usize,
-    /// Distinct `(origin, channel, step)` seen, with their counts; see the module docs.
+    /// Distinct `(origin, channel, step, instance)` seen, with their counts; see the module docs.
     pub(super) keys: Vec<Key>,
     /// Index of the key the previous envelope had: consecutive lines usually share it.
     pub(super) last_key: usize,
@@ -35,6 +35,7 @@ pub(super) struct Key {
     pub(super) origin: Box<str>,
     pub(super) channel: Channel,
     pub(super) step: Option<Box<str>>,
+    pub(super) instance: Box<str>,
     pub(super) published: u64,
     pub(super) evicted: u64,
 }
@@ -59,6 +60,7 @@ impl Ring {
             k.channel == env.channel
                 && *k.origin == *env.origin
                 && k.step.as_deref() == env.step.as_deref()
+                && *k.instance == *env.instance_id
         };
         if self.keys.get(self.last_key).is_some_and(same) {
             return self.last_key;
@@ -70,6 +72,7 @@ impl Ring {
                     origin: env.origin.as_str().into(),
                     channel: env.channel,
                     step: env.step.as_deref().map(Into::into),
+                    instance: env.instance_id.as_str().into(),
                     published: 0,
                     evicted: 0,
                 });
