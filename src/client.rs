@@ -485,6 +485,34 @@ pub async fn sources(remote: &Remote) -> Result<Vec<serde_json::Value>, ClientEr
     }
 }
 
+/// A JSON request to the API (`GET`, `POST` with `body`, `DELETE`): the answer's JSON (`null`
+/// for an empty body); a failing status is [`ClientError::Refused`] with the server's reason.
+pub async fn api(
+    remote: &Remote,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
+    let http = remote.http.as_str();
+    let mut request = remote.http_client()?.request(method, remote.url(path));
+    if let Some(token) = &remote.token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let resp = request.send().await.map_err(|e| http_error(http, &e))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| http_error(http, &e))?;
+    if !status.is_success() {
+        return Err(ClientError::Refused(error_message(&bytes)));
+    }
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 /// The newest seq of `source` (`GET /api/v1/sources/{id}/stats`): in memory or in storage.
 pub async fn newest_seq(remote: &Remote, source: &str) -> Result<u64, ClientError> {
     let stats: serde_json::Value = get_source_json(remote, source, "stats").await?;

@@ -79,9 +79,15 @@ fn every_command_has_complete_help() {
             ][..],
         ),
         ("token", &["--name", "--scopes", "--hash"][..]),
+        ("drains", &["list", "add", "rm", "--http", "--token"][..]),
+        ("drains add", &["--source", "URL"][..]),
+        ("drains rm", &["--source", "DRAIN"][..]),
+        ("drains list", &["--source", "--json"][..]),
         ("sources", &["--json", "--http", "--token", "--cacert"][..]),
     ] {
-        let out = sluice(&[cmd, "--help"]);
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.push("--help");
+        let out = sluice(&args);
         assert!(out.status.success());
         let help = String::from_utf8(out.stdout).unwrap();
         for flag in flags {
@@ -92,7 +98,7 @@ fn every_command_has_complete_help() {
         }
     }
     let top = String::from_utf8(sluice(&["--help"]).stdout).unwrap();
-    for cmd in ["serve", "emit", "logs", "run", "token", "sources"] {
+    for cmd in ["serve", "emit", "logs", "run", "token", "sources", "drains"] {
         assert!(top.contains(cmd));
     }
 }

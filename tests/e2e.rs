@@ -321,3 +321,62 @@ async fn sluice_sources_lists_every_source_with_its_newest_seq() {
     assert_eq!(json[2]["source_id"], "web");
     assert_eq!(json[2]["published"], 3);
 }
+
+#[tokio::test]
+async fn sluice_drains_adds_lists_and_removes_by_id_or_url() {
+    let server = Server::start("");
+    // Somewhere for the drains to connect to.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("syslog://{}", target.local_addr().unwrap());
+    let drains = |args: &[&str]| {
+        Command::new(SLUICE)
+            .arg("drains")
+            .args(args)
+            .args(["--http", &server.http])
+            .output()
+            .unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    let added = drains(&["add", &url, "--source", "web"]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let id = text(&added.stdout).trim().to_owned();
+    assert_eq!(
+        text(&added.stderr),
+        format!("Bound drain {id}: {url} for web\n")
+    );
+    let again = drains(&["add", &url, "--source", "web"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains(&format!("already bound for this source, as drain {id}")),
+        "{}",
+        text(&again.stderr)
+    );
+    let every = drains(&["add", &url]);
+    assert!(every.status.success(), "{}", text(&every.stderr));
+    let every_id = text(&every.stdout).trim().to_owned();
+    let bad = drains(&["add", "ftp://example.com", "--source", "web"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).starts_with("sluice: the server refused the request: "));
+
+    let table = text(&drains(&["list"]).stdout);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[0].starts_with("ID") && rows[0].contains("CONNECTED"));
+    assert!(table.contains("(every source)") && table.contains(&id));
+    let one = text(&drains(&["list", "--source", "web", "--json"]).stdout);
+    let one: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
+    assert_eq!(one["url"], url);
+
+    // By url: bound for two sources, so it needs --source.
+    let ambiguous = drains(&["rm", &url]);
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(text(&ambiguous.stderr).contains("say which with --source"));
+    let removed = drains(&["rm", &url, "--source", "web"]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert_eq!(text(&removed.stderr), format!("Removed drain {id}\n"));
+    assert!(drains(&["rm", &every_id]).status.success());
+    assert_eq!(text(&drains(&["list"]).stdout).lines().count(), 1);
+    let gone = drains(&["rm", &every_id]);
+    assert_eq!(gone.status.code(), Some(1));
+}

@@ -1,9 +1,10 @@
-//! The `sluice` command line: `serve`, `emit`, `logs`, `run`, `sources`, `token`.
+//! The `sluice` command line: `serve`, `emit`, `logs`, `run`, `sources`, `drains`, `token`.
 //!
 //! Client commands find the server the way `serve` was configured: `--config FILE` (or
 //! `SLUICE_CONFIG`), or `--http ADDR` / `--ingest ADDR`, else the embedded defaults. Errors are
 //! one line on stderr, `sluice: ...`, and exit code 1.
 
+mod drains;
 mod emit;
 mod logs;
 mod run;
@@ -62,6 +63,8 @@ pub enum Command {
     /// List the sources the server knows, in memory or only in storage, sorted by id: their
     /// newest seq, the lines their ring holds, and where their lines live.
     Sources(SourcesArgs),
+    /// Syslog drains: `list`, `add URL [--source ID]`, `rm ID|URL`.
+    Drains(drains::DrainsArgs),
     /// Make an auth token: prints a new random token, and the `auth.tokens` entry (its
     /// SHA-256) to put in the server's config file. With --hash, reads a token from standard
     /// input and prints only its SHA-256.
@@ -291,6 +294,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Token(args) => token(args),
             Command::Sources(args) => sources(args).await,
+            Command::Drains(args) => drains::run(args).await,
         }
     });
     // Tails may still be blocked on stdin or sockets; do not wait for them.
