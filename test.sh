@@ -27,6 +27,8 @@ ensure_tools() {
   command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
   command -v mount >/dev/null 2>&1 || missing+=(mount)
   [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
+  # The web page's tests drive Debian's headless Chromium over its DevTools socket.
+  [ -x "${SLUICE_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium fonts-dejavu-core)
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   if [ "${#missing[@]}" -gt 0 ]; then

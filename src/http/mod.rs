@@ -21,6 +21,7 @@ pub mod ops;
 pub mod serve;
 pub mod sources;
 pub mod stream;
+pub mod web;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -83,6 +84,8 @@ pub fn routes(
         .or(ingest::routes(state.clone()))
         .unify()
         .or(ops::routes(state.clone()))
+        .unify()
+        .or(web::routes())
         .unify();
     auth::guard(state)
         .and(everything)

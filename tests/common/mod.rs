@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod in_process;
 pub mod proxy;
 pub mod rsyslog;
