@@ -219,3 +219,56 @@ async fn colour_and_the_spellings_people_type_by_habit() {
         tail.stderr_says("Connected, tailing logs for app").await;
     }
 }
+
+#[tokio::test]
+async fn the_firehose_resumes_every_source_after_a_cut_and_a_restart() {
+    let mut server = Server::start("");
+    let mut proxy = Proxy::start(&server.http).await;
+    send(
+        &server,
+        vec![line("a", "a old"), line("quiet", "before the tail")],
+    )
+    .await;
+    let fire = Watched::spawn(&mut logs(&proxy.addr, &["--all", "--json"]));
+    fire.stderr_says("Connected, tailing logs for every source")
+        .await;
+    send(&server, vec![line("a", "a1"), line("b", "b1")]).await;
+    assert_eq!(messages(&fire.stdout_lines(2).await), ["a1", "b1"]);
+
+    // While it is cut off: old sources go on, the quiet one speaks, a new one appears, and the
+    // server restarts.
+    proxy.close();
+    fire.stderr_says("reconnecting").await;
+    send(&server, vec![line("a", "a2"), line("quiet", "q1")]).await;
+    server.stop();
+    server.respawn();
+    send(
+        &server,
+        vec![line("b", "b2"), line("new", "n1"), line("a", "a3")],
+    )
+    .await;
+    proxy.open(&server.http).await;
+    fire.stderr_says("Reconnected, tailing logs for every source")
+        .await;
+    let got = fire.stdout_lines(7).await;
+    send(&server, vec![line("b", "b3")]).await;
+    let got_after = fire.stdout_lines(8).await;
+    let mut shown = messages(&got_after);
+    // Caught up source by source: each source's own order holds, not the order across them.
+    let last = shown.pop().unwrap();
+    assert_eq!(last, "b3", "live again after catching up ({got:?})");
+    shown.sort();
+    assert_eq!(
+        shown,
+        ["a1", "a2", "a3", "b1", "b2", "n1", "q1"],
+        "every line once: none before the tail began"
+    );
+    let order = |prefix: char| -> Vec<String> {
+        messages(&got_after)
+            .into_iter()
+            .filter(|m| m.starts_with(prefix))
+            .collect()
+    };
+    assert_eq!(order('a'), ["a1", "a2", "a3"]);
+    assert_eq!(order('b'), ["b1", "b2", "b3"]);
+}

@@ -162,6 +162,20 @@ async fn a_person_tails_filters_pauses_and_reads_a_jobs_steps() {
         json!((1..=2000).collect::<Vec<u64>>()),
         "every line once, in order"
     );
+
+    // A producer's markup is shown, never run.
+    let evil = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>";
+    emit(&server, "evil", &[evil], &[]);
+    page.goto(&server.url("/#/sources/evil")).await;
+    page.wait_for(&rows_are(1)).await;
+    assert_eq!(page.texts("#log .row .msg").await, [evil]);
+    assert_eq!(
+        page.eval(
+            "[typeof window.pwned, document.querySelectorAll('#log img, #log script').length]"
+        )
+        .await,
+        json!(["undefined", 0])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

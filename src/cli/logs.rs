@@ -4,6 +4,7 @@
 //! resumes after the last `seq` it printed, so nothing is shown twice and nothing is skipped
 //! (a range the server no longer has arrives as its loss notice).
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufWriter, ErrorKind, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -166,24 +167,16 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let (tx, mut rx) = mpsc::channel::<Vec<Envelope>>(64);
     let mut followers = tokio::task::JoinSet::new();
     if args.all {
-        let query = Query {
-            filter,
-            backfill: Some(back),
-            ..Query::default()
-        };
-        followers.spawn(follow_all(remote.clone(), query, tx.clone()));
+        followers.spawn(follow_all(remote.clone(), filter, back, tx.clone()));
     } else {
         for source in &args.sources {
             let follower = Follower {
-                remote: remote.clone(),
-                source: source.clone(),
-                filter: filter.clone(),
                 backfill: back,
                 from_start: args.from_start || since_ns.is_some(),
                 since_ns,
                 // Without -f, a whole-log read stops at the newest line there is now.
                 stop_at_newest: (args.from_start || since_ns.is_some()) && !args.follow,
-                tx: tx.clone(),
+                ..Follower::new(&remote, source, &filter, &tx)
             };
             followers.spawn(follower.run());
         }
@@ -224,31 +217,65 @@ struct Follower {
     backfill: usize,
     /// Start at the source's first stored line.
     from_start: bool,
+    /// Start after this seq (overrides `backfill` and `from_start`).
+    after: Option<u64>,
     /// Leave out lines older than this (loss notices excepted).
     since_ns: Option<i64>,
+    /// Stop at the newest line the source has when the follower starts.
     stop_at_newest: bool,
+    /// Stop at this seq.
+    stop_at: Option<u64>,
+    /// No `Connected` banners (a catch-up read inside another tail).
+    quiet: bool,
     tx: mpsc::Sender<Vec<Envelope>>,
 }
 
 impl Follower {
+    fn new(
+        remote: &Remote,
+        source: &str,
+        filter: &Filter,
+        tx: &mpsc::Sender<Vec<Envelope>>,
+    ) -> Self {
+        Follower {
+            remote: remote.clone(),
+            source: source.to_owned(),
+            filter: filter.clone(),
+            backfill: 0,
+            from_start: false,
+            after: None,
+            since_ns: None,
+            stop_at_newest: false,
+            stop_at: None,
+            quiet: false,
+            tx: tx.clone(),
+        }
+    }
+
     async fn run(self) -> Result<(), ClientError> {
+        let live = self.after.is_none() && !self.from_start && self.backfill == 0;
         // Where the source stands now: a live tail that has printed nothing yet resumes here.
-        let newest = match client::newest_seq(&self.remote, &self.source).await {
-            Ok(n) => n,
-            Err(ClientError::UnknownSource(_)) => 0,
-            Err(e) => return Err(e),
+        let newest = if live || self.stop_at_newest {
+            match client::newest_seq(&self.remote, &self.source).await {
+                Ok(n) => n,
+                Err(ClientError::UnknownSource(_)) => 0,
+                Err(e) => return Err(e),
+            }
+        } else {
+            0
         };
-        if self.stop_at_newest && newest == 0 {
+        let stop = self.stop_at.or((self.stop_at_newest).then_some(newest));
+        if stop.is_some_and(|s| s <= self.after.unwrap_or(0)) {
             return Ok(());
         }
         // Stopping at a seq needs every line to see it: filter here instead of at the server.
-        let local = self.stop_at_newest || self.since_ns.is_some();
+        let local = stop.is_some() || self.since_ns.is_some();
         let server_filter = if local {
             Filter::default()
         } else {
             self.filter.clone()
         };
-        let mut last_seq: Option<u64> = None;
+        let mut last_seq: Option<u64> = self.after;
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut connected = false;
         loop {
@@ -277,7 +304,8 @@ impl Follower {
             };
             // On stderr, so that stdout stays the lines alone: until one arrives, this says
             // the tail is up.
-            if connected {
+            if self.quiet {
+            } else if connected {
                 eprintln!("Reconnected, tailing logs for {}", self.source);
             } else {
                 eprintln!("Connected, tailing logs for {}", self.source);
@@ -302,7 +330,7 @@ impl Follower {
                         if !envs.is_empty() && self.tx.send(envs).await.is_err() {
                             return Ok(());
                         }
-                        if self.stop_at_newest && newest_here.is_some_and(|s| s >= newest) {
+                        if stop.is_some_and(|stop| newest_here.is_some_and(|s| s >= stop)) {
                             tail.close().await;
                             return Ok(());
                         }
@@ -322,40 +350,128 @@ impl Follower {
     }
 }
 
-/// The firehose. It cannot resume by seq (it spans sources that may appear while it is away),
-/// so a reconnection says so and goes on live.
+/// The firehose, resumed after a lost connection without a gap or a duplicate: the live stream
+/// is opened again first, then every source whose newest seq passed what was printed (or, for
+/// a source that printed nothing, where it stood when the tail began; a source that appeared
+/// meanwhile, from its first line) is caught up by seq, and live lines already caught up are
+/// skipped. One case is left out: a source only in storage when the tail began that logged
+/// while it was away and is only in storage again after a restart.
 async fn follow_all(
     remote: Remote,
-    query: Query,
+    filter: Filter,
+    backfill: usize,
     tx: mpsc::Sender<Vec<Envelope>>,
 ) -> Result<(), ClientError> {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
-    let mut connected = false;
-    loop {
-        let mut q = query.clone();
-        if connected {
-            q.backfill = None;
+    // The newest seq printed, per source; where each source in memory stood when the tail began,
+    // and every source there was then.
+    let mut printed: HashMap<String, u64> = HashMap::new();
+    let mut began: Option<(HashMap<String, u64>, HashSet<String>)> = None;
+    let mut first = true;
+    'connect: loop {
+        if !first {
+            tokio::time::sleep(backoff.next_delay()).await;
         }
-        let mut tail = match client::firehose(&remote, &q).await {
+        first = false;
+        let query = Query {
+            filter: filter.clone(),
+            backfill: (began.is_none() && backfill > 0).then_some(backfill),
+            ..Query::default()
+        };
+        let opened = async {
+            let tail = client::firehose(&remote, &query).await?;
+            // Listed after the stream is up: what is newer than this comes live.
+            let now = client::sources(&remote).await?;
+            Ok::<_, ClientError>((tail, now))
+        };
+        let (mut tail, now) = match opened.await {
             Ok(t) => t,
-            Err(e) if connected && retryable(&e) => {
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
+            Err(e) if began.is_some() && retryable(&e) => continue,
             Err(e) => return Err(e),
         };
-        if connected {
-            eprintln!(
-                "Reconnected, tailing logs for every source (lines sent while disconnected are not shown: the firehose does not resume)"
-            );
-        } else {
-            eprintln!("Connected, tailing logs for every source");
+        let id = |s: &serde_json::Value| s["source_id"].as_str().map(str::to_owned);
+        match &began {
+            None => {
+                eprintln!("Connected, tailing logs for every source");
+                let newest = now
+                    .iter()
+                    .filter_map(|s| Some((id(s)?, s["published"].as_u64()?)))
+                    .collect();
+                began = Some((newest, now.iter().filter_map(id).collect()));
+            }
+            Some((began_at, known)) => {
+                eprintln!("Reconnected, tailing logs for every source");
+                for s in &now {
+                    let Some(source) = id(s) else { continue };
+                    // Where to catch up from: what was printed; where it stood when the tail
+                    // began; for a source only in storage then, where its ring resumed; for a
+                    // source that is new, its first line.
+                    let from = match (printed.get(&source), began_at.get(&source)) {
+                        (Some(&p), _) | (None, Some(&p)) => p,
+                        (None, None) if known.contains(&source) => {
+                            match s["resumed_after"].as_u64() {
+                                Some(r) => r,
+                                None => continue, // only in storage then and now
+                            }
+                        }
+                        (None, None) => 0,
+                    };
+                    // A source only in storage now (the server restarted) says its newest seq
+                    // when asked.
+                    let newest = match s["published"].as_u64() {
+                        Some(n) => n,
+                        None => match client::newest_seq(&remote, &source).await {
+                            Ok(n) => n,
+                            Err(ClientError::UnknownSource(_)) => continue,
+                            Err(e) if retryable(&e) => continue 'connect,
+                            Err(e) => return Err(e),
+                        },
+                    };
+                    if newest <= from {
+                        continue;
+                    }
+                    // Through the same check as live lines: a catch-up cut short and done again
+                    // shows nothing twice.
+                    let (catch_tx, mut catch_rx) = mpsc::channel(16);
+                    let catch_up = Follower {
+                        after: Some(from),
+                        stop_at: Some(newest),
+                        quiet: true,
+                        ..Follower::new(&remote, &source, &filter, &catch_tx)
+                    };
+                    drop(catch_tx);
+                    let run = catch_up.run();
+                    tokio::pin!(run);
+                    let mut result = None;
+                    loop {
+                        tokio::select! {
+                            r = &mut run, if result.is_none() => result = Some(r),
+                            batch = catch_rx.recv() => match batch {
+                                Some(mut envs) => {
+                                    keep_unseen(&mut printed, &mut envs);
+                                    if !envs.is_empty() && tx.send(envs).await.is_err() {
+                                        return Ok(());
+                                    }
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                    match result {
+                        Some(Err(e)) if retryable(&e) => continue 'connect,
+                        Some(Err(e)) => return Err(e),
+                        _ => {}
+                    }
+                    let seen = printed.entry(source).or_default();
+                    *seen = (*seen).max(newest);
+                }
+            }
         }
-        connected = true;
         backoff.reset();
         let why = loop {
             match next_or_end(&mut tail).await? {
-                Ok((envs, closed)) => {
+                Ok((mut envs, closed)) => {
+                    keep_unseen(&mut printed, &mut envs);
                     if !envs.is_empty() && tx.send(envs).await.is_err() {
                         return Ok(());
                     }
@@ -367,8 +483,18 @@ async fn follow_all(
             }
         };
         eprintln!("sluice logs: the firehose ended ({why}); reconnecting");
-        tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// Leaves out of `envs` what was already shown (a seq at or below the newest shown of its
+/// source), and records the rest as shown.
+fn keep_unseen(printed: &mut HashMap<String, u64>, envs: &mut Vec<Envelope>) {
+    envs.retain(|e| {
+        let seen = printed.entry(e.source_id.clone()).or_default();
+        let new = e.seq > *seen;
+        *seen = (*seen).max(e.seq);
+        new
+    });
 }
 
 /// A tail's next batch (and the close reason that came with it); `Ok(Err(why))` when the stream
