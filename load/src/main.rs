@@ -56,6 +56,11 @@ struct Args {
     /// Sources (`load-0`, `load-1`, …); connection i sends to source i mod N.
     #[arg(long, default_value_t = 1)]
     sources: usize,
+    /// Every connection writes to every source in turn, one envelope each (`load-0`, `load-1`,
+    /// …, then again), instead of connection i to source i mod N: many active sources from
+    /// few connections.
+    #[arg(long)]
+    spread: bool,
     /// Bytes of message text per envelope.
     #[arg(long, default_value_t = 150)]
     size: usize,
@@ -240,7 +245,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.connections {
         let sent = Arc::new(Sent::default());
         let plan = Plan {
-            source_id: format!("load-{}", i % args.sources),
+            sources: if args.spread {
+                // Each connection starts at a source of its own, so they do not march in step.
+                (0..args.sources)
+                    .map(|k| format!("load-{}", (i + k) % args.sources))
+                    .collect()
+            } else {
+                vec![format!("load-{}", i % args.sources)]
+            },
             message_bytes: args.size,
             batch: args.batch,
             rate: per_conn_rate,

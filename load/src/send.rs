@@ -13,7 +13,8 @@ use sluice_router::envelope::now_ns;
 /// What one producer sends, and how fast.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub source_id: String,
+    /// The sources this producer writes to, one envelope each in turn (usually one).
+    pub sources: Vec<String>,
     pub message_bytes: usize,
     /// Envelopes (or syslog lines) per write.
     pub batch: usize,
@@ -90,35 +91,45 @@ fn native(plan: &Plan) -> Template {
         out.extend_from_slice(s);
     }
     let message = body(plan.message_bytes);
-    let mut payload = Vec::new();
     let n = plan.batch;
-    payload.push(0xdd);
-    payload.extend_from_slice(&(n as u32).to_be_bytes());
-    let mut stamp_at = Vec::with_capacity(n);
-    for _ in 0..n {
-        payload.push(0x85);
-        str_(&mut payload, b"timestamp");
-        payload.push(0xd3);
-        stamp_at.push(payload.len() + 4);
-        payload.extend_from_slice(&[0; 8]);
-        str_(&mut payload, b"source_id");
-        str_(&mut payload, plan.source_id.as_bytes());
-        str_(&mut payload, b"instance_id");
-        str_(&mut payload, b"0");
-        str_(&mut payload, b"origin");
-        str_(&mut payload, b"APP/PROC/WEB");
-        str_(&mut payload, b"message");
-        payload.push(0xc6);
-        payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        payload.extend_from_slice(&message);
+    // Enough frames for every source to get its turn: one frame for one source.
+    let frames = plan.sources.len().div_ceil(n).max(1);
+    let mut bytes = Vec::new();
+    let mut stamp_at = Vec::with_capacity(n * frames);
+    for f in 0..frames {
+        let mut payload = Vec::new();
+        payload.push(0xdd);
+        payload.extend_from_slice(&(n as u32).to_be_bytes());
+        let mut stamps = Vec::with_capacity(n);
+        for i in 0..n {
+            let source = &plan.sources[(f * n + i) % plan.sources.len()];
+            payload.push(0x85);
+            str_(&mut payload, b"timestamp");
+            payload.push(0xd3);
+            stamps.push(payload.len());
+            payload.extend_from_slice(&[0; 8]);
+            str_(&mut payload, b"source_id");
+            str_(&mut payload, source.as_bytes());
+            str_(&mut payload, b"instance_id");
+            str_(&mut payload, b"0");
+            str_(&mut payload, b"origin");
+            str_(&mut payload, b"APP/PROC/WEB");
+            str_(&mut payload, b"message");
+            payload.push(0xc6);
+            payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            payload.extend_from_slice(&message);
+        }
+        // Offsets in the whole buffer: after this frame's header.
+        let base = bytes.len() + 4;
+        stamp_at.extend(stamps.into_iter().map(|at| base + at));
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
     }
-    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&payload);
     Template {
         bytes,
         stamp_at,
         kind: Kind::Native,
-        per_write: n,
+        per_write: n * frames,
     }
 }
 
@@ -128,13 +139,13 @@ const SYSLOG_TS_BYTES: usize = "2026-11-21T18:37:14.123456Z".len();
 fn syslog(plan: &Plan) -> Template {
     let message = String::from_utf8(body(plan.message_bytes)).expect("ascii body");
     let placeholder = "X".repeat(SYSLOG_TS_BYTES);
-    let line = format!(
-        "<14>1 {placeholder} loadgen {} [APP/PROC/WEB/0] - - {message}",
-        plan.source_id
-    );
     let mut bytes = Vec::new();
     let mut stamp_at = Vec::new();
-    for _ in 0..plan.batch {
+    // Every source gets its turn: a whole number of batches that covers them all.
+    let lines = plan.sources.len().div_ceil(plan.batch).max(1) * plan.batch;
+    for i in 0..lines {
+        let source = &plan.sources[i % plan.sources.len()];
+        let line = format!("<14>1 {placeholder} loadgen {source} [APP/PROC/WEB/0] - - {message}");
         let prefix = format!("{} ", line.len());
         stamp_at.push(bytes.len() + prefix.len() + "<14>1 ".len());
         bytes.extend_from_slice(prefix.as_bytes());
@@ -144,7 +155,7 @@ fn syslog(plan: &Plan) -> Template {
         bytes,
         stamp_at,
         kind: Kind::Syslog,
-        per_write: plan.batch,
+        per_write: lines,
     }
 }
 
@@ -208,7 +219,7 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
-            source_id: "load-0".into(),
+            sources: vec!["load-0".into()],
             message_bytes: 150,
             batch: 3,
             rate: 0,
@@ -232,6 +243,33 @@ mod tests {
         assert_eq!(envs[2].message.len(), 150);
         assert_eq!(envs[1].origin, "APP/PROC/WEB");
         envs[0].validate().unwrap();
+    }
+
+    #[test]
+    fn spread_templates_give_every_source_its_turn() {
+        let p = Plan {
+            sources: (0..7).map(|i| format!("s{i}")).collect(),
+            ..plan()
+        };
+        let mut t = Template::new(Kind::Native, &p);
+        t.stamp();
+        let mut buf = bytes::BytesMut::from(&t.bytes[..]);
+        let mut seen = Vec::new();
+        while let Some(frame) = codec::decode_frame(&mut buf, 1 << 20).unwrap() {
+            let Payload::Envelopes(envs) = codec::decode_payload(&frame).unwrap() else {
+                panic!("not envelopes")
+            };
+            assert!(envs.iter().all(|e| now_ns() - e.timestamp < 10_000_000_000));
+            seen.extend(envs.into_iter().map(|e| e.source_id));
+        }
+        // Three frames of three: s0..s6, then s0, s1.
+        assert_eq!(t.per_write, 9);
+        assert_eq!(seen.len(), 9);
+        assert_eq!(seen[..7], p.sources[..]);
+        let t = Template::new(Kind::Syslog, &p);
+        let text = String::from_utf8(t.bytes).unwrap();
+        assert_eq!(text.matches(" loadgen s6 ").count(), 1);
+        assert_eq!(t.per_write, 9);
     }
 
     #[test]
