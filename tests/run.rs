@@ -63,19 +63,28 @@ async fn both_streams_are_sent_and_the_exit_status_passes_through_and_is_recorde
             "job-1",
             "--step",
             "test",
+            "--origin",
+            "APP/PROC/WORKER",
+            "--instance",
+            "2",
+            "--tag",
+            "build=42",
+            "--max-line-bytes",
+            "16",
             "--ingest",
             &server.ingest,
         ],
         &[
             "sh",
             "-c",
-            "echo out one; echo err one >&2; echo out two; printf 'no line break'; exit 3",
+            "echo out one; echo err one >&2; echo out two; echo 'a line longer than sixteen bytes'; printf 'no line break'; exit 3",
         ],
     );
     assert_eq!(run.exit_code().await, 3);
     // Passed through to our own terminal, too.
     assert!(
-        run.stdout().starts_with("out one\nout two\nno line break"),
+        run.stdout()
+            .starts_with("out one\nout two\na line longer than sixteen bytes\nno line break"),
         "{}",
         run.stdout()
     );
@@ -89,12 +98,20 @@ async fn both_streams_are_sent_and_the_exit_status_passes_through_and_is_recorde
         sent,
         [
             "ERR err one",
+            "OUT a line longer th",
+            "OUT an sixteen bytes",
             "OUT no line break",
             "OUT out one",
-            "OUT out two"
-        ]
+            "OUT out two",
+        ],
+        "lines over --max-line-bytes are split, none lost"
     );
-    assert!(lines[..3].iter().all(|l| l["step"] == "test"));
+    for l in &lines[..lines.len() - 1] {
+        assert_eq!(l["step"], "test");
+        assert_eq!(l["origin"], "APP/PROC/WORKER");
+        assert_eq!(l["instance_id"], "2");
+        assert_eq!(l["tags"]["build"], "42", "{l}");
+    }
     let exit = lines.last().unwrap();
     assert_eq!(exit["message"], "exited with status 3");
     assert_eq!(exit["origin"], "LGR");
