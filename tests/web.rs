@@ -141,6 +141,15 @@ async fn a_person_tails_filters_pauses_and_reads_a_jobs_steps() {
     page.wait_for(&rows_are(5)).await;
     page.screenshot("job.png").await;
 
+    // Ctrl-click adds a source: both on one page, each line with its source.
+    page.click("#sources tr.source[data-source='web']", true)
+        .await;
+    page.wait_for(&rows_are(15)).await;
+    assert_eq!(page.texts("#tailing").await, ["Tailing job-7, web"]);
+    let sources: Vec<String> = page.texts("#log .row .src").await;
+    assert_eq!(sources.iter().filter(|s| s.trim() == "web").count(), 10);
+    assert_eq!(sources.iter().filter(|s| s.trim() == "job-7").count(), 5);
+
     // History: a tail starts 500 lines back; earlier ones come from storage on request.
     let many: Vec<String> = (1..=2000).map(|i| format!("line {i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
