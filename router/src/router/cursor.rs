@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
 use tokio::sync::Notify;
 
-use super::ring::{Key, Ring};
+use super::ring::{Key, Ring, Slot};
 use super::{Delivery, Filter, MissedNotice, Shared, Source, Start};
 
 /// Reads one or more sources, in `seq` order per source, with exact loss accounting.
@@ -82,6 +82,8 @@ pub(super) struct Position {
 pub(super) const SCAN_LIMIT: usize = 4096;
 
 impl Position {
+    /// Whether entries of `key` count as matching, for loss accounting (every entry of the
+    /// mixed key does).
     #[inline]
     pub(super) fn matches(&mut self, key: usize, ring: &Ring, filter: &Filter) -> bool {
         if key >= self.key_match.len() {
@@ -89,10 +91,19 @@ impl Position {
         }
         if self.key_match[key] == 0 {
             let k = &ring.keys[key];
-            let hit = filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance);
+            let hit = k.mixed
+                || filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance);
             self.key_match[key] = if hit { 1 } else { 2 };
         }
         self.key_match[key] == 1
+    }
+
+    /// Whether `slot` is delivered: its key matches, and an entry of the mixed key matches
+    /// itself.
+    #[inline]
+    pub(super) fn delivers(&mut self, slot: &Slot, ring: &Ring, filter: &Filter) -> bool {
+        self.matches(slot.key as usize, ring, filter)
+            && (!ring.keys[slot.key as usize].mixed || filter.matches(&slot.env))
     }
 
     /// Sum of a per-key counter over the keys that match the filter.
@@ -133,7 +144,7 @@ impl Cursor {
                         if found as usize >= n {
                             break;
                         }
-                        if m.matches(slot.key as usize, &ring, filter) {
+                        if m.delivers(slot, &ring, filter) {
                             found += 1;
                             next = ring.first_seq + i as u64;
                         }
@@ -141,8 +152,15 @@ impl Cursor {
                     if (found as usize) < n {
                         next = ring.first_seq;
                     }
+                    // What counts for loss accounting from there on: the entries found, and
+                    // every other entry of the mixed key.
+                    let counted = ring
+                        .slots
+                        .range((next - ring.first_seq) as usize..)
+                        .filter(|s| m.matches(s.key as usize, &ring, filter))
+                        .count() as u64;
                     m.next = next;
-                    m.matched_before = published - found;
+                    m.matched_before = published - counted;
                 }
                 Start::AfterSeq(seq) => {
                     let want = seq.saturating_add(1).min(ring.next_seq);
@@ -238,6 +256,7 @@ impl Cursor {
             let skip = (m.next - ring.first_seq) as usize;
             let room = max - (out.len() - before);
             let mut taken = 0;
+            let mut counted = 0;
             let mut scanned = 0;
             for slot in ring.slots.range(skip..) {
                 if taken >= room || scanned >= SCAN_LIMIT {
@@ -245,13 +264,16 @@ impl Cursor {
                 }
                 scanned += 1;
                 if m.matches(slot.key as usize, &ring, &self.filter) {
-                    m.last_ts = slot.env.timestamp;
-                    out.push(Delivery::Log(slot.env.clone()));
-                    taken += 1;
+                    counted += 1;
+                    if m.delivers(slot, &ring, &self.filter) {
+                        m.last_ts = slot.env.timestamp;
+                        out.push(Delivery::Log(slot.env.clone()));
+                        taken += 1;
+                    }
                 }
             }
             m.next += scanned as u64;
-            m.matched_before += taken as u64;
+            m.matched_before += counted as u64;
             self.delivered += taken as u64;
             if self.held {
                 source.gate.store(m.next, Ordering::Release);
@@ -337,5 +359,93 @@ impl<'a> WaitGuard<'a> {
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::envelope::Envelope;
+    use crate::router::ring::MAX_KEYS;
+    use crate::{Delivery, Filter, Router, RouterConfig, Selector, Start};
+
+    fn step(i: usize) -> Envelope {
+        let mut e = Envelope::new("hostile", format!("line {i}"));
+        e.step = Some(format!("s{i}"));
+        e
+    }
+
+    fn logs(out: &[Delivery]) -> Vec<String> {
+        out.iter()
+            .filter_map(|d| match d {
+                Delivery::Log(e) => Some(String::from_utf8_lossy(&e.message).into_owned()),
+                Delivery::Missed(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_producer_with_endless_kinds_gets_a_bounded_key_table_and_filters_still_hold() {
+        let r = Router::new(RouterConfig {
+            ring_max_entries: 4000,
+            ..RouterConfig::default()
+        });
+        let past = |i: usize| Filter {
+            step: Some(format!("s{i}")),
+            ..Filter::default()
+        };
+        let mut live = r
+            .subscribe(Selector::Source("hostile".into()), past(3500), Start::Live)
+            .unwrap();
+        r.publish((0..3000).map(step).collect()).unwrap();
+        let keys = r
+            .shared
+            .sources
+            .get("hostile")
+            .unwrap()
+            .ring
+            .lock()
+            .keys
+            .len();
+        assert_eq!(keys, MAX_KEYS + 1, "the table stops growing");
+        // Behind the cap, a filter still sees only its own lines: from memory, backfilled, live.
+        let recent = r.recent("hostile", 100, &past(2000)).unwrap();
+        assert_eq!(recent.len(), 1);
+        let mut back = r
+            .subscribe(
+                Selector::Source("hostile".into()),
+                past(2500),
+                Start::Back(5),
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        back.poll_into(&mut out, 10_000);
+        assert_eq!(logs(&out), ["line 2500"]);
+        r.publish((3000..3600).map(step).collect()).unwrap();
+        let mut out = Vec::new();
+        while live.poll_into(&mut out, 10_000) > 0 {}
+        assert_eq!(logs(&out), ["line 3500"]);
+        assert_eq!(live.missed(), 0, "nothing was overwritten");
+        // Overrun: 8,000 more lines through a 4,000-entry ring. A reader of everything is told
+        // exactly; a filtered one is told at least what it lost (line 5000) and at most every
+        // line overwritten: the kinds of the mixed key's lost entries are gone.
+        let mut all = r
+            .subscribe(
+                Selector::Source("hostile".into()),
+                Filter::default(),
+                Start::Live,
+            )
+            .unwrap();
+        let mut one = r
+            .subscribe(Selector::Source("hostile".into()), past(5000), Start::Live)
+            .unwrap();
+        r.publish((3600..11_600).map(step).collect()).unwrap();
+        let mut out = Vec::new();
+        while all.poll_into(&mut out, 10_000) > 0 {}
+        assert_eq!((all.missed(), all.delivered()), (4000, 4000));
+        let mut out = Vec::new();
+        while one.poll_into(&mut out, 10_000) > 0 {}
+        assert!(logs(&out).is_empty());
+        assert!((1..=4000).contains(&one.missed()), "{}", one.missed());
+        drop(back);
     }
 }

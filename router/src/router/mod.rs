@@ -433,7 +433,11 @@ impl Router {
             .rev()
             .filter(|s| {
                 let k = &ring.keys[s.key as usize];
-                filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance)
+                if k.mixed {
+                    filter.matches(&s.env)
+                } else {
+                    filter.matches_parts(&k.origin, k.channel, k.step.as_deref(), &k.instance)
+                }
             })
             .take(limit)
             .map(|s| s.env.clone())

@@ -30,8 +30,18 @@ pub(super) struct Slot {
     pub(super) size: u32,
 }
 
+/// Most distinct keys one ring keeps. Producers choose origins, steps and instances, so the
+/// number of combinations is theirs; past this, new combinations share one mixed key, whose
+/// entries readers check one by one (see [`Key::mixed`]).
+pub(super) const MAX_KEYS: usize = 1024;
+
 #[derive(Debug)]
 pub(super) struct Key {
+    /// The key of every combination past [`MAX_KEYS`]: its fields are empty, a filter is
+    /// checked against each of its entries, and for loss counting every entry of it counts as
+    /// matching (an entry that was never seen has no kind left to check), so a loss among them
+    /// is reported as an upper bound rather than missed.
+    pub(super) mixed: bool,
     pub(super) origin: Box<str>,
     pub(super) channel: Channel,
     pub(super) step: Option<Box<str>>,
@@ -57,7 +67,8 @@ impl Ring {
     #[inline]
     pub(super) fn key_of(&mut self, env: &Envelope) -> usize {
         let same = |k: &Key| {
-            k.channel == env.channel
+            !k.mixed
+                && k.channel == env.channel
                 && *k.origin == *env.origin
                 && k.step.as_deref() == env.step.as_deref()
                 && *k.instance == *env.instance_id
@@ -67,8 +78,9 @@ impl Ring {
         }
         let idx = match self.keys.iter().position(same) {
             Some(i) => i,
-            None => {
+            None if self.keys.len() < MAX_KEYS => {
                 self.keys.push(Key {
+                    mixed: false,
                     origin: env.origin.as_str().into(),
                     channel: env.channel,
                     step: env.step.as_deref().map(Into::into),
@@ -78,6 +90,21 @@ impl Ring {
                 });
                 self.keys.len() - 1
             }
+            None => match self.keys.iter().position(|k| k.mixed) {
+                Some(i) => i,
+                None => {
+                    self.keys.push(Key {
+                        mixed: true,
+                        origin: "".into(),
+                        channel: Channel::Out,
+                        step: None,
+                        instance: "".into(),
+                        published: 0,
+                        evicted: 0,
+                    });
+                    self.keys.len() - 1
+                }
+            },
         };
         self.last_key = idx;
         idx
