@@ -1,7 +1,6 @@
 //! Cursors: a reader's place in each source it reads, the reads themselves, and the wait
 //! for new entries (a fence pairs each waiter with the publishers that must wake it).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
@@ -54,8 +53,12 @@ impl WaitOn {
 
 #[derive(Debug)]
 pub(super) struct AllSources {
+    /// The `sources_version` the cursor was created under (what was created after it is read
+    /// from its first line), and the one it last looked at.
+    pub(super) created_under: u64,
     pub(super) version: u64,
-    pub(super) known: HashSet<Arc<str>>,
+    /// How much of the router's creation-ordered source list this cursor has taken.
+    pub(super) seen: usize,
 }
 
 #[derive(Debug)]
@@ -184,21 +187,21 @@ impl Cursor {
         self.members.push(Member { source, state: m });
     }
 
-    /// Learns of sources created since the firehose cursor last looked.
+    /// Learns of sources created since the firehose cursor last looked: only the new end of
+    /// the router's creation-ordered list, so creating N sources costs a firehose O(N) in all,
+    /// not a walk of every source per creation.
     pub(super) fn refresh_all(&mut self) {
         let Some(all) = &self.all else { return };
         let version = self.shared.sources_version.load(Ordering::Acquire);
         if version == all.version {
             return;
         }
-        let fresh: Vec<Arc<Source>> = self
-            .shared
-            .sources
-            .iter()
-            .filter(|e| !all.known.contains(e.key()))
-            .map(|e| e.value().clone())
-            .collect();
-        let created_under = all.version;
+        let (created_under, seen) = (all.created_under, all.seen);
+        let fresh: Vec<Arc<Source>> = self.shared.created.lock()[seen..].to_vec();
+        if let Some(all) = &mut self.all {
+            all.version = version;
+            all.seen = seen + fresh.len();
+        }
         for source in fresh {
             // A source created after this cursor is read from its first line; one that raced
             // with the cursor's creation starts live, as the others did.
@@ -207,13 +210,7 @@ impl Cursor {
             } else {
                 Start::Live
             };
-            if let Some(all) = &mut self.all {
-                all.known.insert(source.id.clone());
-            }
             self.add_member(source, start);
-        }
-        if let Some(all) = &mut self.all {
-            all.version = version;
         }
     }
 

@@ -110,8 +110,11 @@ struct Shared {
     durability: Arc<crate::Durability>,
     history: Option<Arc<dyn History>>,
     sources: DashMap<Arc<str>, Arc<Source>>,
-    /// Bumped after each new source is inserted; firehose cursors compare it to learn of new
-    /// sources without walking the map on every read.
+    /// Every source, in the order they were created (sources are never removed): firehose
+    /// cursors take only what was added since they last looked.
+    created: Mutex<Vec<Arc<Source>>>,
+    /// Bumped after each new source is inserted and listed; firehose cursors compare it to
+    /// learn of new sources without looking at the list on every read.
     sources_version: AtomicU64,
     /// Sum of all rings' bytes, for the global memory budget.
     total_bytes: AtomicUsize,
@@ -162,6 +165,7 @@ impl Router {
                 durability: Arc::default(),
                 history,
                 sources: DashMap::new(),
+                created: Mutex::new(Vec::new()),
                 sources_version: AtomicU64::new(0),
                 total_bytes: AtomicUsize::new(0),
                 evicting: Mutex::new(()),
@@ -399,20 +403,18 @@ impl Router {
                 }
             }
             Selector::All => {
-                // Read the version first: every source created under it is in the map by now.
+                // Read the version first: every source created under it is in the list by now.
                 let version = cursor.shared.sources_version.load(Ordering::Acquire);
-                let existing: Vec<Arc<Source>> = cursor
-                    .shared
-                    .sources
-                    .iter()
-                    .map(|e| e.value().clone())
-                    .collect();
-                let mut known = HashSet::new();
+                let existing: Vec<Arc<Source>> = cursor.shared.created.lock().clone();
+                let seen = existing.len();
                 for source in existing {
-                    known.insert(source.id.clone());
                     cursor.add_member(source, start);
                 }
-                cursor.all = Some(AllSources { version, known });
+                cursor.all = Some(AllSources {
+                    created_under: version,
+                    version,
+                    seen,
+                });
             }
         }
         Ok(cursor)
@@ -561,6 +563,7 @@ impl Shared {
                 self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
                 self.published.fetch_add(1, Ordering::Relaxed);
             }
+            self.created.lock().push(source.clone());
             self.sources_version.fetch_add(1, Ordering::AcqRel);
         }
         source
