@@ -278,15 +278,8 @@ impl Metrics {
         archive: Option<&ArchiveCounters>,
     ) -> String {
         let relaxed = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut sources = router.sources();
-        let retained_entries: u64 = sources.iter().map(|s| s.retained as u64).sum();
-        let source_count = sources.len() as u64;
-        let top = self.per_source_top.min(sources.len());
-        if top < sources.len() {
-            sources.select_nth_unstable_by(top, |a, b| b.published.cmp(&a.published));
-            sources.truncate(top);
-        }
-        sources.sort_by(|a, b| a.source_id.cmp(&b.source_id));
+        let (sources, source_count, retained_entries) = router.busiest(self.per_source_top);
+        let source_count = source_count as u64;
         let scrape = Scrape {
             published: router.published_total(),
             waited: router.waited_for_room_total(),

@@ -259,3 +259,50 @@ async fn idle_connections_and_slow_headers_time_out() {
         .ok();
     assert!(began.elapsed() < Duration::from_secs(5));
 }
+
+/// A stream that never pauses between frames must not be taken for a stalled frame: the frame
+/// timeout runs from each frame's own first bytes. (It ran from the first partial frame the
+/// connection ever had, so a flat-out producer was cut off after `frame_timeout_secs`.)
+#[tokio::test]
+async fn a_busy_stream_is_never_taken_for_a_stalled_frame() {
+    let server =
+        Server::start("ingest:\n  frame_timeout_secs: 1\nsyslog:\n  frame_timeout_secs: 1\n");
+    let frame = codec::batch_frame(&[Envelope::new("busy", "x".repeat(200))]);
+    let line = |i: usize| {
+        let text = format!("<14>1 2026-11-23T10:00:00Z host busy-syslog - - - line {i}");
+        format!("{} {text}", text.len()).into_bytes()
+    };
+    let mut native = TcpStream::connect(&server.ingest).await.unwrap();
+    let mut syslog = TcpStream::connect(&server.syslog_tcp).await.unwrap();
+    // For 3 s (three timeouts), every write ends in the middle of a frame and of a line.
+    let (mut native_bytes, mut syslog_bytes) = (Vec::new(), Vec::new());
+    let writes = 60;
+    for i in 0..writes * 3 {
+        native_bytes.extend_from_slice(&frame);
+        syslog_bytes.extend_from_slice(&line(i));
+    }
+    let (n_step, s_step) = (native_bytes.len() / writes, syslog_bytes.len() / writes);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for w in 0..writes {
+        tick.tick().await;
+        let end = |step: usize, len: usize| if w + 1 == writes { len } else { (w + 1) * step };
+        native
+            .write_all(&native_bytes[w * n_step..end(n_step, native_bytes.len())])
+            .await
+            .unwrap();
+        syslog
+            .write_all(&syslog_bytes[w * s_step..end(s_step, syslog_bytes.len())])
+            .await
+            .unwrap();
+    }
+    native.shutdown().await.unwrap();
+    assert_eq!(
+        replies_until_close(&mut native, Duration::from_secs(10)).await,
+        vec![],
+        "no refusal: the connection was not cut"
+    );
+    server.wait_published("busy", (writes * 3) as u64).await;
+    server
+        .wait_published("busy-syslog", (writes * 3) as u64)
+        .await;
+}

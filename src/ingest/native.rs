@@ -214,6 +214,9 @@ impl NativeIngest {
                 while answers.len() < MAX_ANSWERS_IN_FLIGHT
                     && let Some(frame) = codec::decode_frame(&mut buf, self.max_frame_bytes)?
                 {
+                    // That frame is complete: the clock runs for the next one from its own
+                    // first bytes (a busy stream rarely leaves the buffer empty between them).
+                    frame_started = None;
                     let immediate = match self.decode_cost(&frame) {
                         Err(refusal) => Some(refusal),
                         Ok(cost) => {

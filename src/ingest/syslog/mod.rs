@@ -93,7 +93,12 @@ impl SyslogIngest {
         loop {
             loop {
                 match next_frame(&mut buf, self.max_frame_bytes) {
-                    Ok(Some(frame)) => self.message(&frame, &mut batch),
+                    Ok(Some(frame)) => {
+                        // That line is complete: the clock runs for the next one from its own
+                        // first bytes (a busy stream rarely leaves the buffer empty between them).
+                        frame_started = None;
+                        self.message(&frame, &mut batch)
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         self.publish(&mut batch).await;
