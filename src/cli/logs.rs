@@ -304,11 +304,13 @@ impl Follower {
             };
             // On stderr, so that stdout stays the lines alone: until one arrives, this says
             // the tail is up.
-            if self.quiet {
-            } else if connected {
-                eprintln!("Reconnected, tailing logs for {}", self.source);
-            } else {
-                eprintln!("Connected, tailing logs for {}", self.source);
+            if !self.quiet {
+                let again = if connected {
+                    "Reconnected"
+                } else {
+                    "Connected"
+                };
+                eprintln!("{again}, tailing logs for {}", self.source);
             }
             connected = true;
             backoff.reset();

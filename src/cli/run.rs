@@ -141,7 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let (exit_tx, exit_rx) = watch::channel(None);
-    let delivery = tokio::spawn(sender.clone().deliver(spool.clone(), exit_rx));
+    let delivery = tokio::spawn(sender.deliver(spool.clone(), exit_rx));
 
     let status = wait_forwarding_signals(&mut child).await?;
     // What the pipes still hold; a process the command left running may keep them open.
@@ -270,7 +270,7 @@ fn exit_code(status: ExitStatus) -> ExitCode {
 }
 
 /// Delivers the spool to Sluice, reconnecting as long as it takes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Sender {
     addr: IngestAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
