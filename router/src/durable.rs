@@ -1,6 +1,7 @@
 //! The durability watermark: how far each source is on disk.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -14,6 +15,11 @@ use tokio::time::Instant;
 pub struct Durability {
     marks: DashMap<Arc<str>, Mark>,
     notify: Notify,
+    /// Callers in [`Durability::wait`] now: while there are any, the persister writes what it
+    /// has gathered at once instead of holding it for a larger write.
+    waiting: AtomicUsize,
+    /// Tells the persister that someone started waiting.
+    wanted: Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,6 +51,9 @@ impl Durability {
         timeout: Duration,
     ) -> Result<(), DurableError> {
         let deadline = Instant::now() + timeout;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _counted = Waiting(&self.waiting);
+        self.wanted.notify_one();
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -74,5 +83,25 @@ impl Durability {
     /// Wakes every waiter to look at the marks again.
     pub fn notify_waiters(&self) {
         self.notify.notify_waiters();
+    }
+
+    /// Whether anyone is waiting for lines to reach disk.
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Completes once someone has started waiting since the last call (at once if someone
+    /// did meanwhile): the persister's cue to write what it holds back.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
+    }
+}
+
+/// Counts a caller of [`Durability::wait`] for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -25,6 +25,18 @@ fn temp(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// One line, `round N`, to each of `s0`..`s{sources - 1}`.
+fn publish_round(router: &Router, sources: usize, round: usize) {
+    for s in 0..sources {
+        router
+            .publish(vec![Envelope::new(
+                format!("s{s}"),
+                format!("round {round}"),
+            )])
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_overrun_persister_writes_the_exact_loss_as_a_server_line() {
     let dir = temp("overrun");
@@ -95,14 +107,7 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
     let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
     // Twenty sources, four open files at most: files are closed and reopened for appending.
     for round in 0..3 {
-        for s in 0..20 {
-            router
-                .publish(vec![Envelope::new(
-                    format!("s{s}"),
-                    format!("round {round}"),
-                )])
-                .unwrap();
-        }
+        publish_round(&router, 20, round);
     }
     for s in 0..20 {
         handle.complete(&format!("s{s}"), 3, None).await.unwrap();
@@ -122,5 +127,131 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
     assert_eq!(handle.complete("silent", 0, None).await.unwrap().path, None);
     stop.cancel();
     task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Running {
+    router: Router,
+    handle: sluice_store::persister::PersisterHandle,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A persister over 4 open files whose closed files gather lines for an hour unless someone
+/// asks: a test of gathering cannot pass by waiting it out.
+fn gathering_for_an_hour(dir: &std::path::Path) -> Running {
+    let router = Router::new(RouterConfig::default());
+    let cursor = router
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    let mut cfg = config(dir);
+    cfg.fsync = Fsync::Interval;
+    cfg.fsync_interval = Duration::from_secs(3600);
+    let (persister, handle, control) = Persister::new(cfg, &router).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
+    Running {
+        router,
+        handle,
+        stop,
+        task,
+    }
+}
+
+/// Lines of sources whose files are closed are gathered and written in one go: nothing is
+/// lost or reordered, whoever waits for the disk gets it at once, and a stop writes the rest.
+#[tokio::test]
+async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_writes_them() {
+    let dir = temp("gather");
+    let p = gathering_for_an_hour(&dir);
+    let lines_of = |s: usize| -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(file_path(&dir, &format!("s{s}"))) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // 500 sources through 4 open files, three lines each, the persister reading each round
+    // before the next: none is written yet (each would have been opened and closed per round).
+    for round in 0..3 {
+        publish_round(&p.router, 500, round);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        (0..500).all(|s| lines_of(s).is_empty()),
+        "lines of closed files are gathered, not written a round at a time"
+    );
+    // An ack=durable producer (or a reader behind the ring) waits: everything gathered is
+    // written now, not in an hour.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        p.router
+            .durability()
+            .wait("s250", 1, 3, Duration::from_secs(20)),
+    )
+    .await
+    .expect("a waiter has gathered lines written at once")
+    .unwrap();
+    for s in [0, 1, 250, 499] {
+        assert_eq!(lines_of(s), ["round 0", "round 1", "round 2"], "s{s}");
+    }
+    // More rounds, then a stop: nothing gathered is left behind, in order, appended to the
+    // files written above (their sizes remembered, not looked up again).
+    publish_round(&p.router, 500, 3);
+    publish_round(&p.router, 500, 4);
+    let n = p
+        .handle
+        .counters
+        .lines
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n >= 1500, "{n}");
+    p.stop.cancel();
+    p.task.await.unwrap();
+    let want: Vec<String> = (0..5).map(|r| format!("round {r}")).collect();
+    for s in 0..500 {
+        assert_eq!(lines_of(s), want, "s{s}");
+    }
+    assert_eq!(
+        p.handle
+            .counters
+            .lines
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2500
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A source that gathers 64 KiB is written at once, even when its lines come in one run.
+#[tokio::test]
+async fn a_busy_source_is_written_once_it_has_gathered_enough_without_waiting_the_interval() {
+    let dir = temp("busy");
+    let p = gathering_for_an_hour(&dir);
+    // ~250 KB of lines in one batch: one run for the persister, its file not open yet.
+    p.router
+        .publish(
+            (0..1000)
+                .map(|i| Envelope::new("busy", format!("{i:0>150}")))
+                .collect(),
+        )
+        .unwrap();
+    let lines = || {
+        p.handle
+            .counters
+            .lines
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lines() < 1000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines(), 1000, "written without waiting out the hour");
+    p.stop.cancel();
+    p.task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,9 +49,12 @@ impl Persister {
                 }));
                 continue;
             }
+            // Its files move (or stay) as they are: the next line opens and looks again.
+            self.known.remove(&key);
             if let Some(mut f) = self.files.remove(&key)
                 && let Some(file) = f.file.take()
             {
+                self.lru.remove(&f.last_used);
                 self.open_fds -= 1;
                 let _ = file.sync_data();
             }

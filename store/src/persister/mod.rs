@@ -8,6 +8,12 @@
 //!   so a job that rotates is archived whole. Whatever is deleted (beyond `keep_segments`, or
 //!   without an archive) is counted and announced: a `_server` notice with the exact count.
 //! - `fsync`: `never`, `interval` (every `fsync_interval_millis`), or `always` (after each batch).
+//! - Writes: a source whose file is open is written after each batch. With more active sources
+//!   than `max_open_files`, a source whose file is closed has its lines gathered (up to
+//!   [`GATHER_BYTES`], for at most `fsync_interval`) and written in one open-write-close, so a
+//!   hundred thousand sources cost a file open per source per interval, not one per line.
+//!   Someone waiting on [`Durability`] (`ack=durable`, a reader behind the ring) has everything
+//!   written at once; `fsync: always` gathers nothing.
 //! - When the persister's cursor is overrun it writes a `_server` line with the exact count lost.
 //! - A write that fails (disk full) keeps its bytes for the next try, up to a bound; past it the
 //!   lines are counted and announced with a `_server` line once writing works again.
@@ -27,7 +33,7 @@ mod lock;
 pub mod names;
 mod rotate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,6 +84,12 @@ const DOOMED_SUFFIX: &str = ".deleting";
 const MAX_RETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Deliveries read from the cursor per batch.
 const BATCH: usize = 4096;
+/// A source whose file is closed is written once it has gathered this much.
+pub const GATHER_BYTES: usize = 64 * 1024;
+/// Gathered lines of all sources together; past this the oldest are written early.
+const MAX_GATHERED_BYTES: usize = 64 * 1024 * 1024;
+/// Past this many files to sync at once, the persister syncs the file system (`syncfs`).
+const SYNCFS_ABOVE: usize = 256;
 
 /// What the persister has done, for `/metrics`.
 #[derive(Debug, Default)]
@@ -159,6 +171,7 @@ struct OpenFile {
     /// Highest seq in `buf` (or written).
     seq: u64,
     unsynced: bool,
+    /// Its key in the persister's `lru` while a descriptor is open; 0 when none is.
     last_used: u64,
     /// Lines given up on after repeated write failures, to announce.
     dropped: u64,
@@ -177,11 +190,28 @@ pub struct Persister {
     durability: Arc<Durability>,
     counters: Arc<PersisterCounters>,
     files: HashMap<Arc<str>, OpenFile>,
+    /// Sizes of files this persister wrote and has since forgotten (closed): opened again, they
+    /// need no `stat` and no check for a torn last line.
+    known: HashMap<Arc<str>, u64>,
+    /// Files with a descriptor open, least recently written first (keys are `last_used`).
+    lru: BTreeMap<u64, Arc<str>>,
+    /// Sources to write at the next `write_out`: their file is open, or they gathered enough.
+    dirty: Vec<Arc<str>>,
+    /// Sources gathering lines while their file is closed, oldest first, with when they began.
+    /// (An entry may be stale: its source was written meanwhile; writing it again is a no-op.)
+    gathering: VecDeque<(Instant, Arc<str>)>,
+    /// Bytes in every file's `buf`.
+    buffered: usize,
+    /// How long a closed file's lines may be gathered: `fsync_interval`, none with `always`.
+    hold: Duration,
+    /// Sources whose last write failed (or left lines to announce): tried again every 500 ms.
+    failing: HashSet<Arc<str>>,
     /// Highest seq handled (written or lost) per source, for completions.
     handled: HashMap<Arc<str>, u64>,
     pending: Vec<Control>,
     tick: u64,
-    last_sync: Instant,
+    /// When the next `fsync: interval` sync is due (or, while one still runs, looked at again).
+    next_sync: Instant,
     /// Losses not yet logged: an overrun persister says so at most once a second.
     unlogged_loss: u64,
     last_loss_log: Option<Instant>,
@@ -213,9 +243,9 @@ impl std::fmt::Debug for Persister {
 /// The most seqs of one source that a server can have published and not yet written when it
 /// dies: a full ring (the persister never lags more with `when_behind: block`, and is
 /// overtaken past it with `overwrite`), a batch being written, and the lines a failing disk
-/// leaves waiting for a retry (a line is at least 64 bytes).
+/// leaves waiting for a retry or a closed file gathers (a line is at least 64 bytes).
 pub fn unwritten_bound(ring_max_entries: usize) -> u64 {
-    (ring_max_entries + BATCH + MAX_RETRY_BYTES / 64) as u64
+    (ring_max_entries + BATCH + (MAX_RETRY_BYTES + GATHER_BYTES) / 64) as u64
 }
 
 /// The current file of a source, and its `n`th rotated file.
@@ -265,10 +295,20 @@ impl Persister {
             durability: durability.clone(),
             counters: counters.clone(),
             files: HashMap::new(),
+            known: HashMap::new(),
+            lru: BTreeMap::new(),
+            dirty: Vec::new(),
+            gathering: VecDeque::new(),
+            buffered: 0,
+            hold: match config.fsync {
+                Fsync::Always => Duration::ZERO,
+                Fsync::Interval | Fsync::Never => config.fsync_interval,
+            },
+            failing: HashSet::new(),
             handled: HashMap::new(),
             pending: Vec::new(),
             tick: 0,
-            last_sync: Instant::now(),
+            next_sync: Instant::now() + config.fsync_interval,
             unlogged_loss: 0,
             last_loss_log: None,
             background_sync: None,
@@ -295,24 +335,29 @@ impl Persister {
     ) {
         self.lock.running = true;
         let mut deliveries = Vec::with_capacity(BATCH);
+        let durability = self.durability.clone();
         loop {
-            let unsynced =
-                self.files.values().any(|f| f.unsynced) && self.config.fsync == Fsync::Interval;
-            let sync_at = self.last_sync + self.config.fsync_interval;
-            let retry = self.files.values().any(|f| !f.buf.is_empty());
+            // (Checked per loop, so kept cheap: no walk over every file.)
+            let unsynced = self.config.fsync == Fsync::Interval
+                && (!self.files.is_empty() || !self.closed_unsynced.is_empty());
+            let sync_at = self.next_sync;
+            let retry = !self.failing.is_empty();
             let rotating = !self.rotations.is_empty();
+            let gathered_until = self.gathering.front().map(|(t, _)| *t + self.hold);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(c) = control.recv() => self.pending.push(c),
+                () = durability.wanted(), if gathered_until.is_some() => {}
                 () = tokio::time::sleep_until(sync_at), if unsynced => {}
                 () = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
                 // Rotations finishing in the background: announce what they deleted.
                 () = tokio::time::sleep(Duration::from_millis(50)), if rotating => {}
+                () = tokio::time::sleep_until(gathered_until.unwrap_or(sync_at)), if gathered_until.is_some() => {}
                 _ = cursor.next_batch(&mut deliveries, BATCH) => {}
             }
             self.write(&mut deliveries);
-            self.write_out();
+            self.write_out(false);
             self.counters
                 .open_files
                 .store(self.open_fds as u64, Ordering::Relaxed);
@@ -321,7 +366,7 @@ impl Persister {
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
             self.write(&mut deliveries);
         }
-        self.write_out();
+        self.write_out(true);
         self.sync_all(true);
         for (r, _) in std::mem::take(&mut self.rotations) {
             if let Ok(Some(deleted)) = r.join() {
@@ -371,13 +416,11 @@ impl Persister {
             None => Arc::from(last.source_id.as_str()),
         };
         let last_seq = last.seq;
-        self.tick += 1;
-        let tick = self.counters.rotations.load(Ordering::Relaxed);
         let max = self.config.max_file_size_bytes;
         let mut lines = run.drain(..).peekable();
         while lines.peek().is_some() {
             let file = self.open(&source);
-            file.last_used = tick;
+            let started = file.buf.len();
             let mut full = false;
             for env in lines.by_ref() {
                 let before = file.buf.len();
@@ -390,6 +433,7 @@ impl Persister {
                     break;
                 }
             }
+            self.gathered(&source, started);
             if full {
                 self.rotate(&source);
             }
@@ -420,40 +464,64 @@ impl Persister {
     }
 
     fn append(&mut self, source: &Arc<str>, env: &Envelope) {
-        self.tick += 1;
-        let tick = self.counters.rotations.load(Ordering::Relaxed);
         let file = self.open(source);
         let before = file.buf.len();
         write_line(env, &mut file.buf);
         file.size += (file.buf.len() - before) as u64;
         file.buf_lines += 1;
         file.seq = file.seq.max(env.seq);
-        file.last_used = tick;
-        if file.size >= self.config.max_file_size_bytes {
+        let full = file.size >= self.config.max_file_size_bytes;
+        self.gathered(source, before);
+        if full {
             self.rotate(source);
+        }
+    }
+
+    /// After lines were added to `source`'s buffer, which held `before` bytes: counts them, and
+    /// has the buffer written at the next `write_out` if its file is open (a write is cheap) or
+    /// it gathered enough, or else at the latest once it has waited `hold`.
+    fn gathered(&mut self, source: &Arc<str>, before: usize) {
+        let Some(f) = self.files.get(source) else {
+            return;
+        };
+        let now = f.buf.len();
+        self.buffered += now.saturating_sub(before);
+        let newly = before == 0 && now > 0;
+        // (Checked apart from `newly`: one run of a busy source can fill it at once.)
+        let full = f.file.is_none() && before < GATHER_BYTES && now >= GATHER_BYTES;
+        if full || (newly && (f.file.is_some() || self.hold.is_zero())) {
+            self.dirty.push(source.clone());
+        } else if newly {
+            self.gathering.push_back((Instant::now(), source.clone()));
         }
     }
 
     fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
         if !self.files.contains_key(source) {
             let path = file_path(&self.config.local_dir, source);
-            // A long id's file name cannot give it back: keep it beside.
-            names::remember_id(&self.config.local_dir, &file_stem(source), source);
-            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-            // A file left mid-line (a crash during a write): end that line, so that the next
-            // one is not glued to it. The torn line stays unreadable; the rest stay whole.
-            let torn = size > 0 && last_byte(&path).is_some_and(|b| b != b'\n');
+            let (size, torn) = match self.known.remove(source) {
+                // Written by this persister, whole lines: nothing to look at.
+                Some(size) => (size, false),
+                None => {
+                    // A long id's file name cannot give it back: keep it beside.
+                    names::remember_id(&self.config.local_dir, &file_stem(source), source);
+                    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    // A file left mid-line (a crash during a write): end that line, so that
+                    // the next one is not glued to it. The torn line stays unreadable; the
+                    // rest stay whole.
+                    let torn = size > 0 && last_byte(&path).is_some_and(|b| b != b'\n');
+                    (size, torn)
+                }
+            };
+            self.buffered += usize::from(torn);
             self.files.insert(
                 source.clone(),
                 OpenFile {
                     file: None,
                     path,
                     size: size + u64::from(torn),
-                    buf: if torn {
-                        b"\n".to_vec()
-                    } else {
-                        Vec::with_capacity(8192)
-                    },
+                    // Grown as lines come: 100,000 gathering sources must not each hold 8 KiB.
+                    buf: if torn { b"\n".to_vec() } else { Vec::new() },
                     buf_lines: 0,
                     seq: 0,
                     unsynced: false,
@@ -482,9 +550,18 @@ impl Persister {
             return Ok(());
         };
         let had_fd = f.file.is_some();
-        let result = flush(f, &self.counters);
+        let result = flush(f, &self.counters, &mut self.buffered);
         if !had_fd && f.file.is_some() {
             self.open_fds += 1;
+        }
+        if f.file.is_some() {
+            // Most recently written now.
+            if f.last_used != 0 {
+                self.lru.remove(&f.last_used);
+            }
+            self.tick += 1;
+            f.last_used = self.tick;
+            self.lru.insert(self.tick, source.clone());
         }
         result
     }
@@ -522,17 +599,18 @@ impl Persister {
     /// Closes the least recently used open file other than `keep`, writing out its buffer
     /// first. Returns false when no other file is open.
     fn close_least_used(&mut self, keep: &Arc<str>) -> bool {
-        let Some(victim) = self
-            .files
+        let Some((tick, victim)) = self
+            .lru
             .iter()
-            .filter(|(k, f)| f.file.is_some() && *k != keep)
-            .min_by_key(|(_, f)| f.last_used)
-            .map(|(k, _)| k.clone())
+            .find(|(_, k)| *k != keep)
+            .map(|(t, k)| (*t, k.clone()))
         else {
             return false;
         };
-        let f = self.files.get_mut(&victim).expect("found above");
-        let written = flush(f, &self.counters).is_ok();
+        self.lru.remove(&tick);
+        let f = self.files.get_mut(&victim).expect("open files are known");
+        f.last_used = 0;
+        let written = flush(f, &self.counters, &mut self.buffered).is_ok();
         let file = f.file.take().expect("open");
         self.open_fds -= 1;
         if f.unsynced {
@@ -553,82 +631,44 @@ impl Persister {
         if written {
             self.durability.update(&victim, f.seq, 0);
             if f.dropped == 0 {
-                // Nothing left to write: forget it, so 20,000 sources cost no more than 256.
+                // Nothing left to write: forget it but its size, so 20,000 sources cost no more
+                // than 256 open ones and a number each.
+                let size = f.size;
                 self.files.remove(&victim);
+                self.known.insert(victim, size);
+                return true;
             }
         }
+        // Lines still to write (or to announce) with the file closed: tried again later.
+        self.failing.insert(victim);
         true
     }
 
-    /// Writes out every buffer, syncs as configured, moves the durability marks, and answers
-    /// completions that are now possible.
-    fn write_out(&mut self) {
+    /// Writes out the buffers that are due (every one when `all`, or when someone waits on
+    /// durability), syncs as configured, moves the durability marks, and answers completions
+    /// that are now possible.
+    fn write_out(&mut self, all: bool) {
         let mut touched = Vec::new();
-        let waiting: Vec<Arc<str>> = self
-            .files
-            .iter()
-            .filter(|(_, f)| !f.buf.is_empty() || f.dropped > 0)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for source in waiting {
-            let written = self.flush_source(&source);
-            let Some(f) = self.files.get_mut(&source) else {
-                continue;
-            };
-            match written {
-                Ok(()) => {
-                    if f.dropped > 0 {
-                        let mut env = Envelope::notice(
-                            &*source,
-                            format!(
-                                "sluice could not write {} messages for this persister: {}",
-                                f.dropped,
-                                f.last_error.take().unwrap_or_default()
-                            ),
-                        );
-                        env.seq = f.dropped_seq;
-                        write_line(&env, &mut f.buf);
-                        f.dropped = 0;
-                        let _ = flush(f, &self.counters);
-                    }
-                    touched.push(source);
-                }
-                Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    let reason = crate::short_reason(&e);
-                    if f.last_error.as_deref() != Some(&reason) {
-                        tracing::error!(file = %f.path.display(), error = %reason, "cannot write log file");
-                    }
-                    f.last_error = Some(reason);
-                    if f.buf.len() > MAX_RETRY_BYTES {
-                        // Give up on these lines; say so once writing works again. The rest
-                        // of a line the file already holds part of stays, so that the file is
-                        // whole lines when writing resumes: nothing glued to a torn line.
-                        let keep = if f.partial {
-                            f.buf
-                                .iter()
-                                .position(|&b| b == b'\n')
-                                .map_or(f.buf.len(), |i| i + 1)
-                        } else {
-                            0
-                        };
-                        let lost = f.buf_lines - u64::from(keep > 0);
-                        if lost > 0 {
-                            self.counters.lost.fetch_add(lost, Ordering::Relaxed);
-                            f.dropped += lost;
-                            f.dropped_seq = f.seq;
-                        }
-                        f.size -= (f.buf.len() - keep) as u64;
-                        f.buf.truncate(keep);
-                        f.buf_lines -= lost;
-                        self.durability.update(&source, 0, f.seq);
-                    }
-                }
+        for source in std::mem::take(&mut self.dirty) {
+            self.write_source(source, &mut touched);
+        }
+        let failing: Vec<Arc<str>> = self.failing.drain().collect();
+        for source in failing {
+            self.write_source(source, &mut touched);
+        }
+        let all = all || self.durability.has_waiters();
+        let now = Instant::now();
+        while let Some((since, _)) = self.gathering.front() {
+            let due = all || *since + self.hold <= now || self.buffered > MAX_GATHERED_BYTES;
+            if !due {
+                break;
             }
+            let (_, source) = self.gathering.pop_front().expect("looked at");
+            self.write_source(source, &mut touched);
         }
         let sync_now = match self.config.fsync {
             Fsync::Always => true,
-            Fsync::Interval => self.last_sync.elapsed() >= self.config.fsync_interval,
+            Fsync::Interval => Instant::now() >= self.next_sync,
             Fsync::Never => false,
         };
         if sync_now {
@@ -644,6 +684,78 @@ impl Persister {
         self.reap_rotations();
     }
 
+    /// Writes out one source's buffer (and a notice of lines it gave up on); a failure keeps
+    /// what is unwritten for a retry, up to a bound past which the lines are counted lost.
+    fn write_source(&mut self, source: Arc<str>, touched: &mut Vec<Arc<str>>) {
+        let Some(f) = self.files.get(&source) else {
+            return;
+        };
+        if f.buf.is_empty() && f.dropped == 0 {
+            return; // written meanwhile (a stale entry)
+        }
+        let written = self.flush_source(&source);
+        let Some(f) = self.files.get_mut(&source) else {
+            return;
+        };
+        match written {
+            Ok(()) => {
+                if f.dropped > 0 {
+                    let mut env = Envelope::notice(
+                        &*source,
+                        format!(
+                            "sluice could not write {} messages for this persister: {}",
+                            f.dropped,
+                            f.last_error.take().unwrap_or_default()
+                        ),
+                    );
+                    env.seq = f.dropped_seq;
+                    let before = f.buf.len();
+                    write_line(&env, &mut f.buf);
+                    self.buffered += f.buf.len() - before;
+                    f.dropped = 0;
+                    if flush(f, &self.counters, &mut self.buffered).is_err() {
+                        self.failing.insert(source.clone());
+                    }
+                }
+                touched.push(source);
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let reason = crate::short_reason(&e);
+                if f.last_error.as_deref() != Some(&reason) {
+                    tracing::error!(file = %f.path.display(), error = %reason, "cannot write log file");
+                }
+                f.last_error = Some(reason);
+                if f.buf.len() > MAX_RETRY_BYTES {
+                    // Give up on these lines; say so once writing works again. The rest of a
+                    // line the file already holds part of stays, so that the file is whole
+                    // lines when writing resumes: nothing glued to a torn line.
+                    let keep = if f.partial {
+                        f.buf
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(f.buf.len(), |i| i + 1)
+                    } else {
+                        0
+                    };
+                    let lost = f.buf_lines - u64::from(keep > 0);
+                    if lost > 0 {
+                        self.counters.lost.fetch_add(lost, Ordering::Relaxed);
+                        f.dropped += lost;
+                        f.dropped_seq = f.seq;
+                    }
+                    let gone = f.buf.len() - keep;
+                    f.size -= gone as u64;
+                    self.buffered = self.buffered.saturating_sub(gone);
+                    f.buf.truncate(keep);
+                    f.buf_lines -= lost;
+                    self.durability.update(&source, 0, f.seq);
+                }
+                self.failing.insert(source);
+            }
+        }
+    }
+
     /// Syncs every file written since the last sync. With `wait` false (`fsync: interval`) the
     /// syncs run on a thread of their own: syncing a second of writes at full speed can take
     /// longer than a ring holds, and the writer must not stall behind the disk meanwhile.
@@ -651,7 +763,11 @@ impl Persister {
         if let Some(running) = self.background_sync.take() {
             if !wait && !running.is_finished() {
                 self.background_sync = Some(running);
-                return; // still syncing the previous round; try again at the next write_out
+                // Still syncing the previous round: look again shortly. (Left due, the loop
+                // that waits for it would spin until that sync ends.)
+                self.next_sync =
+                    Instant::now() + self.config.fsync_interval.min(Duration::from_millis(50));
+                return;
             }
             let _ = running.join();
         }
@@ -675,7 +791,12 @@ impl Persister {
             }
         }
         files.extend(self.closed_unsynced.drain(..).map(ToSync::Closed));
-        self.last_sync = Instant::now();
+        self.next_sync = Instant::now() + self.config.fsync_interval;
+        if files.len() > SYNCFS_ABOVE {
+            // One call for the file system instead of opening and syncing each file: with
+            // thousands of active sources, per-file syncs cost more than the writes.
+            files = vec![ToSync::FileSystem(self.config.local_dir.clone())];
+        }
         if !files.is_empty() {
             if wait {
                 // Shutting down or `fsync: always`: the closed files too, before returning.
@@ -704,10 +825,11 @@ fn last_byte(path: &Path) -> Option<u8> {
 }
 
 /// A file to sync: one still open (its descriptor shared), or one already closed, opened again
-/// by path for the sync alone.
+/// by path for the sync alone; or every file of the file system that holds a directory.
 enum ToSync {
     Open(Arc<File>, PathBuf),
     Closed(PathBuf),
+    FileSystem(PathBuf),
 }
 
 fn sync_files(files: Vec<ToSync>, counters: &PersisterCounters) {
@@ -715,6 +837,10 @@ fn sync_files(files: Vec<ToSync>, counters: &PersisterCounters) {
         let (result, path) = match f {
             ToSync::Open(file, path) => (file.sync_data(), path),
             ToSync::Closed(path) => (File::open(&path).and_then(|f| f.sync_data()), path),
+            ToSync::FileSystem(dir) => (
+                File::open(&dir).and_then(|d| rustix::fs::syncfs(&d).map_err(Into::into)),
+                dir,
+            ),
         };
         match result {
             Ok(()) => {}
@@ -729,7 +855,11 @@ fn sync_files(files: Vec<ToSync>, counters: &PersisterCounters) {
 }
 
 /// Writes out a file's buffer, counting its lines once they are all written.
-fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> {
+fn flush(
+    f: &mut OpenFile,
+    counters: &PersisterCounters,
+    buffered: &mut usize,
+) -> std::io::Result<()> {
     if f.buf.is_empty() {
         return Ok(());
     }
@@ -756,6 +886,7 @@ fn flush(f: &mut OpenFile, counters: &PersisterCounters) -> std::io::Result<()> 
                 f.buf_lines -= done;
                 f.partial = f.buf[n - 1] != b'\n';
                 f.buf.drain(..n);
+                *buffered = buffered.saturating_sub(n);
                 f.unsynced = true;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

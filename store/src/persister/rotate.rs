@@ -27,6 +27,10 @@ impl Persister {
         // speed, longer than a ring holds: they finish on a thread of their own, unless every
         // write must be synced before it is acknowledged (`fsync: always`).
         let mut closed = f.file.take();
+        if f.last_used != 0 {
+            self.lru.remove(&f.last_used);
+            f.last_used = 0;
+        }
         if always && let Some(file) = closed.take() {
             self.open_fds -= 1;
             let _ = file.sync_data();
