@@ -306,6 +306,7 @@ impl Metrics {
                 relaxed(&persister.rotations),
                 relaxed(&persister.deleted_lines),
                 relaxed(&persister.open_files),
+                relaxed(&persister.gathered_bytes),
             ],
             archive: archive.map(|a| {
                 [
@@ -347,7 +348,7 @@ struct Scrape {
     /// Source id, envelopes (its newest seq), ring entries, ring bytes.
     sources: Vec<(String, u64, u64, u64)>,
     /// lines, bytes, lost, errors, rotations, deleted lines, open files.
-    persister: [u64; 7],
+    persister: [u64; 8],
     /// uploads, bytes, failures, backlog.
     archive: Option<[u64; 4]>,
     drains: Vec<DrainView>,
@@ -454,7 +455,16 @@ impl Collector for Scrape {
             Gauge,
             by_source(|s| s.3),
         )?;
-        let [lines, bytes, lost, errors, rotations, deleted, open] = self.persister;
+        let [
+            lines,
+            bytes,
+            lost,
+            errors,
+            rotations,
+            deleted,
+            open,
+            gathered,
+        ] = self.persister;
         one(
             e,
             "sluice_persister_lines",
@@ -503,6 +513,13 @@ impl Collector for Scrape {
             "Log files the persister holds open.",
             Gauge,
             open,
+        )?;
+        one(
+            e,
+            "sluice_persister_gathered_bytes",
+            "Bytes of lines the persister holds unwritten: mostly sources whose files are closed, gathering for one write.",
+            Gauge,
+            gathered,
         )?;
         one(
             e,

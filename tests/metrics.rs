@@ -193,6 +193,7 @@ async fn a_real_parser_reads_every_metric_with_labels_escaped() {
         "sluice_router_sources",
         "sluice_persister_lines_total",
         "sluice_persister_open_files",
+        "sluice_persister_gathered_bytes",
         "sluice_persister_behind",
         "sluice_tails_opened_total",
     ] {

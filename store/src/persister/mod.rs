@@ -103,6 +103,9 @@ pub struct PersisterCounters {
     pub deleted_lines: AtomicU64,
     /// Files held open now (updated after each batch).
     pub open_files: AtomicU64,
+    /// Bytes of lines waiting in the persister's buffers now, most of them gathered by closed
+    /// files (updated after each batch).
+    pub gathered_bytes: AtomicU64,
 }
 
 /// Requests to the persister task.
@@ -361,6 +364,9 @@ impl Persister {
             self.counters
                 .open_files
                 .store(self.open_fds as u64, Ordering::Relaxed);
+            self.counters
+                .gathered_bytes
+                .store(self.buffered as u64, Ordering::Relaxed);
         }
         // Shutting down: take what is already published, write it, sync it.
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
