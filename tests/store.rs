@@ -461,3 +461,37 @@ async fn udp_that_cannot_wait_for_the_persister_is_dropped_counted_and_announced
     // The kernel may drop datagrams too, before Sluice sees them; what Sluice saw adds up.
     assert!(written + announced <= SENT as u64);
 }
+
+/// Lines a closed file is still gathering when the ring lets them go are read back whole:
+/// `recent` has the persister write them first instead of showing a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_reads_lines_the_ring_let_go_while_their_file_was_still_gathering_them() {
+    // A 20-line ring, and closed files that would gather for an hour if nobody asked.
+    let server = Server::start(
+        "router:\n  ring_max_entries: 20\nlog_storage:\n  local_dir: {logs}\n  fsync_interval_millis: 3600000\n  max_open_files: 2\n",
+    );
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    for b in 0..10 {
+        let batch: Vec<Envelope> = (0..10)
+            .map(|i| Envelope::new("quiet", format!("line {}", b * 10 + i)))
+            .collect();
+        conn.send_batch(&batch).await.unwrap();
+    }
+    // The ring holds the last 20; the other 80 are gathered, not yet in a file.
+    let recent = server
+        .get_json("/api/v1/sources/quiet/recent?limit=100")
+        .await;
+    let lines: Vec<(u64, String)> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = e["message"].as_str().unwrap_or_default().to_owned();
+            (e["seq"].as_u64().unwrap(), text)
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (0..100).map(|i| (i + 1, format!("line {i}"))).collect();
+    assert_eq!(lines, want);
+}

@@ -288,6 +288,19 @@ impl Stored {
         limit: usize,
         filter: Filter,
     ) -> std::io::Result<Option<Vec<Arc<Envelope>>>> {
+        let stats = router.source_stats(id);
+        if let Some(s) = &stats
+            && let Some(oldest) = s.oldest_seq
+            && oldest > s.resumed_after + 1
+        {
+            // Lines this process published that the ring let go: briefly, for the persister to
+            // have them in the file (it may be gathering them for a closed file; waiting has
+            // them written at once).
+            let _ = router
+                .durability()
+                .wait(id, oldest - 1, oldest - 1, PERSISTER_WAIT)
+                .await;
+        }
         let in_ring = router.recent(id, limit, &filter);
         let ring_first = router
             .source_stats(id)
