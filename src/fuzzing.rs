@@ -133,8 +133,8 @@ fn envelope(data: &[u8]) -> Envelope {
     // Origins are free text (Loggregator's `MY TASK`); the drain writes them canonical.
     let text = |b: u8| b.is_ascii_graphic() || b == b' ';
     let mut env = Envelope::new(field(visible, "app", 256), Vec::new());
-    env.origin = field(text, "APP", 64);
-    env.instance_id = field(visible, "0", 64);
+    env.origin = field(text, "APP", 64).into();
+    env.instance_id = field(visible, "0", 64).into();
     let tag = field(|b| b.is_ascii_graphic() || b == b' ', "", 40);
     if !tag.is_empty() {
         env.tags.insert("k".into(), tag);

@@ -22,7 +22,7 @@ fn envelope(source: &str, i: usize) -> Envelope {
     let mut e = Envelope::new(source, format!("line {i} with \"quotes\" and ] brackets"));
     e.timestamp = BASE_NS + i as i64 * 1_001_000;
     e.origin = ["APP/PROC/WEB", "RTR", "STG", "API"][i % 4].into();
-    e.instance_id = (i % 3).to_string();
+    e.instance_id = (i % 3).to_string().into();
     if i.is_multiple_of(5) {
         e.channel = Channel::Err;
     }

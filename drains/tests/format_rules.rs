@@ -183,8 +183,8 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         .prop_map(
             |(source_id, origin, instance_id, err, timestamp, tags, message)| {
                 let mut e = Envelope::new(source_id, message);
-                e.origin = origin;
-                e.instance_id = instance_id;
+                e.origin = origin.into();
+                e.instance_id = instance_id.into();
                 e.channel = if err { Channel::Err } else { Channel::Out };
                 e.timestamp = timestamp;
                 e.tags = tags;

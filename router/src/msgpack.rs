@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::FrameError;
-use crate::envelope::{Channel, Envelope};
+use crate::envelope::{Channel, CompactString, Envelope};
 
 // ---- writing ---------------------------------------------------------------------------------
 //
@@ -114,7 +114,7 @@ pub fn encoded_len(env: &Envelope) -> usize {
     96 + env.source_id.len()
         + env.instance_id.len()
         + env.origin.len()
-        + env.step.as_ref().map_or(0, String::len)
+        + env.step.as_ref().map_or(0, |s| s.len())
         + tags
         + env.message.len()
 }
@@ -256,11 +256,18 @@ impl<'a> Reader<'a> {
         self.take(n as usize)
     }
 
-    fn string(&mut self, field: &str) -> Result<String, FrameError> {
+    fn str(&mut self, field: &str) -> Result<&'a str, FrameError> {
         let raw = self.raw(field)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| invalid(format!("field `{field}`: invalid UTF-8")))
+        std::str::from_utf8(raw).map_err(|_| invalid(format!("field `{field}`: invalid UTF-8")))
+    }
+
+    fn string(&mut self, field: &str) -> Result<String, FrameError> {
+        self.str(field).map(str::to_owned)
+    }
+
+    /// An id, origin, instance or step: no allocation up to 24 bytes.
+    fn text(&mut self, field: &str) -> Result<CompactString, FrameError> {
+        self.str(field).map(CompactString::from)
     }
 
     /// An integer of any width; `field` names it in the error.
@@ -340,9 +347,9 @@ impl<'a> Reader<'a> {
                     timestamp = i64::try_from(self.int("timestamp")?)
                         .map_err(|_| invalid("field `timestamp`: out of range"))?;
                 }
-                b"source_id" => source_id = Some(self.string("source_id")?),
-                b"instance_id" => instance_id = Some(self.string("instance_id")?),
-                b"origin" => origin = Some(self.string("origin")?),
+                b"source_id" => source_id = Some(self.text("source_id")?),
+                b"instance_id" => instance_id = Some(self.text("instance_id")?),
+                b"origin" => origin = Some(self.text("origin")?),
                 b"channel" => {
                     let raw = self.raw("channel")?;
                     channel = Channel::from_wire(raw).ok_or_else(|| {
@@ -357,7 +364,7 @@ impl<'a> Reader<'a> {
                         self.pos += 1;
                         None
                     } else {
-                        Some(self.string("step")?)
+                        Some(self.text("step")?)
                     }
                 }
                 b"tags" => {
@@ -391,8 +398,8 @@ impl<'a> Reader<'a> {
         Ok(Envelope {
             timestamp,
             source_id: source_id.unwrap_or_default(),
-            instance_id: instance_id.unwrap_or_else(|| "0".to_owned()),
-            origin: origin.unwrap_or_else(|| "APP".to_owned()),
+            instance_id: instance_id.unwrap_or_else(|| CompactString::const_new("0")),
+            origin: origin.unwrap_or_else(|| CompactString::const_new("APP")),
             channel,
             step,
             tags,
@@ -466,7 +473,7 @@ mod tests {
                 e.timestamp = ts;
                 e.seq = ts.unsigned_abs();
                 if len % 2 == 0 {
-                    e.step = Some("s".repeat(len.min(300)));
+                    e.step = Some("s".repeat(len.min(300)).into());
                     e.channel = Channel::Err;
                 }
                 for i in 0..(len % 20) {

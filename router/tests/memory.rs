@@ -27,8 +27,8 @@ fn envelope(i: usize, tagged: bool) -> Envelope {
         "spring-music".to_owned(),
         bytes::Bytes::copy_from_slice(text.as_bytes()),
     );
-    e.origin = "APP/PROC/WEB".to_owned();
-    e.instance_id = "3".to_owned();
+    e.origin = "APP/PROC/WEB".into();
+    e.instance_id = "3".into();
     if tagged {
         e.tags
             .insert("organization_name".to_owned(), "acme".to_owned());

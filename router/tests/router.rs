@@ -254,7 +254,7 @@ fn filters_by_instance_and_counts_an_instances_losses_exactly() {
     let batch: Vec<Envelope> = (0..20)
         .map(|i| {
             let mut e = line("a", "APP/PROC/WEB", Channel::Out, &format!("{i}"));
-            e.instance_id = (i % 3).to_string();
+            e.instance_id = (i % 3).to_string().into();
             e
         })
         .collect();
@@ -288,7 +288,7 @@ fn the_firehose_sees_sources_created_after_it() {
     let mut got: Vec<(String, u64)> = out
         .iter()
         .map(|d| match d {
-            Delivery::Log(e) => (e.source_id.clone(), e.seq),
+            Delivery::Log(e) => (e.source_id.to_string(), e.seq),
             Delivery::Missed(_) => panic!("no loss"),
         })
         .collect();

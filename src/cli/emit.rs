@@ -59,9 +59,9 @@ impl LineArgs {
     /// The envelope every line is a copy of (on OUT), checked as the server will check it.
     pub fn template(&self) -> anyhow::Result<Envelope> {
         let mut template = Envelope::new(self.source.clone(), Bytes::new());
-        template.origin = self.origin.clone();
-        template.instance_id = self.instance.clone();
-        template.step = self.step.clone();
+        template.origin = self.origin.clone().into();
+        template.instance_id = self.instance.clone().into();
+        template.step = self.step.as_deref().map(Into::into);
         template.tags = parse_tags(&self.tags)?;
         template.validate()?;
         if self.max_line_bytes == 0 {

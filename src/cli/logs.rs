@@ -492,7 +492,7 @@ async fn follow_all(
 /// source), and records the rest as shown.
 fn keep_unseen(printed: &mut HashMap<String, u64>, envs: &mut Vec<Envelope>) {
     envs.retain(|e| {
-        let seen = printed.entry(e.source_id.clone()).or_default();
+        let seen = printed.entry(e.source_id.to_string()).or_default();
         let new = e.seq > *seen;
         *seen = (*seen).max(e.seq);
         new

@@ -59,15 +59,15 @@ impl From<JsonEnvelope> for Envelope {
         let mut e = Envelope::new(j.source_id, j.message);
         e.timestamp = j.timestamp;
         if let Some(origin) = j.origin {
-            e.origin = origin;
+            e.origin = origin.into();
         }
         if let Some(instance) = j.instance_id {
-            e.instance_id = instance;
+            e.instance_id = instance.into();
         }
         if let Some(channel) = j.channel {
             e.channel = channel;
         }
-        e.step = j.step.filter(|s| !s.is_empty());
+        e.step = j.step.filter(|s| !s.is_empty()).map(Into::into);
         e.tags = j.tags;
         e
     }

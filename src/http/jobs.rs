@@ -196,7 +196,11 @@ async fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Resp
     let mut batch = Vec::with_capacity(req.lines.len());
     for (i, l) in req.lines.into_iter().enumerate() {
         let mut env = Envelope::new(id.clone(), l.line);
-        env.step = req.step_name.clone().filter(|s| !s.is_empty());
+        env.step = req
+            .step_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(Into::into);
         env.channel = match l.stream.as_deref() {
             None | Some("stdout") => Channel::Out,
             Some("stderr") => Channel::Err,

@@ -147,7 +147,7 @@ impl ProducerEvent {
             env.tags.insert("step".into(), step.clone());
         }
         if let Some(instance) = instance {
-            env.instance_id = instance.clone();
+            env.instance_id = instance.clone().into();
         }
         env.validate_fields()?;
         if env.tags.values().any(|v| v.len() > 256) {

@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn field_limits() {
         let mut e = env();
-        e.source_id = "a".repeat(300);
+        e.source_id = "a".repeat(300).into();
         e.tags.insert("organization_name".into(), "o".repeat(100));
         e.tags.insert("space_name".into(), "s".into());
         e.tags.insert("app_name".into(), "a".into());
@@ -322,15 +322,15 @@ mod tests {
 
         // PROCID: at most 128 bytes, the closing bracket kept; the instance is cut first.
         let mut e = env();
-        e.origin = "a".repeat(100);
-        e.instance_id = "i".repeat(40);
+        e.origin = "a".repeat(100).into();
+        e.instance_id = "i".repeat(40).into();
         let procid = field(&e, 4);
         assert_eq!(procid.len(), 128);
         assert_eq!(procid, format!("[{}/{}]", "A".repeat(89), "i".repeat(36)));
         e.instance_id = "7".into();
         assert_eq!(field(&e, 4), format!("[{}/7]", "A".repeat(100)));
-        e.instance_id = String::new();
-        e.origin = "x".repeat(200);
+        e.instance_id = String::new().into();
+        e.origin = "x".repeat(200).into();
         assert_eq!(field(&e, 4), format!("[{}]", "X".repeat(126)));
 
         // The payload's own line ends are kept; `\n` is added only when it does not end in one.

@@ -367,7 +367,7 @@ mod tests {
 
     fn step(i: usize) -> Envelope {
         let mut e = Envelope::new("hostile", format!("line {i}"));
-        e.step = Some(format!("s{i}"));
+        e.step = Some(format!("s{i}").into());
         e
     }
 

@@ -218,7 +218,7 @@ impl SyslogIngest {
                             let lost = n - published as u64;
                             if lost > 0 {
                                 self.metrics.syslog_udp_dropped.inc_by(lost);
-                                let d = dropped.entry(source).or_insert((0, now_ns()));
+                                let d = dropped.entry(source.to_string()).or_insert((0, now_ns()));
                                 d.0 += lost;
                             }
                         }

@@ -167,7 +167,7 @@ fn rfc3164<'a>(raw: &'a [u8], env: &mut Envelope) -> Result<&'a [u8], SyslogErro
 fn set_source(env: &mut Envelope, source: Option<&str>) -> Result<(), SyslogError> {
     let source = source.ok_or(SyslogError::NoSource)?;
     validate_source_id(source).map_err(|e| SyslogError::Invalid(e.to_string()))?;
-    env.source_id = source.to_owned();
+    env.source_id = source.into();
     Ok(())
 }
 
@@ -188,8 +188,8 @@ fn set_procid(env: &mut Envelope, procid: Option<&str>, bracketed: bool) {
             && instance.bytes().all(|b| (0x21..=0x7e).contains(&b))
     };
     let Some(procid) = procid.filter(|p| !p.is_empty() && *p != "-") else {
-        env.origin = SYSLOG_ORIGIN.to_owned();
-        env.instance_id = "0".to_owned();
+        env.origin = SYSLOG_ORIGIN.into();
+        env.instance_id = "0".into();
         return;
     };
     let inner = procid
@@ -209,17 +209,17 @@ fn set_procid(env: &mut Envelope, procid: Option<&str>, bracketed: bool) {
         }
         // (Found by the syslog_datagram fuzz target: the prefix once skipped this check.)
         if validate_origin(&origin).is_ok() && fits(instance) {
-            env.origin = origin;
-            env.instance_id = instance.to_owned();
+            env.origin = origin.into();
+            env.instance_id = instance.into();
             return;
         }
     } else if fits(procid) {
-        env.origin = SYSLOG_ORIGIN.to_owned();
-        env.instance_id = procid.to_owned();
+        env.origin = SYSLOG_ORIGIN.into();
+        env.instance_id = procid.into();
         return;
     }
-    env.origin = SYSLOG_ORIGIN.to_owned();
-    env.instance_id = "0".to_owned();
+    env.origin = SYSLOG_ORIGIN.into();
+    env.instance_id = "0".into();
     env.tags.insert(PROCID_TAG.to_owned(), procid.to_owned());
 }
 
@@ -372,7 +372,11 @@ mod tests {
     fn procids_map_as_documented() {
         let ids = |raw: &[u8]| {
             let e = one(raw);
-            (e.origin, e.instance_id, e.tags.get(PROCID_TAG).cloned())
+            (
+                e.origin.to_string(),
+                e.instance_id.to_string(),
+                e.tags.get(PROCID_TAG).cloned(),
+            )
         };
         let kept = |o: &str, i: &str| (o.to_owned(), i.to_owned(), None);
         assert_eq!(ids(b"<14>1 - h app [web/3] - - x"), kept("web", "3"));

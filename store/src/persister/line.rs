@@ -159,15 +159,15 @@ impl Line {
         } else {
             Channel::Out
         };
-        env.step = self.step.clone();
+        env.step = self.step.as_deref().map(Into::into);
         if let Some(origin) = &self.origin {
             // Written as `origin/instance`; an origin may hold `/` itself, an instance not.
             match origin.rsplit_once('/') {
                 Some((o, i)) => {
-                    env.origin = o.to_owned();
-                    env.instance_id = i.to_owned();
+                    env.origin = o.into();
+                    env.instance_id = i.into();
                 }
-                None => env.origin = origin.clone(),
+                None => env.origin = origin.as_str().into(),
             }
         }
         env.seq = self.seq.unwrap_or(0);
