@@ -130,6 +130,19 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits for `done` to hold, looking every 10 ms for at most 20 s; fails the test naming `what`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 struct Running {
     router: Router,
     handle: sluice_store::persister::PersisterHandle,
@@ -181,7 +194,11 @@ async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_
     // before the next: none is written yet (each would have been opened and closed per round).
     for round in 0..3 {
         publish_round(&p.router, 500, round);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = 500 * (round as u64 + 1);
+        until("the persister reads the round", || {
+            counter(&p.handle.counters.read) >= read
+        })
+        .await;
     }
     assert!(
         (0..500).all(|s| lines_of(s).is_empty()),
@@ -240,17 +257,11 @@ async fn a_busy_source_is_written_once_it_has_gathered_enough_without_waiting_th
                 .collect(),
         )
         .unwrap();
-    let lines = || {
-        p.handle
-            .counters
-            .lines
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while lines() < 1000 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(lines(), 1000, "written without waiting out the hour");
+    until(
+        "the busy source written without waiting out the hour",
+        || counter(&p.handle.counters.lines) == 1000,
+    )
+    .await;
     p.stop.cancel();
     p.task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -101,6 +101,8 @@ pub struct PersisterCounters {
     pub rotations: AtomicU64,
     /// Lines in files that rotation deleted (`max_files`, `keep_segments`).
     pub deleted_lines: AtomicU64,
+    /// Envelopes taken from the cursor (written, gathered or waiting for a retry).
+    pub read: AtomicU64,
     /// Files held open now (updated after each batch).
     pub open_files: AtomicU64,
     /// Bytes of lines waiting in the persister's buffers now, most of them gathered by closed
@@ -397,6 +399,9 @@ impl Persister {
         // Consecutive lines of one source are appended as a run: one file lookup, one
         // bookkeeping update, no allocation per line.
         let mut run: Vec<Arc<Envelope>> = Vec::new();
+        self.counters
+            .read
+            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
         for d in deliveries.drain(..) {
             match d {
                 Delivery::Log(env) => {
