@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_router::{Channel, Envelope};
+use sluice_router::{Channel, Fields};
 
 /// Width the `[ORIGIN/INSTANCE]` tag is padded to, as `cf logs` prints it.
 const ORIGIN_TAG_WIDTH: usize = 12;
@@ -18,24 +18,24 @@ const ORIGIN_TAG_WIDTH: usize = 12;
 /// offset; the origin tag padded to a fixed width; the channel; the message with its trailing
 /// newline removed, invalid UTF-8 replaced and control characters escaped (see
 /// [`escape_controls`]): this line goes to terminals.
-pub fn cf_line<Tz: TimeZone>(env: &Envelope, tz: &Tz) -> String
+pub fn cf_line<Tz: TimeZone>(env: &(impl Fields + ?Sized), tz: &Tz) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
-    let utc = Utc.timestamp_nanos(env.timestamp);
+    let utc = Utc.timestamp_nanos(env.timestamp());
     let local = utc.with_timezone(tz);
-    let hundredths = env.timestamp.rem_euclid(1_000_000_000) / 10_000_000;
-    let mut out = String::with_capacity(64 + env.message.len());
+    let hundredths = env.timestamp().rem_euclid(1_000_000_000) / 10_000_000;
+    let mut out = String::with_capacity(64 + env.message().len());
     let _ = write!(
         out,
         "{}.{hundredths:02}{} {:<width$} {} ",
         local.format("%Y-%m-%dT%H:%M:%S"),
         local.format("%z"),
         env.origin_tag(),
-        env.channel,
+        env.channel(),
         width = ORIGIN_TAG_WIDTH,
     );
-    escape_controls(&message_text(&env.message), &mut out);
+    escape_controls(&message_text(env.message()), &mut out);
     out
 }
 
@@ -87,23 +87,23 @@ pub struct JsonEnvelope<'a> {
 }
 
 impl<'a> JsonEnvelope<'a> {
-    pub fn new(env: &'a Envelope) -> Self {
+    pub fn new(env: &'a (impl Fields + ?Sized)) -> Self {
         JsonEnvelope {
-            timestamp: env.timestamp,
-            source_id: Cow::Borrowed(&env.source_id),
-            instance_id: Cow::Borrowed(&env.instance_id),
-            origin: Cow::Borrowed(&env.origin),
-            channel: env.channel,
-            step: env.step.as_deref().map(Cow::Borrowed),
-            tags: Cow::Borrowed(&env.tags),
-            message: String::from_utf8_lossy(&env.message),
-            seq: env.seq,
+            timestamp: env.timestamp(),
+            source_id: Cow::Borrowed(env.source_id()),
+            instance_id: Cow::Borrowed(env.instance_id()),
+            origin: Cow::Borrowed(env.origin()),
+            channel: env.channel(),
+            step: env.step().map(Cow::Borrowed),
+            tags: Cow::Borrowed(env.tags()),
+            message: String::from_utf8_lossy(env.message()),
+            seq: env.seq(),
         }
     }
 }
 
 /// One envelope as a JSON object on one line.
-pub fn json_line(env: &Envelope) -> String {
+pub fn json_line(env: &(impl Fields + ?Sized)) -> String {
     // Serialising strings, numbers and a string map cannot fail.
     serde_json::to_string(&JsonEnvelope::new(env)).unwrap_or_default()
 }
@@ -112,6 +112,7 @@ pub fn json_line(env: &Envelope) -> String {
 mod tests {
     use super::*;
     use chrono::FixedOffset;
+    use sluice_router::Envelope;
 
     fn env(origin: &str, instance: &str, channel: Channel, ts: i64, msg: &[u8]) -> Envelope {
         let mut e = Envelope::new("spring-music", msg.to_vec());

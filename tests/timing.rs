@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::in_process::TestServer;
 use sluice::bindings::DrainRequest;
-use sluice_router::{Delivery, Filter, Selector, Start};
+use sluice_router::{Delivery, Fields, Filter, Selector, Start};
 
 /// A port nothing listens on: connecting is refused at once.
 fn dead_port() -> u16 {
@@ -45,7 +45,7 @@ async fn a_dead_drain_backs_off_to_its_cap_and_says_so_once_per_interval() {
     while notices.poll_into(&mut batch, 1024) > 0 {
         for d in batch.drain(..) {
             if let Delivery::Log(env) = d {
-                got.push(String::from_utf8_lossy(&env.message).into_owned());
+                got.push(String::from_utf8_lossy(env.message()).into_owned());
             }
         }
     }

@@ -15,6 +15,7 @@ use std::io::Cursor;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::entry::Fields;
 use crate::envelope::Envelope;
 use crate::msgpack;
 
@@ -155,6 +156,25 @@ pub fn decode_payload(payload: &[u8]) -> Result<Payload, FrameError> {
     match first {
         0x80..=0x8f | 0xde | 0xdf => Ok(Payload::Envelopes(vec![msgpack::read_envelope(payload)?])),
         0x90..=0x9f | 0xdc | 0xdd => Ok(Payload::Envelopes(msgpack::read_batch(payload)?)),
+        _ => decode_other(payload),
+    }
+}
+
+/// [`decode_payload`], the envelopes' messages slices of `payload` rather than copies: for
+/// ingest, where the router copies each message once more into its ring entry anyway.
+pub fn decode_payload_shared(payload: &Bytes) -> Result<Payload, FrameError> {
+    let first = *payload.first().ok_or(FrameError::Empty)?;
+    match first {
+        0x80..=0x8f | 0xde | 0xdf => Ok(Payload::Envelopes(vec![msgpack::read_envelope_shared(
+            payload,
+        )?])),
+        0x90..=0x9f | 0xdc | 0xdd => Ok(Payload::Envelopes(msgpack::read_batch_shared(payload)?)),
+        _ => decode_other(payload),
+    }
+}
+
+fn decode_other(payload: &[u8]) -> Result<Payload, FrameError> {
+    match payload[0] {
         0xa0..=0xbf | 0xd9..=0xdb => Ok(Payload::Control(decode_exact(payload)?)),
         other => Err(FrameError::UnknownKind(other)),
     }
@@ -172,12 +192,12 @@ pub fn decode_exact<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Fra
 }
 
 /// Appends one envelope as a MessagePack map with the SPEC §1 field names.
-pub fn encode_envelope(env: &Envelope, out: &mut BytesMut) {
+pub fn encode_envelope(env: &(impl Fields + ?Sized), out: &mut BytesMut) {
     msgpack::write_envelope(env, out);
 }
 
 /// Appends a batch (a MessagePack array of envelope maps).
-pub fn encode_batch<E: AsRef<Envelope>>(envs: &[E], out: &mut BytesMut) {
+pub fn encode_batch<E: Fields>(envs: &[E], out: &mut BytesMut) {
     msgpack::write_batch(envs, out);
 }
 
@@ -210,14 +230,8 @@ impl Reply {
     }
 }
 
-impl AsRef<Envelope> for Envelope {
-    fn as_ref(&self) -> &Envelope {
-        self
-    }
-}
-
 /// Convenience for tests and tools: a whole frame holding `envs` as one batch.
-pub fn batch_frame<E: AsRef<Envelope>>(envs: &[E]) -> Bytes {
+pub fn batch_frame<E: Fields>(envs: &[E]) -> Bytes {
     let mut out = BytesMut::new();
     encode_frame_with(&mut out, |b| encode_batch(envs, b));
     out.freeze()

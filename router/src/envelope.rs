@@ -164,55 +164,6 @@ impl Envelope {
         }
         Ok(())
     }
-
-    /// What holding this envelope in a ring costs in memory, as the allocator hands it out: the
-    /// `Arc`'d struct, each id's (when longer than 24 bytes) and the message's allocation, the
-    /// tag map's nodes (one
-    /// 544-byte node per 11 tags, which the allocator rounds to 640) and the ring slot that
-    /// points at it. Used for the rings' byte limits and the memory budget; measured against a
-    /// counting allocator in `tests/memory.rs`.
-    pub fn size_bytes(&self) -> usize {
-        // The ring's slot: the `Arc` pointer, a key index and this size.
-        const SLOT: usize = 16;
-        const ARC: usize = 16 + std::mem::size_of::<Envelope>();
-        const LEAF: usize = 16 + 22 * std::mem::size_of::<String>();
-        const INTERNAL: usize = LEAF + 12 * std::mem::size_of::<usize>();
-        let string = |s: &str| alloc_size(s.len());
-        // Up to 24 bytes live inside the envelope: nothing of their own.
-        let text = |s: &CompactString| {
-            if s.is_heap_allocated() {
-                alloc_size(s.capacity())
-            } else {
-                0
-            }
-        };
-        let tags = match self.tags.len() {
-            0 => 0,
-            n => {
-                let leaves = n.div_ceil(11);
-                let internal = if leaves > 1 { leaves.div_ceil(6) } else { 0 };
-                leaves * alloc_size(LEAF)
-                    + internal * alloc_size(INTERNAL)
-                    + self
-                        .tags
-                        .iter()
-                        .map(|(k, v)| string(k) + string(v))
-                        .sum::<usize>()
-            }
-        };
-        SLOT + alloc_size(ARC)
-            + text(&self.source_id)
-            + text(&self.instance_id)
-            + text(&self.origin)
-            + self.step.as_ref().map_or(0, text)
-            + tags
-            + alloc_size(self.message.len())
-    }
-
-    /// `[ORIGIN/INSTANCE]`, as `cf logs` and the syslog PROCID show it.
-    pub fn origin_tag(&self) -> String {
-        format!("[{}/{}]", self.origin, self.instance_id)
-    }
 }
 
 /// The block an allocator hands out for `n` bytes: mimalloc's size classes (8-byte steps to

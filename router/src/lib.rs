@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`envelope`]: the envelope of SPEC §1, field validation, timestamps.
+//! - [`entry`]: the envelope as a ring holds it and readers get it: one allocation, shared ids.
 //! - [`codec`]: `u32 length | MessagePack` frames, envelopes, batches, control words, replies.
 //! - [`msgpack`]: the envelope's MessagePack form, written and read by hand for speed.
 //! - [`router`]: sources, rings, cursors, filters, start positions and exact loss notices.
@@ -23,12 +24,14 @@
 pub mod backoff;
 pub mod codec;
 pub mod durable;
+pub mod entry;
 pub mod envelope;
 pub mod msgpack;
 pub mod router;
 
 pub use backoff::Backoff;
 pub use durable::{Durability, DurableError};
+pub use entry::{Entry, Fields, Meta};
 pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
 pub use router::{
     Cursor, Delivery, Filter, History, MissedNotice, Router, RouterConfig, Selector, Start,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::FrameError;
+use crate::entry::Fields;
 use crate::envelope::{Channel, CompactString, Envelope};
 
 // ---- writing ---------------------------------------------------------------------------------
@@ -109,57 +110,59 @@ fn put_len(out: &mut BytesMut, n: usize, fix: u8, m16: u8, m32: u8) {
 }
 
 /// Bytes [`write_envelope`] will need for `env`, give or take a few.
-pub fn encoded_len(env: &Envelope) -> usize {
-    let tags: usize = env.tags.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-    96 + env.source_id.len()
-        + env.instance_id.len()
-        + env.origin.len()
-        + env.step.as_ref().map_or(0, |s| s.len())
+pub fn encoded_len(env: &(impl Fields + ?Sized)) -> usize {
+    let tags: usize = env.tags().iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    96 + env.source_id().len()
+        + env.instance_id().len()
+        + env.origin().len()
+        + env.step().map_or(0, str::len)
         + tags
-        + env.message.len()
+        + env.message().len()
 }
 
 /// Appends `env` as a map with the SPEC §1 field names (`step` left out when it has none).
-pub fn write_envelope(env: &Envelope, out: &mut BytesMut) {
+pub fn write_envelope(env: &(impl Fields + ?Sized), out: &mut BytesMut) {
     out.reserve(encoded_len(env));
     write_fields(env, out);
 }
 
 /// [`write_envelope`] into room already reserved.
-fn write_fields(env: &Envelope, out: &mut BytesMut) {
-    out.extend_from_slice(&[if env.step.is_some() { 0x89 } else { 0x88 }]);
+fn write_fields(env: &(impl Fields + ?Sized), out: &mut BytesMut) {
+    let step = env.step();
+    out.extend_from_slice(&[if step.is_some() { 0x89 } else { 0x88 }]);
     out.extend_from_slice(b"\xa9timestamp");
-    put_int(out, env.timestamp);
+    put_int(out, env.timestamp());
     out.extend_from_slice(b"\xa9source_id");
-    put_str(out, env.source_id.as_bytes());
+    put_str(out, env.source_id().as_bytes());
     out.extend_from_slice(b"\xabinstance_id");
-    put_str(out, env.instance_id.as_bytes());
+    put_str(out, env.instance_id().as_bytes());
     out.extend_from_slice(b"\xa6origin");
-    put_str(out, env.origin.as_bytes());
+    put_str(out, env.origin().as_bytes());
     out.extend_from_slice(b"\xa7channel");
-    put_str(out, env.channel.as_str().as_bytes());
-    if let Some(step) = &env.step {
+    put_str(out, env.channel().as_str().as_bytes());
+    if let Some(step) = step {
         out.extend_from_slice(b"\xa4step");
         put_str(out, step.as_bytes());
     }
+    let tags = env.tags();
     out.extend_from_slice(b"\xa4tags");
-    put_len(out, env.tags.len(), 0x80, 0xde, 0xdf);
-    for (k, v) in &env.tags {
+    put_len(out, tags.len(), 0x80, 0xde, 0xdf);
+    for (k, v) in tags {
         put_str(out, k.as_bytes());
         put_str(out, v.as_bytes());
     }
     out.extend_from_slice(b"\xa7message");
-    put_bin(out, &env.message);
+    put_bin(out, env.message());
     out.extend_from_slice(b"\xa3seq");
-    put_uint(out, env.seq);
+    put_uint(out, env.seq());
 }
 
 /// Appends an array of envelopes.
-pub fn write_batch<E: AsRef<Envelope>>(envs: &[E], out: &mut BytesMut) {
-    out.reserve(envs.iter().map(|e| encoded_len(e.as_ref())).sum::<usize>() + 5);
+pub fn write_batch<E: Fields>(envs: &[E], out: &mut BytesMut) {
+    out.reserve(envs.iter().map(encoded_len).sum::<usize>() + 5);
     put_len(out, envs.len(), 0x90, 0xdc, 0xdd);
     for e in envs {
-        write_fields(e.as_ref(), out);
+        write_fields(e, out);
     }
 }
 
@@ -180,11 +183,26 @@ fn invalid(msg: impl Into<String>) -> FrameError {
 pub struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
+    /// The buffer `b` is, when messages may share it instead of copying out of it.
+    owner: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(b: &'a [u8]) -> Reader<'a> {
-        Reader { b, pos: 0 }
+        Reader {
+            b,
+            pos: 0,
+            owner: None,
+        }
+    }
+
+    /// A reader whose envelopes' messages are slices of `b` (no copy, no allocation each).
+    pub fn shared(b: &'a Bytes) -> Reader<'a> {
+        Reader {
+            b,
+            pos: 0,
+            owner: Some(b),
+        }
     }
 
     /// Bytes read so far.
@@ -387,7 +405,13 @@ impl<'a> Reader<'a> {
                         }
                     }
                 }
-                b"message" => message = Bytes::copy_from_slice(self.raw("message")?),
+                b"message" => {
+                    let raw = self.raw("message")?;
+                    message = match self.owner {
+                        Some(owner) => owner.slice_ref(raw),
+                        None => Bytes::copy_from_slice(raw),
+                    };
+                }
                 b"seq" => {
                     seq = u64::try_from(self.int("seq")?)
                         .map_err(|_| invalid("field `seq`: out of range"))?;
@@ -419,7 +443,23 @@ pub fn read_envelope(bytes: &[u8]) -> Result<Envelope, FrameError> {
 
 /// Reads an array of envelope maps that fills `bytes` exactly.
 pub fn read_batch(bytes: &[u8]) -> Result<Vec<Envelope>, FrameError> {
-    let mut r = Reader::new(bytes);
+    batch(Reader::new(bytes), bytes)
+}
+
+/// [`read_envelope`], the message a slice of `bytes`.
+pub fn read_envelope_shared(bytes: &Bytes) -> Result<Envelope, FrameError> {
+    let mut r = Reader::shared(bytes);
+    let env = r.envelope()?;
+    trailing(&r, bytes)?;
+    Ok(env)
+}
+
+/// [`read_batch`], each message a slice of `bytes`: no copy and no allocation per envelope.
+pub fn read_batch_shared(bytes: &Bytes) -> Result<Vec<Envelope>, FrameError> {
+    batch(Reader::shared(bytes), bytes)
+}
+
+fn batch(mut r: Reader<'_>, bytes: &[u8]) -> Result<Vec<Envelope>, FrameError> {
     let n = r.array_len()?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

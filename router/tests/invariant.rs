@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use sluice_router::{Channel, Delivery, Envelope, Filter, Router, RouterConfig, Selector, Start};
+use sluice_router::{
+    Channel, Delivery, Envelope, Fields, Filter, Router, RouterConfig, Selector, Start,
+};
 
 const SOURCES: [&str; 3] = ["a", "b", "cf/doppler"];
 /// (origin, channel, step, instance) of the envelopes published.
@@ -268,13 +270,13 @@ fn check(cap: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         for d in &t.got {
             match d {
                 Delivery::Log(e) => {
-                    let s = source_index(&e.source_id);
+                    let s = source_index(e.source_id());
                     prop_assert!(
                         t.filter.matches(e),
                         "cursor {i} got a line its filter refuses"
                     );
-                    let prev = last.insert(s, e.seq).unwrap_or(0);
-                    prop_assert!(e.seq > prev, "cursor {i}: seq {} after {}", e.seq, prev);
+                    let prev = last.insert(s, e.seq()).unwrap_or(0);
+                    prop_assert!(e.seq() > prev, "cursor {i}: seq {} after {}", e.seq(), prev);
                     delivered += 1;
                 }
                 Delivery::Missed(n) => {

@@ -1,6 +1,8 @@
 //! Behaviour of the router as a reader sees it: starts, filters, losses, the firehose.
 
-use sluice_router::{Channel, Delivery, Envelope, Filter, Router, RouterConfig, Selector, Start};
+use sluice_router::{
+    Channel, Delivery, Envelope, Fields, Filter, Router, RouterConfig, Selector, Start,
+};
 
 fn router(entries: usize) -> Router {
     Router::new(RouterConfig {
@@ -32,7 +34,7 @@ fn drain(c: &mut sluice_router::Cursor) -> Vec<Delivery> {
 fn seqs(d: &[Delivery]) -> Vec<u64> {
     d.iter()
         .filter_map(|d| match d {
-            Delivery::Log(e) => Some(e.seq),
+            Delivery::Log(e) => Some(e.seq()),
             Delivery::Missed(_) => None,
         })
         .collect()
@@ -46,12 +48,12 @@ fn seqs_start_at_one_per_source_and_have_no_gaps() {
     publish(&r, "a", 2);
     let got = r.recent("a", 100, &Filter::default()).unwrap();
     assert_eq!(
-        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        got.iter().map(|e| e.seq()).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5]
     );
-    assert!(got.iter().all(|e| e.timestamp > 0), "stamped on receipt");
+    assert!(got.iter().all(|e| e.timestamp() > 0), "stamped on receipt");
     let b = r.recent("b", 100, &Filter::default()).unwrap();
-    assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(b.iter().map(|e| e.seq()).collect::<Vec<_>>(), [1, 2]);
     assert!(r.recent("nobody", 10, &Filter::default()).is_none());
 }
 
@@ -158,7 +160,7 @@ fn an_overtaken_cursor_is_told_exactly_what_it_missed() {
     assert_eq!(seqs(&rest[1..]), (25..=34).collect::<Vec<_>>());
     assert_eq!(slow.delivered() + slow.missed(), 34);
 
-    let env = rest[0].clone().into_envelope("tail");
+    let env = rest[0].clone().into_entry("tail").to_envelope();
     assert_eq!(env.origin, "LGR");
     assert_eq!(env.channel, Channel::Err);
     assert_eq!(env.tags["missed"], "22");
@@ -213,7 +215,7 @@ fn filters_by_origin_prefix_channel_and_step() {
         r.recent("a", 100, &f)
             .unwrap()
             .iter()
-            .map(|e| String::from_utf8_lossy(&e.message).into_owned())
+            .map(|e| String::from_utf8_lossy(e.message()).into_owned())
             .collect::<Vec<_>>()
     };
     let app = Filter {
@@ -270,7 +272,7 @@ fn filters_by_instance_and_counts_an_instances_losses_exactly() {
         .recent("a", 100, &web)
         .unwrap()
         .iter()
-        .map(|e| String::from_utf8_lossy(&e.message).into_owned())
+        .map(|e| String::from_utf8_lossy(e.message()).into_owned())
         .collect();
     assert_eq!(recent, ["16", "19"]);
 }
@@ -288,7 +290,7 @@ fn the_firehose_sees_sources_created_after_it() {
     let mut got: Vec<(String, u64)> = out
         .iter()
         .map(|d| match d {
-            Delivery::Log(e) => (e.source_id.to_string(), e.seq),
+            Delivery::Log(e) => (e.source_id().to_string(), e.seq()),
             Delivery::Missed(_) => panic!("no loss"),
         })
         .collect();
@@ -359,7 +361,7 @@ fn rings_are_bounded_by_bytes_and_by_the_global_budget() {
     );
     // The newest source keeps its newest lines.
     let newest = r.recent("s19", 1, &Filter::default()).unwrap();
-    assert_eq!(newest[0].seq, 100);
+    assert_eq!(newest[0].seq(), 100);
 }
 
 #[tokio::test]
@@ -435,7 +437,7 @@ async fn writers_wait_for_the_held_cursor_and_everyone_else_is_still_overwritten
     let a: Vec<u64> = got
         .iter()
         .filter_map(|d| match d {
-            Delivery::Log(e) if &*e.source_id == "a" => Some(e.seq),
+            Delivery::Log(e) if e.source_id() == "a" => Some(e.seq()),
             _ => None,
         })
         .collect();

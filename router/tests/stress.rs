@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-use sluice_router::{Delivery, Envelope, Filter, Router, RouterConfig, Selector, Start};
+use sluice_router::{Delivery, Envelope, Fields, Filter, Router, RouterConfig, Selector, Start};
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: u64 = 1_000_000;
@@ -70,9 +70,9 @@ fn four_producers_one_reader_keeping_up_and_a_hundred_stalled() {
         for d in &out {
             match d {
                 Delivery::Log(e) => {
-                    assert!(e.seq > last_seq);
-                    last_seq = e.seq;
-                    let text = std::str::from_utf8(&e.message).unwrap();
+                    assert!(e.seq() > last_seq);
+                    last_seq = e.seq();
+                    let text = std::str::from_utf8(e.message()).unwrap();
                     let (p, i) = text.split_once(' ').unwrap();
                     let (p, i): (usize, u64) = (p.parse().unwrap(), i.parse().unwrap());
                     // Each producer's lines keep their order; losses only skip ahead.

@@ -267,7 +267,7 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
             batch
                 .drain(..)
                 .map(|d| {
-                    let env = d.into_envelope("stream");
+                    let env = d.into_entry("stream");
                     Message::text(Line::from_envelope(&env).to_json())
                 })
                 .collect()

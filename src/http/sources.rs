@@ -158,7 +158,7 @@ async fn recent(
                 .into_response(),
         )
     } else {
-        let json: Vec<JsonEnvelope<'_>> = envs.iter().map(|e| JsonEnvelope::new(e)).collect();
+        let json: Vec<JsonEnvelope<'_>> = envs.iter().map(JsonEnvelope::new).collect();
         Ok(warp::reply::json(&json).into_response())
     }
 }

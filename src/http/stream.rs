@@ -299,10 +299,10 @@ fn render(batch: &mut Vec<Delivery>, format: Format) -> Vec<Message> {
     match format {
         Format::Json => batch
             .drain(..)
-            .map(|d| Message::text(json_line(&d.into_envelope("tail"))))
+            .map(|d| Message::text(json_line(&d.into_entry("tail"))))
             .collect(),
         Format::MsgPack => {
-            let envs: Vec<_> = batch.drain(..).map(|d| d.into_envelope("tail")).collect();
+            let envs: Vec<_> = batch.drain(..).map(|d| d.into_entry("tail")).collect();
             let mut buf = BytesMut::new();
             encode_batch(&envs, &mut buf);
             vec![Message::binary(buf.freeze())]

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesOrdered;
@@ -385,11 +385,11 @@ impl NativeIngest {
     /// are handed back to publish.
     fn frame(
         &self,
-        frame: &[u8],
+        frame: &Bytes,
         ack: &mut Ack,
         caller: &mut Caller,
     ) -> Result<Handled, ConnError> {
-        let payload = match codec::decode_payload(frame) {
+        let payload = match codec::decode_payload_shared(frame) {
             Ok(p) => p,
             // A field of the wrong type or value: that frame is refused, the stream is intact.
             Err(e) if e.is_recoverable() => {

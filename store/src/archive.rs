@@ -830,7 +830,7 @@ mod tests {
             batch
                 .iter()
                 .all(|d| matches!(d, sluice_router::Delivery::Log(e)
-                if e.message == expected.as_bytes())),
+                if sluice_router::Fields::message(e) == expected.as_bytes())),
             "{batch:?}"
         );
         // Delays double from 0.5 s to the 30 s cap, each drawn from [d/2, d]: at the cap one try

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sluice_router::envelope::now_ns;
-use sluice_router::{Filter, Router};
+use sluice_router::{Fields, Filter, Router};
 
 use crate::archive::{Archive, Record};
 use crate::persister::{CompletionError, PersisterHandle, file_path, legacy_path, rotated_path};
@@ -69,7 +69,7 @@ pub async fn complete(
     let tags = router
         .recent(id, 1, &Filter::default())
         .and_then(|mut r| r.pop())
-        .map(|e| e.tags.clone())
+        .map(|e| e.tags().clone())
         .unwrap_or_default();
     // What storage has of the job, and where its archive goes: a few stats and reads of small
     // files, off the async runtime.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_router::{
-    Cursor, Delivery, Durability, Envelope, EnvelopeError, Filter, History, MissedNotice, Router,
-    Selector, Start,
+    Cursor, Delivery, Durability, Entry, EnvelopeError, Fields, Filter, History, MissedNotice,
+    Router, Selector, Start,
 };
 
 /// A job's whole log as Strøm's `{"logs": "<jsonl>"}`, streamed in chunks of about 64 KiB:
@@ -287,7 +287,7 @@ impl Stored {
         id: &str,
         limit: usize,
         filter: Filter,
-    ) -> std::io::Result<Option<Vec<Arc<Envelope>>>> {
+    ) -> std::io::Result<Option<Vec<Entry>>> {
         let stats = router.source_stats(id);
         if let Some(s) = &stats
             && let Some(oldest) = s.oldest_seq
@@ -316,8 +316,10 @@ impl Stored {
             let older = self
                 .last_lines_in(tiers, ring_first, limit - envs.len(), keep)
                 .await?;
-            let mut older: Vec<Arc<Envelope>> =
-                older.iter().map(|l| Arc::new(l.to_envelope(id))).collect();
+            let mut older: Vec<Entry> = older
+                .iter()
+                .map(|l| Entry::from_envelope(&l.to_envelope(id)))
+                .collect();
             older.append(&mut envs);
             envs = older;
         }
@@ -561,7 +563,7 @@ impl Stored {
             for chunk in lines.chunks(PRELUDE_BATCH) {
                 let batch = chunk
                     .iter()
-                    .map(|l| Delivery::Log(Arc::new(l.to_envelope(&id))))
+                    .map(|l| Delivery::Log(Entry::from_envelope(&l.to_envelope(&id))))
                     .collect();
                 if tx.send(batch).await.is_err() {
                     return;
@@ -630,7 +632,7 @@ impl Stored {
                     expected = expected.max(env.seq + 1);
                     last_ts = env.timestamp;
                     if filter.matches(&env) {
-                        out.push(Delivery::Log(Arc::new(env)));
+                        out.push(Delivery::Log(Entry::from_envelope(&env)));
                     }
                 }
                 if !out.is_empty() && tx.send(out).await.is_err() {
@@ -675,7 +677,7 @@ pub fn open_many(
         .filter_map(|(id, from)| {
             let in_ring = router
                 .recent(&id, n, &filter)
-                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
+                .map_or(0, |r| r.iter().filter(|e| e.seq() >= from).count());
             (in_ring < n).then_some((id, from, n - in_ring))
         })
         .collect();
@@ -718,7 +720,7 @@ pub fn open_source(
             let from = cursor.positions().first().map_or(1, |p| p.1);
             let in_ring = router
                 .recent(&id, n, &filter)
-                .map_or(0, |r| r.iter().filter(|e| e.seq >= from).count());
+                .map_or(0, |r| r.iter().filter(|e| e.seq() >= from).count());
             if in_ring >= n || from <= 1 {
                 return Ok((cursor, None));
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_router::{Backoff, Cursor, Delivery, Envelope, Router};
+use sluice_router::{Backoff, Cursor, Delivery, Envelope, Fields, Router};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -368,7 +368,7 @@ impl SyslogDrain {
 }
 
 fn push_message(
-    env: &Envelope,
+    env: &(impl Fields + ?Sized),
     url: &DrainUrl,
     stream: bool,
     outbox: &mut Outbox,

@@ -19,7 +19,7 @@
 use std::io::Write;
 
 use sluice_router::envelope::{UtcTime, canonical_origin};
-use sluice_router::{Channel, Envelope};
+use sluice_router::{Channel, Fields};
 
 /// The private enterprise number Loggregator uses for its tags element.
 pub const SD_ID: &str = "tags@47450";
@@ -39,25 +39,25 @@ pub struct FormatOptions {
 }
 
 /// Appends one RFC 5424 message (with its trailing newline) for `env` to `out`.
-pub fn format_rfc5424(env: &Envelope, opts: FormatOptions, out: &mut Vec<u8>) {
-    let pri = match env.channel {
+pub fn format_rfc5424(env: &(impl Fields + ?Sized), opts: FormatOptions, out: &mut Vec<u8>) {
+    let pri = match env.channel() {
         Channel::Out => 14,
         Channel::Err => 11,
     };
     // Writing into a Vec cannot fail.
     let _ = write!(out, "<{pri}>1 ");
-    timestamp(env.timestamp, out);
+    timestamp(env.timestamp(), out);
     out.push(b' ');
     hostname(env, out);
     out.push(b' ');
-    push_printable(out, env.source_id.as_bytes(), MAX_APP_NAME);
+    push_printable(out, env.source_id().as_bytes(), MAX_APP_NAME);
     out.push(b' ');
     procid(env, out);
     out.extend_from_slice(b" - ");
     structured_data(env, opts, out);
     out.push(b' ');
     // The payload as it is, NULs removed; a newline added only if it does not end in one.
-    out.extend(env.message.iter().copied().filter(|&b| b != 0));
+    out.extend(env.message().iter().copied().filter(|&b| b != 0));
     if out.last() != Some(&b'\n') {
         out.push(b'\n');
     }
@@ -79,7 +79,7 @@ fn timestamp(ns: i64, out: &mut Vec<u8>) {
 /// `[ORIGIN/INSTANCE]` as Loggregator writes it, at most 128 bytes with its brackets: the origin
 /// in its canonical form ([`canonical_origin`]: `MY TASK` → `MY-TASK`); when both do not fit,
 /// the instance is cut to 36 bytes first, then the origin.
-fn procid(env: &Envelope, out: &mut Vec<u8>) {
+fn procid(env: &(impl Fields + ?Sized), out: &mut Vec<u8>) {
     const MAX_INSTANCE: usize = 36;
     // Header fields are PRINTUSASCII: other bytes are left out (counted without allocating).
     fn printable(s: &str) -> impl Iterator<Item = u8> + '_ {
@@ -87,9 +87,9 @@ fn procid(env: &Envelope, out: &mut Vec<u8>) {
     }
     out.push(b'[');
     let origin_at = out.len();
-    canonical_origin(&env.origin, out);
+    canonical_origin(env.origin(), out);
     let mut origin = out.len() - origin_at;
-    let mut instance = printable(&env.instance_id).count();
+    let mut instance = printable(env.instance_id()).count();
     if instance == 0 {
         origin = origin.min(MAX_PROCID - 2);
     } else {
@@ -104,14 +104,14 @@ fn procid(env: &Envelope, out: &mut Vec<u8>) {
     out.truncate(origin_at + origin);
     if instance > 0 {
         out.push(b'/');
-        out.extend(printable(&env.instance_id).take(instance));
+        out.extend(printable(env.instance_id()).take(instance));
     }
     out.push(b']');
 }
 
 /// Appends `LEN SP MSG` (RFC 6587 octet counting) for `env` to `out`.
 pub fn format_octet_counted(
-    env: &Envelope,
+    env: &(impl Fields + ?Sized),
     opts: FormatOptions,
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
@@ -124,10 +124,10 @@ pub fn format_octet_counted(
 
 /// `org.space.app` from the tags when any of the three is present (a missing one is empty), each
 /// part sanitized as Loggregator does; else the source id.
-fn hostname(env: &Envelope, out: &mut Vec<u8>) {
-    let parts = ["organization_name", "space_name", "app_name"].map(|k| env.tags.get(k));
+fn hostname(env: &(impl Fields + ?Sized), out: &mut Vec<u8>) {
+    let parts = ["organization_name", "space_name", "app_name"].map(|k| env.tags().get(k));
     if parts.iter().all(Option::is_none) {
-        push_printable(out, env.source_id.as_bytes(), MAX_HOSTNAME);
+        push_printable(out, env.source_id().as_bytes(), MAX_HOSTNAME);
         return;
     }
     for (i, part) in parts.into_iter().enumerate() {
@@ -179,15 +179,15 @@ fn push_printable(out: &mut Vec<u8>, s: &[u8], max: usize) {
     }
 }
 
-fn structured_data(env: &Envelope, opts: FormatOptions, out: &mut Vec<u8>) {
-    if opts.disable_metadata || env.tags.is_empty() {
+fn structured_data(env: &(impl Fields + ?Sized), opts: FormatOptions, out: &mut Vec<u8>) {
+    if opts.disable_metadata || env.tags().is_empty() {
         out.push(b'-');
         return;
     }
     out.push(b'[');
     out.extend_from_slice(SD_ID.as_bytes());
     // BTreeMap iterates in key order: keys come out sorted.
-    for (k, v) in &env.tags {
+    for (k, v) in env.tags() {
         out.push(b' ');
         // SD-NAME: printable ASCII except '=', ' ', ']', '"'; at most 32.
         let start = out.len();
@@ -214,6 +214,7 @@ fn structured_data(env: &Envelope, opts: FormatOptions, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_router::Envelope;
 
     fn env() -> Envelope {
         let mut e = Envelope::new(

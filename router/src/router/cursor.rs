@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use super::ring::{Key, Ring, Slot};
 use super::{Delivery, Filter, MissedNotice, Shared, Source, Start};
+use crate::entry::Fields;
 
 /// Reads one or more sources, in `seq` order per source, with exact loss accounting.
 #[derive(Debug)]
@@ -106,7 +107,7 @@ impl Position {
     #[inline]
     pub(super) fn delivers(&mut self, slot: &Slot, ring: &Ring, filter: &Filter) -> bool {
         self.matches(slot.key as usize, ring, filter)
-            && (!ring.keys[slot.key as usize].mixed || filter.matches(&slot.env))
+            && (!ring.keys[slot.key as usize].mixed || filter.matches(&slot.entry))
     }
 
     /// Sum of a per-key counter over the keys that match the filter.
@@ -263,8 +264,8 @@ impl Cursor {
                 if m.matches(slot.key as usize, &ring, &self.filter) {
                     counted += 1;
                     if m.delivers(slot, &ring, &self.filter) {
-                        m.last_ts = slot.env.timestamp;
-                        out.push(Delivery::Log(slot.env.clone()));
+                        m.last_ts = slot.entry.timestamp();
+                        out.push(Delivery::Log(slot.entry.clone()));
                         taken += 1;
                     }
                 }
@@ -361,6 +362,7 @@ impl Drop for WaitGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::entry::Fields;
     use crate::envelope::Envelope;
     use crate::router::ring::MAX_KEYS;
     use crate::{Delivery, Filter, Router, RouterConfig, Selector, Start};
@@ -374,7 +376,7 @@ mod tests {
     fn logs(out: &[Delivery]) -> Vec<String> {
         out.iter()
             .filter_map(|d| match d {
-                Delivery::Log(e) => Some(String::from_utf8_lossy(&e.message).into_owned()),
+                Delivery::Log(e) => Some(String::from_utf8_lossy(e.message()).into_owned()),
                 Delivery::Missed(_) => None,
             })
             .collect()

@@ -2,22 +2,23 @@
 
 use std::sync::Arc;
 
+use crate::entry::Entry;
 use crate::envelope::{Envelope, rfc3339_seconds};
 
 /// What a cursor hands its reader.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    Log(Arc<Envelope>),
+    Log(Entry),
     Missed(MissedNotice),
 }
 
 impl Delivery {
     /// The envelope to show: the log itself, or the router's `LGR` line about the loss, phrased
     /// for `consumer` ("tail", "syslog drain", …).
-    pub fn into_envelope(self, consumer: &str) -> Arc<Envelope> {
+    pub fn into_entry(self, consumer: &str) -> Entry {
         match self {
-            Delivery::Log(env) => env,
-            Delivery::Missed(notice) => Arc::new(notice.to_envelope(consumer)),
+            Delivery::Log(entry) => entry,
+            Delivery::Missed(notice) => Entry::from_envelope(&notice.to_envelope(consumer)),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What a cursor reads: which sources, which of their envelopes, from where.
 
-use crate::envelope::{Channel, Envelope};
+use crate::entry::Fields;
+use crate::envelope::Channel;
 
 /// Which envelopes of the selected sources a cursor wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,13 +24,8 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, env: &Envelope) -> bool {
-        self.matches_parts(
-            &env.origin,
-            env.channel,
-            env.step.as_deref(),
-            &env.instance_id,
-        )
+    pub fn matches(&self, env: &impl Fields) -> bool {
+        self.matches_parts(env.origin(), env.channel(), env.step(), env.instance_id())
     }
 
     pub(super) fn matches_parts(

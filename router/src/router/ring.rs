@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::entry::{Entry, Fields, Meta};
 use crate::envelope::{Channel, Envelope};
 
 use super::RouterConfig;
@@ -25,7 +26,7 @@ pub(super) struct Ring {
 
 #[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) env: Arc<Envelope>,
+    pub(super) entry: Entry,
     pub(super) key: u32,
     pub(super) size: u32,
 }
@@ -48,6 +49,18 @@ pub(super) struct Key {
     pub(super) instance: Box<str>,
     pub(super) published: u64,
     pub(super) evicted: u64,
+    /// The fields of the key's latest entry: the next entry of the same fields (tags included)
+    /// points at it too.
+    pub(super) meta: Option<Arc<Meta>>,
+}
+
+/// What [`Ring::admit`] found for an envelope: its key, the meta its entry will point at, and
+/// what holding it costs (a new meta's bytes included).
+#[derive(Debug)]
+pub(super) struct Admit {
+    key: usize,
+    meta: Arc<Meta>,
+    pub(super) size: usize,
 }
 
 impl Ring {
@@ -87,6 +100,7 @@ impl Ring {
                     instance: env.instance_id.as_str().into(),
                     published: 0,
                     evicted: 0,
+                    meta: None,
                 });
                 self.keys.len() - 1
             }
@@ -101,6 +115,7 @@ impl Ring {
                         instance: "".into(),
                         published: 0,
                         evicted: 0,
+                        meta: None,
                     });
                     self.keys.len() - 1
                 }
@@ -127,19 +142,63 @@ impl Ring {
         (freed, true)
     }
 
-    /// Appends `env` of `size` bytes (after [`Ring::make_room`]), assigning its `seq`.
+    /// Finds `env`'s key and the meta its entry shares (a new one when the key's latest entry
+    /// had other fields), and what holding it costs.
     #[inline]
-    pub(super) fn push(&mut self, mut env: Envelope, size: usize) {
-        env.seq = self.next_seq;
+    pub(super) fn admit(&mut self, env: &Envelope) -> Admit {
+        if let Some(meta) = self.keys.get(self.last_key).and_then(|k| k.meta.as_ref())
+            && meta.describes(env)
+        {
+            return Admit {
+                key: self.last_key,
+                meta: meta.clone(),
+                size: Entry::size_bytes(env.message.len()),
+            };
+        }
+        let key = self.key_of(env);
+        if let Some(meta) = &self.keys[key].meta
+            && meta.describes(env)
+        {
+            return Admit {
+                key,
+                meta: meta.clone(),
+                size: Entry::size_bytes(env.message.len()),
+            };
+        }
+        let meta = Arc::new(Meta::of(env));
+        Admit {
+            key,
+            size: Entry::size_bytes(env.message.len()) + meta.size_bytes(),
+            meta,
+        }
+    }
+
+    /// Appends `env` as [`Ring::admit`] found it (after [`Ring::make_room`]), assigning its
+    /// `seq`.
+    #[inline]
+    pub(super) fn push(&mut self, env: &Envelope, admit: Admit) {
+        let seq = self.next_seq;
         self.next_seq += 1;
-        let key = self.key_of(&env);
-        self.keys[key].published += 1;
+        let key = &mut self.keys[admit.key];
+        key.published += 1;
+        if !key
+            .meta
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &admit.meta))
+        {
+            key.meta = Some(admit.meta.clone());
+        }
         self.slots.push_back(Slot {
-            env: Arc::new(env),
-            key: key as u32,
-            size: size as u32,
+            entry: Entry::new(admit.meta, seq, env.timestamp, &env.message),
+            key: admit.key as u32,
+            size: admit.size as u32,
         });
-        self.bytes += size;
+        self.bytes += admit.size;
+    }
+
+    /// The timestamp of the oldest entry.
+    pub(super) fn oldest_timestamp(&self) -> Option<i64> {
+        self.slots.front().map(|s| s.entry.timestamp())
     }
 
     #[inline]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use sluice_router::envelope::UtcTime;
-use sluice_router::{Channel, Envelope};
+use sluice_router::{Channel, Envelope, Fields};
 
 /// The step name of router-side events about a source.
 pub use sluice_router::envelope::SERVER_STEP;
@@ -17,31 +17,32 @@ pub use sluice_router::envelope::SERVER_STEP;
 ///
 /// This runs once per line the persister writes, so it writes straight into `out`: no
 /// formatting machinery, no intermediate strings unless the message is not valid UTF-8.
-pub fn write_line(env: &Envelope, out: &mut Vec<u8>) {
-    out.reserve(112 + env.message.len() + env.origin.len() + env.instance_id.len());
-    let t = UtcTime::from_ns(env.timestamp);
+pub fn write_line(env: &(impl Fields + ?Sized), out: &mut Vec<u8>) {
+    let message = env.message();
+    out.reserve(112 + message.len() + env.origin().len() + env.instance_id().len());
+    let t = UtcTime::from_ns(env.timestamp());
     out.extend_from_slice(b"{\"ts\":\"");
     t.write_rfc3339(out, 3, "Z\",\"stream\":\"");
-    out.extend_from_slice(match env.channel {
+    out.extend_from_slice(match env.channel() {
         Channel::Out => b"stdout\"",
         Channel::Err => b"stderr\"",
     });
-    if let Some(step) = &env.step {
+    if let Some(step) = env.step() {
         out.extend_from_slice(b",\"step\":\"");
         escape_json(step.as_bytes(), out);
         out.push(b'"');
     }
     out.extend_from_slice(b",\"line\":\"");
-    match std::str::from_utf8(&env.message) {
+    match std::str::from_utf8(message) {
         Ok(text) => escape_json(text.as_bytes(), out),
-        Err(_) => escape_json(String::from_utf8_lossy(&env.message).as_bytes(), out),
+        Err(_) => escape_json(String::from_utf8_lossy(message).as_bytes(), out),
     }
     out.extend_from_slice(b"\",\"origin\":\"");
-    escape_json(env.origin.as_bytes(), out);
+    escape_json(env.origin().as_bytes(), out);
     out.push(b'/');
-    escape_json(env.instance_id.as_bytes(), out);
+    escape_json(env.instance_id().as_bytes(), out);
     out.extend_from_slice(b"\",\"seq\":");
-    write_u64(env.seq, out);
+    write_u64(env.seq(), out);
     out.extend_from_slice(b"}\n");
 }
 
@@ -142,8 +143,8 @@ pub struct Line {
 
 impl Line {
     /// The line the persister writes for `env`, as a value.
-    pub fn from_envelope(env: &Envelope) -> Line {
-        let mut out = Vec::with_capacity(128 + env.message.len());
+    pub fn from_envelope(env: &(impl Fields + ?Sized)) -> Line {
+        let mut out = Vec::with_capacity(128 + env.message().len());
         write_line(env, &mut out);
         // write_line produces valid JSON of exactly this shape.
         serde_json::from_slice(&out).expect("write_line writes a Line")

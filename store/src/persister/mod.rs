@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sluice_router::{Cursor, Delivery, Durability, Envelope, MissedNotice, Router};
+use sluice_router::{Cursor, Delivery, Durability, Entry, Envelope, Fields, MissedNotice, Router};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -398,14 +398,17 @@ impl Persister {
     fn write(&mut self, deliveries: &mut Vec<Delivery>) {
         // Consecutive lines of one source are appended as a run: one file lookup, one
         // bookkeeping update, no allocation per line.
-        let mut run: Vec<Arc<Envelope>> = Vec::new();
+        let mut run: Vec<Entry> = Vec::new();
         self.counters
             .read
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
         for d in deliveries.drain(..) {
             match d {
                 Delivery::Log(env) => {
-                    if run.last().is_some_and(|l| l.source_id != env.source_id) {
+                    if run
+                        .last()
+                        .is_some_and(|l| !l.same_meta(&env) && l.source_id() != env.source_id())
+                    {
                         self.append_run(&mut run);
                     }
                     run.push(env);
@@ -420,13 +423,13 @@ impl Persister {
     }
 
     /// Appends lines of one source, rotating its file whenever it reaches the size limit.
-    fn append_run(&mut self, run: &mut Vec<Arc<Envelope>>) {
+    fn append_run(&mut self, run: &mut Vec<Entry>) {
         let Some(last) = run.last() else { return };
-        let source = match self.files.get_key_value(last.source_id.as_str()) {
+        let source = match self.files.get_key_value(last.source_id()) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(last.source_id.as_str()),
+            None => Arc::from(last.source_id()),
         };
-        let last_seq = last.seq;
+        let last_seq = last.seq();
         let max = self.config.max_file_size_bytes;
         let mut lines = run.drain(..).peekable();
         while lines.peek().is_some() {
@@ -438,7 +441,7 @@ impl Persister {
                 write_line(&env, &mut file.buf);
                 file.size += (file.buf.len() - before) as u64;
                 file.buf_lines += 1;
-                file.seq = file.seq.max(env.seq);
+                file.seq = file.seq.max(env.seq());
                 if file.size >= max {
                     full = true;
                     break;

@@ -221,7 +221,9 @@ pub(super) fn count_lines(path: &Path) -> (u64, Option<u64>) {
         if n == 0 {
             break;
         }
-        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        // SIMD search: a byte-by-byte count of a 64 MiB file was ~10% of the server's CPU when
+        // every rotation deleted the oldest file (BENCHMARKS.md).
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
     }
     (lines, first_seq)
 }
