@@ -139,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.connections > 0 && args.sources > 0 && args.batch > 0,
         "--connections, --sources and --batch must be at least 1"
     );
-    let target = if args.http.is_some() || args.ingest.is_some() || args.syslog.is_some() {
+    let mut target = if args.http.is_some() || args.ingest.is_some() || args.syslog.is_some() {
         Target::attach(
             args.http.clone(),
             args.ingest.clone(),
@@ -279,6 +279,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         ticks += 1;
+        // A server that died mid-run would otherwise leave this loop waiting for its counters.
+        if let Some(status) = target.exited() {
+            anyhow::bail!(
+                "the server exited during the run ({status}); its log is on stderr above"
+            );
+        }
         if let Some((_, rss)) = target.memory() {
             peak_rss_during = peak_rss_during.max(rss);
         }

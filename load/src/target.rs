@@ -29,6 +29,12 @@ impl Drop for Target {
 }
 
 impl Target {
+    /// How the server this tool started ended, once it has (it should run until this tool
+    /// stops it); `None` while it runs, or for a server attached to.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     pub fn attach(
         http: Option<String>,
         ingest: Option<String>,
