@@ -35,14 +35,18 @@ pub const TARGETS: &[(&str, Check)] = &[
 
 /// The native stream: frames split off a byte stream, payloads decoded. A decoded batch is
 /// exactly what encoding it again and decoding that gives back, and holds as many envelopes as
-/// its header said; a frame is never longer than the limit; bad input is an error.
+/// its header said; a frame is never longer than the limit; bad input is an error; decoding
+/// with messages sliced out of the frame gives what decoding with copies does.
 pub fn native_frames(data: &[u8]) {
     const MAX: usize = 64 * 1024;
     let mut buf = BytesMut::from(data);
     while let Ok(Some(frame)) = codec::decode_frame(&mut buf, MAX) {
         assert!(!frame.is_empty() && frame.len() <= MAX);
         let count = codec::envelope_count(&frame);
-        match codec::decode_payload(&frame) {
+        let decoded = codec::decode_payload(&frame);
+        // What ingest uses (messages sliced out of the frame) reads the same.
+        assert_eq!(codec::decode_payload_shared(&frame), decoded);
+        match decoded {
             Ok(Payload::Envelopes(envs)) => {
                 assert_eq!(envs.len(), count, "envelope_count agrees with the decoder");
                 let mut again = BytesMut::new();
