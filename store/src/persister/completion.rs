@@ -51,6 +51,7 @@ impl Persister {
             }
             // Its files move (or stay) as they are: the next line opens and looks again.
             self.known.remove(&key);
+            self.rotated.remove(&key);
             if let Some(mut f) = self.files.remove(&key)
                 && let Some(file) = f.file.take()
             {

@@ -187,6 +187,39 @@ struct OpenFile {
     /// at the front of `buf`, and must be written before anything else.
     partial: bool,
     last_error: Option<String>,
+    /// Lines the file holds and the seq of its first, when this persister has seen all of
+    /// them (it started the file); `None` otherwise. A rotation that deletes the file says
+    /// how many lines went without reading it back (`rotate`).
+    counted: Option<Counted>,
+}
+
+/// How many lines a file holds, and the seq of its first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Counted {
+    pub(super) lines: u64,
+    pub(super) first_seq: Option<u64>,
+}
+
+impl Counted {
+    const EMPTY: Counted = Counted {
+        lines: 0,
+        first_seq: None,
+    };
+
+    /// One more line, of `seq`.
+    fn add(counted: &mut Option<Counted>, seq: u64) {
+        if let Some(c) = counted {
+            c.lines += 1;
+            c.first_seq.get_or_insert(seq);
+        }
+    }
+}
+
+/// What the persister remembers of a file it closed: its size, and its lines when counted.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    size: u64,
+    counted: Option<Counted>,
 }
 
 /// The persister task's state.
@@ -197,7 +230,10 @@ pub struct Persister {
     files: HashMap<Arc<str>, OpenFile>,
     /// Sizes of files this persister wrote and has since forgotten (closed): opened again, they
     /// need no `stat` and no check for a torn last line.
-    known: HashMap<Arc<str>, u64>,
+    known: HashMap<Arc<str>, Known>,
+    /// Per source, what this persister counted of its rotated files, `.1` first; a file
+    /// rotated before this start, or after a failed rename, is not in it.
+    rotated: HashMap<Arc<str>, std::collections::VecDeque<Option<Counted>>>,
     /// Files with a descriptor open, least recently written first (keys are `last_used`).
     lru: BTreeMap<u64, Arc<str>>,
     /// Sources to write at the next `write_out`: their file is open, or they gathered enough.
@@ -301,6 +337,7 @@ impl Persister {
             counters: counters.clone(),
             files: HashMap::new(),
             known: HashMap::new(),
+            rotated: HashMap::new(),
             lru: BTreeMap::new(),
             dirty: Vec::new(),
             gathering: VecDeque::new(),
@@ -441,6 +478,7 @@ impl Persister {
                 write_line(&env, &mut file.buf);
                 file.size += (file.buf.len() - before) as u64;
                 file.buf_lines += 1;
+                Counted::add(&mut file.counted, env.seq());
                 file.seq = file.seq.max(env.seq());
                 if file.size >= max {
                     full = true;
@@ -483,6 +521,7 @@ impl Persister {
         write_line(env, &mut file.buf);
         file.size += (file.buf.len() - before) as u64;
         file.buf_lines += 1;
+        Counted::add(&mut file.counted, env.seq);
         file.seq = file.seq.max(env.seq);
         let full = file.size >= self.config.max_file_size_bytes;
         self.gathered(source, before);
@@ -513,9 +552,9 @@ impl Persister {
     fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
         if !self.files.contains_key(source) {
             let path = file_path(&self.config.local_dir, source);
-            let (size, torn) = match self.known.remove(source) {
+            let (size, torn, counted) = match self.known.remove(source) {
                 // Written by this persister, whole lines: nothing to look at.
-                Some(size) => (size, false),
+                Some(known) => (known.size, false, known.counted),
                 None => {
                     // A long id's file name cannot give it back: keep it beside.
                     names::remember_id(&self.config.local_dir, &file_stem(source), source);
@@ -524,7 +563,7 @@ impl Persister {
                     // the next one is not glued to it. The torn line stays unreadable; the
                     // rest stay whole.
                     let torn = size > 0 && last_byte(&path).is_some_and(|b| b != b'\n');
-                    (size, torn)
+                    (size, torn, (size == 0).then_some(Counted::EMPTY))
                 }
             };
             self.buffered += usize::from(torn);
@@ -544,6 +583,7 @@ impl Persister {
                     dropped_seq: 0,
                     partial: false,
                     last_error: None,
+                    counted,
                 },
             );
         }
@@ -647,9 +687,12 @@ impl Persister {
             if f.dropped == 0 {
                 // Nothing left to write: forget it but its size, so 20,000 sources cost no more
                 // than 256 open ones and a number each.
-                let size = f.size;
+                let known = Known {
+                    size: f.size,
+                    counted: f.counted,
+                };
                 self.files.remove(&victim);
-                self.known.insert(victim, size);
+                self.known.insert(victim, known);
                 return true;
             }
         }
@@ -757,6 +800,8 @@ impl Persister {
                         self.counters.lost.fetch_add(lost, Ordering::Relaxed);
                         f.dropped += lost;
                         f.dropped_seq = f.seq;
+                        // The file no longer holds what was counted.
+                        f.counted = None;
                     }
                     let gone = f.buf.len() - keep;
                     f.size -= gone as u64;
