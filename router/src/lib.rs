@@ -17,9 +17,11 @@
 //! # Data path
 //!
 //! Ingest decodes an envelope ([`codec`], [`msgpack`]) and calls [`Router::publish`] (or
-//! `publish_waiting`), which assigns its `seq` in its source's ring. Every reader (a tail, a
-//! drain, the persister) holds a [`Cursor`] and gets [`Delivery`]s: envelopes in `seq` order, or
-//! a [`MissedNotice`] with the exact count it lost when a writer overtook it.
+//! `publish_waiting`), which assigns its `seq` in its source's ring and keeps it there as an
+//! [`Entry`] (one allocation: the message, and a pointer to the ids and tags it shares with the
+//! ring's other lines of its kind). Every reader (a tail, a drain, the persister) holds a
+//! [`Cursor`] and gets [`Delivery`]s: entries in `seq` order, read through [`Fields`], or a
+//! [`MissedNotice`] with the exact count it lost when a writer overtook it.
 
 pub mod backoff;
 pub mod codec;
