@@ -9,7 +9,9 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_router::Envelope;
-use sluice_router::codec::{Payload, batch_frame, decode_frame, decode_payload};
+use sluice_router::codec::{
+    Payload, batch_frame, decode_frame, decode_payload, decode_payload_shared,
+};
 
 const BATCH: usize = 100;
 
@@ -36,6 +38,17 @@ fn frames(c: &mut Criterion) {
             let mut buf = BytesMut::from(&frame[..]);
             let payload = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
             let Payload::Envelopes(envs) = decode_payload(&payload).unwrap() else {
+                unreachable!()
+            };
+            black_box(envs)
+        })
+    });
+    // What native ingest does: messages sliced out of the frame.
+    group.bench_function("decode_batch_shared", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&frame[..]);
+            let payload = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            let Payload::Envelopes(envs) = decode_payload_shared(&payload).unwrap() else {
                 unreachable!()
             };
             black_box(envs)
