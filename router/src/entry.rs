@@ -154,14 +154,15 @@ impl Meta {
         }
     }
 
-    /// Whether `env` has exactly these fields.
+    /// Whether `env`, an envelope of this meta's source, has exactly these fields (the source
+    /// is not compared again: a ring holds one source, and this runs for every envelope).
     #[inline]
-    pub fn describes(&self, env: &Envelope) -> bool {
+    pub(crate) fn describes(&self, env: &Envelope) -> bool {
+        debug_assert_eq!(self.source_id, env.source_id);
         self.channel == env.channel
             && self.origin == env.origin
             && self.instance_id == env.instance_id
             && self.step == env.step
-            && self.source_id == env.source_id
             && self.tags == env.tags
     }
 
