@@ -1,7 +1,7 @@
 //! Behaviour of the router as a reader sees it: starts, filters, losses, the firehose.
 
 use sluice_router::{
-    Channel, Delivery, Envelope, Fields, Filter, Router, RouterConfig, Selector, Start,
+    Channel, Delivery, Entry, Envelope, Fields, Filter, Meta, Router, RouterConfig, Selector, Start,
 };
 
 fn router(entries: usize) -> Router {
@@ -497,4 +497,28 @@ async fn the_router_tells_how_many_writers_wait_for_the_held_cursor() {
     }
     assert_eq!(writer.await.unwrap(), 10);
     assert_eq!(r.publishers_waiting(), 0);
+}
+
+#[test]
+fn lines_whose_tags_alternate_share_their_metas() {
+    let router = Router::new(RouterConfig::default());
+    let line = |i: usize, hosts: usize| {
+        let mut e = Envelope::new("app", format!("line {i:04}"));
+        e.tags.insert("host".into(), format!("h{}", i % hosts));
+        e
+    };
+    // Two hosts' lines interleaved: one meta each, not one per line.
+    router
+        .publish((0..1000).map(|i| line(i, 2)).collect())
+        .unwrap();
+    let lines = 1000 * Entry::size_bytes("line 0000".len());
+    let meta = Meta::of(&line(0, 2)).size_bytes();
+    assert_eq!(router.retained_bytes(), lines + 2 * meta);
+    // More kinds than a key keeps in turn: each line has a meta of its own, and the budget
+    // counts every one.
+    let other = Router::new(RouterConfig::default());
+    other
+        .publish((0..1000).map(|i| line(i, 10)).collect())
+        .unwrap();
+    assert_eq!(other.retained_bytes(), 1000 * (Entry::size_bytes(9) + meta));
 }

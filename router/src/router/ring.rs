@@ -49,10 +49,14 @@ pub(super) struct Key {
     pub(super) instance: Box<str>,
     pub(super) published: u64,
     pub(super) evicted: u64,
-    /// The fields of the key's latest entry: the next entry of the same fields (tags included)
-    /// points at it too.
-    pub(super) meta: Option<Arc<Meta>>,
+    /// The fields of the key's latest entries, most recent first: the next entry with the
+    /// same fields (tags included) points at one of them too. Several, so that lines whose tags
+    /// alternate (two hosts' structured data interleaved) still share.
+    pub(super) metas: Vec<Arc<Meta>>,
 }
+
+/// Most metas a key keeps to share (see [`Key::metas`]).
+const METAS_PER_KEY: usize = 4;
 
 /// What [`Ring::admit`] found for an envelope: its key, the meta its entry will point at, and
 /// what holding it costs (a new meta's bytes included).
@@ -100,7 +104,7 @@ impl Ring {
                     instance: env.instance_id.as_str().into(),
                     published: 0,
                     evicted: 0,
-                    meta: None,
+                    metas: Vec::new(),
                 });
                 self.keys.len() - 1
             }
@@ -115,7 +119,7 @@ impl Ring {
                         instance: "".into(),
                         published: 0,
                         evicted: 0,
-                        meta: None,
+                        metas: Vec::new(),
                     });
                     self.keys.len() - 1
                 }
@@ -146,29 +150,31 @@ impl Ring {
     /// had other fields), and what holding it costs.
     #[inline]
     pub(super) fn admit(&mut self, env: &Envelope) -> Admit {
-        if let Some(meta) = self.keys.get(self.last_key).and_then(|k| k.meta.as_ref())
+        let size = Entry::size_bytes(env.message.len());
+        if let Some(meta) = self.keys.get(self.last_key).and_then(|k| k.metas.first())
             && meta.describes(env)
         {
             return Admit {
                 key: self.last_key,
                 meta: meta.clone(),
-                size: Entry::size_bytes(env.message.len()),
+                size,
             };
         }
         let key = self.key_of(env);
-        if let Some(meta) = &self.keys[key].meta
-            && meta.describes(env)
-        {
+        let metas = &mut self.keys[key].metas;
+        if let Some(i) = metas.iter().position(|m| m.describes(env)) {
+            // Most recent first: the next line is likeliest to be of this one's fields.
+            metas[..=i].rotate_right(1);
             return Admit {
                 key,
-                meta: meta.clone(),
-                size: Entry::size_bytes(env.message.len()),
+                meta: metas[0].clone(),
+                size,
             };
         }
         let meta = Arc::new(Meta::of(env));
         Admit {
             key,
-            size: Entry::size_bytes(env.message.len()) + meta.size_bytes(),
+            size: size + meta.size_bytes(),
             meta,
         }
     }
@@ -182,11 +188,13 @@ impl Ring {
         let key = &mut self.keys[admit.key];
         key.published += 1;
         if !key
-            .meta
-            .as_ref()
+            .metas
+            .first()
             .is_some_and(|m| Arc::ptr_eq(m, &admit.meta))
         {
-            key.meta = Some(admit.meta.clone());
+            // A new meta (admit found the others at the front): it goes first, the oldest out.
+            key.metas.truncate(METAS_PER_KEY - 1);
+            key.metas.insert(0, admit.meta.clone());
         }
         self.slots.push_back(Slot {
             entry: Entry::new(admit.meta, seq, env.timestamp, &env.message),
