@@ -49,13 +49,15 @@ pub(super) struct Key {
     pub(super) instance: Box<str>,
     pub(super) published: u64,
     pub(super) evicted: u64,
-    /// The fields of the key's latest entries, most recent first: the next entry with the
-    /// same fields (tags included) points at one of them too. Several, so that lines whose tags
-    /// alternate (two hosts' structured data interleaved) still share.
-    pub(super) metas: Vec<Arc<Meta>>,
+    /// The fields of the key's latest entry: the next entry with the same fields (tags
+    /// included) points at it too. Kept inline: every publish looks at it.
+    pub(super) meta: Option<Arc<Meta>>,
+    /// The metas before it, most recent first, so that lines whose tags alternate (two
+    /// hosts' structured data interleaved) still share theirs.
+    pub(super) older: Vec<Arc<Meta>>,
 }
 
-/// Most metas a key keeps to share (see [`Key::metas`]).
+/// Most metas a key keeps to share: [`Key::meta`] and [`Key::older`].
 const METAS_PER_KEY: usize = 4;
 
 /// What [`Ring::admit`] found for an envelope: its key, the meta its entry will point at, and
@@ -104,7 +106,8 @@ impl Ring {
                     instance: env.instance_id.as_str().into(),
                     published: 0,
                     evicted: 0,
-                    metas: Vec::new(),
+                    meta: None,
+                    older: Vec::new(),
                 });
                 self.keys.len() - 1
             }
@@ -119,7 +122,8 @@ impl Ring {
                         instance: "".into(),
                         published: 0,
                         evicted: 0,
-                        metas: Vec::new(),
+                        meta: None,
+                        older: Vec::new(),
                     });
                     self.keys.len() - 1
                 }
@@ -151,7 +155,7 @@ impl Ring {
     #[inline]
     pub(super) fn admit(&mut self, env: &Envelope) -> Admit {
         let size = Entry::size_bytes(env.message.len());
-        if let Some(meta) = self.keys.get(self.last_key).and_then(|k| k.metas.first())
+        if let Some(meta) = self.keys.get(self.last_key).and_then(|k| k.meta.as_ref())
             && meta.describes(env)
         {
             return Admit {
@@ -161,13 +165,11 @@ impl Ring {
             };
         }
         let key = self.key_of(env);
-        let metas = &mut self.keys[key].metas;
-        if let Some(i) = metas.iter().position(|m| m.describes(env)) {
-            // Most recent first: the next line is likeliest to be of this one's fields.
-            metas[..=i].rotate_right(1);
+        let k = &self.keys[key];
+        if let Some(meta) = k.meta.iter().chain(&k.older).find(|m| m.describes(env)) {
             return Admit {
                 key,
-                meta: metas[0].clone(),
+                meta: meta.clone(),
                 size,
             };
         }
@@ -188,13 +190,17 @@ impl Ring {
         let key = &mut self.keys[admit.key];
         key.published += 1;
         if !key
-            .metas
-            .first()
+            .meta
+            .as_ref()
             .is_some_and(|m| Arc::ptr_eq(m, &admit.meta))
         {
-            // A new meta (admit found the others at the front): it goes first, the oldest out.
-            key.metas.truncate(METAS_PER_KEY - 1);
-            key.metas.insert(0, admit.meta.clone());
+            // Another meta becomes the latest: the one it replaces goes first among the
+            // older (the oldest out), and this one leaves them if it was there.
+            key.older.retain(|m| !Arc::ptr_eq(m, &admit.meta));
+            if let Some(previous) = key.meta.replace(admit.meta.clone()) {
+                key.older.insert(0, previous);
+                key.older.truncate(METAS_PER_KEY - 1);
+            }
         }
         self.slots.push_back(Slot {
             entry: Entry::new(admit.meta, seq, env.timestamp, &env.message),
