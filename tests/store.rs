@@ -271,20 +271,7 @@ async fn history_reads_join_storage_and_memory(server: &Server, id: &str, expect
     assert_eq!(stats["resumed_after"], 3);
     assert_eq!(stats["published"], 8);
     for (limit, from) in [(100, 0), (6, 2), (3, 5)] {
-        let recent = server
-            .get_json(&format!("/api/v1/sources/{id}/recent?limit={limit}"))
-            .await;
-        let got: Vec<(u64, String)> = recent
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["seq"].as_u64().unwrap(),
-                    e["message"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let got = recent_lines(server, id, limit).await;
         assert_eq!(got, seqs_texts(from), "recent?limit={limit}");
     }
     let out = sluice(server, &["logs", id, "--recent"]);
@@ -331,6 +318,24 @@ const SENDERS: usize = 8;
 const PER_SENDER: usize = 25_000;
 
 /// Every line of `path` as JSON.
+/// `(seq, message)` of the last `limit` lines of `id`, as `GET .../recent` gives them.
+async fn recent_lines(server: &Server, id: &str, limit: usize) -> Vec<(u64, String)> {
+    let recent = server
+        .get_json(&format!("/api/v1/sources/{id}/recent?limit={limit}"))
+        .await;
+    recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 fn file_lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -480,18 +485,7 @@ async fn recent_reads_lines_the_ring_let_go_while_their_file_was_still_gathering
         conn.send_batch(&batch).await.unwrap();
     }
     // The ring holds the last 20; the other 80 are gathered, not yet in a file.
-    let recent = server
-        .get_json("/api/v1/sources/quiet/recent?limit=100")
-        .await;
-    let lines: Vec<(u64, String)> = recent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let text = e["message"].as_str().unwrap_or_default().to_owned();
-            (e["seq"].as_u64().unwrap(), text)
-        })
-        .collect();
+    let lines = recent_lines(&server, "quiet", 100).await;
     let want: Vec<(u64, String)> = (0..100).map(|i| (i + 1, format!("line {i}"))).collect();
     assert_eq!(lines, want);
 }

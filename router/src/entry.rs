@@ -94,36 +94,6 @@ impl Fields for Envelope {
     }
 }
 
-impl<T: Fields + ?Sized> Fields for Arc<T> {
-    fn timestamp(&self) -> i64 {
-        (**self).timestamp()
-    }
-    fn source_id(&self) -> &str {
-        (**self).source_id()
-    }
-    fn instance_id(&self) -> &str {
-        (**self).instance_id()
-    }
-    fn origin(&self) -> &str {
-        (**self).origin()
-    }
-    fn channel(&self) -> Channel {
-        (**self).channel()
-    }
-    fn step(&self) -> Option<&str> {
-        (**self).step()
-    }
-    fn tags(&self) -> &BTreeMap<String, String> {
-        (**self).tags()
-    }
-    fn message(&self) -> &[u8] {
-        (**self).message()
-    }
-    fn seq(&self) -> u64 {
-        (**self).seq()
-    }
-}
-
 /// An envelope's fields but its message, `seq` and timestamp: what consecutive lines of one
 /// source usually share. A ring keeps one per kind of line and points every entry at it.
 ///
@@ -326,18 +296,6 @@ impl PartialEq for Entry {
 }
 
 impl Eq for Entry {}
-
-impl From<&Envelope> for Entry {
-    fn from(env: &Envelope) -> Entry {
-        Entry::from_envelope(env)
-    }
-}
-
-impl From<Envelope> for Entry {
-    fn from(env: Envelope) -> Entry {
-        Entry::from_envelope(&env)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -64,7 +64,7 @@ fn write_ts(ns: i64, out: &mut Vec<u8>) {
     } else {
         let start = out.len();
         UtcTime::from_ns(ns).write_rfc3339(out, 0, "");
-        // Years 0 to 9999 only: others have a width of their own.
+        // Always 19 bytes (i64 nanoseconds reach from 1677 to 2262); kept only if so.
         if let Ok(text) = <[u8; 19]>::try_from(&out[start..]) {
             SECOND.set((secs, text));
         }
