@@ -119,6 +119,9 @@ pub struct LogStorage {
     pub max_files: usize,
     /// Files kept open at once; the least recently written are closed first.
     pub max_open_files: usize,
+    /// Writer threads: each writes its own share of the sources (a source is written by one).
+    /// 0: one per two cores, at most 32.
+    pub writers: usize,
     /// Keep a job's local files after S3 has its archive.
     pub keep_local: bool,
     /// With S3: rotated files kept per source until it completes (and is archived whole);
@@ -131,6 +134,20 @@ pub struct LogStorage {
     pub s3: Option<S3Config>,
 }
 
+impl LogStorage {
+    /// How many writer threads the persister runs: `writers`, or one per two cores; never more
+    /// than `max_open_files` (each needs a file of its own).
+    pub fn writer_threads(&self) -> usize {
+        let n = if self.writers > 0 {
+            self.writers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get() / 2)
+        };
+        n.clamp(1, sluice_router::MAX_SHARDS)
+            .min(self.max_open_files.max(1))
+    }
+}
+
 impl Default for LogStorage {
     fn default() -> Self {
         LogStorage {
@@ -140,6 +157,7 @@ impl Default for LogStorage {
             max_file_size_bytes: 100 * 1024 * 1024,
             max_files: 10,
             max_open_files: 256,
+            writers: 0,
             keep_local: false,
             when_behind: WhenBehind::Block,
             keep_segments: 100,
@@ -519,6 +537,13 @@ impl Config {
                 ));
             }
         }
+        if ls.writers > sluice_router::MAX_SHARDS {
+            return Err(format!(
+                "log_storage.writers must be 0 (one per two cores) to {}, not {}",
+                sluice_router::MAX_SHARDS,
+                ls.writers
+            ));
+        }
         if ls.max_files == 0
             || ls.max_open_files == 0
             || ls.max_file_size_bytes < 1024
@@ -652,6 +677,10 @@ mod tests {
             (
                 "http:\n  header_read_timeout_secs: 0\n",
                 "http.header_read_timeout_secs must be at least 1",
+            ),
+            (
+                "log_storage:\n  writers: 33\n",
+                "log_storage.writers must be 0 (one per two cores) to 32, not 33",
             ),
         ] {
             let err = refused(yaml);

@@ -307,6 +307,7 @@ impl Metrics {
                 relaxed(&persister.deleted_lines),
                 relaxed(&persister.open_files),
                 relaxed(&persister.gathered_bytes),
+                relaxed(&persister.writers),
             ],
             archive: archive.map(|a| {
                 [
@@ -348,7 +349,7 @@ struct Scrape {
     /// Source id, envelopes (its newest seq), ring entries, ring bytes.
     sources: Vec<(String, u64, u64, u64)>,
     /// lines, bytes, lost, errors, rotations, deleted lines, open files.
-    persister: [u64; 8],
+    persister: [u64; 9],
     /// uploads, bytes, failures, backlog.
     archive: Option<[u64; 4]>,
     drains: Vec<DrainView>,
@@ -464,6 +465,7 @@ impl Collector for Scrape {
             deleted,
             open,
             gathered,
+            writers,
         ] = self.persister;
         one(
             e,
@@ -513,6 +515,13 @@ impl Collector for Scrape {
             "Log files the persister holds open.",
             Gauge,
             open,
+        )?;
+        one(
+            e,
+            "sluice_persister_writers",
+            "Writer threads of the persister, each with its own share of the sources.",
+            Gauge,
+            writers,
         )?;
         one(
             e,

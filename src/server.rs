@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_drains::tls::TlsError;
-use sluice_router::{Filter, Router, Selector, Start};
+use sluice_router::{Filter, Router, Selector, Shard, Start};
 use sluice_store::archive::Archive;
 use sluice_store::history::StoredSeqs;
 use sluice_store::persister::{self, DirLock, Persister, PersisterConfig, PersisterHandle};
@@ -299,22 +299,24 @@ pub enum StartError {
     Auth(String),
 }
 
-/// The persister's thread, stopped last: once nothing publishes any more, it writes the rest.
+/// The persister's threads, stopped last: once nothing publishes any more, they write the rest.
 #[derive(Debug)]
 struct PersisterThread {
     stop: CancellationToken,
-    done: tokio::sync::oneshot::Receiver<()>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
-/// Starts the persister on a thread of its own: file writes and fsyncs block, and must not hold
-/// up the tasks that serve connections.
+/// Starts the persister's writers, each on a thread of its own with its own shard of the
+/// sources: file writes and fsyncs block, and must not hold up the tasks that serve
+/// connections.
 fn start_persister(
     config: &Config,
     router: &Router,
     lock: DirLock,
 ) -> Result<(PersisterHandle, PersisterThread), StartError> {
     let ls = &config.log_storage;
-    let (persister, handle, control) = Persister::with_lock(
+    let writers = ls.writer_threads();
+    let (shards, handle) = Persister::sharded(
         PersisterConfig {
             local_dir: ls.local_dir.clone(),
             fsync: ls.fsync,
@@ -327,37 +329,44 @@ fn start_persister(
         },
         router,
         lock,
+        writers,
     )
     .map_err(|e| StartError::Storage {
         dir: ls.local_dir.display().to_string(),
         reason: crate::io_reason(&e),
     })?;
-    // With `when_behind: block`, writers wait for the persister rather than evict what it has
-    // not written.
-    let cursor = match ls.when_behind {
-        WhenBehind::Block => router.subscribe_held(Selector::All, Filter::default(), Start::Live),
-        WhenBehind::Overwrite => router.subscribe(Selector::All, Filter::default(), Start::Live),
-    }
-    .expect("the firehose needs no id");
     let stop = CancellationToken::new();
-    let run_stop = stop.clone();
-    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("sluice-persister".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build();
-            match rt {
-                Ok(rt) => rt.block_on(persister.run(cursor, control, run_stop)),
-                Err(e) => tracing::error!(error = %e, "cannot start the persister"),
-            }
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| StartError::Storage {
-            dir: ls.local_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let mut done = Vec::with_capacity(writers);
+    for (index, (persister, control)) in shards.into_iter().enumerate() {
+        let shard = Shard { index, of: writers };
+        // With `when_behind: block`, ingest waits for the persister rather than evict what it
+        // has not written.
+        let cursor = match ls.when_behind {
+            WhenBehind::Block => router.subscribe_held(shard, Filter::default(), Start::Live),
+            WhenBehind::Overwrite => router
+                .subscribe(Selector::Shard(shard), Filter::default(), Start::Live)
+                .expect("a shard needs no id"),
+        };
+        let run_stop = stop.clone();
+        let (done_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        done.push(rx);
+        std::thread::Builder::new()
+            .name(format!("sluice-persist-{index}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(persister.run(cursor, control, run_stop)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the persister"),
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| StartError::Storage {
+                dir: ls.local_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+    }
     Ok((handle, PersisterThread { stop, done }))
 }
 
@@ -708,9 +717,12 @@ impl Running {
         // the directory stopped cleanly. It gets a second at least, however long the rest took.
         self.persister_thread.stop.cancel();
         let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        let written = tokio::time::timeout_at(deadline, self.persister_thread.done)
-            .await
-            .is_ok();
+        let written = tokio::time::timeout_at(
+            deadline,
+            futures_util::future::join_all(self.persister_thread.done),
+        )
+        .await
+        .is_ok();
         let finished = finished && written;
         if let Some((path, id)) = &self.unix_path {
             remove_own_socket(path, *id);

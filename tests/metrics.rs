@@ -203,6 +203,12 @@ async fn a_real_parser_reads_every_metric_with_labels_escaped() {
         value(&samples, "sluice_router_sources", json!({})),
         Some(5.0)
     );
+    // One writer per two cores, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        value(&samples, "sluice_persister_writers", json!({})),
+        Some((cores / 2).clamp(1, 32) as f64)
+    );
 }
 
 /// The Grafana dashboard in `dist/` asks only for metrics the server exposes (the archive's

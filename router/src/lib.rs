@@ -36,7 +36,8 @@ pub use durable::{Durability, DurableError};
 pub use entry::{Entry, Fields, Meta};
 pub use envelope::{Channel, Envelope, EnvelopeError, validate_source_id};
 pub use router::{
-    Cursor, Delivery, Filter, History, MissedNotice, Router, RouterConfig, Selector, Start,
+    Cursor, Delivery, Filter, History, MAX_SHARDS, MissedNotice, Router, RouterConfig, Selector,
+    Shard, Start,
 };
 
 /// An error message as one short line for people: "connection refused", not "Connection refused

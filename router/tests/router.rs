@@ -1,7 +1,8 @@
 //! Behaviour of the router as a reader sees it: starts, filters, losses, the firehose.
 
 use sluice_router::{
-    Channel, Delivery, Entry, Envelope, Fields, Filter, Meta, Router, RouterConfig, Selector, Start,
+    Channel, Delivery, Entry, Envelope, Fields, Filter, Meta, Router, RouterConfig, Selector,
+    Shard, Start,
 };
 
 fn router(entries: usize) -> Router {
@@ -399,9 +400,7 @@ async fn a_waiting_cursor_wakes_on_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_wait_for_the_held_cursor_and_everyone_else_is_still_overwritten() {
     let r = router(8);
-    let mut held = r
-        .subscribe_held(Selector::All, Filter::default(), Start::Live)
-        .unwrap();
+    let mut held = r.subscribe_held(Shard::ALL, Filter::default(), Start::Live);
     let mut tail = r
         .subscribe(Selector::Source("a".into()), Filter::default(), Start::Live)
         .unwrap();
@@ -470,9 +469,7 @@ async fn writers_wait_for_the_held_cursor_and_everyone_else_is_still_overwritten
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_tells_how_many_writers_wait_for_the_held_cursor() {
     let r = router(4);
-    let mut held = r
-        .subscribe_held(Selector::All, Filter::default(), Start::Live)
-        .unwrap();
+    let mut held = r.subscribe_held(Shard::ALL, Filter::default(), Start::Live);
     assert_eq!(r.publishers_waiting(), 0);
     let r2 = r.clone();
     let writer = tokio::spawn(async move {
@@ -521,4 +518,120 @@ fn lines_whose_tags_alternate_share_their_metas() {
         .publish((0..1000).map(|i| line(i, 10)).collect())
         .unwrap();
     assert_eq!(other.retained_bytes(), 1000 * (Entry::size_bytes(9) + meta));
+}
+
+fn sources_of(out: &[Delivery]) -> std::collections::BTreeSet<String> {
+    out.iter()
+        .filter_map(|d| match d {
+            Delivery::Log(e) => Some(e.source_id().to_owned()),
+            Delivery::Missed(_) => None,
+        })
+        .collect()
+}
+
+/// Shard cursors split the firehose: every source, created before or after them, is read by
+/// exactly one, the one `shard_of` names; `of` sources created one after another land in `of`
+/// different shards.
+#[test]
+fn shards_split_every_source_between_them_once() {
+    let r = router(64);
+    let before: Vec<String> = (0..5).map(|i| format!("early-{i}")).collect();
+    for id in &before {
+        r.publish(vec![Envelope::new(id.as_str(), "one")]).unwrap();
+    }
+    let mut shards: Vec<_> = (0..3)
+        .map(|index| {
+            r.subscribe(
+                Selector::Shard(Shard { index, of: 3 }),
+                Filter::default(),
+                Start::AfterSeq(0),
+            )
+            .unwrap()
+        })
+        .collect();
+    let after: Vec<String> = (0..7).map(|i| format!("late-{i}")).collect();
+    for id in &after {
+        r.publish(vec![Envelope::new(id.as_str(), "one")]).unwrap();
+    }
+    let got: Vec<_> = shards.iter_mut().map(|c| sources_of(&drain(c))).collect();
+    for id in before.iter().chain(&after) {
+        let holders: Vec<usize> = (0..3).filter(|&i| got[i].contains(id)).collect();
+        assert_eq!(holders, [r.shard_of(id, 3).unwrap()], "{id}");
+    }
+    // Round robin by creation: the 12 sources are 4 per shard.
+    assert!(got.iter().all(|g| g.len() == 4), "{got:?}");
+    assert_eq!(r.shard_of("not an id", 3), None);
+}
+
+/// Held shards: a writer waits only for the cursor of its own source's shard; once that cursor
+/// is dropped, its sources (and new ones of its shard) are overwritten again while the other
+/// shard still holds its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_shard_holds_only_its_own_sources() {
+    let r = router(4);
+    // Created first, so "zero" is in shard 0 and "one" in shard 1.
+    r.touch("zero").unwrap();
+    r.touch("one").unwrap();
+    let mut s0 = r.subscribe_held(Shard { index: 0, of: 2 }, Filter::default(), Start::Live);
+    let mut s1 = r.subscribe_held(Shard { index: 1, of: 2 }, Filter::default(), Start::Live);
+    let lines = |id: &str, n: usize| -> Vec<Envelope> {
+        (0..n).map(|i| Envelope::new(id, format!("{i}"))).collect()
+    };
+    // A full ring of shard 1 keeps what fits; shard 0 is not in the way.
+    assert_eq!(r.publish(lines("one", 10)).unwrap(), 4);
+    assert_eq!(r.publish(lines("zero", 10)).unwrap(), 4);
+    // A waiting writer of "one" is let through by shard 1's reads alone.
+    let r2 = r.clone();
+    let writer = tokio::spawn(async move { r2.publish_waiting(lines("one", 100), None).await });
+    let mut got = Vec::new();
+    while got.len() < 104 {
+        s1.next_batch(&mut got, 8).await;
+    }
+    writer.await.unwrap().unwrap();
+    assert_eq!(sources_of(&got), ["one".to_owned()].into());
+    assert_eq!(seqs(&got), (1..=104).collect::<Vec<_>>(), "nothing lost");
+    // Shard 1 goes: its sources, old and new, evict again; shard 0 still holds "zero".
+    drop(s1);
+    assert_eq!(r.publish(lines("one", 10)).unwrap(), 10);
+    r.touch("two").unwrap(); // created third: shard 0
+    r.touch("three").unwrap(); // shard 1
+    assert_eq!(r.shard_of("three", 2), Some(1));
+    assert_eq!(r.publish(lines("three", 10)).unwrap(), 10);
+    assert_eq!(r.publish(lines("two", 10)).unwrap(), 4);
+    assert_eq!(r.publish(lines("zero", 10)).unwrap(), 0);
+    let mut got = Vec::new();
+    while s0.poll_into(&mut got, 100) > 0 {}
+    assert_eq!(
+        sources_of(&got),
+        ["two".to_owned(), "zero".to_owned()].into()
+    );
+    assert!(got.iter().all(|d| matches!(d, Delivery::Log(_))), "no loss");
+}
+
+/// A shard cursor waiting for lines is woken by a publish to one of its sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_shard_cursor_is_woken_by_its_own_sources() {
+    let r = router(64);
+    r.touch("zero").unwrap();
+    r.touch("one").unwrap();
+    let mut s1 = r
+        .subscribe(
+            Selector::Shard(Shard { index: 1, of: 2 }),
+            Filter::default(),
+            Start::Live,
+        )
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        s1.next_batch(&mut got, 10).await;
+        got
+    });
+    tokio::task::yield_now().await;
+    r.publish(vec![Envelope::new("zero", "not mine")]).unwrap();
+    r.publish(vec![Envelope::new("one", "mine")]).unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(sources_of(&got), ["one".to_owned()].into());
 }

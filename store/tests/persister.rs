@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sluice_router::{Envelope, Filter, Router, RouterConfig, Selector, Start};
-use sluice_store::persister::{Fsync, Persister, PersisterConfig, file_path};
+use sluice_router::{Envelope, Filter, Router, RouterConfig, Selector, Shard, Start};
+use sluice_store::persister::{DirLock, Fsync, LOCK_FILE, Persister, PersisterConfig, file_path};
 use tokio_util::sync::CancellationToken;
 
 fn config(dir: &std::path::Path) -> PersisterConfig {
@@ -23,6 +23,20 @@ fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-persister-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The `line` of every line of a JSONL file (none if there is no file).
+fn messages(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// One line, `round N`, to each of `s0`..`s{sources - 1}`.
@@ -111,16 +125,7 @@ async fn completion_waits_for_lines_not_yet_read_and_many_sources_share_few_open
     }
     for s in 0..20 {
         handle.complete(&format!("s{s}"), 3, None).await.unwrap();
-        let text = std::fs::read_to_string(file_path(&dir, &format!("s{s}"))).unwrap();
-        let rounds: Vec<String> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let rounds = messages(&file_path(&dir, &format!("s{s}")));
         assert_eq!(rounds, ["round 0", "round 1", "round 2"]);
     }
     // A source that never logged completes at once, with no file.
@@ -177,19 +182,7 @@ fn gathering_for_an_hour(dir: &std::path::Path) -> Running {
 async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_writes_them() {
     let dir = temp("gather");
     let p = gathering_for_an_hour(&dir);
-    let lines_of = |s: usize| -> Vec<String> {
-        let Ok(text) = std::fs::read_to_string(file_path(&dir, &format!("s{s}"))) else {
-            return Vec::new();
-        };
-        text.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect()
-    };
+    let lines_of = |s: usize| messages(&file_path(&dir, &format!("s{s}")));
     // 500 sources through 4 open files, three lines each, the persister reading each round
     // before the next: none is written yet (each would have been opened and closed per round).
     for round in 0..3 {
@@ -264,5 +257,69 @@ async fn a_busy_source_is_written_once_it_has_gathered_enough_without_waiting_th
     .await;
     p.stop.cancel();
     p.task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three writers, each holding its own shard: senders that wait lose nothing through rings of
+/// 8 entries, each source's file is whole and in order, a completion is answered by the writer
+/// of its source, the counters add up over the shards, and the directory is marked stopped
+/// cleanly only once all three have stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_writers_write_every_line_of_their_own_sources() {
+    let dir = temp("sharded");
+    let router = Router::new(RouterConfig {
+        ring_max_entries: 8,
+        ..RouterConfig::default()
+    });
+    let mut cfg = config(&dir);
+    cfg.max_open_files = 3; // one each
+    let lock = DirLock::take(&dir).unwrap();
+    let (shards, handle) = Persister::sharded(cfg, &router, lock, 3).unwrap();
+    assert_eq!(handle.shards(), 3);
+    let mut tasks = Vec::new();
+    for (index, (persister, control)) in shards.into_iter().enumerate() {
+        let cursor = router.subscribe_held(Shard { index, of: 3 }, Filter::default(), Start::Live);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
+        tasks.push((stop, task));
+    }
+    let sources: Vec<String> = (0..7).map(|s| format!("src-{s}")).collect();
+    let mut senders = Vec::new();
+    for id in sources.clone() {
+        let router = router.clone();
+        senders.push(tokio::spawn(async move {
+            for chunk in 0..20 {
+                let batch = (0..50)
+                    .map(|i| Envelope::new(id.as_str(), format!("line {}", chunk * 50 + i)))
+                    .collect();
+                router.publish_waiting(batch, None).await.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    for id in &sources {
+        let done = handle.complete(id, 1000, None).await.unwrap();
+        let lines = messages(&done.path.unwrap());
+        let want: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
+        assert_eq!(lines, want, "{id}");
+    }
+    assert_eq!(counter(&handle.counters.lines), 7000);
+    assert_eq!(counter(&handle.counters.lost), 0);
+    assert!(router.waited_for_room_total() > 0, "the rings were full");
+    // Two writers stopped: not yet clean.
+    let (stop_last, last) = tasks.pop().unwrap();
+    for (stop, task) in tasks {
+        stop.cancel();
+        task.await.unwrap();
+    }
+    let mark = || std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+    assert_ne!(mark().trim(), "stopped");
+    stop_last.cancel();
+    last.await.unwrap();
+    assert_eq!(mark().trim(), "stopped");
+    assert_eq!(counter(&handle.counters.open_files), 0);
+    assert_eq!(counter(&handle.counters.gathered_bytes), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use tokio::sync::Notify;
 
 use super::ring::{Key, Ring, Slot};
-use super::{Delivery, Filter, MissedNotice, Shared, Source, Start};
+use super::{Delivery, Filter, MissedNotice, Shard, Shared, Source, Start};
 use crate::entry::Fields;
 
 /// Reads one or more sources, in `seq` order per source, with exact loss accounting.
 #[derive(Debug)]
 pub struct Cursor {
     pub(super) shared: Arc<Shared>,
-    /// Writers wait for this cursor rather than evict what it has not read.
-    pub(super) held: bool,
+    /// Writers of this shard's sources wait for this cursor rather than evict what it has not
+    /// read.
+    pub(super) held: Option<Shard>,
     pub(super) filter: Filter,
     /// What to wait on when there is nothing to read.
     pub(super) wait_on: WaitOn,
@@ -29,10 +30,12 @@ pub struct Cursor {
     pub(super) created_ns: i64,
 }
 
-/// What a cursor waits on when there is nothing to read: its one source, or every publish.
+/// What a cursor waits on when there is nothing to read: its one source, publishes to a
+/// shard's sources, or every publish.
 #[derive(Debug, Clone)]
 pub(super) enum WaitOn {
     Source(Arc<Source>),
+    Shard(Arc<Shared>, usize),
     Global(Arc<Shared>),
 }
 
@@ -40,6 +43,7 @@ impl WaitOn {
     fn notify(&self) -> &Notify {
         match self {
             WaitOn::Source(s) => &s.notify,
+            WaitOn::Shard(g, i) => &g.shard_waits[*i].notify,
             WaitOn::Global(g) => &g.notify,
         }
     }
@@ -47,6 +51,7 @@ impl WaitOn {
     fn waiting(&self) -> &AtomicUsize {
         match self {
             WaitOn::Source(s) => &s.waiting,
+            WaitOn::Shard(g, i) => &g.shard_waits[*i].waiting,
             WaitOn::Global(g) => &g.waiting,
         }
     }
@@ -60,6 +65,8 @@ pub(super) struct AllSources {
     pub(super) version: u64,
     /// How much of the router's creation-ordered source list this cursor has taken.
     pub(super) seen: usize,
+    /// The sources it reads of those ([`Shard::ALL`]: every one).
+    pub(super) shard: Shard,
 }
 
 #[derive(Debug)]
@@ -188,6 +195,25 @@ impl Cursor {
         self.members.push(Member { source, state: m });
     }
 
+    /// Reads every source of `shard`, and those created later.
+    pub(super) fn add_all(&mut self, shard: Shard, start: Start) {
+        // Read the version first: every source created under it is in the list by now.
+        let version = self.shared.sources_version.load(Ordering::Acquire);
+        let existing: Vec<Arc<Source>> = self.shared.created.lock().clone();
+        let seen = existing.len();
+        for source in existing {
+            if shard.has(source.ordinal) {
+                self.add_member(source, start);
+            }
+        }
+        self.all = Some(AllSources {
+            created_under: version,
+            version,
+            seen,
+            shard,
+        });
+    }
+
     /// Learns of sources created since the firehose cursor last looked: only the new end of
     /// the router's creation-ordered list, so creating N sources costs a firehose O(N) in all,
     /// not a walk of every source per creation.
@@ -197,13 +223,13 @@ impl Cursor {
         if version == all.version {
             return;
         }
-        let (created_under, seen) = (all.created_under, all.seen);
+        let (created_under, seen, shard) = (all.created_under, all.seen, all.shard);
         let fresh: Vec<Arc<Source>> = self.shared.created.lock()[seen..].to_vec();
         if let Some(all) = &mut self.all {
             all.version = version;
             all.seen = seen + fresh.len();
         }
-        for source in fresh {
+        for source in fresh.into_iter().filter(|s| shard.has(s.ordinal)) {
             // A source created after this cursor is read from its first line; one that raced
             // with the cursor's creation starts live, as the others did.
             let start = if source.created_version > created_under {
@@ -273,11 +299,11 @@ impl Cursor {
             m.next += scanned as u64;
             m.matched_before += counted as u64;
             self.delivered += taken as u64;
-            if self.held {
+            if self.held.is_some() {
                 source.gate.store(m.next, Ordering::Release);
             }
         }
-        if self.held && out.len() > before {
+        if self.held.is_some() && out.len() > before {
             // Pairs with the fence in `WaitGuard::new`, as for readers.
             fence(Ordering::SeqCst);
             if self.shared.room_waiting.load(Ordering::Relaxed) > 0 {
@@ -331,13 +357,28 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        if !self.held {
+        let Some(shard) = self.held else {
             return;
-        }
-        // Writers evict again, and those waiting go on.
-        self.shared.held.store(false, Ordering::SeqCst);
+        };
+        // Writers of the shard evict again, and those waiting go on. The bit goes first: a
+        // source created from here on starts free; one created before is in the map by the
+        // time the walk below reaches its part of it.
+        let bit = 1u64 << shard.index;
+        let _ = self
+            .shared
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                let mask = h & 0xffff_ffff & !bit;
+                Some(if mask == 0 {
+                    0
+                } else {
+                    (h & !0xffff_ffff) | mask
+                })
+            });
         for e in self.shared.sources.iter() {
-            e.value().gate.store(u64::MAX, Ordering::Release);
+            if shard.has(e.value().ordinal) {
+                e.value().gate.store(u64::MAX, Ordering::Release);
+            }
         }
         self.shared.room.notify_waiters();
     }

@@ -60,6 +60,40 @@ pub enum Selector {
     Sources(Vec<String>),
     /// Every source, including those that appear later: the firehose.
     All,
+    /// One shard of every source (those that appear later included): the firehose split
+    /// between several readers, each source in exactly one shard.
+    Shard(Shard),
+}
+
+/// Most shards the sources can be split into.
+pub const MAX_SHARDS: usize = 32;
+
+/// Shard `index` of `of`: the sources the router created `index`th, `index + of`th, … (so
+/// `of` sources created one after another land in `of` different shards). A source keeps its
+/// shard for as long as the process runs; [`crate::Router::shard_of`] says which it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Shard {
+    /// Every source: one shard of one.
+    pub const ALL: Shard = Shard { index: 0, of: 1 };
+
+    /// Panics unless `index < of <= MAX_SHARDS`.
+    pub(super) fn check(self) {
+        assert!(
+            self.index < self.of && self.of <= MAX_SHARDS,
+            "shard {} of {} (at most {MAX_SHARDS} shards)",
+            self.index,
+            self.of
+        );
+    }
+
+    pub(super) fn has(self, ordinal: usize) -> bool {
+        ordinal % self.of == self.index
+    }
 }
 
 /// Where a cursor starts, in each source it reads.

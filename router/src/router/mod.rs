@@ -39,9 +39,9 @@ mod filter;
 mod ring;
 
 pub use cursor::Cursor;
-use cursor::{AllSources, WaitGuard, WaitOn};
+use cursor::{WaitGuard, WaitOn};
 pub use delivery::{Delivery, MissedNotice};
-pub use filter::{Filter, Selector, Start};
+pub use filter::{Filter, MAX_SHARDS, Selector, Shard, Start};
 use ring::Ring;
 
 /// Sizes of the in-memory rings.
@@ -127,8 +127,15 @@ struct Shared {
     waiting: AtomicUsize,
     published: AtomicU64,
     evicted_for_budget: AtomicU64,
-    /// Whether a held cursor exists (see [`Router::subscribe_held`]): new sources start held.
-    held: std::sync::atomic::AtomicBool,
+    /// The held cursors (see [`Router::subscribe_held`]): their shard count in the high 32
+    /// bits, a bit per shard held below (0: none). A new source starts held if its shard is.
+    held: AtomicU64,
+    /// The shard count of the first shard cursor: shard cursors of that count wait on
+    /// `shard_waits`, woken only by publishes to their own shard's sources.
+    shards: AtomicUsize,
+    shard_waits: Box<[Waiters]>,
+    /// The next source's place in creation order (its shard).
+    next_ordinal: AtomicUsize,
     /// Wakes publishers waiting for a held cursor to make room.
     room: Notify,
     room_waiting: AtomicUsize,
@@ -136,9 +143,18 @@ struct Shared {
     waited_for_room: AtomicU64,
 }
 
+/// Readers waiting, and how to wake them.
+#[derive(Debug, Default)]
+struct Waiters {
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
 #[derive(Debug)]
 struct Source {
     id: Arc<str>,
+    /// Its place in creation order, from 0: its shard is `ordinal % of`.
+    ordinal: usize,
     ring: Mutex<Ring>,
     notify: Notify,
     waiting: AtomicUsize,
@@ -174,7 +190,10 @@ impl Router {
                 waiting: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 evicted_for_budget: AtomicU64::new(0),
-                held: std::sync::atomic::AtomicBool::new(false),
+                held: AtomicU64::new(0),
+                shards: AtomicUsize::new(0),
+                shard_waits: (0..MAX_SHARDS).map(|_| Waiters::default()).collect(),
+                next_ordinal: AtomicUsize::new(0),
                 room: Notify::new(),
                 room_waiting: AtomicUsize::new(0),
                 waited_for_room: AtomicU64::new(0),
@@ -259,7 +278,7 @@ impl Router {
         let mut added = 0usize;
         let mut freed = 0usize;
         let mut count = 0usize;
-        if !overshoot && shared.held.load(Ordering::Relaxed) && shared.over_budget() && {
+        if !overshoot && shared.held.load(Ordering::Relaxed) != 0 && shared.over_budget() && {
             // What the held cursor has read since may go now.
             shared.enforce_budget();
             shared.over_budget()
@@ -313,6 +332,13 @@ impl Router {
             if source.waiting.load(Ordering::Relaxed) > 0 {
                 source.notify.notify_waiters();
             }
+            let of = shared.shards.load(Ordering::Relaxed);
+            if of > 0 {
+                let shard = &shared.shard_waits[source.ordinal % of];
+                if shard.waiting.load(Ordering::Relaxed) > 0 {
+                    shard.notify.notify_waiters();
+                }
+            }
             if kept_out {
                 // Kept out: the rest of the batch waits too, so its order holds.
                 rest.extend(batch.drain(i..));
@@ -338,24 +364,52 @@ impl Router {
         count
     }
 
-    /// Opens the held cursor: writers never evict what it has not read, and wait for it instead
-    /// ([`Router::publish_waiting`]). For the persister with `when_behind: block`; one at a
-    /// time. Dropping it lets writers evict again.
-    pub fn subscribe_held(
-        &self,
-        selector: Selector,
-        filter: Filter,
-        start: Start,
-    ) -> Result<Cursor, EnvelopeError> {
-        // Set first: a source created from here on starts held; one created before is in the
-        // snapshot `subscribe` takes, or learnt of by `refresh_all`, which holds it.
-        self.shared.held.store(true, Ordering::SeqCst);
-        let mut cursor = self.subscribe(selector, filter, start)?;
-        cursor.held = true;
+    /// Opens a held cursor over one shard of the sources ([`Shard::ALL`]: every source):
+    /// writers never evict what it has not read, and wait for it instead
+    /// ([`Router::publish_waiting`]). For the persister with `when_behind: block`, one cursor
+    /// per writer thread. Dropping it lets writers of its shard evict again.
+    ///
+    /// Panics if `shard` is out of range, if its shard is held already, or if held cursors of
+    /// another shard count are open.
+    pub fn subscribe_held(&self, shard: Shard, filter: Filter, start: Start) -> Cursor {
+        shard.check();
+        let bit = 1u64 << shard.index;
+        let mut held = self.shared.held.load(Ordering::SeqCst);
+        loop {
+            let (of, mask) = ((held >> 32) as usize, held & 0xffff_ffff);
+            assert!(
+                mask == 0 || of == shard.of,
+                "held cursors of {of} shards are open: cannot hold one of {}",
+                shard.of
+            );
+            assert!(mask & bit == 0, "shard {} is held already", shard.index);
+            let new = ((shard.of as u64) << 32) | mask | bit;
+            // Set first: a source of the shard created from here on starts held; one created
+            // before is in the snapshot `subscribe` takes, or learnt of by `refresh_all`.
+            match self
+                .shared
+                .held
+                .compare_exchange(held, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(now) => held = now,
+            }
+        }
+        let mut cursor = self
+            .subscribe(Selector::Shard(shard), filter, start)
+            .expect("a shard needs no id");
+        cursor.held = Some(shard);
         for m in &cursor.members {
             m.source.gate.store(m.state.next, Ordering::Release);
         }
-        Ok(cursor)
+        cursor
+    }
+
+    /// Which of `of` shards `source_id` is in (see [`Shard`]); the source is created (empty)
+    /// if it has not been seen yet, so that its shard is settled. `None` for an invalid id.
+    pub fn shard_of(&self, source_id: &str, of: usize) -> Option<usize> {
+        validate_source_id(source_id).ok()?;
+        Some(self.shared.source(source_id).ordinal % of.max(1))
     }
 
     /// Publishers waiting now for the held cursor to make room: the persister is a ring behind
@@ -379,7 +433,7 @@ impl Router {
     ) -> Result<Cursor, EnvelopeError> {
         let shared = self.shared.clone();
         let mut cursor = Cursor {
-            held: false,
+            held: None,
             wait_on: WaitOn::Global(self.shared.clone()),
             filter,
             all: None,
@@ -409,19 +463,20 @@ impl Router {
                     }
                 }
             }
-            Selector::All => {
-                // Read the version first: every source created under it is in the list by now.
-                let version = cursor.shared.sources_version.load(Ordering::Acquire);
-                let existing: Vec<Arc<Source>> = cursor.shared.created.lock().clone();
-                let seen = existing.len();
-                for source in existing {
-                    cursor.add_member(source, start);
+            Selector::All => cursor.add_all(Shard::ALL, start),
+            Selector::Shard(shard) => {
+                shard.check();
+                let shards = &cursor.shared.shards;
+                let of =
+                    match shards.compare_exchange(0, shard.of, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => shard.of,
+                        Err(of) => of,
+                    };
+                if of == shard.of {
+                    cursor.wait_on = WaitOn::Shard(cursor.shared.clone(), shard.index);
                 }
-                cursor.all = Some(AllSources {
-                    created_under: version,
-                    version,
-                    seen,
-                });
+                cursor.add_all(shard, start);
             }
         }
         Ok(cursor)
@@ -560,6 +615,13 @@ fn validate_batch(batch: &[Envelope]) -> Result<(), EnvelopeError> {
 }
 
 impl Shared {
+    /// Whether a source with this creation `ordinal` starts held.
+    fn holds(&self, ordinal: usize) -> bool {
+        let held = self.held.load(Ordering::SeqCst);
+        let of = (held >> 32) as usize;
+        of > 0 && held & (1 << (ordinal % of)) != 0
+    }
+
     fn source(&self, id: &str) -> Arc<Source> {
         if let Some(s) = self.sources.get(id) {
             return s.value().clone();
@@ -602,14 +664,16 @@ impl Shared {
                     ring.push(&notice, admit);
                 }
                 let next_seq = ring.next_seq;
+                let ordinal = self.next_ordinal.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Source {
                     id: Arc::from(id),
+                    ordinal,
                     ring: Mutex::new(ring),
                     notify: Notify::new(),
                     waiting: AtomicUsize::new(0),
                     next_seq: AtomicU64::new(next_seq),
                     resumed_after,
-                    gate: AtomicU64::new(if self.held.load(Ordering::SeqCst) {
+                    gate: AtomicU64::new(if self.holds(ordinal) {
                         resumed_after + 1
                     } else {
                         u64::MAX

@@ -4,6 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The lock file in `local_dir`: it holds the pid of the server that has the directory, and
 /// `stopped` once that server has written everything it published and stopped.
@@ -88,5 +90,47 @@ impl DirLock {
         file.seek(std::io::SeekFrom::Start(0))?;
         writeln!(file, "{STOPPED}")?;
         file.sync_all()
+    }
+}
+
+/// The directory's lock as the persister's shards share it: the directory is marked stopped
+/// cleanly once every shard has stopped having written all it read.
+#[derive(Debug)]
+pub(super) struct SharedLock {
+    lock: Mutex<DirLock>,
+    shards: usize,
+    stopped: AtomicUsize,
+    dirty: AtomicBool,
+}
+
+impl SharedLock {
+    pub(super) fn new(lock: DirLock, shards: usize) -> SharedLock {
+        SharedLock {
+            lock: Mutex::new(lock),
+            shards,
+            stopped: AtomicUsize::new(0),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// A shard runs: from now on only the clean end of all of them marks the directory.
+    pub(super) fn running(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).running = true;
+    }
+
+    /// A shard stopped, `clean` if it wrote all it read; the last to stop marks the directory
+    /// if every one was.
+    pub(super) fn stopped(&self, clean: bool) {
+        if !clean {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        let last = self.stopped.fetch_add(1, Ordering::SeqCst) + 1 == self.shards;
+        if last && !self.dirty.load(Ordering::SeqCst) {
+            let _ = self
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mark_stopped();
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The persister (SPEC §6): every source's envelopes as JSONL lines in its own file, written in
-//! batches from one cursor over all sources.
+//! batches by writer threads, each with a cursor over its own shard of the sources (so each
+//! file has one writer, and a big machine writes with several cores).
 //!
 //! - Files: `local_dir/<stem>.jsonl` (see [`names::file_stem`]), rotated at
 //!   `max_file_size_bytes` to `<stem>.jsonl.1`, `.2`, … keeping `max_files` files in all.
@@ -25,7 +26,8 @@
 //! - `line`: the JSONL line, written by hand for speed. `names`: file names from source ids.
 //! - `rotate`: rotation, segments, deletions counted and announced, off the writer's thread.
 //! - `completion`: a source written through, closed and moved aside for the archive.
-//! - `lock`: the directory's lock and the mark a clean stop leaves.
+//! - `lock`: the directory's lock and the mark a clean stop leaves (once every shard stopped
+//!   clean).
 
 mod completion;
 pub mod line;
@@ -42,13 +44,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sluice_router::{Cursor, Delivery, Durability, Entry, Envelope, Fields, MissedNotice, Router};
+use sluice_router::{
+    Cursor, Delivery, Durability, Entry, Envelope, Fields, MAX_SHARDS, MissedNotice, Router,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use completion::CompletionError;
 pub use line::{Line, SERVER_STEP, write_line};
+use lock::SharedLock;
 pub use lock::{DirLock, LOCK_FILE};
 pub use names::file_stem;
 use rotate::{Deleted, in_background};
@@ -103,11 +108,13 @@ pub struct PersisterCounters {
     pub deleted_lines: AtomicU64,
     /// Envelopes taken from the cursor (written, gathered or waiting for a retry).
     pub read: AtomicU64,
-    /// Files held open now (updated after each batch).
+    /// Files held open now, all shards together (updated after each batch).
     pub open_files: AtomicU64,
     /// Bytes of lines waiting in the persister's buffers now, most of them gathered by closed
     /// files (updated after each batch).
     pub gathered_bytes: AtomicU64,
+    /// Writer threads (shards).
+    pub writers: AtomicU64,
 }
 
 /// Requests to the persister task.
@@ -133,15 +140,25 @@ pub struct Completed {
     pub rotated: Vec<PathBuf>,
 }
 
+/// One writer of a sharded persister, and where its requests arrive.
+pub type Shard = (Persister, mpsc::Receiver<Control>);
+
 /// A handle to ask the persister things.
 #[derive(Debug, Clone)]
 pub struct PersisterHandle {
-    pub control: mpsc::Sender<Control>,
+    /// One per shard, in shard order.
+    control: Arc<[mpsc::Sender<Control>]>,
+    router: Router,
     pub counters: Arc<PersisterCounters>,
     pub config: Arc<PersisterConfig>,
 }
 
 impl PersisterHandle {
+    /// How many writers (shards) the persister has.
+    pub fn shards(&self) -> usize {
+        self.control.len()
+    }
+
     /// Waits until `source` is written through `upto`, then closes its file (and moves its
     /// files into `move_to`, when given).
     pub async fn complete(
@@ -151,7 +168,9 @@ impl PersisterHandle {
         move_to: Option<PathBuf>,
     ) -> Result<Completed, CompletionError> {
         let (reply, rx) = oneshot::channel();
-        self.control
+        // The shard that writes the source answers; an invalid id has no file, any will say so.
+        let shard = self.router.shard_of(source, self.shards()).unwrap_or(0);
+        self.control[shard]
             .send(Control::Complete {
                 source: source.to_owned(),
                 upto,
@@ -269,8 +288,10 @@ pub struct Persister {
     /// Files written since the last interval sync and closed since: the next sync opens each
     /// by path, one at a time, off this thread. Closing a file never waits for the disk.
     closed_unsynced: Vec<PathBuf>,
-    /// The exclusive lock on `local_dir`, held while the persister runs.
-    lock: DirLock,
+    /// The exclusive lock on `local_dir`, held while the persister runs, shared by its shards.
+    lock: Arc<SharedLock>,
+    /// What this shard last added to the counters' `open_files` and `gathered_bytes`.
+    reported: (u64, u64),
 }
 
 impl std::fmt::Debug for Persister {
@@ -321,6 +342,22 @@ impl Persister {
         router: &Router,
         lock: DirLock,
     ) -> std::io::Result<(Persister, PersisterHandle, mpsc::Receiver<Control>)> {
+        let (mut shards, handle) = Persister::sharded(config, router, lock, 1)?;
+        let (persister, control) = shards.pop().expect("one shard");
+        Ok((persister, handle, control))
+    }
+
+    /// A persister of `shards` writers (at most [`MAX_SHARDS`]) on a directory already locked:
+    /// run the `i`th with a cursor over [`sluice_router::Shard`] `i` of `shards`, each on a
+    /// thread of its own. They share `max_open_files` and the counters; the directory is marked
+    /// stopped cleanly once every one of them has stopped having written all it read.
+    pub fn sharded(
+        config: PersisterConfig,
+        router: &Router,
+        lock: DirLock,
+        shards: usize,
+    ) -> std::io::Result<(Vec<Shard>, PersisterHandle)> {
+        let shards = shards.clamp(1, MAX_SHARDS);
         // Files a rotation was deleting when the process stopped.
         for entry in std::fs::read_dir(&config.local_dir)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(DOOMED_SUFFIX) {
@@ -328,10 +365,43 @@ impl Persister {
             }
         }
         let config = Arc::new(config);
+        // Each shard opens at most its part of the files.
+        let shard_config = Arc::new(PersisterConfig {
+            max_open_files: (config.max_open_files / shards).max(1),
+            ..(*config).clone()
+        });
+        let counters = Arc::new(PersisterCounters {
+            writers: AtomicU64::new(shards as u64),
+            ..PersisterCounters::default()
+        });
+        let lock = Arc::new(SharedLock::new(lock, shards));
+        let mut senders = Vec::with_capacity(shards);
+        let mut persisters = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(64);
+            senders.push(tx);
+            persisters.push((
+                Persister::shard(shard_config.clone(), router, &counters, lock.clone()),
+                rx,
+            ));
+        }
+        let handle = PersisterHandle {
+            control: senders.into(),
+            router: router.clone(),
+            counters,
+            config,
+        };
+        Ok((persisters, handle))
+    }
+
+    fn shard(
+        config: Arc<PersisterConfig>,
+        router: &Router,
+        counters: &Arc<PersisterCounters>,
+        lock: Arc<SharedLock>,
+    ) -> Persister {
         let durability = router.durability().clone();
-        let counters = Arc::new(PersisterCounters::default());
-        let (tx, rx) = mpsc::channel(64);
-        let persister = Persister {
+        Persister {
             config: config.clone(),
             durability: durability.clone(),
             counters: counters.clone(),
@@ -359,13 +429,8 @@ impl Persister {
             open_fds: 0,
             closed_unsynced: Vec::new(),
             lock,
-        };
-        let handle = PersisterHandle {
-            control: tx,
-            counters,
-            config,
-        };
-        Ok((persister, handle, rx))
+            reported: (0, 0),
+        }
     }
 
     /// Runs until `shutdown`, then writes what its cursor still holds, syncs and returns.
@@ -375,7 +440,7 @@ impl Persister {
         mut control: mpsc::Receiver<Control>,
         shutdown: CancellationToken,
     ) {
-        self.lock.running = true;
+        self.lock.running();
         let mut deliveries = Vec::with_capacity(BATCH);
         let durability = self.durability.clone();
         loop {
@@ -400,12 +465,7 @@ impl Persister {
             }
             self.write(&mut deliveries);
             self.write_out(false);
-            self.counters
-                .open_files
-                .store(self.open_fds as u64, Ordering::Relaxed);
-            self.counters
-                .gathered_bytes
-                .store(self.buffered as u64, Ordering::Relaxed);
+            self.report();
         }
         // Shutting down: take what is already published, write it, sync it.
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
@@ -422,14 +482,27 @@ impl Persister {
             let Control::Complete { reply, .. } = c;
             let _ = reply.send(Err(CompletionError::Stopping));
         }
-        // Everything published is written: the next start need not skip seqs.
-        if self
+        // Everything published is written: the next start need not skip seqs (once every
+        // shard has said so).
+        let clean = self
             .files
             .values()
-            .all(|f| f.buf.is_empty() && f.dropped == 0)
-        {
-            let _ = self.lock.mark_stopped();
-        }
+            .all(|f| f.buf.is_empty() && f.dropped == 0);
+        self.lock.stopped(clean);
+        self.open_fds = 0;
+        self.buffered = 0;
+        self.report();
+    }
+
+    /// Moves the counters' `open_files` and `gathered_bytes` by what changed in this shard.
+    fn report(&mut self) {
+        let now = (self.open_fds as u64, self.buffered as u64);
+        let (fds, bytes) = std::mem::replace(&mut self.reported, now);
+        let c = &self.counters;
+        c.open_files
+            .fetch_add(now.0.wrapping_sub(fds), Ordering::Relaxed);
+        c.gathered_bytes
+            .fetch_add(now.1.wrapping_sub(bytes), Ordering::Relaxed);
     }
 
     fn write(&mut self, deliveries: &mut Vec<Delivery>) {
