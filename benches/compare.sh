@@ -112,7 +112,8 @@ PY
 }
 
 # $1: run, $2: default|tuned. Default is Sluice as a user starts it (only the ports and the
-# directory set); tuned adds `fsync: never` (the peers here sync nothing either).
+# directory set); tuned adds `fsync: never` (the peers here sync nothing either) and one writer
+# thread per core (the default is one per two cores).
 run_sluice_as() {
     local dir=$WORK/sluice-$2-$1 http syslog
     mkdir -p "$dir"
@@ -120,7 +121,7 @@ run_sluice_as() {
     {
         printf 'listen:\n  http: 127.0.0.1:%s\n  ingest: null\n  syslog_tcp: 127.0.0.1:%s\n  syslog_udp: null\n' "$http" "$syslog"
         printf 'log_storage:\n  local_dir: %s/logs\n' "$dir"
-        if [ "$2" = tuned ]; then printf '  fsync: never\n'; fi
+        if [ "$2" = tuned ]; then printf '  fsync: never\n  writers: %s\n' "$(nproc)"; fi
     } > "$dir/sluice.yaml"
     "$BIN/sluice" serve --config "$dir/sluice.yaml" >"$dir/out" 2>"$dir/err" &
     local pid=$!
@@ -290,7 +291,7 @@ for CONNS in $CONNECTIONS; do
         ratio=$(awk "BEGIN {printf \"%.2f\", $sluice_rate / $rate}")
         case $p in
             sluice) label="Sluice as started (syslog_tcp -> JSONL)" ;;
-            sluice_tuned) label="Sluice tuned (fsync: never)" ;;
+            sluice_tuned) label="Sluice tuned (fsync: never, writers: nproc)" ;;
             rsyslog) label="rsyslog (imtcp -> omfile %msg%, async)" ;;
             syslog_ng) label="syslog-ng (syslog() -> file \$MSG)" ;;
             vector) label="Vector (syslog -> blackhole)" ;;

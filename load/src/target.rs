@@ -58,6 +58,8 @@ impl Target {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let logs = dir.join("logs");
+        // `{logs}` in `extra` names this run's own directory, which is removed with it.
+        let extra = extra.replace("{logs}", &logs.display().to_string());
         let storage = if extra.contains("log_storage:") {
             String::new()
         } else {
