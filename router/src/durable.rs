@@ -1,7 +1,7 @@
 //! The durability watermark: how far each source is on disk.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -18,7 +18,9 @@ pub struct Durability {
     /// Callers in [`Durability::wait`] now: while there are any, the persister writes what it
     /// has gathered at once instead of holding it for a larger write.
     waiting: AtomicUsize,
-    /// Tells the persister that someone started waiting.
+    /// Tells the persister's writers (every one of them) that someone started waiting: how
+    /// many waits have begun, and the wake-up.
+    began: AtomicU64,
     wanted: Notify,
 }
 
@@ -53,7 +55,8 @@ impl Durability {
         let deadline = Instant::now() + timeout;
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _counted = Waiting(&self.waiting);
-        self.wanted.notify_one();
+        self.began.fetch_add(1, Ordering::SeqCst);
+        self.wanted.notify_waiters();
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -90,10 +93,21 @@ impl Durability {
         self.waiting.load(Ordering::SeqCst) > 0
     }
 
-    /// Completes once someone has started waiting since the last call (at once if someone
-    /// did meanwhile): the persister's cue to write what it holds back.
-    pub async fn wanted(&self) {
-        self.wanted.notified().await;
+    /// Completes once someone has started waiting since the caller last looked (`seen`, which
+    /// it moves; at once if someone did meanwhile): a persister writer's cue to write what it
+    /// holds back. Every writer that looks is told, each keeping its own `seen`.
+    pub async fn wanted(&self, seen: &mut u64) {
+        loop {
+            let notified = self.wanted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let began = self.began.load(Ordering::SeqCst);
+            if began != *seen {
+                *seen = began;
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

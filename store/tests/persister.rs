@@ -152,27 +152,44 @@ struct Running {
     router: Router,
     handle: sluice_store::persister::PersisterHandle,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A persister over 4 open files whose closed files gather lines for an hour unless someone
-/// asks: a test of gathering cannot pass by waiting it out.
-fn gathering_for_an_hour(dir: &std::path::Path) -> Running {
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A persister of `writers` over 4 open files whose closed files gather lines for an hour
+/// unless someone asks: a test of gathering cannot pass by waiting it out.
+fn gathering_for_an_hour(dir: &std::path::Path, writers: usize) -> Running {
     let router = Router::new(RouterConfig::default());
-    let cursor = router
-        .subscribe(Selector::All, Filter::default(), Start::Live)
-        .unwrap();
     let mut cfg = config(dir);
     cfg.fsync = Fsync::Interval;
     cfg.fsync_interval = Duration::from_secs(3600);
-    let (persister, handle, control) = Persister::new(cfg, &router).unwrap();
+    let lock = DirLock::take(dir).unwrap();
+    let (shards, handle) = Persister::sharded(cfg, &router, lock, writers).unwrap();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(persister.run(cursor, control, stop.clone()));
+    let tasks = shards
+        .into_iter()
+        .enumerate()
+        .map(|(index, (persister, control))| {
+            let shard = Shard { index, of: writers };
+            let cursor = router
+                .subscribe(Selector::Shard(shard), Filter::default(), Start::Live)
+                .unwrap();
+            tokio::spawn(persister.run(cursor, control, stop.clone()))
+        })
+        .collect();
     Running {
         router,
         handle,
         stop,
-        task,
+        tasks,
     }
 }
 
@@ -180,8 +197,19 @@ fn gathering_for_an_hour(dir: &std::path::Path) -> Running {
 /// lost or reordered, whoever waits for the disk gets it at once, and a stop writes the rest.
 #[tokio::test]
 async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_writes_them() {
-    let dir = temp("gather");
-    let p = gathering_for_an_hour(&dir);
+    gather_and_write_when_asked("gather", 1).await;
+}
+
+/// The same with three writers: a waiter has the writer of its own source write at once,
+/// whichever of them that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_gather_and_each_writes_at_once_for_a_waiter() {
+    gather_and_write_when_asked("gather-sharded", 3).await;
+}
+
+async fn gather_and_write_when_asked(name: &str, writers: usize) {
+    let dir = temp(name);
+    let p = gathering_for_an_hour(&dir, writers);
     let lines_of = |s: usize| messages(&file_path(&dir, &format!("s{s}")));
     // 500 sources through 4 open files, three lines each, the persister reading each round
     // before the next: none is written yet (each would have been opened and closed per round).
@@ -221,19 +249,13 @@ async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_
         .lines
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(n >= 1500, "{n}");
-    p.stop.cancel();
-    p.task.await.unwrap();
+    let handle = p.handle.clone();
+    p.stop().await;
     let want: Vec<String> = (0..5).map(|r| format!("round {r}")).collect();
     for s in 0..500 {
         assert_eq!(lines_of(s), want, "s{s}");
     }
-    assert_eq!(
-        p.handle
-            .counters
-            .lines
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2500
-    );
+    assert_eq!(counter(&handle.counters.lines), 2500);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -241,7 +263,7 @@ async fn more_sources_than_open_files_gather_their_lines_and_a_waiter_or_a_stop_
 #[tokio::test]
 async fn a_busy_source_is_written_once_it_has_gathered_enough_without_waiting_the_interval() {
     let dir = temp("busy");
-    let p = gathering_for_an_hour(&dir);
+    let p = gathering_for_an_hour(&dir, 1);
     // ~250 KB of lines in one batch: one run for the persister, its file not open yet.
     p.router
         .publish(
@@ -255,8 +277,7 @@ async fn a_busy_source_is_written_once_it_has_gathered_enough_without_waiting_th
         || counter(&p.handle.counters.lines) == 1000,
     )
     .await;
-    p.stop.cancel();
-    p.task.await.unwrap();
+    p.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -443,6 +443,7 @@ impl Persister {
         self.lock.running();
         let mut deliveries = Vec::with_capacity(BATCH);
         let durability = self.durability.clone();
+        let mut waits_seen = 0;
         loop {
             // (Checked per loop, so kept cheap: no walk over every file.)
             let unsynced = self.config.fsync == Fsync::Interval
@@ -455,7 +456,7 @@ impl Persister {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(c) = control.recv() => self.pending.push(c),
-                () = durability.wanted(), if gathered_until.is_some() => {}
+                () = durability.wanted(&mut waits_seen), if gathered_until.is_some() => {}
                 () = tokio::time::sleep_until(sync_at), if unsynced => {}
                 () = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
                 // Rotations finishing in the background: announce what they deleted.
