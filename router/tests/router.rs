@@ -635,3 +635,88 @@ async fn a_waiting_shard_cursor_is_woken_by_its_own_sources() {
         .unwrap();
     assert_eq!(sources_of(&got), ["one".to_owned()].into());
 }
+
+/// Held shard cursors read by the sources published to (not by walking every source): four
+/// producers that wait, 300 sources (a third created after the cursors) among 10,000 idle
+/// ones, rings of 16. Every source's lines reach the cursor of its shard, all of them, in
+/// order, nothing missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_shards_read_every_line_of_busy_sources_among_idle_ones() {
+    const SHARDS: usize = 2;
+    const BUSY: usize = 300;
+    const LINES: u64 = 200;
+    let r = router(16);
+    for i in 0..10_000 {
+        r.touch(&format!("idle-{i}")).unwrap();
+    }
+    for s in 0..BUSY / 3 * 2 {
+        r.touch(&format!("busy-{s}")).unwrap();
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..SHARDS)
+        .map(|index| {
+            let done = done.clone();
+            let mut c =
+                r.subscribe_held(Shard { index, of: SHARDS }, Filter::default(), Start::Live);
+            tokio::spawn(async move {
+                let mut got: std::collections::HashMap<String, Vec<u64>> = Default::default();
+                let mut out = Vec::new();
+                loop {
+                    out.clear();
+                    let wait = std::time::Duration::from_millis(100);
+                    let read = tokio::time::timeout(wait, c.next_batch(&mut out, 64)).await;
+                    if read.is_err() && done.load(std::sync::atomic::Ordering::SeqCst) {
+                        break; // everything is published, and nothing is left to read
+                    }
+                    for d in &out {
+                        match d {
+                            Delivery::Log(e) => {
+                                got.entry(e.source_id().to_owned())
+                                    .or_default()
+                                    .push(e.seq());
+                            }
+                            Delivery::Missed(m) => panic!("missed {m:?}"),
+                        }
+                    }
+                }
+                (index, got)
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                for round in 0..LINES / 10 {
+                    for s in (p..BUSY).step_by(4) {
+                        let batch = (0..10)
+                            .map(|i| {
+                                Envelope::new(format!("busy-{s}"), format!("{}", round * 10 + i))
+                            })
+                            .collect();
+                        r.publish_waiting(batch, None).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // A source its cursor never visits holds its producer forever: fail instead of hanging.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    for p in producers {
+        tokio::time::timeout_at(deadline, p)
+            .await
+            .expect("a producer held by a source that was never read")
+            .unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut seen = 0;
+    for reader in readers {
+        let (index, got) = reader.await.unwrap();
+        for (id, seqs) in got {
+            assert_eq!(r.shard_of(&id, SHARDS), Some(index), "{id}");
+            assert_eq!(seqs, (1..=LINES).collect::<Vec<_>>(), "{id}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, BUSY);
+}

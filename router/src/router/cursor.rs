@@ -1,6 +1,7 @@
 //! Cursors: a reader's place in each source it reads, the reads themselves, and the wait
 //! for new entries (a fence pairs each waiter with the publishers that must wake it).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
@@ -25,6 +26,9 @@ pub struct Cursor {
     pub(super) members: Vec<Member>,
     /// Where the next read starts among `members`, so a busy source cannot starve the others.
     pub(super) rr: usize,
+    /// Set when this cursor reads its shard by the sources published to (see
+    /// [`Cursor::claim`]) instead of looking at every member on each read.
+    pub(super) ready: Option<Ready>,
     pub(super) delivered: u64,
     pub(super) missed: u64,
     pub(super) created_ns: i64,
@@ -67,6 +71,18 @@ pub(super) struct AllSources {
     pub(super) seen: usize,
     /// The sources it reads of those ([`Shard::ALL`]: every one).
     pub(super) shard: Shard,
+}
+
+/// What a cursor that owns its shard's `ready` list visits next.
+#[derive(Debug)]
+pub(super) struct Ready {
+    /// The shard.
+    slot: usize,
+    /// Members to visit, in turn: taken from the shard's list, and those left with more to
+    /// read.
+    pending: VecDeque<usize>,
+    /// The member index of each source, by ordinal.
+    index_of: HashMap<usize, usize>,
 }
 
 #[derive(Debug)]
@@ -192,7 +208,36 @@ impl Cursor {
                 }
             }
         }
+        if let Some(r) = &mut self.ready {
+            r.index_of.insert(source.ordinal, self.members.len());
+            r.pending.push_back(self.members.len());
+        }
         self.members.push(Member { source, state: m });
+    }
+
+    /// Reads shard `slot` by its `ready` list from now on, if no other cursor does: publishers
+    /// list each source they add to (once until it is visited), so a read visits those
+    /// instead of every source ever created (100,000 idle sources cost nothing). The first
+    /// read visits every member once.
+    pub(super) fn claim(&mut self, slot: usize) {
+        let shard = &self.shared.shard_waits[slot];
+        if shard
+            .claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        self.ready = Some(Ready {
+            slot,
+            pending: (0..self.members.len()).collect(),
+            index_of: self
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.source.ordinal, i))
+                .collect(),
+        });
     }
 
     /// Reads every source of `shard`, and those created later.
@@ -246,61 +291,17 @@ impl Cursor {
     pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
         self.refresh_all();
         let before = out.len();
-        let n = self.members.len();
-        for k in 0..n {
-            let idx = (self.rr + k) % n;
-            if out.len() - before >= max {
-                self.rr = idx;
-                break;
-            }
-            let Member { source, state: m } = &mut self.members[idx];
-            if source.next_seq.load(Ordering::Acquire) <= m.next {
-                continue; // nothing new, so nothing overwritten either
-            }
-            let ring = source.ring.lock();
-            if m.next < ring.first_seq {
-                let evicted = m.matching(&ring, &self.filter, |k| k.evicted);
-                let missed = evicted.saturating_sub(m.matched_before);
-                if missed > 0 {
-                    out.push(Delivery::Missed(MissedNotice {
-                        source_id: source.id.clone(),
-                        count: missed,
-                        since_ns: if m.last_ts != 0 {
-                            m.last_ts
-                        } else {
-                            self.created_ns
-                        },
-                        last_missed_seq: ring.first_seq - 1,
-                    }));
-                    self.missed += missed;
-                }
-                m.matched_before = m.matched_before.max(evicted);
-                m.next = ring.first_seq;
-            }
-            let skip = (m.next - ring.first_seq) as usize;
-            let room = max - (out.len() - before);
-            let mut taken = 0;
-            let mut counted = 0;
-            let mut scanned = 0;
-            for slot in ring.slots.range(skip..) {
-                if taken >= room || scanned >= SCAN_LIMIT {
+        if self.ready.is_some() {
+            self.poll_ready(out, max);
+        } else {
+            let n = self.members.len();
+            for k in 0..n {
+                let idx = (self.rr + k) % n;
+                if out.len() - before >= max {
+                    self.rr = idx;
                     break;
                 }
-                scanned += 1;
-                if m.matches(slot.key as usize, &ring, &self.filter) {
-                    counted += 1;
-                    if m.delivers(slot, &ring, &self.filter) {
-                        m.last_ts = slot.entry.timestamp();
-                        out.push(Delivery::Log(slot.entry.clone()));
-                        taken += 1;
-                    }
-                }
-            }
-            m.next += scanned as u64;
-            m.matched_before += counted as u64;
-            self.delivered += taken as u64;
-            if self.held.is_some() {
-                source.gate.store(m.next, Ordering::Release);
+                self.read_member(idx, out, max - (out.len() - before));
             }
         }
         if self.held.is_some() && out.len() > before {
@@ -311,6 +312,102 @@ impl Cursor {
             }
         }
         out.len() - before
+    }
+
+    /// Visits the members the shard's `ready` list names, and those left with more to read,
+    /// each in turn, until `max` deliveries are out or none is left.
+    fn poll_ready(&mut self, out: &mut Vec<Delivery>, max: usize) {
+        let before = out.len();
+        let Some(r) = &self.ready else { return };
+        let fresh = std::mem::take(&mut *self.shared.shard_waits[r.slot].ready.lock());
+        for source in fresh {
+            let mut idx = self
+                .ready
+                .as_ref()
+                .and_then(|r| r.index_of.get(&source.ordinal));
+            if idx.is_none() {
+                // Created since `refresh_all` looked, published to since: in the list by now.
+                self.refresh_all();
+                idx = self
+                    .ready
+                    .as_ref()
+                    .and_then(|r| r.index_of.get(&source.ordinal));
+            }
+            if let Some(&i) = idx
+                && let Some(r) = &mut self.ready
+            {
+                r.pending.push_back(i);
+            }
+        }
+        while out.len() - before < max {
+            let Some(idx) = self.ready.as_mut().and_then(|r| r.pending.pop_front()) else {
+                break;
+            };
+            // Cleared before the read: what is published after it lists the source again.
+            self.members[idx]
+                .source
+                .ready
+                .store(false, Ordering::SeqCst);
+            self.read_member(idx, out, max - (out.len() - before));
+            let Member { source, state } = &self.members[idx];
+            if source.next_seq.load(Ordering::Acquire) > state.next
+                && let Some(r) = &mut self.ready
+            {
+                r.pending.push_back(idx); // more than this read could take
+            }
+        }
+    }
+
+    /// Reads up to `room` deliveries (plus a loss notice) of member `idx` into `out`.
+    fn read_member(&mut self, idx: usize, out: &mut Vec<Delivery>, room: usize) {
+        let Member { source, state: m } = &mut self.members[idx];
+        if source.next_seq.load(Ordering::Acquire) <= m.next {
+            return; // nothing new, so nothing overwritten either
+        }
+        let ring = source.ring.lock();
+        if m.next < ring.first_seq {
+            let evicted = m.matching(&ring, &self.filter, |k| k.evicted);
+            let missed = evicted.saturating_sub(m.matched_before);
+            if missed > 0 {
+                out.push(Delivery::Missed(MissedNotice {
+                    source_id: source.id.clone(),
+                    count: missed,
+                    since_ns: if m.last_ts != 0 {
+                        m.last_ts
+                    } else {
+                        self.created_ns
+                    },
+                    last_missed_seq: ring.first_seq - 1,
+                }));
+                self.missed += missed;
+            }
+            m.matched_before = m.matched_before.max(evicted);
+            m.next = ring.first_seq;
+        }
+        let skip = (m.next - ring.first_seq) as usize;
+        let mut taken = 0;
+        let mut counted = 0;
+        let mut scanned = 0;
+        for slot in ring.slots.range(skip..) {
+            if taken >= room || scanned >= SCAN_LIMIT {
+                break;
+            }
+            scanned += 1;
+            if m.matches(slot.key as usize, &ring, &self.filter) {
+                counted += 1;
+                if m.delivers(slot, &ring, &self.filter) {
+                    m.last_ts = slot.entry.timestamp();
+                    out.push(Delivery::Log(slot.entry.clone()));
+                    taken += 1;
+                }
+            }
+        }
+        m.next += scanned as u64;
+        m.matched_before += counted as u64;
+        self.delivered += taken as u64;
+        if self.held.is_some() {
+            source.gate.store(m.next, Ordering::Release);
+        }
     }
 
     /// Appends at least one and at most `max` deliveries to `out`, waiting for new entries if
@@ -357,6 +454,12 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
+        if let Some(r) = &self.ready {
+            // The next cursor of the shard to claim it visits every member first.
+            let shard = &self.shared.shard_waits[r.slot];
+            shard.ready.lock().clear();
+            shard.claimed.store(false, Ordering::Release);
+        }
         let Some(shard) = self.held else {
             return;
         };

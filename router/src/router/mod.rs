@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -143,11 +143,17 @@ struct Shared {
     waited_for_room: AtomicU64,
 }
 
-/// Readers waiting, and how to wake them.
+/// A shard's readers waiting, how to wake them, and which of its sources have new entries.
 #[derive(Debug, Default)]
 struct Waiters {
     notify: Notify,
     waiting: AtomicUsize,
+    /// Whether a cursor reads this shard by `ready` (one at most: the first of its shard, the
+    /// persister's): it visits only the sources published to, not every one ever created.
+    claimed: AtomicBool,
+    /// The shard's sources published to since that cursor last looked, each once (see
+    /// `Source::ready`).
+    ready: Mutex<Vec<Arc<Source>>>,
 }
 
 #[derive(Debug)]
@@ -155,6 +161,8 @@ struct Source {
     id: Arc<str>,
     /// Its place in creation order, from 0: its shard is `ordinal % of`.
     ordinal: usize,
+    /// In its shard's `ready` list, not yet visited: publishers add it only when this is false.
+    ready: AtomicBool,
     ring: Mutex<Ring>,
     notify: Notify,
     waiting: AtomicUsize,
@@ -326,18 +334,26 @@ impl Router {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
             }
+            let of = shared.shards.load(Ordering::Relaxed);
+            let shard = (of > 0).then(|| &shared.shard_waits[source.ordinal % of]);
+            if let Some(shard) = shard
+                && shard.claimed.load(Ordering::Acquire)
+                && !source.ready.load(Ordering::Acquire)
+                && !source.ready.swap(true, Ordering::AcqRel)
+            {
+                // Its shard's cursor visits it next time (it clears `ready` before it reads).
+                shard.ready.lock().push(source.clone());
+            }
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.
             fence(Ordering::SeqCst);
             if source.waiting.load(Ordering::Relaxed) > 0 {
                 source.notify.notify_waiters();
             }
-            let of = shared.shards.load(Ordering::Relaxed);
-            if of > 0 {
-                let shard = &shared.shard_waits[source.ordinal % of];
-                if shard.waiting.load(Ordering::Relaxed) > 0 {
-                    shard.notify.notify_waiters();
-                }
+            if let Some(shard) = shard
+                && shard.waiting.load(Ordering::Relaxed) > 0
+            {
+                shard.notify.notify_waiters();
             }
             if kept_out {
                 // Kept out: the rest of the batch waits too, so its order holds.
@@ -439,6 +455,7 @@ impl Router {
             all: None,
             members: Vec::new(),
             rr: 0,
+            ready: None,
             delivered: 0,
             missed: 0,
             created_ns: now_ns(),
@@ -473,10 +490,11 @@ impl Router {
                         Ok(_) => shard.of,
                         Err(of) => of,
                     };
+                cursor.add_all(shard, start);
                 if of == shard.of {
                     cursor.wait_on = WaitOn::Shard(cursor.shared.clone(), shard.index);
+                    cursor.claim(shard.index);
                 }
-                cursor.add_all(shard, start);
             }
         }
         Ok(cursor)
@@ -668,6 +686,7 @@ impl Shared {
                 Arc::new(Source {
                     id: Arc::from(id),
                     ordinal,
+                    ready: AtomicBool::new(false),
                     ring: Mutex::new(ring),
                     notify: Notify::new(),
                     waiting: AtomicUsize::new(0),
