@@ -1,7 +1,7 @@
 //! Cursors: a reader's place in each source it reads, the reads themselves, and the wait
 //! for new entries (a fence pairs each waiter with the publishers that must wake it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
@@ -81,8 +81,26 @@ pub(super) struct Ready {
     /// Members to visit, in turn: taken from the shard's list, and those left with more to
     /// read.
     pending: VecDeque<usize>,
-    /// The member index of each source, by ordinal.
-    index_of: HashMap<usize, usize>,
+    /// The member index of each source of the shard, by `ordinal / of` (`usize::MAX`: none).
+    index_of: Vec<usize>,
+    of: usize,
+}
+
+impl Ready {
+    fn index(&self, ordinal: usize) -> Option<usize> {
+        self.index_of
+            .get(ordinal / self.of)
+            .copied()
+            .filter(|&i| i != usize::MAX)
+    }
+
+    fn insert(&mut self, ordinal: usize, member: usize) {
+        let at = ordinal / self.of;
+        if at >= self.index_of.len() {
+            self.index_of.resize(at + 1, usize::MAX);
+        }
+        self.index_of[at] = member;
+    }
 }
 
 #[derive(Debug)]
@@ -209,7 +227,7 @@ impl Cursor {
             }
         }
         if let Some(r) = &mut self.ready {
-            r.index_of.insert(source.ordinal, self.members.len());
+            r.insert(source.ordinal, self.members.len());
             r.pending.push_back(self.members.len());
         }
         self.members.push(Member { source, state: m });
@@ -219,7 +237,7 @@ impl Cursor {
     /// list each source they add to (once until it is visited), so a read visits those
     /// instead of every source ever created (100,000 idle sources cost nothing). The first
     /// read visits every member once.
-    pub(super) fn claim(&mut self, slot: usize) {
+    pub(super) fn claim(&mut self, slot: usize, of: usize) {
         let shard = &self.shared.shard_waits[slot];
         if shard
             .claimed
@@ -228,16 +246,16 @@ impl Cursor {
         {
             return;
         }
-        self.ready = Some(Ready {
+        let mut ready = Ready {
             slot,
             pending: (0..self.members.len()).collect(),
-            index_of: self
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (m.source.ordinal, i))
-                .collect(),
-        });
+            index_of: Vec::new(),
+            of,
+        };
+        for (i, m) in self.members.iter().enumerate() {
+            ready.insert(m.source.ordinal, i);
+        }
+        self.ready = Some(ready);
     }
 
     /// Reads every source of `shard`, and those created later.
@@ -320,22 +338,14 @@ impl Cursor {
         let before = out.len();
         let Some(r) = &self.ready else { return };
         let fresh = std::mem::take(&mut *self.shared.shard_waits[r.slot].ready.lock());
-        for source in fresh {
-            let mut idx = self
-                .ready
-                .as_ref()
-                .and_then(|r| r.index_of.get(&source.ordinal));
+        for ordinal in fresh {
+            let mut idx = self.ready.as_ref().and_then(|r| r.index(ordinal));
             if idx.is_none() {
                 // Created since `refresh_all` looked, published to since: in the list by now.
                 self.refresh_all();
-                idx = self
-                    .ready
-                    .as_ref()
-                    .and_then(|r| r.index_of.get(&source.ordinal));
+                idx = self.ready.as_ref().and_then(|r| r.index(ordinal));
             }
-            if let Some(&i) = idx
-                && let Some(r) = &mut self.ready
-            {
+            if let (Some(i), Some(r)) = (idx, &mut self.ready) {
                 r.pending.push_back(i);
             }
         }

@@ -151,9 +151,9 @@ struct Waiters {
     /// Whether a cursor reads this shard by `ready` (one at most: the first of its shard, the
     /// persister's): it visits only the sources published to, not every one ever created.
     claimed: AtomicBool,
-    /// The shard's sources published to since that cursor last looked, each once (see
-    /// `Source::ready`).
-    ready: Mutex<Vec<Arc<Source>>>,
+    /// The ordinals of the shard's sources published to since that cursor last looked, each
+    /// once (see `Source::ready`).
+    ready: Mutex<Vec<usize>>,
 }
 
 #[derive(Debug)]
@@ -298,6 +298,10 @@ impl Router {
         // Envelopes are read in place (an envelope is ~180 bytes: moving each out of the batch
         // was ~3% of ingest); only what a held cursor keeps out is moved, to `rest`.
         let mut i = 0;
+        // Shard cursors: the shards published to, and the sources to list for them.
+        let of = shared.shards.load(Ordering::Relaxed);
+        let mut shards_touched = 0u64;
+        let mut listed: Vec<(usize, usize)> = Vec::new();
         while i < batch.len() {
             let source = shared.source(&batch[i].source_id);
             let mut kept_out = false;
@@ -334,26 +338,23 @@ impl Router {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
             }
-            let of = shared.shards.load(Ordering::Relaxed);
-            let shard = (of > 0).then(|| &shared.shard_waits[source.ordinal % of]);
-            if let Some(shard) = shard
-                && shard.claimed.load(Ordering::Acquire)
-                && !source.ready.load(Ordering::Acquire)
-                && !source.ready.swap(true, Ordering::AcqRel)
-            {
-                // Its shard's cursor visits it next time (it clears `ready` before it reads).
-                shard.ready.lock().push(source.clone());
+            if of > 0 {
+                let slot = source.ordinal % of;
+                shards_touched |= 1 << slot;
+                if shared.shard_waits[slot].claimed.load(Ordering::Acquire)
+                    && !source.ready.load(Ordering::Acquire)
+                    && !source.ready.swap(true, Ordering::AcqRel)
+                {
+                    // Its shard's cursor visits it next time (it clears `ready` before it
+                    // reads); listed below, one lock per shard for the whole batch.
+                    listed.push((slot, source.ordinal));
+                }
             }
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.
             fence(Ordering::SeqCst);
             if source.waiting.load(Ordering::Relaxed) > 0 {
                 source.notify.notify_waiters();
-            }
-            if let Some(shard) = shard
-                && shard.waiting.load(Ordering::Relaxed) > 0
-            {
-                shard.notify.notify_waiters();
             }
             if kept_out {
                 // Kept out: the rest of the batch waits too, so its order holds.
@@ -371,6 +372,9 @@ impl Router {
                 .fetch_sub(freed - added, Ordering::Relaxed);
         }
         shared.published.fetch_add(count as u64, Ordering::Relaxed);
+        if shards_touched != 0 {
+            shared.list_ready(&mut listed, shards_touched);
+        }
         if shared.waiting.load(Ordering::Relaxed) > 0 {
             shared.notify.notify_waiters();
         }
@@ -493,7 +497,7 @@ impl Router {
                 cursor.add_all(shard, start);
                 if of == shard.of {
                     cursor.wait_on = WaitOn::Shard(cursor.shared.clone(), shard.index);
-                    cursor.claim(shard.index);
+                    cursor.claim(shard.index, shard.of);
                 }
             }
         }
@@ -633,6 +637,26 @@ fn validate_batch(batch: &[Envelope]) -> Result<(), EnvelopeError> {
 }
 
 impl Shared {
+    /// Adds the `(shard, ordinal)`s of `listed` to their shards' `ready` lists (one lock per
+    /// shard), then wakes the cursors of the shards in `touched` (a bit per shard) that wait.
+    fn list_ready(&self, listed: &mut [(usize, usize)], touched: u64) {
+        listed.sort_unstable();
+        for run in listed.chunk_by(|a, b| a.0 == b.0) {
+            let mut ready = self.shard_waits[run[0].0].ready.lock();
+            ready.extend(run.iter().map(|&(_, ordinal)| ordinal));
+        }
+        // Pairs with the fence in `WaitGuard::new`, as for a source's readers.
+        fence(Ordering::SeqCst);
+        let mut bits = touched;
+        while bits != 0 {
+            let shard = &self.shard_waits[bits.trailing_zeros() as usize];
+            if shard.waiting.load(Ordering::Relaxed) > 0 {
+                shard.notify.notify_waiters();
+            }
+            bits &= bits - 1;
+        }
+    }
+
     /// Whether a source with this creation `ordinal` starts held.
     fn holds(&self, ordinal: usize) -> bool {
         let held = self.held.load(Ordering::SeqCst);
