@@ -89,6 +89,10 @@ const DOOMED_SUFFIX: &str = ".deleting";
 const MAX_RETRY_BYTES: usize = 16 * 1024 * 1024;
 /// Deliveries read from the cursor per batch.
 const BATCH: usize = 4096;
+/// How long the writer lets lines gather after reading a small batch (under a quarter of
+/// `BATCH`): an idle writer woken for every frame costs ingest a wake-up per frame (5% of a
+/// connection at 2 M lines/s); the ring holds far more than this gathers.
+const LINGER: Duration = Duration::from_millis(1);
 /// A source whose file is closed is written once it has gathered this much.
 pub const GATHER_BYTES: usize = 64 * 1024;
 /// Gathered lines of all sources together; past this the oldest are written early.
@@ -444,6 +448,9 @@ impl Persister {
         let mut deliveries = Vec::with_capacity(BATCH);
         let durability = self.durability.clone();
         let mut waits_seen = 0;
+        // After a small batch the next read waits `LINGER` first, unless someone waits for the
+        // disk: lines gather in the ring meanwhile, and ingest is spared a wake-up per frame.
+        let mut linger = false;
         loop {
             // (Checked per loop, so kept cheap: no walk over every file.)
             let unsynced = self.config.fsync == Fsync::Interval
@@ -462,7 +469,10 @@ impl Persister {
                 // Rotations finishing in the background: announce what they deleted.
                 () = tokio::time::sleep(Duration::from_millis(50)), if rotating => {}
                 () = tokio::time::sleep_until(gathered_until.unwrap_or(sync_at)), if gathered_until.is_some() => {}
-                _ = cursor.next_batch(&mut deliveries, BATCH) => {}
+                () = tokio::time::sleep(LINGER), if linger => linger = false,
+                _ = cursor.next_batch(&mut deliveries, BATCH), if !linger => {
+                    linger = deliveries.len() < BATCH / 4 && !durability.has_waiters();
+                }
             }
             self.write(&mut deliveries);
             self.write_out(false);
