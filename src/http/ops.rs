@@ -50,6 +50,15 @@ async fn not_ready(state: &AppState) -> Vec<String> {
     if state.shutdown.is_cancelled() {
         problems.push("stopping".to_owned());
     }
+    let counters = &state.persister.counters;
+    let writers = counters.writers.load(Ordering::Relaxed);
+    let running = counters.writers_running.load(Ordering::Relaxed);
+    if running < writers && !state.shutdown.is_cancelled() {
+        problems.push(format!(
+            "{} of the persister's {writers} writer threads stopped (see the log): their sources are not written",
+            writers - running
+        ));
+    }
     let waiting = state.router.publishers_waiting();
     if waiting > 0 {
         problems.push(format!(

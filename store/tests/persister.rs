@@ -327,6 +327,7 @@ async fn sharded_writers_write_every_line_of_their_own_sources() {
         assert_eq!(lines, want, "{id}");
     }
     assert_eq!(counter(&handle.counters.lines), 7000);
+    assert_eq!(counter(&handle.counters.writers_running), 3);
     assert_eq!(counter(&handle.counters.lost), 0);
     assert!(router.waited_for_room_total() > 0, "the rings were full");
     // Two writers stopped: not yet clean.
@@ -337,10 +338,12 @@ async fn sharded_writers_write_every_line_of_their_own_sources() {
     }
     let mark = || std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
     assert_ne!(mark().trim(), "stopped");
+    assert_eq!(counter(&handle.counters.writers_running), 1);
     stop_last.cancel();
     last.await.unwrap();
     assert_eq!(mark().trim(), "stopped");
     assert_eq!(counter(&handle.counters.open_files), 0);
+    assert_eq!(counter(&handle.counters.writers_running), 0);
     assert_eq!(counter(&handle.counters.gathered_bytes), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

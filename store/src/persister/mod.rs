@@ -119,6 +119,9 @@ pub struct PersisterCounters {
     pub gathered_bytes: AtomicU64,
     /// Writer threads (shards).
     pub writers: AtomicU64,
+    /// Writers running now: fewer than `writers` while the server runs means one stopped (a
+    /// panic), and its sources are no longer written.
+    pub writers_running: AtomicU64,
 }
 
 /// Requests to the persister task.
@@ -296,6 +299,9 @@ pub struct Persister {
     lock: Arc<SharedLock>,
     /// What this shard last added to the counters' `open_files` and `gathered_bytes`.
     reported: (u64, u64),
+    /// Counts this writer in `writers_running` from its creation until it is dropped: its run
+    /// ended, or it panicked.
+    _running: Running,
 }
 
 impl std::fmt::Debug for Persister {
@@ -434,6 +440,7 @@ impl Persister {
             closed_unsynced: Vec::new(),
             lock,
             reported: (0, 0),
+            _running: Running::count(counters),
         }
     }
 
@@ -954,6 +961,22 @@ impl Persister {
                 self.background_sync = in_background("sluice-fsync", files, None, &self.counters);
             }
         }
+    }
+}
+
+/// Counts a writer in `writers_running` for as long as it lives, however it ends.
+struct Running(Arc<PersisterCounters>);
+
+impl Running {
+    fn count(counters: &Arc<PersisterCounters>) -> Running {
+        counters.writers_running.fetch_add(1, Ordering::Relaxed);
+        Running(counters.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.writers_running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
