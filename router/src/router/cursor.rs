@@ -323,6 +323,15 @@ impl Cursor {
             }
         }
         if self.held.is_some() && out.len() > before {
+            self.shared
+                .held_reads
+                .fetch_add((out.len() - before) as u64, Ordering::AcqRel);
+            let stuck = self.shared.fruitless_at.load(Ordering::Acquire) != u64::MAX;
+            if stuck && out.len() - before < max {
+                // Read all it had while writers wait for eviction: evict what it read now,
+                // however little (they would wait for more reads that cannot come).
+                self.shared.enforce_budget(true);
+            }
             // Pairs with the fence in `WaitGuard::new`, as for readers.
             fence(Ordering::SeqCst);
             if self.shared.room_waiting.load(Ordering::Relaxed) > 0 {
@@ -473,6 +482,8 @@ impl Drop for Cursor {
         let Some(shard) = self.held else {
             return;
         };
+        // What it held may go now.
+        self.shared.fruitless_at.store(u64::MAX, Ordering::Release);
         // Writers of the shard evict again, and those waiting go on. The bit goes first: a
         // source created from here on starts free; one created before is in the map by the
         // time the walk below reaches its part of it.
