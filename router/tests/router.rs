@@ -745,13 +745,21 @@ async fn writers_held_by_the_budget_go_on_as_the_held_cursor_reads() {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while got.len() < 2000 {
+        // Read only once the writer waits for room: each read finds the budget full of lines
+        // not read yet.
+        while r.publishers_waiting() == 0 && !producer.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never waited"
+            );
+            tokio::task::yield_now().await;
+        }
         let mut out = Vec::new();
         tokio::time::timeout_at(deadline, held.next_batch(&mut out, 16))
             .await
             .expect("every line reaches the held cursor");
         assert!(r.retained_bytes() <= 256 * 1024 + 256 * 1024 / 10 + 16 * 1100);
         got.extend(out);
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     tokio::time::timeout_at(deadline, producer)
         .await
