@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use tokio::sync::Notify;
 
 use super::ring::{Key, Ring, Slot};
-use super::{Delivery, Filter, MissedNotice, Shard, Shared, Source, Start};
+use super::{Delivery, Filter, MissedNotice, Shard, Shared, Source, Start, held_shards, pack_held};
 use crate::entry::Fields;
 
 /// Reads one or more sources, in `seq` order per source, with exact loss accounting.
@@ -492,12 +492,8 @@ impl Drop for Cursor {
             .shared
             .held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
-                let mask = h & 0xffff_ffff & !bit;
-                Some(if mask == 0 {
-                    0
-                } else {
-                    (h & !0xffff_ffff) | mask
-                })
+                let (of, mask) = held_shards(h);
+                Some(pack_held(of, mask & !bit))
             });
         for e in self.shared.sources.iter() {
             if shard.has(e.value().ordinal) {

@@ -419,14 +419,14 @@ impl Router {
         let bit = 1u64 << shard.index;
         let mut held = self.shared.held.load(Ordering::SeqCst);
         loop {
-            let (of, mask) = ((held >> 32) as usize, held & 0xffff_ffff);
+            let (of, mask) = held_shards(held);
             assert!(
                 mask == 0 || of == shard.of,
                 "held cursors of {of} shards are open: cannot hold one of {}",
                 shard.of
             );
             assert!(mask & bit == 0, "shard {} is held already", shard.index);
-            let new = ((shard.of as u64) << 32) | mask | bit;
+            let new = pack_held(shard.of, mask | bit);
             // Set first: a source of the shard created from here on starts held; one created
             // before is in the snapshot `subscribe` takes, or learnt of by `refresh_all`.
             match self
@@ -639,6 +639,20 @@ impl Router {
     }
 }
 
+/// `Shared::held` unpacked: the shard count of the held cursors, and a bit per shard held.
+fn held_shards(held: u64) -> (usize, u64) {
+    ((held >> 32) as usize, held & 0xffff_ffff)
+}
+
+/// `Shared::held` for `of` shards of which those in `mask` are held (0 when none is).
+fn pack_held(of: usize, mask: u64) -> u64 {
+    if mask == 0 {
+        0
+    } else {
+        ((of as u64) << 32) | mask
+    }
+}
+
 /// [`Envelope::validate`] for each envelope of `batch`. What it checks depends only on the ids,
 /// origin and step, which consecutive envelopes usually share: an envelope with the same ones
 /// as the one before it is not checked again.
@@ -682,9 +696,8 @@ impl Shared {
 
     /// Whether a source with this creation `ordinal` starts held.
     fn holds(&self, ordinal: usize) -> bool {
-        let held = self.held.load(Ordering::SeqCst);
-        let of = (held >> 32) as usize;
-        of > 0 && held & (1 << (ordinal % of)) != 0
+        let (of, mask) = held_shards(self.held.load(Ordering::SeqCst));
+        of > 0 && mask & (1 << (ordinal % of)) != 0
     }
 
     fn source(&self, id: &str) -> Arc<Source> {

@@ -148,7 +148,7 @@ pub struct Completed {
 }
 
 /// One writer of a sharded persister, and where its requests arrive.
-pub type Shard = (Persister, mpsc::Receiver<Control>);
+pub type Writer = (Persister, mpsc::Receiver<Control>);
 
 /// A handle to ask the persister things.
 #[derive(Debug, Clone)]
@@ -366,7 +366,7 @@ impl Persister {
         router: &Router,
         lock: DirLock,
         shards: usize,
-    ) -> std::io::Result<(Vec<Shard>, PersisterHandle)> {
+    ) -> std::io::Result<(Vec<Writer>, PersisterHandle)> {
         let shards = shards.clamp(1, MAX_SHARDS);
         // Files a rotation was deleting when the process stopped.
         for entry in std::fs::read_dir(&config.local_dir)?.flatten() {
