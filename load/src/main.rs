@@ -76,6 +76,11 @@ struct Args {
     /// Stop after this many envelopes in all (before `--duration` if it comes first).
     #[arg(long)]
     count: Option<u64>,
+    /// Seconds to send the same load before measuring, then wait for the persister to write
+    /// it all: sources, their files and the rings exist and are full when the measured run
+    /// starts (a steady state; without it the run includes creating every source's file).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// WebSocket tails that read everything; tail i follows source i mod N.
     #[arg(long, default_value_t = 1)]
     tails: usize,
@@ -140,6 +145,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.connections > 0 && args.sources > 0 && args.batch > 0,
         "--connections, --sources and --batch must be at least 1"
     );
+    anyhow::ensure!(
+        args.warmup.is_finite() && args.warmup >= 0.0,
+        "--warmup must be a number of seconds, 0 or more"
+    );
     let mut target = if args.http.is_some() || args.ingest.is_some() || args.syslog.is_some() {
         Target::attach(
             args.http.clone(),
@@ -168,6 +177,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let client = reqwest::Client::new();
     let stop = CancellationToken::new();
+    if args.warmup > 0.0 {
+        warm_up(&args, &send_addr, &target, &client).await?;
+    }
 
     // Consumers first, so that they see everything from the first envelope on.
     let mut sinks = Vec::new();
@@ -240,33 +252,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let self_cpu_before = target::cpu_seconds_of("self");
     let start = Instant::now();
     let start_ns = now_ns();
-    let per_conn_rate = args.rate / args.connections as u64;
-    let per_conn_count = args.count.map(|c| c.div_ceil(args.connections as u64));
-    let mut producers = Vec::new();
-    for i in 0..args.connections {
-        let sent = Arc::new(Sent::default());
-        let plan = Plan {
-            sources: if args.spread {
-                // Each connection starts at a source of its own, so they do not march in step.
-                (0..args.sources)
-                    .map(|k| format!("load-{}", (i + k) % args.sources))
-                    .collect()
-            } else {
-                vec![format!("load-{}", i % args.sources)]
-            },
-            message_bytes: args.size,
-            batch: args.batch,
-            rate: per_conn_rate,
-            duration: Duration::from_secs_f64(args.duration),
-            count: per_conn_count,
-        };
-        let kind = match args.protocol {
-            Protocol::Native => Kind::Native,
-            Protocol::Syslog => Kind::Syslog,
-        };
-        let task = tokio::spawn(send::run(send_addr.clone(), kind, plan, sent.clone()));
-        producers.push((i % args.sources, sent, task));
-    }
+    let producers = start_producers(&args, &send_addr, Duration::from_secs_f64(args.duration));
     let mut peak_rss_during = 0;
     let mut sending = true;
     let mut send_elapsed = Duration::ZERO;
@@ -489,6 +475,82 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // A run with a failed producer or consumer measured something else than was asked.
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
+    Ok(())
+}
+
+type Producer = (
+    usize,
+    Arc<Sent>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
+/// Starts `args.connections` producers sending for `duration`; each with the source it
+/// writes to (the first, with `--spread`) and its counters.
+fn start_producers(args: &Args, send_addr: &str, duration: Duration) -> Vec<Producer> {
+    let per_conn_rate = args.rate / args.connections as u64;
+    let per_conn_count = args.count.map(|c| c.div_ceil(args.connections as u64));
+    let mut producers = Vec::new();
+    for i in 0..args.connections {
+        let sent = Arc::new(Sent::default());
+        let plan = Plan {
+            sources: if args.spread {
+                // Each connection starts at a source of its own, so they do not march in step.
+                (0..args.sources)
+                    .map(|k| format!("load-{}", (i + k) % args.sources))
+                    .collect()
+            } else {
+                vec![format!("load-{}", i % args.sources)]
+            },
+            message_bytes: args.size,
+            batch: args.batch,
+            rate: per_conn_rate,
+            duration,
+            count: per_conn_count,
+        };
+        let kind = match args.protocol {
+            Protocol::Native => Kind::Native,
+            Protocol::Syslog => Kind::Syslog,
+        };
+        let task = tokio::spawn(send::run(send_addr.to_string(), kind, plan, sent.clone()));
+        producers.push((i % args.sources, sent, task));
+    }
+    producers
+}
+
+/// Sends for `--warmup` seconds, then waits until the server has published and written what
+/// was sent (a server without HTTP: until the producers are done).
+async fn warm_up(
+    args: &Args,
+    send_addr: &str,
+    target: &Target,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let before = Snapshot::take(target, client).await;
+    let mut sent = 0;
+    for (_, s, task) in start_producers(args, send_addr, Duration::from_secs_f64(args.warmup)) {
+        task.await??;
+        sent += s.envelopes.load(Ordering::Relaxed);
+    }
+    if target.http.is_some() {
+        let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
+        loop {
+            let now = Snapshot::take(target, client).await;
+            let written = now.persisted + now.persist_lost - before.persisted - before.persist_lost;
+            if now.published - before.published >= sent && written >= sent {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the persister did not write the warm-up's {sent} envelopes within --settle"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "warmed up: {sent} envelopes sent and written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

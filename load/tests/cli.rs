@@ -23,6 +23,13 @@ fn the_load_generator_refuses_bad_settings_and_fails_on_a_dead_target() {
         "{}",
         stderr(&zero)
     );
+    let backwards = load(&["--warmup=-1", "--syslog", "127.0.0.1:1"]);
+    assert!(!backwards.status.success());
+    assert!(
+        stderr(&backwards).contains("--warmup must be a number of seconds, 0 or more"),
+        "{}",
+        stderr(&backwards)
+    );
     let garbage = load(&["--rate", "lots"]);
     assert!(!garbage.status.success());
     assert!(stderr(&garbage).contains("--rate"), "{}", stderr(&garbage));
