@@ -84,6 +84,11 @@ struct Args {
     /// WebSocket tails that read everything; tail i follows source i mod N.
     #[arg(long, default_value_t = 1)]
     tails: usize,
+    /// Tails read the firehose (`/api/v1/firehose`, every source) instead of one source
+    /// each; a tail checks one source's seqs, so this needs `--sources 1` (other sources may
+    /// exist, idle: `benches/idle_sources.sh`).
+    #[arg(long)]
+    firehose: bool,
     /// How tails ask for envelopes.
     #[arg(long, value_enum, default_value_t = TailFormat::Msgpack)]
     tail_format: TailFormat,
@@ -144,6 +149,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.connections > 0 && args.sources > 0 && args.batch > 0,
         "--connections, --sources and --batch must be at least 1"
+    );
+    anyhow::ensure!(
+        !args.firehose || args.sources == 1,
+        "--firehose needs --sources 1 (a tail checks the seqs of one source)"
     );
     anyhow::ensure!(
         args.warmup.is_finite() && args.warmup >= 0.0,
@@ -218,9 +227,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             TailFormat::Msgpack => "msgpack",
             TailFormat::Json => "json",
         };
-        Ok(format!(
-            "ws://{http}/api/v1/sources/load-{source}/stream?format={format}"
-        ))
+        Ok(if args.firehose {
+            format!("ws://{http}/api/v1/firehose?format={format}")
+        } else {
+            format!("ws://{http}/api/v1/sources/load-{source}/stream?format={format}")
+        })
     };
     let stalled = if args.stalled_tails > 0 {
         let t = Instant::now();

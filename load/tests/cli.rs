@@ -30,6 +30,13 @@ fn the_load_generator_refuses_bad_settings_and_fails_on_a_dead_target() {
         "{}",
         stderr(&backwards)
     );
+    let mixed = load(&["--firehose", "--sources", "2", "--syslog", "127.0.0.1:1"]);
+    assert!(!mixed.status.success());
+    assert!(
+        stderr(&mixed).contains("--firehose needs --sources 1"),
+        "{}",
+        stderr(&mixed)
+    );
     let garbage = load(&["--rate", "lots"]);
     assert!(!garbage.status.success());
     assert!(stderr(&garbage).contains("--rate"), "{}", stderr(&garbage));

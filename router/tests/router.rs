@@ -721,6 +721,63 @@ async fn held_shards_read_every_line_of_busy_sources_among_idle_ones() {
     assert_eq!(seen, BUSY);
 }
 
+/// Cursors over every source read by the sources published to, as the persister's do: more of
+/// them than there are ready lists (the rest look at every source), among 5,000 idle sources,
+/// with sources created after them, and one whose list was left with sources listed and
+/// taken over by a new cursor. Every one gets every line, in order, and no loss.
+#[test]
+fn firehoses_among_idle_sources_get_every_line() {
+    let r = router(1000);
+    for i in 0..5_000 {
+        r.touch(&format!("idle-{i}")).unwrap();
+    }
+    publish(&r, "busy-0", 3);
+    let open = || {
+        r.subscribe(Selector::All, Filter::default(), Start::Live)
+            .unwrap()
+    };
+    // 40 firehoses: the first 32 get a ready list, 8 walk.
+    let mut fires: Vec<_> = (0..40).map(|_| open()).collect();
+    // One that leaves its list with a source listed and never visited.
+    let gone = fires.remove(0);
+    publish(&r, "busy-0", 1);
+    drop(gone);
+    let mut late = open();
+    let mut got: Vec<std::collections::BTreeMap<String, Vec<u64>>> =
+        vec![Default::default(); fires.len() + 1];
+    let mut read = |fires: &mut Vec<sluice_router::Cursor>, late: &mut sluice_router::Cursor| {
+        for (k, c) in fires.iter_mut().chain(std::iter::once(late)).enumerate() {
+            for d in drain(c) {
+                match d {
+                    Delivery::Log(e) => got[k]
+                        .entry(e.source_id().to_owned())
+                        .or_default()
+                        .push(e.seq()),
+                    Delivery::Missed(m) => panic!("missed {m:?}"),
+                }
+            }
+        }
+    };
+    read(&mut fires, &mut late);
+    for round in 0..5 {
+        for s in 0..4 {
+            publish(&r, &format!("busy-{s}"), 2 + round);
+        }
+        read(&mut fires, &mut late);
+    }
+    // busy-0: lines 1-3 before any cursor, 4 before the late one, then 20 more; the other
+    // busy sources were created after every cursor, which read them from their first line.
+    for (k, g) in got.iter().enumerate() {
+        let first = if k == fires.len() { 5 } else { 4 };
+        let mut expect = std::collections::BTreeMap::new();
+        expect.insert("busy-0".to_owned(), (first..=24).collect::<Vec<u64>>());
+        for s in 1..4 {
+            expect.insert(format!("busy-{s}"), (1..=20).collect());
+        }
+        assert_eq!(g, &expect, "cursor {k}");
+    }
+}
+
 /// Writers held by the memory budget (not by a full ring) behind a slow held cursor: fewer
 /// entries fit the budget than eviction waits to see read after a round that freed nothing,
 /// and still every line arrives, the writer finishes, and the rings stay within the budget.

@@ -26,8 +26,8 @@ pub struct Cursor {
     pub(super) members: Vec<Member>,
     /// Where the next read starts among `members`, so a busy source cannot starve the others.
     pub(super) rr: usize,
-    /// Set when this cursor reads its shard by the sources published to (see
-    /// [`Cursor::claim`]) instead of looking at every member on each read.
+    /// Set when this cursor reads by the sources published to (see [`Cursor::claim_any`])
+    /// instead of looking at every member on each read.
     pub(super) ready: Option<Ready>,
     pub(super) delivered: u64,
     pub(super) missed: u64,
@@ -73,15 +73,15 @@ pub(super) struct AllSources {
     pub(super) shard: Shard,
 }
 
-/// What a cursor that owns its shard's `ready` list visits next.
+/// What a cursor that owns a ready list visits next.
 #[derive(Debug)]
 pub(super) struct Ready {
-    /// The shard.
-    slot: usize,
+    /// The list (its bit in `Shared::claimed` and `Source::listed`).
+    list: usize,
     /// Members to visit, in turn: taken from the shard's list, and those left with more to
     /// read.
     pending: VecDeque<usize>,
-    /// The member index of each source of the shard, by `ordinal / of` (`usize::MAX`: none).
+    /// The member index of each source read, by `ordinal / of` (`usize::MAX`: none).
     index_of: Vec<usize>,
     of: usize,
 }
@@ -233,21 +233,26 @@ impl Cursor {
         self.members.push(Member { source, state: m });
     }
 
-    /// Reads shard `slot` by its `ready` list from now on, if no other cursor does: publishers
-    /// list each source they add to (once until it is visited), so a read visits those
-    /// instead of every source ever created (100,000 idle sources cost nothing). The first
-    /// read visits every member once.
-    pub(super) fn claim(&mut self, slot: usize, of: usize) {
-        let shard = &self.shared.shard_waits[slot];
-        if shard
-            .claimed
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
-        }
+    /// Reads by the first ready list of `lists` (a bit each) that no other cursor has, if
+    /// any: publishers list each source they add to (once until it is visited), so a read
+    /// visits those instead of every source ever created (100,000 idle sources cost nothing).
+    /// The first read visits every member once. `of`: the members are every `of`th source.
+    pub(super) fn claim_any(&mut self, lists: u64, of: usize) {
+        let claimed = &self.shared.claimed;
+        let mut now = claimed.load(Ordering::Acquire);
+        let list = loop {
+            let free = lists & !now;
+            if free == 0 {
+                return; // all taken: this cursor looks at every member on each read
+            }
+            let bit = free & free.wrapping_neg();
+            match claimed.compare_exchange(now, now | bit, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break bit.trailing_zeros() as usize,
+                Err(seen) => now = seen,
+            }
+        };
         let mut ready = Ready {
-            slot,
+            list,
             pending: (0..self.members.len()).collect(),
             index_of: Vec::new(),
             of,
@@ -307,11 +312,11 @@ impl Cursor {
     /// Appends up to `max` deliveries (plus at most one loss notice per source) to `out`
     /// without waiting. Returns how many were appended.
     pub fn poll_into(&mut self, out: &mut Vec<Delivery>, max: usize) -> usize {
-        self.refresh_all();
         let before = out.len();
         if self.ready.is_some() {
             self.poll_ready(out, max);
         } else {
+            self.refresh_all();
             let n = self.members.len();
             for k in 0..n {
                 let idx = (self.rr + k) % n;
@@ -346,18 +351,19 @@ impl Cursor {
     fn poll_ready(&mut self, out: &mut Vec<Delivery>, max: usize) {
         let before = out.len();
         let Some(r) = &self.ready else { return };
-        let fresh = std::mem::take(&mut *self.shared.shard_waits[r.slot].ready.lock());
+        let list = r.list;
+        let fresh = std::mem::take(&mut *self.shared.ready_lists[list].lock());
+        // In the order they were published to (a new source, in its place).
         for ordinal in fresh {
-            let mut idx = self.ready.as_ref().and_then(|r| r.index(ordinal));
-            if idx.is_none() {
-                // Created since `refresh_all` looked, published to since: in the list by now.
-                self.refresh_all();
-                idx = self.ready.as_ref().and_then(|r| r.index(ordinal));
-            }
-            if let (Some(i), Some(r)) = (idx, &mut self.ready) {
-                r.pending.push_back(i);
+            let idx = self.ready.as_ref().and_then(|r| r.index(ordinal));
+            match (idx, &mut self.ready) {
+                (Some(i), Some(r)) => r.pending.push_back(i),
+                // Created since this cursor last looked: taking it on lists it.
+                _ => self.refresh_all(),
             }
         }
+        // And those created before this cursor claimed its list that no publish listed.
+        self.refresh_all();
         while out.len() - before < max {
             let Some(idx) = self.ready.as_mut().and_then(|r| r.pending.pop_front()) else {
                 break;
@@ -365,8 +371,8 @@ impl Cursor {
             // Cleared before the read: what is published after it lists the source again.
             self.members[idx]
                 .source
-                .ready
-                .store(false, Ordering::SeqCst);
+                .listed
+                .fetch_and(!(1 << list), Ordering::SeqCst);
             self.read_member(idx, out, max - (out.len() - before));
             let Member { source, state } = &self.members[idx];
             if source.next_seq.load(Ordering::Acquire) > state.next
@@ -474,10 +480,12 @@ impl Cursor {
 impl Drop for Cursor {
     fn drop(&mut self) {
         if let Some(r) = &self.ready {
-            // The next cursor of the shard to claim it visits every member first.
-            let shard = &self.shared.shard_waits[r.slot];
-            shard.ready.lock().clear();
-            shard.claimed.store(false, Ordering::Release);
+            // The next cursor to claim the list visits every member first (and so clears the
+            // bits this one left set).
+            self.shared.ready_lists[r.list].lock().clear();
+            self.shared
+                .claimed
+                .fetch_and(!(1 << r.list), Ordering::Release);
         }
         let Some(shard) = self.held else {
             return;

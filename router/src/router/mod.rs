@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -145,6 +145,14 @@ struct Shared {
     /// `shard_waits`, woken only by publishes to their own shard's sources.
     shards: AtomicUsize,
     shard_waits: Box<[Waiters]>,
+    /// Cursors that read by the sources published to (see `Cursor::claim`): a bit per ready
+    /// list in use. Lists `0..MAX_SHARDS` are the shards' (their first cursor, the
+    /// persister's writer); the rest are for cursors over every source (firehose tails,
+    /// drains of every source), first come first served.
+    claimed: AtomicU64,
+    /// Per list, the ordinals of the sources published to since its cursor last looked, each
+    /// once (see `Source::listed`).
+    ready_lists: Box<[Mutex<Vec<usize>>]>,
     /// The next source's place in creation order (its shard).
     next_ordinal: AtomicUsize,
     /// Wakes publishers waiting for a held cursor to make room.
@@ -154,26 +162,27 @@ struct Shared {
     waited_for_room: AtomicU64,
 }
 
-/// A shard's readers waiting, how to wake them, and which of its sources have new entries.
+/// A shard's readers waiting, and how to wake them.
 #[derive(Debug, Default)]
 struct Waiters {
     notify: Notify,
     waiting: AtomicUsize,
-    /// Whether a cursor reads this shard by `ready` (one at most: the first of its shard, the
-    /// persister's): it visits only the sources published to, not every one ever created.
-    claimed: AtomicBool,
-    /// The ordinals of the shard's sources published to since that cursor last looked, each
-    /// once (see `Source::ready`).
-    ready: Mutex<Vec<usize>>,
 }
+
+/// Ready lists: one per shard, then these for cursors over every source. Past them, a
+/// cursor over every source looks at each one on every read.
+const READY_LISTS: usize = 64;
+/// The ready lists a cursor over every source may claim: those past the shards'.
+const ALL_SOURCES_LISTS: u64 = !((1u64 << MAX_SHARDS) - 1);
 
 #[derive(Debug)]
 struct Source {
     id: Arc<str>,
     /// Its place in creation order, from 0: its shard is `ordinal % of`.
     ordinal: usize,
-    /// In its shard's `ready` list, not yet visited: publishers add it only when this is false.
-    ready: AtomicBool,
+    /// A bit per ready list it is in, not yet visited by that list's cursor: publishers list
+    /// it only where its bit is clear.
+    listed: AtomicU64,
     ring: Mutex<Ring>,
     notify: Notify,
     waiting: AtomicUsize,
@@ -214,6 +223,8 @@ impl Router {
                 held: AtomicU64::new(0),
                 shards: AtomicUsize::new(0),
                 shard_waits: (0..MAX_SHARDS).map(|_| Waiters::default()).collect(),
+                claimed: AtomicU64::new(0),
+                ready_lists: (0..READY_LISTS).map(|_| Mutex::default()).collect(),
                 next_ordinal: AtomicUsize::new(0),
                 room: Notify::new(),
                 room_waiting: AtomicUsize::new(0),
@@ -361,16 +372,25 @@ impl Router {
                     r.push((source.id.clone(), first_seq, ring.next_seq - 1));
                 }
             }
-            if of > 0 {
+            // The ready lists that take this source: its shard's, and those over every
+            // source. Loaded after the ring's lock: a list claimed before that lock was
+            // taken is seen here; one claimed after first visits every source it reads.
+            let mine = if of > 0 {
                 let slot = source.ordinal % of;
                 shards_touched |= 1 << slot;
-                if shared.shard_waits[slot].claimed.load(Ordering::Acquire)
-                    && !source.ready.load(Ordering::Acquire)
-                    && !source.ready.swap(true, Ordering::AcqRel)
-                {
-                    // Its shard's cursor visits it next time (it clears `ready` before it
-                    // reads); listed below, one lock per shard for the whole batch.
-                    listed.push((slot, source.ordinal));
+                ALL_SOURCES_LISTS | 1 << slot
+            } else {
+                ALL_SOURCES_LISTS
+            };
+            let want = shared.claimed.load(Ordering::Acquire) & mine;
+            if want & !source.listed.load(Ordering::Acquire) != 0 {
+                // Each list's cursor visits it next time (clearing its bit before it reads);
+                // listed below, one lock per list for the whole batch.
+                let newly = want & !source.listed.fetch_or(want, Ordering::AcqRel);
+                let mut bits = newly;
+                while bits != 0 {
+                    listed.push((bits.trailing_zeros() as usize, source.ordinal));
+                    bits &= bits - 1;
                 }
             }
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
@@ -395,7 +415,7 @@ impl Router {
                 .fetch_sub(freed - added, Ordering::Relaxed);
         }
         shared.published.fetch_add(count as u64, Ordering::Relaxed);
-        if shards_touched != 0 {
+        if !listed.is_empty() || shards_touched != 0 {
             shared.list_ready(&mut listed, shards_touched);
         }
         if shared.waiting.load(Ordering::Relaxed) > 0 {
@@ -507,7 +527,10 @@ impl Router {
                     }
                 }
             }
-            Selector::All => cursor.add_all(Shard::ALL, start),
+            Selector::All => {
+                cursor.add_all(Shard::ALL, start);
+                cursor.claim_any(ALL_SOURCES_LISTS, 1);
+            }
             Selector::Shard(shard) => {
                 shard.check();
                 let shards = &cursor.shared.shards;
@@ -520,7 +543,7 @@ impl Router {
                 cursor.add_all(shard, start);
                 if of == shard.of {
                     cursor.wait_on = WaitOn::Shard(cursor.shared.clone(), shard.index);
-                    cursor.claim(shard.index, shard.of);
+                    cursor.claim_any(1 << shard.index, shard.of);
                 }
             }
         }
@@ -674,12 +697,12 @@ fn validate_batch(batch: &[Envelope]) -> Result<(), EnvelopeError> {
 }
 
 impl Shared {
-    /// Adds the `(shard, ordinal)`s of `listed` to their shards' `ready` lists (one lock per
-    /// shard), then wakes the cursors of the shards in `touched` (a bit per shard) that wait.
+    /// Adds the `(list, ordinal)`s of `listed` to their ready lists (one lock per list), then
+    /// wakes the cursors of the shards in `touched` (a bit per shard) that wait.
     fn list_ready(&self, listed: &mut [(usize, usize)], touched: u64) {
         listed.sort_unstable();
         for run in listed.chunk_by(|a, b| a.0 == b.0) {
-            let mut ready = self.shard_waits[run[0].0].ready.lock();
+            let mut ready = self.ready_lists[run[0].0].lock();
             ready.extend(run.iter().map(|&(_, ordinal)| ordinal));
         }
         // Pairs with the fence in `WaitGuard::new`, as for a source's readers.
@@ -746,7 +769,7 @@ impl Shared {
                 Arc::new(Source {
                     id: Arc::from(id),
                     ordinal,
-                    ready: AtomicBool::new(false),
+                    listed: AtomicU64::new(0),
                     ring: Mutex::new(ring),
                     notify: Notify::new(),
                     waiting: AtomicUsize::new(0),
