@@ -365,6 +365,52 @@ fn rings_are_bounded_by_bytes_and_by_the_global_budget() {
     assert_eq!(newest[0].seq(), 100);
 }
 
+/// "Oldest" for the global budget is the order lines arrived in, not the timestamps producers
+/// put on them: a backfill of last year's lines is not the first to go, and a producer whose
+/// clock runs a century ahead does not keep its lines while everyone else loses theirs.
+#[test]
+fn the_budget_evicts_in_arrival_order_whatever_the_timestamps_say() {
+    let big = "x".repeat(1000);
+    let stamped = |source: &str, ts: i64| {
+        let mut e = Envelope::new(source, big.clone());
+        e.timestamp = ts;
+        e
+    };
+    // A budget of two and a half batches of 100 such lines.
+    let probe = Router::new(RouterConfig::default());
+    probe
+        .publish((0..100).map(|_| stamped("probe", 0)).collect())
+        .unwrap();
+    let r = Router::new(RouterConfig {
+        ring_max_entries: 1_000_000,
+        ring_max_bytes: 1 << 30,
+        memory_budget_bytes: probe.retained_bytes() * 5 / 2,
+    });
+    let year = 365 * 24 * 3600 * 1_000_000_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    // In this order: a clock a century ahead, the present, then last year's backfill. The
+    // third takes the rings past the budget, and eviction frees three quarters of a batch.
+    r.publish(
+        (0..100)
+            .map(|_| stamped("ahead", now + 100 * year))
+            .collect(),
+    )
+    .unwrap();
+    r.publish((0..100).map(|_| stamped("present", 0)).collect())
+        .unwrap();
+    r.publish((0..100).map(|_| stamped("backfill", now - year)).collect())
+        .unwrap();
+    assert!(r.evicted_for_budget_total() > 0);
+    let kept = |s: &str| r.source_stats(s).unwrap().retained;
+    // What arrived first went first.
+    assert!(kept("ahead") < 100, "{}", kept("ahead"));
+    assert_eq!(kept("present"), 100);
+    assert_eq!(kept("backfill"), 100, "the last to arrive");
+}
+
 #[tokio::test]
 async fn a_waiting_cursor_wakes_on_publish() {
     let r = router(10_000);

@@ -52,7 +52,8 @@ pub struct RouterConfig {
     pub ring_max_entries: usize,
     /// Most bytes (message plus metadata) one source's ring retains.
     pub ring_max_bytes: usize,
-    /// All rings together; past it the oldest entries across sources are evicted.
+    /// All rings together; past it the entries that arrived first, across sources, are evicted
+    /// (by arrival, not by the timestamps producers put on them).
     pub memory_budget_bytes: usize,
 }
 
@@ -315,7 +316,9 @@ impl Router {
         overshoot: bool,
         rest: &mut Vec<Envelope>,
     ) -> usize {
-        let mut now = 0;
+        // The time of receipt: stamps envelopes without a timestamp, and tells the budget
+        // which lines are oldest.
+        let now = now_ns();
         let shared = &*self.shared;
         let mut added = 0usize;
         let mut freed = 0usize;
@@ -347,21 +350,18 @@ impl Router {
                     && e.source_id == *source.id
                 {
                     if e.timestamp == 0 {
-                        if now == 0 {
-                            now = now_ns();
-                        }
                         e.timestamp = now;
                     }
-                    let admit = ring.admit(e);
-                    let size = admit.size;
-                    let (f, fits) = ring.make_room(size, gate, overshoot);
+                    let mut admit = ring.admit(e);
+                    let (f, fits) = ring.make_room(admit.size, gate, overshoot);
                     freed += f;
                     if !fits {
                         kept_out = true;
                         break;
                     }
+                    admit.size += ring.arriving(now);
+                    added += admit.size;
                     ring.push(e, admit);
-                    added += size;
                     count += 1;
                     i += 1;
                 }
@@ -819,9 +819,9 @@ impl Shared {
         if !force && fruitless != u64::MAX && reads.wrapping_sub(fruitless) < worth {
             return;
         }
-        // Only what a held cursor has read may go: the timestamp of the oldest entry that may.
+        // Only what a held cursor has read may go: when the oldest entry that may arrived.
         let evictable_front =
-            |ring: &Ring, gate: u64| ring.oldest_timestamp().filter(|_| ring.first_seq < gate);
+            |ring: &Ring, gate: u64| ring.oldest_arrival().filter(|_| ring.first_seq < gate);
         {
             // Sources are never removed: only the end of the list is new.
             let created = self.created.lock();

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::entry::{Entry, Fields, Meta};
+use crate::entry::{Entry, Meta};
 use crate::envelope::{Channel, Envelope};
 
 use super::RouterConfig;
@@ -22,7 +22,23 @@ pub(super) struct Ring {
     pub(super) last_key: usize,
     pub(super) max_entries: usize,
     pub(super) max_bytes: usize,
+    /// When its entries arrived, for the global budget (which evicts in arrival order, not by
+    /// the timestamps producers chose): `(seq, ns)` where a run of entries arriving together
+    /// began, one per [`ARRIVAL_GRAIN_NS`] at most; the first covers `first_seq`.
+    arrivals: VecDeque<(u64, i64)>,
+    /// When the newest mark was made, and the seq of the second mark (`u64::MAX`: none): so
+    /// that a push or an eviction looks at `arrivals` only when a mark is made or dropped.
+    last_arrival: i64,
+    next_mark: u64,
 }
+
+/// How finely a ring remembers when its entries arrived: entries within this of the previous
+/// mark share it.
+const ARRIVAL_GRAIN_NS: i64 = 250_000_000;
+
+/// What an arrival mark costs against the budget (charged to the entry that makes one; a
+/// ring's first is part of the ring).
+const ARRIVAL_MARK_BYTES: usize = 16;
 
 #[derive(Debug)]
 pub(super) struct Slot {
@@ -80,6 +96,9 @@ impl Ring {
             last_key: 0,
             max_entries: config.ring_max_entries.max(1),
             max_bytes: config.ring_max_bytes.max(1),
+            arrivals: VecDeque::new(),
+            last_arrival: 0,
+            next_mark: u64::MAX,
         }
     }
 
@@ -150,6 +169,30 @@ impl Ring {
         (freed, true)
     }
 
+    /// Notes that what is pushed next arrived at `now` (ns): a new mark if the last one is
+    /// older than [`ARRIVAL_GRAIN_NS`] or the ring is empty. Returns the bytes it costs, to be
+    /// added to the next entry's size.
+    #[inline]
+    pub(super) fn arriving(&mut self, now: i64) -> usize {
+        if !self.arrivals.is_empty() && now.saturating_sub(self.last_arrival) < ARRIVAL_GRAIN_NS {
+            return 0;
+        }
+        self.last_arrival = now;
+        let mark = (self.next_seq, now);
+        if self.slots.is_empty() {
+            // An empty ring's marks are all behind it (one is left): a ring's first mark is
+            // part of the ring, like its other fields.
+            self.arrivals.clear();
+            self.arrivals.push_back(mark);
+            return 0;
+        }
+        self.arrivals.push_back(mark);
+        if self.arrivals.len() == 2 {
+            self.next_mark = mark.0;
+        }
+        ARRIVAL_MARK_BYTES
+    }
+
     /// Finds `env`'s key and the meta its entry shares (a new one when the key's latest entry
     /// had other fields), and what holding it costs.
     #[inline]
@@ -210,9 +253,10 @@ impl Ring {
         self.bytes += admit.size;
     }
 
-    /// The timestamp of the oldest entry.
-    pub(super) fn oldest_timestamp(&self) -> Option<i64> {
-        self.slots.front().map(|s| s.entry.timestamp())
+    /// When the oldest entry arrived (to within [`ARRIVAL_GRAIN_NS`]).
+    pub(super) fn oldest_arrival(&self) -> Option<i64> {
+        self.slots.front()?;
+        self.arrivals.front().map(|&(_, at)| at)
     }
 
     #[inline]
@@ -222,7 +266,58 @@ impl Ring {
         };
         self.keys[slot.key as usize].evicted += 1;
         self.first_seq += 1;
+        // The first mark covers `first_seq`: drop it once the next one does.
+        while self.next_mark <= self.first_seq {
+            self.arrivals.pop_front();
+            self.next_mark = self.arrivals.get(1).map_or(u64::MAX, |&(seq, _)| seq);
+        }
         self.bytes -= slot.size as usize;
         slot.size as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slow source's every line arrives on its own: its marks go with the lines they
+    /// cover, so they never outnumber what the ring holds by more than one.
+    #[test]
+    fn arrival_marks_leave_with_their_lines() {
+        let config = RouterConfig {
+            ring_max_entries: 10,
+            ..RouterConfig::default()
+        };
+        let mut ring = Ring::new(&config, 0);
+        let mut charged = 0;
+        for i in 0..1000i64 {
+            let env = Envelope::new("slow", format!("line {i}"));
+            let admit = ring.admit(&env);
+            let (_, fits) = ring.make_room(admit.size, u64::MAX, false);
+            assert!(fits);
+            charged += ring.arriving(i * 2 * ARRIVAL_GRAIN_NS);
+            ring.push(&env, admit);
+            assert!(ring.arrivals.len() <= ring.slots.len() + 1);
+            // The oldest line's mark: when it arrived.
+            let first = (ring.first_seq - 1) as i64;
+            assert_eq!(ring.oldest_arrival(), Some(first * 2 * ARRIVAL_GRAIN_NS));
+        }
+        assert_eq!(
+            charged,
+            999 * ARRIVAL_MARK_BYTES,
+            "all but the ring's first"
+        );
+        // Within the grain, lines share a mark.
+        let before = ring.arrivals.len();
+        for k in 0..5 {
+            let env = Envelope::new("slow", "burst".to_owned());
+            let admit = ring.admit(&env);
+            ring.make_room(admit.size, u64::MAX, false);
+            let at = 2000 * 2 * ARRIVAL_GRAIN_NS + k;
+            let cost = if k == 0 { ARRIVAL_MARK_BYTES } else { 0 };
+            assert_eq!(ring.arriving(at), cost);
+            ring.push(&env, admit);
+        }
+        assert!(ring.arrivals.len() <= before + 1);
     }
 }
