@@ -411,6 +411,40 @@ fn the_budget_evicts_in_arrival_order_whatever_the_timestamps_say() {
     assert_eq!(kept("backfill"), 100, "the last to arrive");
 }
 
+/// Eviction keeps its queue of rings between rounds: a ring emptied by the budget is queued
+/// again when it gains a line, and goes first again once its lines are the oldest.
+#[test]
+fn a_ring_the_budget_emptied_is_evicted_again_when_its_lines_are_oldest() {
+    let big = "x".repeat(1000);
+    let lines = |source: &str, n: usize| -> Vec<Envelope> {
+        (0..n).map(|_| Envelope::new(source, big.clone())).collect()
+    };
+    let probe = Router::new(RouterConfig::default());
+    probe.publish(lines("probe", 100)).unwrap();
+    let batch = probe.retained_bytes();
+    let r = Router::new(RouterConfig {
+        ring_max_entries: 1_000_000,
+        ring_max_bytes: 1 << 30,
+        memory_budget_bytes: batch * 5 / 2,
+    });
+    for cycle in 0..5 {
+        r.publish(lines("first", 100)).unwrap();
+        for s in 0..10 {
+            r.publish(lines(&format!("s{s}"), 30)).unwrap();
+        }
+        let first = r.source_stats("first").unwrap();
+        assert_eq!(first.retained, 0, "cycle {cycle}: {first:?}");
+        assert_eq!(first.published, 100 * (cycle + 1));
+        assert!(
+            r.retained_bytes() <= batch * 5 / 2,
+            "{}",
+            r.retained_bytes()
+        );
+        let total: usize = r.sources().iter().map(|s| s.retained_bytes).sum();
+        assert_eq!(total, r.retained_bytes());
+    }
+}
+
 #[tokio::test]
 async fn a_waiting_cursor_wakes_on_publish() {
     let r = router(10_000);

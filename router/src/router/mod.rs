@@ -120,11 +120,11 @@ struct Shared {
     sources_version: AtomicU64,
     /// Sum of all rings' bytes, for the global memory budget.
     total_bytes: AtomicUsize,
-    /// Only one task evicts for the global budget at a time; others carry on publishing. It
-    /// keeps its own copy of `created`, taking only what was added since its last round, so a
-    /// round clones no `Arc` per source (with 100,000 sources, 200,000 atomic operations on
-    /// cold cache lines each round).
-    evicting: Mutex<Vec<Arc<Source>>>,
+    /// Only one task evicts for the global budget at a time; others carry on publishing.
+    evicting: Mutex<Evictor>,
+    /// Ordinals of sources whose ring has entries and is not in the evictor's queue yet (see
+    /// `Ring::queued`): each is listed once, when its ring gains its first entry.
+    to_evict: Mutex<Vec<usize>>,
     /// Entries held cursors have read, in all: what they read may be evicted.
     held_reads: AtomicU64,
     /// `held_reads` when the last round of eviction found nothing more it could evict while
@@ -161,6 +161,22 @@ struct Shared {
     room_waiting: AtomicUsize,
     /// Envelopes that waited for room (counted once per envelope per wait).
     waited_for_room: AtomicU64,
+}
+
+/// What the global budget's eviction keeps between rounds, so that a round costs what it
+/// evicts, not a look at every source: every ring with entries is in `queue` (or `blocked`, or
+/// still in `Shared::to_evict`) exactly once, by when its oldest entry arrived.
+#[derive(Debug, Default)]
+struct Evictor {
+    /// Every source by ordinal, taken from `Shared::created` as sources appear.
+    by_ordinal: Vec<Option<Arc<Source>>>,
+    /// How much of `Shared::created` is in `by_ordinal`.
+    seen: usize,
+    /// `(arrival of the ring's oldest entry, ordinal)`: when a ring's own limits evicted
+    /// meanwhile the arrival is older than the ring's, and it is put back with the right one.
+    queue: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Rings whose oldest entries a held cursor has not read yet: looked at again next round.
+    blocked: Vec<usize>,
 }
 
 /// A shard's readers waiting, and how to wake them.
@@ -214,7 +230,8 @@ impl Router {
                 created: Mutex::new(Vec::new()),
                 sources_version: AtomicU64::new(0),
                 total_bytes: AtomicUsize::new(0),
-                evicting: Mutex::new(Vec::new()),
+                evicting: Mutex::new(Evictor::default()),
+                to_evict: Mutex::new(Vec::new()),
                 held_reads: AtomicU64::new(0),
                 fruitless_at: AtomicU64::new(u64::MAX),
                 notify: Notify::new(),
@@ -339,6 +356,7 @@ impl Router {
         let of = shared.shards.load(Ordering::Relaxed);
         let mut shards_touched = 0u64;
         let mut listed: Vec<(usize, usize)> = Vec::new();
+        let mut queued: Vec<usize> = Vec::new();
         while i < batch.len() {
             let source = shared.source(&batch[i].source_id);
             let mut kept_out = false;
@@ -366,6 +384,10 @@ impl Router {
                     i += 1;
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
+                if !ring.queued && !ring.slots.is_empty() {
+                    ring.queued = true;
+                    queued.push(source.ordinal);
+                }
                 if let Some(r) = ranges.as_deref_mut()
                     && ring.next_seq > first_seq
                 {
@@ -415,6 +437,9 @@ impl Router {
                 .fetch_sub(freed - added, Ordering::Relaxed);
         }
         shared.published.fetch_add(count as u64, Ordering::Relaxed);
+        if !queued.is_empty() {
+            shared.to_evict.lock().extend(queued);
+        }
         if !listed.is_empty() || shards_touched != 0 {
             shared.list_ready(&mut listed, shards_touched);
         }
@@ -760,9 +785,11 @@ impl Shared {
                             stored + 1
                         ),
                     );
-                    let admit = ring.admit(&notice);
+                    let mut admit = ring.admit(&notice);
+                    admit.size += ring.arriving(now_ns());
                     notice_bytes = admit.size;
                     ring.push(&notice, admit);
+                    ring.queued = true;
                 }
                 let next_seq = ring.next_seq;
                 let ordinal = self.next_ordinal.fetch_add(1, Ordering::Relaxed);
@@ -786,25 +813,29 @@ impl Shared {
             .value()
             .clone();
         if created {
+            self.created.lock().push(source.clone());
             if notice_bytes > 0 {
                 self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
                 self.published.fetch_add(1, Ordering::Relaxed);
+                self.to_evict.lock().push(source.ordinal);
             }
-            self.created.lock().push(source.clone());
             self.sources_version.fetch_add(1, Ordering::AcqRel);
         }
         source
     }
 
-    /// Evicts the oldest entries across all sources until the rings hold 90% of the budget.
-    /// Runs on a publisher's thread, but only one at a time; concurrent publishers skip it.
+    /// Evicts the entries that arrived first across all sources until the rings hold 90% of
+    /// the budget. Runs on a publisher's thread, but only one at a time; concurrent publishers
+    /// skip it.
     ///
-    /// Every source's oldest evictable entry is looked at once and kept in a heap, oldest
-    /// first; after each slice evicted, only that source is looked at again. So a round costs
-    /// one lock per source plus one per slice, not one per source per slice (with 1,000 sources
-    /// the old loop took ~1,000 locks for every slice of a few dozen entries).
+    /// The rings with entries wait in the [`Evictor`]'s heap, by when their oldest entry
+    /// arrived, from one round to the next: a ring is added when it gains its first entry and
+    /// leaves when eviction empties it, and after each slice evicted only that ring is looked
+    /// at again. So a round costs a lock per slice it evicts (and one per ring that gained its
+    /// first entry since), not a look at every source (with 100,000 sources, each round locked
+    /// all of them to rebuild the heap).
     fn enforce_budget(&self, force: bool) {
-        let Some(mut sources) = self.evicting.try_lock() else {
+        let Some(mut ev) = self.evicting.try_lock() else {
             return;
         };
         let budget = self.config.memory_budget_bytes;
@@ -819,41 +850,54 @@ impl Shared {
         if !force && fruitless != u64::MAX && reads.wrapping_sub(fruitless) < worth {
             return;
         }
-        // Only what a held cursor has read may go: when the oldest entry that may arrived.
-        let evictable_front =
-            |ring: &Ring, gate: u64| ring.oldest_arrival().filter(|_| ring.first_seq < gate);
+        let ev = &mut *ev;
         {
             // Sources are never removed: only the end of the list is new.
             let created = self.created.lock();
-            if created.len() > sources.len() {
-                let seen = sources.len();
-                sources.extend_from_slice(&created[seen..]);
+            for source in &created[ev.seen..] {
+                if source.ordinal >= ev.by_ordinal.len() {
+                    ev.by_ordinal.resize(source.ordinal + 1, None);
+                }
+                ev.by_ordinal[source.ordinal] = Some(source.clone());
+            }
+            ev.seen = created.len();
+        }
+        // Rings that gained entries since, and those a held cursor kept last round.
+        let mut fresh = std::mem::take(&mut *self.to_evict.lock());
+        fresh.append(&mut ev.blocked);
+        for ordinal in fresh {
+            let Some(source) = &ev.by_ordinal[ordinal] else {
+                continue;
+            };
+            let mut ring = source.ring.lock();
+            match ring.oldest_arrival() {
+                Some(at) => ev.queue.push(Reverse((at, ordinal))),
+                None => ring.queued = false,
             }
         }
-        let sources = &*sources;
-        let mut oldest: BinaryHeap<Reverse<(i64, usize)>> = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let gate = s.gate.load(Ordering::Acquire);
-                evictable_front(&s.ring.lock(), gate).map(|ts| Reverse((ts, i)))
-            })
-            .collect();
         while self.total_bytes.load(Ordering::Relaxed) > low_water {
-            let Some(Reverse((ts, i))) = oldest.pop() else {
+            let Some(Reverse((at, ordinal))) = ev.queue.pop() else {
                 break;
             };
-            let source = &sources[i];
+            let source = ev.by_ordinal[ordinal]
+                .as_ref()
+                .expect("queued sources exist");
             let gate = source.gate.load(Ordering::Acquire);
             let mut ring = source.ring.lock();
-            // Its own publishers may have evicted meanwhile: go by what is there now.
-            match evictable_front(&ring, gate) {
-                None => continue,
-                Some(now) if now != ts => {
-                    oldest.push(Reverse((now, i)));
-                    continue;
-                }
-                Some(_) => {}
+            let Some(now) = ring.oldest_arrival() else {
+                // Emptied meanwhile (its own limits): listed again when it gains an entry.
+                ring.queued = false;
+                continue;
+            };
+            if ring.first_seq >= gate {
+                // Only what a held cursor has read may go.
+                ev.blocked.push(ordinal);
+                continue;
+            }
+            if now != at {
+                // Its own limits evicted meanwhile: its oldest entry is younger now.
+                ev.queue.push(Reverse((now, ordinal)));
+                continue;
             }
             // A slice at a time, so one old source does not lose everything to a brief spike.
             let chunk = ((ring.slots.len() / 8).max(1) as u64)
@@ -877,16 +921,16 @@ impl Shared {
             if ring.slots.len() < ring.slots.capacity() / 4 {
                 ring.slots.shrink_to_fit();
             }
-            let next = evictable_front(&ring, gate);
+            match ring.oldest_arrival() {
+                Some(next) => ev.queue.push(Reverse((next, ordinal))),
+                None => ring.queued = false,
+            }
             drop(ring);
             self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
             self.evicted_for_budget
                 .fetch_add(evicted as u64, Ordering::Relaxed);
-            if let Some(ts) = next {
-                oldest.push(Reverse((ts, i)));
-            }
         }
-        let stuck = oldest.is_empty() && self.total_bytes.load(Ordering::Relaxed) > low_water;
+        let stuck = ev.queue.is_empty() && self.total_bytes.load(Ordering::Relaxed) > low_water;
         self.fruitless_at
             .store(if stuck { reads } else { u64::MAX }, Ordering::Release);
     }

@@ -30,6 +30,9 @@ pub(super) struct Ring {
     /// that a push or an eviction looks at `arrivals` only when a mark is made or dropped.
     last_arrival: i64,
     next_mark: u64,
+    /// Listed for the global budget's eviction (`Shared::to_evict`, then its queue) since it
+    /// last gained an entry: publishers list a ring once, when this is false.
+    pub(super) queued: bool,
 }
 
 /// How finely a ring remembers when its entries arrived: entries within this of the previous
@@ -99,6 +102,7 @@ impl Ring {
             arrivals: VecDeque::new(),
             last_arrival: 0,
             next_mark: u64::MAX,
+            queued: false,
         }
     }
 
