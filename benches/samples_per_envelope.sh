@@ -23,9 +23,15 @@ for _ in $(seq 300); do grep -q "warmed up" "$WORK/err" 2>/dev/null && break; sl
 sleep 3
 PID=$(pgrep -f "^$SLUICE serve" | head -1)
 published() {
+    local addr n
     for addr in $(ss -ltnp | grep "pid=$PID," | grep -o '127.0.0.1:[0-9]*'); do
-        curl -s -m 1 "http://$addr/metrics" 2> /dev/null | awk '/^sluice_router_published_total/ {print $2}'
-    done | head -1
+        n=$(curl -s -m 1 "http://$addr/metrics" 2> /dev/null \
+            | awk '/^sluice_router_published_total/ {print $2}' || true)
+        if [ -n "$n" ]; then
+            echo "$n"
+            return
+        fi
+    done
 }
 before=$(published)
 perf record -F 999 -g -o "$WORK/perf.data" -p "$PID" -- sleep 5 > /dev/null 2>&1
