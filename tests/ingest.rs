@@ -68,7 +68,8 @@ async fn bad_frames_close_only_their_own_connection_with_a_reason() {
     assert_eq!(
         replies,
         Some(vec![error(
-            "frame of 1195725856 bytes exceeds the limit of 1048576 bytes"
+            "frame of 1195725856 bytes exceeds the limit of 1048576 bytes (an HTTP request? \
+             this port takes length-prefixed MessagePack frames; the HTTP API is on listen.http)"
         )])
     );
     still_fine(&mut good, 1).await;

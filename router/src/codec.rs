@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// the others close the connection that sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {declared} bytes exceeds the limit of {max} bytes")]
+    #[error("frame of {declared} bytes exceeds the limit of {max} bytes{}", http_hint(*.declared))]
     TooLarge { declared: u64, max: usize },
     #[error("empty frame")]
     Empty,
@@ -45,6 +45,19 @@ pub enum FrameError {
     Trailing(usize),
     #[error("connection closed in the middle of a frame ({have} of {want} bytes received)")]
     Truncated { have: usize, want: usize },
+}
+
+/// A "length" that spells an HTTP method (`GET `, `POST`, `PUT `, `HEAD`, …) is an HTTP client
+/// on the native port: say so, rather than leave only a four-gigabyte frame to puzzle over.
+fn http_hint(declared: u64) -> &'static str {
+    let bytes = (declared as u32).to_be_bytes();
+    let method = bytes.iter().all(|&b| b.is_ascii_uppercase() || b == b' ');
+    if declared <= u64::from(u32::MAX) && method && bytes[0] != b' ' {
+        " (an HTTP request? this port takes length-prefixed MessagePack frames; the HTTP API \
+         is on listen.http)"
+    } else {
+        ""
+    }
 }
 
 impl FrameError {
