@@ -146,7 +146,7 @@ struct Shared {
     /// `shard_waits`, woken only by publishes to their own shard's sources.
     shards: AtomicUsize,
     shard_waits: Box<[Waiters]>,
-    /// Cursors that read by the sources published to (see `Cursor::claim`): a bit per ready
+    /// Cursors that read by the sources published to (see `Cursor::claim_any`): a bit per ready
     /// list in use. Lists `0..MAX_SHARDS` are the shards' (their first cursor, the
     /// persister's writer); the rest are for cursors over every source (firehose tails,
     /// drains of every source), first come first served.
@@ -177,6 +177,17 @@ struct Evictor {
     queue: BinaryHeap<Reverse<(i64, usize)>>,
     /// Rings whose oldest entries a held cursor has not read yet: looked at again next round.
     blocked: Vec<usize>,
+}
+
+impl Evictor {
+    /// Puts a ring into `queue` by when its oldest entry arrived, or, empty, lets publishers
+    /// list it again when it gains one.
+    fn requeue(queue: &mut BinaryHeap<Reverse<(i64, usize)>>, ring: &mut Ring, ordinal: usize) {
+        match ring.oldest_arrival() {
+            Some(at) => queue.push(Reverse((at, ordinal))),
+            None => ring.queued = false,
+        }
+    }
 }
 
 /// A shard's readers waiting, and how to wake them.
@@ -869,11 +880,7 @@ impl Shared {
             let Some(source) = &ev.by_ordinal[ordinal] else {
                 continue;
             };
-            let mut ring = source.ring.lock();
-            match ring.oldest_arrival() {
-                Some(at) => ev.queue.push(Reverse((at, ordinal))),
-                None => ring.queued = false,
-            }
+            Evictor::requeue(&mut ev.queue, &mut source.ring.lock(), ordinal);
         }
         while self.total_bytes.load(Ordering::Relaxed) > low_water {
             let Some(Reverse((at, ordinal))) = ev.queue.pop() else {
@@ -921,10 +928,7 @@ impl Shared {
             if ring.slots.len() < ring.slots.capacity() / 4 {
                 ring.slots.shrink_to_fit();
             }
-            match ring.oldest_arrival() {
-                Some(next) => ev.queue.push(Reverse((next, ordinal))),
-                None => ring.queued = false,
-            }
+            Evictor::requeue(&mut ev.queue, &mut ring, ordinal);
             drop(ring);
             self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
             self.evicted_for_budget
