@@ -14,9 +14,10 @@
 # `drain`: native envelopes into Sluice (sent by sluice-load), one syslog drain to rsyslog
 # (imtcp -> omfile); the rate is lines in rsyslog's file per second, until all of them are there.
 #
-# Needs: cargo (builds sluice and sluice-load in release), rsyslog (installed with apt-get when
-# missing and running as root; otherwise the exact command is printed), syslog-ng (unpacked
-# beside rsyslog when running as root; skipped otherwise), jq, python3, curl.
+# Needs: cargo (builds sluice and sluice-load in release; or SLUICE_BIN names a folder with both
+# built), rsyslog (installed with apt-get when missing and running as root; otherwise the exact
+# command is printed; or RSYSLOGD names one), syslog-ng (unpacked beside rsyslog when running as
+# root; skipped otherwise; or SYSLOG_NG_DIR holds one), python3, jq for `drain` and Vector.
 set -euo pipefail
 
 WORKLOAD=${1:-file}
@@ -40,17 +41,23 @@ need() {
     fi
     command -v "$cmd" >/dev/null || { echo "missing: $cmd; install it with: sudo apt-get install -y $pkg" >&2; exit 1; }
 }
-need jq jq
+[ "$WORKLOAD" = file ] || need jq jq
 need python3 python3
-RSYSLOGD=$(command -v rsyslogd || echo /usr/sbin/rsyslogd)
+# RSYSLOGD: an rsyslogd to run instead of the installed one (benches/device_pack.sh packs one).
+RSYSLOGD=${RSYSLOGD:-$(command -v rsyslogd || echo /usr/sbin/rsyslogd)}
 if [ ! -x "$RSYSLOGD" ]; then
     need rsyslogd rsyslog
     RSYSLOGD=$(command -v rsyslogd || echo /usr/sbin/rsyslogd)
 fi
 
-echo "building sluice and sluice-load (release)" >&2
-(cd "$ROOT" && cargo build --release --quiet -p sluice -p sluice-load)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# SLUICE_BIN: a folder holding sluice and sluice-load already built (a machine without cargo).
+if [ -n "${SLUICE_BIN:-}" ]; then
+    BIN=$(cd "$SLUICE_BIN" && pwd)
+else
+    echo "building sluice and sluice-load (release)" >&2
+    (cd "$ROOT" && cargo build --release --quiet -p sluice -p sluice-load)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
 LOAD="$BIN/sluice-load"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -232,6 +239,22 @@ EOF
     echo "$out" | jq -r '"\(.lines / .send_seconds) true '"$rss"' \(.sender_cpu_seconds)"'
 }
 
+# Rings that hold the whole drain run, so that the drain (reading at rsyslog's pace) is never
+# overrun: the rate measured is the drain's, not its losses.
+sluice_config() {
+    local dir=$1 entries=$2
+    mkdir -p "$dir"
+    cat > "$dir/extra.yaml" <<EOF
+router:
+  ring_max_entries: $entries
+  ring_max_bytes: $((entries * 1024))
+  memory_budget_bytes: $((entries * 2048))
+log_storage:
+  local_dir: $dir/logs
+  max_file_size_bytes: 10737418240
+EOF
+}
+
 run_drain() {
     local dir=$WORK/drain-$1
     # rsyslog is only the receiver here: the cheapest template, so that it limits as little as it can.
@@ -258,10 +281,10 @@ if have_syslog_ng; then
 else
     echo "syslog-ng: not unpacked in $SYSLOG_NG_DIR and cannot be (run as root with apt-get), skipped" >&2
 fi
-if command -v vector >/dev/null; then
+if command -v vector >/dev/null && command -v jq >/dev/null; then
     peers+=(vector)
 else
-    echo "vector: not on PATH, skipped (install it from https://vector.dev/download/ to compare)" >&2
+    echo "vector (or jq): not on PATH, skipped (install Vector from https://vector.dev/download/ to compare)" >&2
 fi
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
