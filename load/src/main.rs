@@ -126,8 +126,8 @@ struct Args {
     /// The sluice binary to start (default: the one beside this tool).
     #[arg(long)]
     server: Option<PathBuf>,
-    /// YAML appended to the started server's config; `{logs}` in it names the run's own log
-    /// directory (`log_storage:\n  local_dir: {logs}\n  writers: 2`).
+    /// A YAML file whose text is appended to the started server's config; `{logs}` in it names
+    /// the run's own log directory (a file holding `log_storage:\n  local_dir: {logs}\n  writers: 2`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Also print the report as one JSON object on the last line.
