@@ -42,7 +42,16 @@ native() {
     timeout $((DURATION + 120)) "$PACK/bin/sluice-load" --connections "$n" --sources "$n" \
         --tails "$n" --duration "$DURATION" --server "$PACK/bin/sluice" --json "$@" \
         2> "$WORK/native-$label.err" | tail -1 > "$report"
-    python3 - "$report" "$n" "$label" <<'PY' 2> /dev/null || { echo "| $n | $label | (no report: see native-$label.err) |"; tail -3 "$WORK/native-$label.err"; }
+    if ! [ -s "$report" ]; then
+        echo "| $n | $label | (no report: the end of native-$label.err follows) |"
+        tail -3 "$WORK/native-$label.err"
+        return
+    fi
+    if ! command -v python3 > /dev/null; then
+        echo "| $n | $label | $(cat "$report") |"
+        return
+    fi
+    python3 - "$report" "$n" "$label" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 tails = [t["envelopes_per_sec"] for t in d["tails"]]
