@@ -395,8 +395,7 @@ impl Router {
                     i += 1;
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
-                if !ring.queued && !ring.slots.is_empty() {
-                    ring.queued = true;
+                if ring.enters_queue() {
                     queued.push(source.ordinal);
                 }
                 if let Some(r) = ranges.as_deref_mut()
@@ -778,6 +777,7 @@ impl Shared {
         let resumed_after = stored + skipped;
         let mut created = false;
         let mut notice_bytes = 0;
+        let mut queue_it = false;
         let source = self
             .sources
             .entry(Arc::from(id))
@@ -800,7 +800,7 @@ impl Shared {
                     admit.size += ring.arriving(now_ns());
                     notice_bytes = admit.size;
                     ring.push(&notice, admit);
-                    ring.queued = true;
+                    queue_it = ring.enters_queue();
                 }
                 let next_seq = ring.next_seq;
                 let ordinal = self.next_ordinal.fetch_add(1, Ordering::Relaxed);
@@ -828,6 +828,8 @@ impl Shared {
             if notice_bytes > 0 {
                 self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
                 self.published.fetch_add(1, Ordering::Relaxed);
+            }
+            if queue_it {
                 self.to_evict.lock().push(source.ordinal);
             }
             self.sources_version.fetch_add(1, Ordering::AcqRel);

@@ -257,6 +257,17 @@ impl Ring {
         self.bytes += admit.size;
     }
 
+    /// Whether the global budget's eviction must be told of this ring now: it has entries and
+    /// is not queued yet (from here on it is, until eviction finds it empty).
+    #[inline]
+    pub(super) fn enters_queue(&mut self) -> bool {
+        if self.queued || self.slots.is_empty() {
+            return false;
+        }
+        self.queued = true;
+        true
+    }
+
     /// When the oldest entry arrived (to within [`ARRIVAL_GRAIN_NS`]).
     pub(super) fn oldest_arrival(&self) -> Option<i64> {
         self.slots.front()?;
