@@ -18,7 +18,11 @@ DURATION=${DURATION:-10}
 WORK=$(mktemp -d /tmp/sluice-idle.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP=$(free_port); INGEST=$(free_port)
-printf 'listen:\n  http: 127.0.0.1:%s\n  ingest: 127.0.0.1:%s\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: %s/logs\n' \
+# Past 100,000 idle sources, router.max_sources is raised to fit (builds older than that
+# setting refuse it, so it is written only then).
+limit=""
+[ "$IDLE" -gt 100000 ] && limit="router:\n  max_sources: $((IDLE + 1))\n"
+printf "listen:\n  http: 127.0.0.1:%s\n  ingest: 127.0.0.1:%s\n  syslog_tcp: null\n  syslog_udp: null\n${limit}log_storage:\n  local_dir: %s/logs\n" \
     "$HTTP" "$INGEST" "$WORK" > "$WORK/sluice.yaml"
 SLUICE_LOG=warn "$SLUICE" serve --config "$WORK/sluice.yaml" > "$WORK/out" 2> "$WORK/err" &
 PID=$!

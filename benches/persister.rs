@@ -35,6 +35,7 @@ fn persister(c: &mut Criterion) {
                         ring_max_entries: 1 << 20,
                         ring_max_bytes: 1 << 30,
                         memory_budget_bytes: 1 << 31,
+                        ..RouterConfig::default()
                     });
                     let cursor = router
                         .subscribe(Selector::All, Filter::default(), Start::Live)

@@ -451,8 +451,12 @@ impl Config {
             ));
         }
         let r = &self.router;
-        if r.ring_max_entries == 0 || r.ring_max_bytes == 0 || r.memory_budget_bytes == 0 {
-            return Err("router.ring_max_entries, router.ring_max_bytes and router.memory_budget_bytes must be above 0".into());
+        if r.ring_max_entries == 0
+            || r.ring_max_bytes == 0
+            || r.memory_budget_bytes == 0
+            || r.max_sources == 0
+        {
+            return Err("router.ring_max_entries, router.ring_max_bytes, router.memory_budget_bytes and router.max_sources must be above 0".into());
         }
         if self.http.ping_interval_secs == 0 {
             return Err("http.ping_interval_secs must be at least 1".into());

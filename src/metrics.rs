@@ -91,7 +91,7 @@ const INGEST_MALFORMED: [&str; 10] = [
     "unauthenticated",
     "tls_handshake",
 ];
-const INGEST_REFUSED: [&str; 7] = [
+const INGEST_REFUSED: [&str; 8] = [
     "source_id",
     "origin",
     "instance_id",
@@ -99,8 +99,9 @@ const INGEST_REFUSED: [&str; 7] = [
     "invalid",
     "batch_too_large",
     "forbidden",
+    "too_many_sources",
 ];
-const SYSLOG_REFUSED: [&str; 2] = ["no_source", "invalid_source_id"];
+const SYSLOG_REFUSED: [&str; 3] = ["no_source", "invalid_source_id", "too_many_sources"];
 const SYSLOG_MALFORMED: [&str; 6] = [
     "bad_octet_count",
     "frame_too_large",
@@ -287,6 +288,7 @@ impl Metrics {
             retained_bytes: router.retained_bytes() as u64,
             retained_entries,
             source_count,
+            max_sources: router.config().max_sources as u64,
             sources: sources
                 .into_iter()
                 .map(|s| {
@@ -346,6 +348,7 @@ struct Scrape {
     retained_bytes: u64,
     retained_entries: u64,
     source_count: u64,
+    max_sources: u64,
     /// Source id, envelopes (its newest seq), ring entries, ring bytes.
     sources: Vec<(String, u64, u64, u64)>,
     /// lines, bytes, lost, errors, rotations, deleted lines, open files.
@@ -429,6 +432,13 @@ impl Collector for Scrape {
             "Sources the router holds a ring for.",
             Gauge,
             self.source_count,
+        )?;
+        one(
+            e,
+            "sluice_router_max_sources",
+            "Most sources the router holds (router.max_sources): a new source past it is refused.",
+            Gauge,
+            self.max_sources,
         )?;
         let by_source = |f: fn(&(String, u64, u64, u64)) -> u64| {
             self.sources

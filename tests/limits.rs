@@ -306,3 +306,118 @@ async fn a_busy_stream_is_never_taken_for_a_stalled_frame() {
         .wait_published("busy-syslog", (writes * 3) as u64)
         .await;
 }
+
+/// Octet-counted RFC 5424 messages, one per `(app, text)`.
+fn syslog_frames(lines: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (app, text) in lines {
+        let msg = format!("<14>1 2026-12-07T10:00:00.000Z host {app} - - - {text}");
+        out.extend(format!("{} {msg}", msg.len()).into_bytes());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_ones_go_on() {
+    let server = Server::start("router:\n  max_sources: 3\n");
+    assert_eq!(server.metric("sluice_router_max_sources").await, 3);
+    let mut native = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch = [Envelope::new("a", "1"), Envelope::new("b", "1")];
+    assert_eq!(native.send_batch(&batch).await.unwrap(), 2);
+    let (status, _) = server
+        .post_json(
+            "/api/v1/ingest",
+            serde_json::json!([{"source_id": "c", "message": "1"}]),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Native: the whole batch is refused with the reason, and the connection goes on.
+    let err = native
+        .send_batch(&[Envelope::new("a", "2"), Envelope::new("d", "1")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "new source \"d\" refused: sluice holds 3 sources, its limit (router.max_sources)"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        native.send_batch(&[Envelope::new("a", "2")]).await.unwrap(),
+        1
+    );
+
+    // HTTP: 429 with the reason, nothing of the batch taken.
+    let (status, body) = server
+        .post_json(
+            "/api/v1/ingest",
+            serde_json::json!([{"source_id": "c", "message": "2"}, {"source_id": "e", "message": "1"}]),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("router.max_sources"),
+        "{body}"
+    );
+
+    // A tail of a new source is refused before the upgrade; one of a held source opens.
+    let status = match tokio_tungstenite::connect_async(server.ws("/api/v1/sources/f/stream")).await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        other => panic!("a tail of a new source opened: {:?}", other.map(|_| ())),
+    };
+    assert_eq!(status, 429);
+    assert!(
+        tokio_tungstenite::connect_async(server.ws("/api/v1/sources/a/stream"))
+            .await
+            .is_ok()
+    );
+
+    // Syslog cannot be answered: a new source's lines are dropped and counted, and the held
+    // sources' lines around them in the same stream are all kept.
+    let mut tcp = std::net::TcpStream::connect(&server.syslog_tcp).unwrap();
+    std::io::Write::write_all(
+        &mut tcp,
+        &syslog_frames(&[
+            ("b", "2"),
+            ("g", "lost"),
+            ("b", "3"),
+            ("g", "lost too"),
+            ("b", "4"),
+        ]),
+    )
+    .unwrap();
+    server.wait_published("b", 4).await;
+    server.wait_metric("sluice_syslog_refused_total", 2).await;
+    drop(tcp);
+
+    let sources = server.get_json("/api/v1/sources").await;
+    let mut ids: Vec<&str> = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(server.published("a").await, 2);
+    assert_eq!(server.published("c").await, 1);
+    assert_eq!(server.metric("sluice_router_sources").await, 3);
+    // 2 native (a's and d's) + 2 HTTP (c's and e's), by reason.
+    let text = server.metrics_text().await;
+    assert!(
+        text.contains("sluice_ingest_refused_envelopes_total{reason=\"too_many_sources\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_syslog_refused_total{reason=\"too_many_sources\"} 2"),
+        "{text}"
+    );
+}

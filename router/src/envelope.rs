@@ -277,6 +277,11 @@ pub enum EnvelopeError {
         "reserved {0}: origin LGR and step _server are sluice's own notices, which producers cannot send"
     )]
     Reserved(String),
+    /// The source is new and the router holds `max` sources already.
+    #[error(
+        "new source {source_id:?} refused: sluice holds {max} sources, its limit (router.max_sources); lines for the sources it holds are still taken. Raise the limit, or restart to drop the sources seen since the start"
+    )]
+    TooManySources { source_id: String, max: usize },
 }
 
 impl EnvelopeError {
@@ -287,6 +292,7 @@ impl EnvelopeError {
             EnvelopeError::Origin(_) => "origin",
             EnvelopeError::InstanceId(_) => "instance_id",
             EnvelopeError::Reserved(_) => "reserved",
+            EnvelopeError::TooManySources { .. } => "too_many_sources",
         }
     }
 }

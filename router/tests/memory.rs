@@ -50,6 +50,7 @@ fn measured_and_counted(tagged: bool) -> (i64, usize) {
         ring_max_entries: N,
         ring_max_bytes: 1 << 30,
         memory_budget_bytes: 1 << 31,
+        ..RouterConfig::default()
     });
     // The source and its ring exist first; the ring's slots are counted per envelope.
     router.publish(vec![envelope(0, tagged)]).unwrap();

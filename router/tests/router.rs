@@ -107,6 +107,111 @@ fn a_batch_with_one_invalid_id_is_refused_whole() {
 }
 
 #[test]
+fn past_max_sources_a_batch_that_would_create_one_is_refused_whole_and_the_rest_go_on() {
+    let r = Router::new(RouterConfig {
+        max_sources: 3,
+        ..RouterConfig::default()
+    });
+    publish(&r, "a", 1);
+    publish(&r, "b", 1);
+    // Lines of a held source in front of two new ones: one more fits, the second does not.
+    let err = r
+        .publish(vec![
+            Envelope::new("a", "held"),
+            Envelope::new("c", "new"),
+            Envelope::new("d", "one too many"),
+        ])
+        .unwrap_err();
+    assert_eq!(err.reason(), "too_many_sources");
+    assert!(
+        err.to_string().starts_with(
+            "new source \"d\" refused: sluice holds 3 sources, its limit (router.max_sources)"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        r.source_stats("a").unwrap().published,
+        1,
+        "nothing published"
+    );
+    assert_eq!(r.source_stats("c").unwrap().published, 0, "c fit, empty");
+    assert!(r.source_stats("d").is_none());
+    // The sources held go on; a new one is refused to every way in.
+    publish(&r, "a", 2);
+    publish(&r, "c", 1);
+    assert_eq!(r.source_stats("a").unwrap().published, 3);
+    assert_eq!(
+        r.publish(vec![Envelope::new("e", "x")])
+            .unwrap_err()
+            .reason(),
+        "too_many_sources"
+    );
+    assert_eq!(r.touch("e").unwrap_err().reason(), "too_many_sources");
+    let sub = r.subscribe(Selector::Source("e".into()), Filter::default(), Start::Live);
+    assert_eq!(sub.unwrap_err().reason(), "too_many_sources");
+    let sub = r.subscribe(
+        Selector::Sources(vec!["a".into(), "e".into()]),
+        Filter::default(),
+        Start::Live,
+    );
+    assert_eq!(sub.unwrap_err().reason(), "too_many_sources");
+    assert_eq!(r.shard_of("e", 2), None);
+    assert!(
+        r.subscribe(Selector::Source("b".into()), Filter::default(), Start::Live)
+            .is_ok()
+    );
+    // Sluice's own notices about a source are never refused.
+    r.publish_notice(Envelope::notice("f", "about f")).unwrap();
+    assert_eq!(r.source_stats("f").unwrap().published, 1);
+    assert_eq!(r.source_ids().len(), 4);
+}
+
+#[test]
+fn max_sources_holds_exactly_under_racing_writers_of_new_sources() {
+    const MAX: usize = 1000;
+    let r = Router::new(RouterConfig {
+        max_sources: MAX,
+        ..RouterConfig::default()
+    });
+    // Eight writers, each sending batches of 50 new sources: every batch is taken whole or
+    // refused whole, and never more than MAX sources exist.
+    let taken: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let r = r.clone();
+                s.spawn(move || {
+                    let mut taken = 0;
+                    for b in 0..10 {
+                        let batch = (0..50)
+                            .map(|i| Envelope::new(format!("w{t}-b{b}-s{i}"), "x"))
+                            .collect();
+                        match r.publish(batch) {
+                            Ok(n) => taken += n,
+                            Err(e) => assert_eq!(e.reason(), "too_many_sources"),
+                        }
+                    }
+                    taken
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let ids = r.source_ids();
+    assert!(ids.len() <= MAX, "{} sources", ids.len());
+    assert!(
+        ids.len() >= MAX - 50,
+        "refused early: {} sources",
+        ids.len()
+    );
+    assert_eq!(taken % 50, 0, "batches taken whole");
+    let published: u64 = ids
+        .iter()
+        .map(|id| r.source_stats(id).unwrap().published)
+        .sum();
+    assert_eq!(published, taken as u64);
+}
+
+#[test]
 fn live_back_and_after_seq_starts() {
     let r = router(100);
     publish(&r, "a", 10);
@@ -337,6 +442,7 @@ fn rings_are_bounded_by_bytes_and_by_the_global_budget() {
         ring_max_entries: 1_000_000,
         ring_max_bytes: 64 * 1024,
         memory_budget_bytes: 256 * 1024,
+        ..RouterConfig::default()
     });
     let big = "x".repeat(1000);
     for _ in 0..500 {
@@ -385,6 +491,7 @@ fn the_budget_evicts_in_arrival_order_whatever_the_timestamps_say() {
         ring_max_entries: 1_000_000,
         ring_max_bytes: 1 << 30,
         memory_budget_bytes: probe.retained_bytes() * 5 / 2,
+        ..RouterConfig::default()
     });
     let year = 365 * 24 * 3600 * 1_000_000_000i64;
     let now = std::time::SystemTime::now()
@@ -426,6 +533,7 @@ fn a_ring_the_budget_emptied_is_evicted_again_when_its_lines_are_oldest() {
         ring_max_entries: 1_000_000,
         ring_max_bytes: 1 << 30,
         memory_budget_bytes: batch * 5 / 2,
+        ..RouterConfig::default()
     });
     for cycle in 0..5 {
         r.publish(lines("first", 100)).unwrap();
@@ -867,6 +975,7 @@ async fn writers_held_by_the_budget_go_on_as_the_held_cursor_reads() {
         ring_max_entries: 1_000_000,
         ring_max_bytes: 1 << 30,
         memory_budget_bytes: 256 * 1024,
+        ..RouterConfig::default()
     });
     let mut held = r.subscribe_held(Shard::ALL, Filter::default(), Start::Live);
     let big = "x".repeat(1000);

@@ -161,7 +161,7 @@ async fn ingest(
         .await
         .map_err(|e| {
             state.metrics.ingest_refused(e.reason(), n);
-            ApiError::bad_request(e.to_string())
+            ApiError::envelope(e, StatusCode::BAD_REQUEST)
         })?;
     state.metrics.http_ingest_envelopes.inc_by(n);
     if durable {

@@ -224,7 +224,7 @@ async fn worker_logs(state: &AppState, raw_id: &str, body: &[u8]) -> Result<Resp
         .router
         .publish_waiting(batch, None)
         .await
-        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        .map_err(|e| ApiError::envelope(e, StatusCode::UNPROCESSABLE_ENTITY))?;
     Ok(warp::reply::json(&serde_json::json!({ "accepted": n })).into_response())
 }
 
@@ -260,7 +260,7 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
     let (cursor, prelude) =
         match super::stream::open_source(&state, &id, Filter::default(), Start::AfterSeq(0)) {
             Ok(opened) => opened,
-            Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+            Err(e) => return ApiError::envelope(e, StatusCode::BAD_REQUEST).into_response(),
         };
     ws.on_upgrade(move |socket| async move {
         let render = |batch: &mut Vec<Delivery>| {

@@ -124,6 +124,19 @@ impl ApiError {
         }
     }
 
+    /// A refused envelope or source: 429 when the source is new and the router holds
+    /// `router.max_sources` already (as Loki answers a stream past its limit), else `status`.
+    pub fn envelope(e: sluice_router::EnvelopeError, status: StatusCode) -> Self {
+        let status = match e {
+            sluice_router::EnvelopeError::TooManySources { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ => status,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+
     pub fn into_response(self) -> Response {
         #[derive(Serialize)]
         struct Body {

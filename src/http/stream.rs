@@ -132,7 +132,7 @@ fn open(
                 start,
             ),
         }
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::envelope(e, warp::http::StatusCode::BAD_REQUEST))?;
         Ok((cursor, prelude, format))
     })();
     match opened {

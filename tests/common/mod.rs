@@ -176,16 +176,20 @@ impl Server {
     /// The value of a counter or gauge from `/metrics`: the sum of its samples, whatever their
     /// labels (`sluice_syslog_refused_total` is counted by `reason`).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
+        let text = self.metrics_text().await;
+        metric_sum(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        metric_sum(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+            .unwrap()
     }
 
     /// Waits (bounded) until the counter `name` reaches `n`.

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use crate::entry::Entry;
 use crate::envelope::validate_source_id;
 use crate::envelope::{Envelope, EnvelopeError, now_ns};
+use compact_str::CompactString;
 
 mod cursor;
 mod delivery;
@@ -55,6 +56,11 @@ pub struct RouterConfig {
     /// All rings together; past it the entries that arrived first, across sources, are evicted
     /// (by arrival, not by the timestamps producers put on them).
     pub memory_budget_bytes: usize,
+    /// Most sources this process holds. Each one seen since the start costs memory outside
+    /// the budget (its ring's bookkeeping, the persister's note of its file) until a restart,
+    /// so past this a batch or read that would create a source is refused
+    /// ([`EnvelopeError::TooManySources`]); the sources already held go on as before.
+    pub max_sources: usize,
 }
 
 impl Default for RouterConfig {
@@ -63,6 +69,7 @@ impl Default for RouterConfig {
             ring_max_entries: 65_536,
             ring_max_bytes: 16 * 1024 * 1024,
             memory_budget_bytes: 1024 * 1024 * 1024,
+            max_sources: 100_000,
         }
     }
 }
@@ -280,7 +287,7 @@ impl Router {
     pub fn publish(&self, batch: Vec<Envelope>) -> Result<usize, EnvelopeError> {
         validate_batch(&batch)?;
         let mut rest = Vec::new();
-        Ok(self.publish_validated(batch, None, false, &mut rest))
+        self.publish_validated(batch, None, false, &mut rest)
     }
 
     /// Publishes a batch as [`Router::publish`] does, waiting (not reading the sender's next
@@ -297,7 +304,7 @@ impl Router {
         validate_batch(&batch)?;
         let count = batch.len();
         let mut rest = Vec::new();
-        self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest);
+        self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest)?;
         let shared = &*self.shared;
         while !rest.is_empty() {
             shared
@@ -308,7 +315,8 @@ impl Router {
             notified.as_mut().enable();
             let _guard = WaitGuard::new(&shared.room_waiting);
             let batch = std::mem::take(&mut rest);
-            self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest);
+            // Its sources exist now: only the room is waited for.
+            self.publish_validated(batch, ranges.as_deref_mut(), false, &mut rest)?;
             if rest.is_empty() {
                 break;
             }
@@ -333,17 +341,19 @@ impl Router {
     pub fn publish_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
         notice.validate_fields()?;
         let mut rest = Vec::new();
-        Ok(self.publish_validated(vec![notice], None, true, &mut rest))
+        self.publish_validated(vec![notice], None, true, &mut rest)
     }
 
-    /// Publishes what fits; what a held cursor keeps out goes to `rest`, in order.
+    /// Publishes what fits; what a held cursor keeps out goes to `rest`, in order. Refuses
+    /// the whole batch, before publishing any of it, when it would create sources past
+    /// `max_sources` (those of `overshoot`, Sluice's own notices, never are).
     fn publish_validated(
         &self,
         mut batch: Vec<Envelope>,
         mut ranges: Option<&mut Vec<(Arc<str>, u64, u64)>>,
         overshoot: bool,
         rest: &mut Vec<Envelope>,
-    ) -> usize {
+    ) -> Result<usize, EnvelopeError> {
         // The time of receipt: stamps envelopes without a timestamp, and tells the budget
         // which lines are oldest.
         let now = now_ns();
@@ -358,8 +368,17 @@ impl Router {
         } {
             // The rings hold more than the budget that a held cursor has not read yet.
             rest.extend(batch);
-            return 0;
+            return Ok(0);
         }
+        // One source per run of envelopes of the same source, each new one created here:
+        // all of them fit under the limit, or nothing is published.
+        let mut runs: Vec<Arc<Source>> = Vec::new();
+        for e in &batch {
+            if runs.last().is_none_or(|s| *s.id != *e.source_id) {
+                runs.push(shared.source(&e.source_id, !overshoot)?);
+            }
+        }
+        let mut runs = runs.into_iter();
         // Envelopes are read in place (an envelope is ~180 bytes: moving each out of the batch
         // was ~3% of ingest); only what a held cursor keeps out is moved, to `rest`.
         let mut i = 0;
@@ -369,7 +388,7 @@ impl Router {
         let mut listed: Vec<(usize, usize)> = Vec::new();
         let mut queued: Vec<usize> = Vec::new();
         while i < batch.len() {
-            let source = shared.source(&batch[i].source_id);
+            let source = runs.next().expect("a source per run");
             let mut kept_out = false;
             {
                 let mut ring = source.ring.lock();
@@ -459,7 +478,7 @@ impl Router {
         if shared.total_bytes.load(Ordering::Relaxed) > shared.config.memory_budget_bytes {
             shared.enforce_budget(false);
         }
-        count
+        Ok(count)
     }
 
     /// Opens a held cursor over one shard of the sources ([`Shard::ALL`]: every source):
@@ -504,10 +523,12 @@ impl Router {
     }
 
     /// Which of `of` shards `source_id` is in (see [`Shard`]); the source is created (empty)
-    /// if it has not been seen yet, so that its shard is settled. `None` for an invalid id.
+    /// if it has not been seen yet, so that its shard is settled. `None` for an invalid id, or
+    /// a new one past `max_sources` (no shard will ever write it).
     pub fn shard_of(&self, source_id: &str, of: usize) -> Option<usize> {
         validate_source_id(source_id).ok()?;
-        Some(self.shared.source(source_id).ordinal % of.max(1))
+        let source = self.shared.source(source_id, true).ok()?;
+        Some(source.ordinal % of.max(1))
     }
 
     /// Publishers waiting now for the held cursor to make room: the persister is a ring behind
@@ -522,7 +543,7 @@ impl Router {
     }
 
     /// Opens a cursor. Selected sources that do not exist yet are created (empty), so a tail
-    /// can wait for an app's first line.
+    /// can wait for an app's first line; past `max_sources` that is refused.
     pub fn subscribe(
         &self,
         selector: Selector,
@@ -546,7 +567,7 @@ impl Router {
         match selector {
             Selector::Source(id) => {
                 validate_source_id(&id)?;
-                let source = cursor.shared.source(&id);
+                let source = cursor.shared.source(&id, true)?;
                 cursor.add_member(source.clone(), start);
                 cursor.wait_on = WaitOn::Source(source);
             }
@@ -557,7 +578,7 @@ impl Router {
                 let mut seen = HashSet::new();
                 for id in ids {
                     if seen.insert(id.clone()) {
-                        let source = cursor.shared.source(&id);
+                        let source = cursor.shared.source(&id, true)?;
                         cursor.add_member(source, start);
                     }
                 }
@@ -610,15 +631,57 @@ impl Router {
     }
 
     /// The stats of `source_id`, creating it (empty, its seqs continuing from storage) if it
-    /// has not been seen yet.
+    /// has not been seen yet and fits under `max_sources`.
     pub fn touch(&self, source_id: &str) -> Result<SourceStats, EnvelopeError> {
         validate_source_id(source_id)?;
-        Ok(self.shared.source(source_id).stats())
+        Ok(self.shared.source(source_id, true)?.stats())
     }
 
     pub fn source_stats(&self, source_id: &str) -> Option<SourceStats> {
         let source = self.shared.sources.get(source_id)?.value().clone();
         Some(source.stats())
+    }
+
+    /// How many sources the router holds (each counts against `max_sources`).
+    pub fn source_count(&self) -> usize {
+        self.shared.next_ordinal.load(Ordering::Relaxed)
+    }
+
+    /// Drops from `batch` the envelopes whose source is new and does not fit under
+    /// `max_sources`, creating (empty) those that fit; returns the first refusal and how many
+    /// envelopes it dropped. For senders that cannot be answered (syslog), whose lines of the
+    /// sources already held must not go with a new one's.
+    pub fn keep_admitted(&self, batch: &mut Vec<Envelope>) -> Option<(EnvelopeError, usize)> {
+        let shared = &*self.shared;
+        let mut prev: Option<&str> = None;
+        let all_held = batch.iter().all(|e| {
+            let same = prev == Some(e.source_id.as_str());
+            prev = Some(e.source_id.as_str());
+            same || shared.sources.contains_key(e.source_id.as_str())
+        });
+        if all_held {
+            return None;
+        }
+        let mut first = None;
+        let mut dropped = 0;
+        let mut last_refused: Option<CompactString> = None;
+        for e in std::mem::take(batch) {
+            if batch.last().is_some_and(|k| k.source_id == e.source_id) {
+                batch.push(e);
+            } else if last_refused.as_ref() == Some(&e.source_id) {
+                dropped += 1;
+            } else {
+                match shared.source(&e.source_id, true) {
+                    Ok(_) => batch.push(e),
+                    Err(err) => {
+                        first.get_or_insert(err);
+                        last_refused = Some(e.source_id.clone());
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        first.map(|e| (e, dropped))
     }
 
     /// The ids of every known source, unsorted; cheaper than [`Router::sources`].
@@ -758,9 +821,20 @@ impl Shared {
         of > 0 && mask & (1 << (ordinal % of)) != 0
     }
 
-    fn source(&self, id: &str) -> Arc<Source> {
+    /// The source `id`, created (empty, its seqs continuing from storage) if it is new. With
+    /// `capped`, a new source past `max_sources` is refused; Sluice's own notices never are.
+    fn source(&self, id: &str, capped: bool) -> Result<Arc<Source>, EnvelopeError> {
         if let Some(s) = self.sources.get(id) {
-            return s.value().clone();
+            return Ok(s.value().clone());
+        }
+        let max = self.config.max_sources;
+        let refused = || EnvelopeError::TooManySources {
+            source_id: id.to_owned(),
+            max,
+        };
+        if capped && self.next_ordinal.load(Ordering::Relaxed) >= max {
+            // Refused before storage is asked (that may read a file).
+            return Err(refused());
         }
         // Looked up before the map's entry is locked: it may read a file.
         let (stored, skipped) = self.history.as_ref().map_or((0, 0), |h| {
@@ -778,10 +852,19 @@ impl Shared {
         let mut created = false;
         let mut notice_bytes = 0;
         let mut queue_it = false;
-        let source = self
-            .sources
-            .entry(Arc::from(id))
-            .or_insert_with(|| {
+        let source = match self.sources.entry(Arc::from(id)) {
+            dashmap::mapref::entry::Entry::Occupied(o) => o.get().clone(),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                // Ordinals are the count of sources: one is taken only under the limit.
+                let ordinal = if capped {
+                    self.next_ordinal
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            (n < max).then_some(n + 1)
+                        })
+                        .map_err(|_| refused())?
+                } else {
+                    self.next_ordinal.fetch_add(1, Ordering::Relaxed)
+                };
                 created = true;
                 let mut ring = Ring::new(&self.config, resumed_after);
                 if skipped > 0 {
@@ -803,8 +886,7 @@ impl Shared {
                     queue_it = ring.enters_queue();
                 }
                 let next_seq = ring.next_seq;
-                let ordinal = self.next_ordinal.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Source {
+                v.insert(Arc::new(Source {
                     id: Arc::from(id),
                     ordinal,
                     listed: AtomicU64::new(0),
@@ -819,10 +901,11 @@ impl Shared {
                         u64::MAX
                     }),
                     created_version: self.sources_version.load(Ordering::Acquire) + 1,
-                })
-            })
-            .value()
-            .clone();
+                }))
+                .value()
+                .clone()
+            }
+        };
         if created {
             self.created.lock().push(source.clone());
             if notice_bytes > 0 {
@@ -834,7 +917,7 @@ impl Shared {
             }
             self.sources_version.fetch_add(1, Ordering::AcqRel);
         }
-        source
+        Ok(source)
     }
 
     /// Evicts the entries that arrived first across all sources until the rings hold 90% of

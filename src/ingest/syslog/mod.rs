@@ -1,7 +1,8 @@
 //! Syslog ingress (SPEC §2.2): TCP with RFC 6587 framing, UDP, and TLS.
 //!
 //! Syslog senders get no answer, so bad input is logged and counted: a message that cannot
-//! become an envelope (no usable source id) is dropped and counted as refused; a stream that
+//! become an envelope (no usable source id, or a new source past `router.max_sources`) is
+//! dropped and counted as refused; a stream that
 //! cannot be framed (a bad octet count, a frame over `syslog.max_frame_bytes`) is closed, and
 //! what was accepted before it is kept.
 
@@ -210,6 +211,10 @@ impl SyslogIngest {
                     if batch.is_empty() {
                         continue;
                     }
+                    self.keep_admitted(&mut batch);
+                    if batch.is_empty() {
+                        continue;
+                    }
                     let source = batch[0].source_id.clone();
                     let n = batch.len() as u64;
                     match self.router.publish(std::mem::take(&mut batch)) {
@@ -265,7 +270,17 @@ impl SyslogIngest {
         }
     }
 
+    /// Drops the lines of new sources past `router.max_sources`, counted and logged, so that
+    /// they cannot take the lines of the sources already held down with them.
+    fn keep_admitted(&self, batch: &mut Vec<Envelope>) {
+        if let Some((e, dropped)) = self.router.keep_admitted(batch) {
+            self.metrics.syslog_refused(e.reason(), dropped as u64);
+            tracing::warn!(reason = %e, messages = dropped, "syslog messages refused");
+        }
+    }
+
     async fn publish(&self, batch: &mut Vec<Envelope>) {
+        self.keep_admitted(batch);
         if batch.is_empty() {
             return;
         }
@@ -279,7 +294,8 @@ impl SyslogIngest {
                 self.metrics.syslog_messages.inc_by(n);
             }
             Err(e) => {
-                // parse_message validated each envelope; this is a bug if it happens.
+                // parse_message validated each envelope and its sources are held: this is a
+                // bug if it happens.
                 self.metrics.syslog_refused(e.reason(), n);
                 tracing::warn!(reason = %e, "syslog batch refused");
             }

@@ -175,7 +175,8 @@ impl PersisterHandle {
         move_to: Option<PathBuf>,
     ) -> Result<Completed, CompletionError> {
         let (reply, rx) = oneshot::channel();
-        // The shard that writes the source answers; an invalid id has no file, any will say so.
+        // The shard that writes the source answers. An invalid id has no file, any will say so;
+        // nor has a stored source refused past `router.max_sources` an open one: any closes it.
         let shard = self.router.shard_of(source, self.shards()).unwrap_or(0);
         self.control[shard]
             .send(Control::Complete {
