@@ -350,6 +350,13 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
         native.send_batch(&[Envelope::new("a", "2")]).await.unwrap(),
         1
     );
+    // A producer's event about a new source is refused as its lines would be; about a held
+    // one it is recorded.
+    let exit =
+        |source: &str| serde_json::json!({"event": "exit", "source_id": source, "status": 0});
+    let err = native.send_event(&exit("d")).await.unwrap_err().to_string();
+    assert!(err.contains("router.max_sources"), "{err}");
+    assert_eq!(native.send_event(&exit("b")).await.unwrap(), 1);
 
     // HTTP: 429 with the reason, nothing of the batch taken.
     let (status, body) = server
@@ -394,7 +401,7 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
         ]),
     )
     .unwrap();
-    server.wait_published("b", 4).await;
+    server.wait_published("b", 5).await;
     server.wait_metric("sluice_syslog_refused_total", 2).await;
     drop(tcp);
 
@@ -410,10 +417,10 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
     assert_eq!(server.published("a").await, 2);
     assert_eq!(server.published("c").await, 1);
     assert_eq!(server.metric("sluice_router_sources").await, 3);
-    // 2 native (a's and d's) + 2 HTTP (c's and e's), by reason.
+    // 2 native (a's and d's) + 1 event + 2 HTTP (c's and e's), by reason.
     let text = server.metrics_text().await;
     assert!(
-        text.contains("sluice_ingest_refused_envelopes_total{reason=\"too_many_sources\"} 4"),
+        text.contains("sluice_ingest_refused_envelopes_total{reason=\"too_many_sources\"} 5"),
         "{text}"
     );
     assert!(

@@ -477,7 +477,7 @@ impl NativeIngest {
         if let Err(d) = caller.allow(Scope::Ingest, Some(&notice.source_id)) {
             return self.refused(1, "forbidden", d.to_string());
         }
-        match self.router.publish_notice(notice) {
+        match self.router.publish_producer_notice(notice) {
             Ok(_) => (ack != Ack::None).then_some(Reply {
                 accepted: 1,
                 error: None,

@@ -344,6 +344,15 @@ impl Router {
         self.publish_validated(vec![notice], None, true, &mut rest)
     }
 
+    /// Publishes a notice a producer asked for (Sluice's words about its source, such as an
+    /// exit status), as [`Router::publish_notice`] does, except that a new source past
+    /// `max_sources` is refused, as a producer's lines would be.
+    pub fn publish_producer_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
+        notice.validate_fields()?;
+        self.shared.source(&notice.source_id, true)?;
+        self.publish_notice(notice)
+    }
+
     /// Publishes what fits; what a held cursor keeps out goes to `rest`, in order. Refuses
     /// the whole batch, before publishing any of it, when it would create sources past
     /// `max_sources` (those of `overshoot`, Sluice's own notices, never are).
