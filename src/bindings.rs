@@ -18,8 +18,10 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DrainsConfig {
-    /// Most drains one source may have.
+    /// Most drains one source may have; so many drains of every source may there be, too.
     pub per_source_limit: usize,
+    /// Most drains bound at once, in all.
+    pub max_drains: usize,
     /// Reconnect and notice timing, for every drain.
     pub delivery: DrainSettings,
     /// TLS settings for `syslog-tls://` drains that do not bring their own.
@@ -32,6 +34,7 @@ impl Default for DrainsConfig {
     fn default() -> Self {
         DrainsConfig {
             per_source_limit: 5,
+            max_drains: 1000,
             delivery: DrainSettings::default(),
             tls: TlsOptions::default(),
             bind: Vec::new(),
@@ -73,6 +76,10 @@ pub enum DrainError {
     Source(String),
     #[error("source {0:?} already has {1} drains, the limit (drains.per_source_limit)")]
     Limit(String, usize),
+    #[error("there are {0} drains of every source already, the limit (drains.per_source_limit)")]
+    AllSourcesLimit(usize),
+    #[error("{0} drains are bound already, the limit (drains.max_drains)")]
+    TooMany(usize),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("this url is already bound for this source, as drain {0}")]
@@ -146,13 +153,14 @@ impl Bindings {
             }
             count += 1;
         }
-        if let Some(source) = &req.source_id
-            && count >= self.config.per_source_limit
-        {
-            return Err(DrainError::Limit(
-                source.clone(),
-                self.config.per_source_limit,
-            ));
+        if count >= self.config.per_source_limit {
+            return Err(match &req.source_id {
+                Some(source) => DrainError::Limit(source.clone(), self.config.per_source_limit),
+                None => DrainError::AllSourcesLimit(self.config.per_source_limit),
+            });
+        }
+        if bound.len() >= self.config.max_drains {
+            return Err(DrainError::TooMany(self.config.max_drains));
         }
         let selector = match &req.source_id {
             Some(id) => Selector::Source(id.clone()),

@@ -501,6 +501,7 @@ impl Config {
                 "drains.per_source_limit",
                 self.drains.per_source_limit as u64,
             ),
+            ("drains.max_drains", self.drains.max_drains as u64),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));

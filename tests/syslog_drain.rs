@@ -326,7 +326,7 @@ async fn a_dead_drain_is_announced_once_counted_exactly_and_resumes_when_its_tar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_drain_requests_get_a_reason_and_credentials_never_leak() {
-    let server = Server::start("drains:\n  per_source_limit: 2\n");
+    let server = Server::start("drains:\n  per_source_limit: 2\n  max_drains: 5\n");
     let cases = [
         (
             json!({"source_id": "a", "url": "ftp://x:1"}),
@@ -409,16 +409,29 @@ async fn hostile_drain_requests_get_a_reason_and_credentials_never_leak() {
             .0,
         201
     );
-    let (status, answer) = server
-        .post_json(
-            "/api/v1/drains",
-            json!({"source_id": "a", "url": "syslog://127.0.0.1:3"}),
-        )
-        .await;
-    assert_eq!(status, 422);
+    // Past a limit: 422 with the reason.
+    let refused = async |source: Option<&str>, port: u16| {
+        let body = json!({"source_id": source, "url": format!("syslog://127.0.0.1:{port}")});
+        let (status, answer) = server.post_json("/api/v1/drains", body).await;
+        assert_eq!(status, 422, "{answer}");
+        answer["error"].as_str().unwrap().to_owned()
+    };
     assert_eq!(
-        answer["error"],
+        refused(Some("a"), 3).await,
         "source \"a\" already has 2 drains, the limit (drains.per_source_limit)"
+    );
+    // Drains of every source have the same limit, and all drains together theirs.
+    for (source, port) in [(None, 4), (None, 5), (Some("b"), 7)] {
+        let body = json!({"source_id": source, "url": format!("syslog://127.0.0.1:{port}")});
+        assert_eq!(server.post_json("/api/v1/drains", body).await.0, 201);
+    }
+    assert_eq!(
+        refused(None, 6).await,
+        "there are 2 drains of every source already, the limit (drains.per_source_limit)"
+    );
+    assert_eq!(
+        refused(Some("c"), 8).await,
+        "5 drains are bound already, the limit (drains.max_drains)"
     );
 
     // Credentials appear nowhere: listing, metrics, notices in the source's stream.
