@@ -129,3 +129,48 @@ fn size_classes_are_mimallocs() {
         assert_eq!(alloc_size(n), class, "{n}");
     }
 }
+
+/// Sources each measurement creates, with one line each.
+const SOURCES: usize = 100_000;
+
+/// What a source with one line costs the router beyond what the budget counts: its entry in
+/// the map, its ring's fixed parts (slot and key arrays, arrival marks). README states it, and
+/// `router.max_sources` is sized by it. Measured in a process of its own, as above.
+#[test]
+fn a_source_with_one_line_costs_under_a_kilobyte_outside_the_budget() {
+    if std::env::var("SLUICE_MEMORY_CHILD").as_deref() == Ok("sources") {
+        let router = Router::new(RouterConfig::default());
+        let ids: Vec<String> = (0..SOURCES).map(|i| format!("app-{i}")).collect();
+        let before = rss();
+        for id in &ids {
+            router
+                .publish(vec![Envelope::new(id.as_str(), "x".repeat(150))])
+                .unwrap();
+        }
+        let outside = (rss() - before - router.retained_bytes() as i64) / SOURCES as i64;
+        println!("sources: {outside} B each outside the budget");
+        // ~750 B now; a ring's key array first growing to four keys (~450 B) was caught here.
+        assert!(
+            outside < 1000,
+            "{outside} bytes per source outside the budget"
+        );
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_source_with_one_line_costs_under_a_kilobyte_outside_the_budget",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SLUICE_MEMORY_CHILD", "sources")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success() && text.contains("sources: "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

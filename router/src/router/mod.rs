@@ -864,6 +864,7 @@ impl Shared {
         let source = match self.sources.entry(Arc::from(id)) {
             dashmap::mapref::entry::Entry::Occupied(o) => o.get().clone(),
             dashmap::mapref::entry::Entry::Vacant(v) => {
+                let id = v.key().clone();
                 // Ordinals are the count of sources: one is taken only under the limit.
                 let ordinal = if capped {
                     self.next_ordinal
@@ -879,7 +880,7 @@ impl Shared {
                 if skipped > 0 {
                     // The first line of the source in this process says why its seqs jump.
                     let notice = Envelope::notice(
-                        id,
+                        &*id,
                         format!(
                             "sluice stopped without a clean shutdown after storing seq {stored} \
                              of this source: seqs {} to {resumed_after} are skipped, never \
@@ -896,7 +897,8 @@ impl Shared {
                 }
                 let next_seq = ring.next_seq;
                 v.insert(Arc::new(Source {
-                    id: Arc::from(id),
+                    // The map's key: one allocation of the id for both.
+                    id,
                     ordinal,
                     listed: AtomicU64::new(0),
                     ring: Mutex::new(ring),
