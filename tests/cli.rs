@@ -126,6 +126,11 @@ fn unreachable_servers_and_bad_addresses_are_one_line_errors() {
         stderr(&out),
         "sluice: invalid --http address \"nowhere\": expected HOST:PORT, such as 127.0.0.1:8080\n"
     );
+    let out = sluice(&["logs", "app", "-n", "100001", "--http", "127.0.0.1:1"]);
+    assert_eq!(
+        stderr(&out),
+        "sluice: -n 100001 is over 100000, the most lines Sluice reads back at once: use --from-start or --since for more\n"
+    );
     let out = sluice(&["emit", "--source", "bad id"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).starts_with("sluice: invalid source_id \"bad id\""));

@@ -94,6 +94,26 @@ async fn unknown_query_parameters_are_refused_by_name() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
+    // A backfill is gathered in memory before it is sent: past 100,000 lines it is refused,
+    // on a source's tail and the firehose alike, and since_seq (streamed) is the way.
+    for path in [
+        "/api/v1/sources/app/stream?backfill=100001",
+        "/api/v1/firehose?backfill=18446744073709551615",
+    ] {
+        match tokio_tungstenite::connect_async(server.ws(path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400, "{path}");
+                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+                assert!(
+                    body.contains("is over 100000: read more with since_seq"),
+                    "{path}: {body}"
+                );
+            }
+            other => panic!("{path}: {:?}", other.map(|_| ())),
+        }
+    }
+    let at_limit = server.ws("/api/v1/sources/app/stream?backfill=100000");
+    assert!(tokio_tungstenite::connect_async(at_limit).await.is_ok());
     // Known ones still work.
     let ok = reqwest::get(server.url("/api/v1/sources/app/recent?channel=OUT&limit=5"))
         .await

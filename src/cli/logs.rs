@@ -113,6 +113,14 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     for s in &args.sources {
         validate_source_id(s)?;
     }
+    let max = crate::http::MAX_LINES_BACK;
+    if let Some(n) = args.lines
+        && n > max
+    {
+        anyhow::bail!(
+            "-n {n} is over {max}, the most lines Sluice reads back at once: use --from-start or --since for more"
+        );
+    }
     let remote = args.conn.remote()?;
     let filter = Filter {
         origins: args.origins.clone(),

@@ -218,6 +218,11 @@ impl std::ops::Deref for Body {
 /// Bodies up to this size cost no budget, as each native connection's first 64 KiB do not.
 const FREE_BODY_BYTES: u64 = 64 * 1024;
 
+/// Most lines one read gathers before it answers: a `recent` request's `limit`, and a tail's
+/// `backfill` (each gathered in memory, newest last). More is read with `since_seq`, which
+/// streams.
+pub(crate) const MAX_LINES_BACK: usize = 100_000;
+
 /// [`body`] for endpoints that take large bodies (ingest, worker logs): a body over 64 KiB is
 /// paid for from `state.bodies` before it is read (its declared length, or `max` when it is
 /// chunked), waiting at most `ingest.frame_timeout_secs` for room (503 past that), so that many

@@ -105,9 +105,6 @@ async fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
     Ok(warp::reply::json(&stats).into_response())
 }
 
-/// Most lines one `recent` request returns.
-const MAX_RECENT: usize = 100_000;
-
 async fn recent(
     state: &AppState,
     id: &str,
@@ -122,9 +119,10 @@ async fn recent(
     let filter = filter_from_query(q)?;
     let limit =
         number_param::<usize>(q, "limit")?.unwrap_or(state.config.http.recent_default_limit);
-    if limit > MAX_RECENT {
+    if limit > super::MAX_LINES_BACK {
         return Err(ApiError::bad_request(format!(
-            "limit {limit} is over {MAX_RECENT}: read more with a stream's since_seq"
+            "limit {limit} is over {}: read more with a stream's since_seq",
+            super::MAX_LINES_BACK
         )));
     }
     let text = match q.get("format").map(String::as_str) {

@@ -96,6 +96,14 @@ fn open(
         super::known_params(&q, &known)?;
         let filter = filter_from_query(&q)?;
         let backfill = number_param::<usize>(&q, "backfill")?;
+        if let Some(n) = backfill
+            && n > super::MAX_LINES_BACK
+        {
+            return Err(ApiError::bad_request(format!(
+                "backfill {n} is over {}: read more with since_seq (since_seq=0 is the whole stored log)",
+                super::MAX_LINES_BACK
+            )));
+        }
         let since = number_param::<u64>(&q, "since_seq")?;
         let start = match (backfill, since) {
             (Some(_), Some(_)) => {
