@@ -245,6 +245,10 @@ pub struct Http {
     /// `/metrics` gives series of their own (`sluice_source_*{source="..."}`) to this many
     /// sources, the busiest by envelopes: bounded however many sources there are. 0: none.
     pub metrics_per_source_top: usize,
+    /// Lines all reads may be gathering at once: a `recent` answer (its `limit`) and a tail's
+    /// backfill from storage are each built in memory before they are sent. A read that would
+    /// go past it is answered 503.
+    pub read_budget_lines: usize,
 }
 
 impl Default for Http {
@@ -257,6 +261,7 @@ impl Default for Http {
             max_connections: 16_384,
             header_read_timeout_secs: 10,
             metrics_per_source_top: crate::metrics::DEFAULT_PER_SOURCE_TOP,
+            read_budget_lines: 500_000,
         }
     }
 }
@@ -460,6 +465,9 @@ impl Config {
         }
         if self.http.ping_interval_secs == 0 {
             return Err("http.ping_interval_secs must be at least 1".into());
+        }
+        if !(1..=u32::MAX as usize).contains(&self.http.read_budget_lines) {
+            return Err(format!("http.read_budget_lines must be 1 to {}", u32::MAX));
         }
         let tls_files = self.tls.cert_file.is_some() && self.tls.key_file.is_some();
         for (name, wanted) in [

@@ -573,6 +573,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
             archive: archive.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            reads: Arc::new(tokio::sync::Semaphore::new(config.http.read_budget_lines)),
         };
         tasks.spawn(http::serve::serve(
             state,

@@ -428,3 +428,46 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_gather_lines_share_a_budget_and_one_that_stalls_holds_only_its_share() {
+    let server = Server::start("http:\n  read_budget_lines: 150000\n");
+    // A stored log of 150,000 lines (~30 MiB), as an earlier run wrote it.
+    common::write_big_job(&server.logs.join("big.jsonl"), 150_000);
+    let recent = async |limit: usize| {
+        let url = server.url(&format!("/api/v1/sources/big/recent?limit={limit}"));
+        let resp = server.client.get(url).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    // A tail asks for 100,000 lines back, all from storage, and never reads: more than the
+    // sockets' buffers hold, so its backfill stays in the server, and so does its share.
+    let url = server.ws("/api/v1/sources/big/stream?backfill=100000");
+    let (stalled, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (status, body) = recent(60_000).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(
+            "other reads are gathering 150000 lines now, the limit (http.read_budget_lines)"
+        ),
+        "{body}"
+    );
+    // What is left of the budget still serves.
+    let (status, body) = recent(1000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1000
+    );
+    // The tail goes: its share comes back.
+    drop(stalled);
+    let lines = common::eventually("the stalled tail's share back", 30, async || {
+        let (status, body) = recent(100_000).await;
+        (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    })
+    .await;
+    assert_eq!(lines.as_array().unwrap().len(), 100_000);
+}

@@ -287,6 +287,7 @@ fn job_stream(state: AppState, raw_id: &str, ws: Upgrade) -> Response {
                 after + 1,
             ))
         };
-        super::stream::pump(socket, cursor, prelude, state, render, refill).await;
+        // Streamed from storage a batch at a time, never gathered: nothing to hold.
+        super::stream::pump(socket, cursor, (prelude, None), state, render, refill).await;
     })
 }

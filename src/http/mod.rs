@@ -57,9 +57,26 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tails hold a token of it, so shutdown waits for their close frames to go out.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Lines reads are gathering now, out of `http.read_budget_lines` (see [`AppState::gather`]).
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
+    /// Room for a read that gathers up to `lines` lines in memory before it sends them (a
+    /// `recent` answer, a tail's backfill from storage), held until they are sent: without it
+    /// a few thousand connections asking for 100,000 lines each would take all of memory. 503
+    /// when the other reads hold the budget now.
+    pub fn gather(&self, lines: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let budget = self.config.http.read_budget_lines;
+        let n = lines.clamp(1, budget) as u32;
+        self.reads.clone().try_acquire_many_owned(n).map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "other reads are gathering {budget} lines now, the limit (http.read_budget_lines): try again shortly, or ask for fewer lines"
+            ),
+        })
+    }
+
     /// Storage, as readers of stored lines need it.
     pub fn stored(&self) -> sluice_store::read::Stored {
         sluice_store::read::Stored {
@@ -68,6 +85,29 @@ impl AppState {
             archive: self.archive.clone(),
         }
     }
+}
+
+/// `body` as a response that holds `permit` (see [`AppState::gather`]) until it has been
+/// sent, or the client has gone: a client that does not read holds its share of the budget,
+/// not the server's memory.
+pub fn holding(
+    body: Vec<u8>,
+    content_type: &'static str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    use futures_util::StreamExt as _;
+    let sent = futures_util::stream::iter([Ok::<_, Infallible>(bytes::Bytes::from(body))]);
+    let done = futures_util::stream::poll_fn(move |_| {
+        // Owned here, so dropped with the body.
+        let _held = &permit;
+        std::task::Poll::Ready(None)
+    });
+    warp::reply::with_header(
+        warp::reply::stream(sent.chain(done)),
+        warp::http::header::CONTENT_TYPE,
+        content_type,
+    )
+    .into_response()
 }
 
 /// All routes.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sluice_router::validate_source_id;
 use warp::Filter;
-use warp::http::header::{ACCEPT, CONTENT_TYPE};
+use warp::http::header::ACCEPT;
 use warp::reply::{Reply, Response};
 
 use super::{ApiError, AppState, filter_from_query, number_param, split_source_path};
@@ -135,6 +135,7 @@ async fn recent(
         }
         None => accept.is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
     };
+    let permit = state.gather(limit)?;
     let envs = state
         .stored()
         .recent(&state.router, id, limit, filter)
@@ -151,12 +152,15 @@ async fn recent(
             body.push_str(&cf_line(env, &chrono::Local));
             body.push('\n');
         }
-        Ok(
-            warp::reply::with_header(body, CONTENT_TYPE, "text/plain; charset=utf-8")
-                .into_response(),
-        )
+        Ok(super::holding(
+            body.into_bytes(),
+            "text/plain; charset=utf-8",
+            permit,
+        ))
     } else {
         let json: Vec<JsonEnvelope<'_>> = envs.iter().map(JsonEnvelope::new).collect();
-        Ok(warp::reply::json(&json).into_response())
+        let body = serde_json::to_vec(&json)
+            .map_err(|e| ApiError::bad_request(format!("cannot encode the lines: {e}")))?;
+        Ok(super::holding(body, "application/json", permit))
     }
 }

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sluice_router::codec::encode_batch;
 use sluice_router::{Cursor, Delivery, Selector, Start};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use warp::Filter;
@@ -129,6 +130,12 @@ fn open(
             }
             (None, _) => Selector::All,
         };
+        // A backfill from storage is gathered in memory (a source at a time): its room in
+        // the read budget is taken before it starts, and kept until it has been sent.
+        let reading = match backfill {
+            Some(n) if n > 0 => Some(state.gather(n)?),
+            _ => None,
+        };
         let (cursor, prelude) = match selector {
             // One source: what the ring no longer holds comes from storage first.
             Selector::Source(id) => open_source(&state, &id, filter, start),
@@ -141,11 +148,13 @@ fn open(
             ),
         }
         .map_err(|e| ApiError::envelope(e, warp::http::StatusCode::BAD_REQUEST))?;
-        Ok((cursor, prelude, format))
+        // Served from the ring alone, it costs nothing to hold.
+        let reading = reading.filter(|_| prelude.is_some());
+        Ok((cursor, prelude, reading, format))
     })();
     match opened {
-        Ok((cursor, prelude, format)) => {
-            ws.on_upgrade(move |socket| tail(socket, cursor, prelude, format, state))
+        Ok((cursor, prelude, reading, format)) => {
+            ws.on_upgrade(move |socket| tail(socket, cursor, prelude, reading, format, state))
         }
         Err(e) => e.into_response(),
     }
@@ -155,6 +164,7 @@ async fn tail(
     socket: Socket,
     cursor: Cursor,
     prelude: Option<Prelude>,
+    reading: Option<OwnedSemaphorePermit>,
     format: Format,
     state: AppState,
 ) {
@@ -162,7 +172,7 @@ async fn tail(
     pump(
         socket,
         cursor,
-        prelude,
+        (prelude, reading),
         state,
         move |batch| render(batch, format),
         |_| None,
@@ -192,7 +202,7 @@ pub(crate) fn open_source(
 pub(crate) async fn pump(
     socket: Socket,
     mut cursor: Cursor,
-    mut prelude: Option<Prelude>,
+    (mut prelude, mut reading): (Option<Prelude>, Option<OwnedSemaphorePermit>),
     state: AppState,
     mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
     mut refill: impl FnMut(&sluice_router::MissedNotice) -> Option<Prelude>,
@@ -240,6 +250,8 @@ pub(crate) async fn pump(
                     }
                     None => {
                         prelude = None;
+                        // Sent: its room in the read budget goes back.
+                        drop(reading.take());
                         let mut rest = std::mem::take(&mut held_back);
                         if let Some((p, later)) = split_for_refill(&mut rest, &mut refill) {
                             (prelude, held_back) = (Some(p), later);
