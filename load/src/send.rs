@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 use sluice_router::envelope::now_ns;
 
@@ -166,12 +167,16 @@ pub struct Sent {
     pub bytes: AtomicU64,
 }
 
-/// Sends `plan` on one connection to `addr` until its duration or count is reached.
+/// Sends `plan` on one connection to `addr` until its duration or count is reached. Fails if
+/// the server refused any of it (a native connection is answered only then): a run that lost
+/// batches to a limit, such as `router.max_sources`, measures nothing.
 pub async fn run(addr: String, kind: Kind, plan: Plan, sent: Arc<Sent>) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(&addr)
+    let stream = TcpStream::connect(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
     stream.set_nodelay(true)?;
+    let (reader, mut stream) = stream.into_split();
+    let refusals = tokio::spawn(refusals(reader));
     let mut t = Template::new(kind, &plan);
     let start = Instant::now();
     let limit = plan.count.unwrap_or(u64::MAX);
@@ -209,7 +214,30 @@ pub async fn run(addr: String, kind: Kind, plan: Plan, sent: Arc<Sent>) -> anyho
         sent.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     stream.shutdown().await?;
-    Ok(())
+    // The server answers what it has read, then closes; one that does not is not waited for.
+    match tokio::time::timeout(Duration::from_secs(10), refusals).await {
+        Ok(Ok(Some((n, first)))) => {
+            anyhow::bail!("the server refused {n} batches on {addr}, the first: {first}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads what the server answers until it closes: how many frames it refused, and why the
+/// first was.
+async fn refusals(mut reader: OwnedReadHalf) -> Option<(u64, String)> {
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    let mut refused: Option<(u64, String)> = None;
+    while reader.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+        while let Ok(Some(frame)) = sluice_router::codec::decode_frame(&mut buf, 1 << 20) {
+            let reply = sluice_router::codec::decode_exact::<sluice_router::codec::Reply>(&frame);
+            if let Ok(sluice_router::codec::Reply { error: Some(e), .. }) = reply {
+                let r = refused.get_or_insert((0, e));
+                r.0 += 1;
+            }
+        }
+    }
+    refused
 }
 
 #[cfg(test)]
