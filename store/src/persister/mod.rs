@@ -467,11 +467,15 @@ impl Persister {
             let retry = !self.failing.is_empty();
             let rotating = !self.rotations.is_empty();
             let gathered_until = self.gathering.front().map(|(t, _)| *t + self.hold);
+            // Someone began waiting for the disk: everything gathered is written now, even if
+            // the wait is over by the time this writer looks (another writer's source, written
+            // first), so no writer's lines sit out the interval behind a waiter's.
+            let mut asked = false;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(c) = control.recv() => self.pending.push(c),
-                () = durability.wanted(&mut waits_seen), if gathered_until.is_some() => {}
+                () = durability.wanted(&mut waits_seen), if gathered_until.is_some() => asked = true,
                 () = tokio::time::sleep_until(sync_at), if unsynced => {}
                 () = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
                 // Rotations finishing in the background: announce what they deleted.
@@ -483,7 +487,7 @@ impl Persister {
                 }
             }
             self.write(&mut deliveries);
-            self.write_out(false);
+            self.write_out(asked);
             self.report();
         }
         // Shutting down: take what is already published, write it, sync it.
