@@ -15,7 +15,8 @@
 //!   as its own task on its own cursor.
 //! - the stored log (persister, reads from every tier, completion, archive) is
 //!   [`sluice_store`]'s; HTTP only parses, calls it and renders.
-//! - [`net`]: the accept loop, connection limits and the byte budget every listener shares.
+//! - [`net`]: the accept loop, connection limits and the byte budget every listener shares,
+//!   and the throttle on what clients cause to be logged.
 //! - [`server`]: binds listeners, starts every task with one stop signal, reloads tokens, TLS
 //!   and `drains.bind` (SIGHUP), stops gracefully (the persister last).
 //! - [`format`](mod@format): the `cf logs` line and the JSON shape of an envelope.

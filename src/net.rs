@@ -5,14 +5,78 @@
 //! `max_connections` is answered and closed at once; a frame larger than a connection's base
 //! buffer is paid for from one [`Budget`] before it is read, so 100 clients each half-sending an
 //! 8 MiB frame cost at most the budget, not 800 MiB (the rest wait, unread, in their sockets).
+//! What clients cause is logged through a [`Throttle`]: a client refused a million times a
+//! second writes a log line a second, not a million (the metrics count every one).
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// One kind of log line that clients cause (a refused batch, a connection closed for bad
+/// framing): written at most once a second, with how many were held back since the last.
+#[derive(Debug)]
+pub struct Throttle {
+    /// When the next line may be written (ns since the epoch).
+    next_ns: AtomicI64,
+    held_back: AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Throttle {
+        Throttle {
+            next_ns: AtomicI64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being the lines held back since the last
+    /// one; `None` (counted) otherwise.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(sluice_router::envelope::now_ns())
+    }
+
+    fn admit_at(&self, now: i64) -> Option<u64> {
+        let next = self.next_ns.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ns
+                .compare_exchange(
+                    next,
+                    now + 1_000_000_000,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+/// `tracing::warn!` through a [`Throttle`] of its own call site: at most a line a second, with
+/// `held_back`, the lines of that site not written since the last. For what clients cause.
+#[macro_export]
+macro_rules! warn_throttled {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::net::Throttle = $crate::net::Throttle::new();
+        if let Some(held_back) = THROTTLE.admit() {
+            tracing::warn!(held_back, $($arg)+);
+        }
+    }};
+}
 
 /// A listener the accept loop takes connections from; TCP sockets get `TCP_NODELAY`.
 pub(crate) trait Accept {
@@ -210,4 +274,22 @@ where
         Ok::<(), std::io::Error>(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let t = Throttle::new();
+        let s = 1_000_000_000;
+        assert_eq!(t.admit_at(10 * s), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.admit_at(10 * s + i * s / 10), None);
+        }
+        assert_eq!(t.admit_at(11 * s), Some(5), "the five held back are told");
+        assert_eq!(t.admit_at(11 * s + 1), None);
+        assert_eq!(t.admit_at(20 * s), Some(1));
+    }
 }

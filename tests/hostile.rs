@@ -544,3 +544,84 @@ async fn emit_ack_durable_exits_0_only_when_every_line_is_on_disk() {
     assert_eq!(code, Some(0), "{stderr}");
     roomy.wait_published("none", 100).await;
 }
+
+/// A client refused over and over writes a log line a second, not one per refusal (the
+/// counters count every one): 5,000 batches with an invalid source id, then 200 connections
+/// closed for a bad frame, against `sluice serve` with its stderr read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_a_client_causes_are_logged_at_most_once_a_second() {
+    sluice::install_crypto_provider();
+    let dir = common::temp_dir("throttled-logs");
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: {}\n",
+            dir.join("logs").display()
+        ),
+    )
+    .unwrap();
+    let serve = common::Watched::spawn(
+        std::process::Command::new(common::SLUICE)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SLUICE_LOG", "warn"),
+    );
+    let lines = common::eventually("the server to be ready", 30, async || {
+        let out = serve.stdout();
+        out.contains("ready\n").then_some(out)
+    })
+    .await;
+    let addr = |name: &str| {
+        let prefix = format!("listening {name}=");
+        lines
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap()
+            .to_owned()
+    };
+    let (ingest, http) = (addr("ingest"), addr("http"));
+
+    let mut conn = connect_ingest(&IngestAddr::Tcp(ingest.clone()))
+        .await
+        .unwrap();
+    for _ in 0..5000 {
+        let err = conn.send_batch(&[Envelope::new("not ok", "x")]).await;
+        assert!(err.is_err());
+    }
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&ingest).await.unwrap();
+        // A frame that says it is 4 GiB long.
+        s.write_all(&[0xff, 0xff, 0xff, 0xff, 0]).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    }
+    // Every one counted.
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metric_sum(&metrics, "sluice_ingest_refused_envelopes_total"),
+        Some(5000)
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "sluice_ingest_malformed_frames_total"),
+        Some(200)
+    );
+    // Logged once a second or so per kind, the later lines saying how many were held back.
+    let err = serve.stderr();
+    let refused = err.matches("refused an ingest batch").count();
+    let closed = err.matches("closing ingest connection").count();
+    assert!(
+        (1..=30).contains(&refused),
+        "{refused} lines for 5,000 refusals:\n{err}"
+    );
+    assert!(
+        (1..=30).contains(&closed),
+        "{closed} lines for 200 closed connections:\n{err}"
+    );
+    assert!(err.contains("held_back="), "{err}");
+}

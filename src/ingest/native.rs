@@ -165,7 +165,7 @@ impl NativeIngest {
                         Ok(s) => this.connection(s, peer, stop).await,
                         Err(e) => {
                             this.metrics.ingest_malformed("tls_handshake");
-                            tracing::warn!(%peer, error = %e, "ingest tls handshake failed");
+                            crate::warn_throttled!(%peer, error = %e, "ingest tls handshake failed");
                         }
                     },
                 }
@@ -338,7 +338,7 @@ impl NativeIngest {
                     tracing::debug!(%peer, reason = %e, "closing ingest connection");
                 } else {
                     self.metrics.ingest_malformed(e.reason());
-                    tracing::warn!(%peer, reason = %e, "closing ingest connection");
+                    crate::warn_throttled!(%peer, reason = %e, "closing ingest connection");
                 }
                 // Frames before the bad one are answered first, in order, then the reason.
                 // Best effort, bounded: a peer that is not reading must not hold the task open.
@@ -488,7 +488,7 @@ impl NativeIngest {
 
     fn refused(&self, n: u64, kind: &'static str, reason: String) -> Option<Reply> {
         self.metrics.ingest_refused(kind, n);
-        tracing::warn!(%reason, envelopes = n, "refused an ingest batch");
+        crate::warn_throttled!(%reason, envelopes = n, "refused an ingest batch");
         Some(Reply {
             accepted: 0,
             error: Some(reason),

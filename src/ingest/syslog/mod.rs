@@ -67,7 +67,7 @@ impl SyslogIngest {
                         Ok(s) => this.connection(s, &peer, stop).await,
                         Err(e) => {
                             this.metrics.syslog_malformed("tls_handshake");
-                            tracing::warn!(%peer, error = %e, "syslog tls handshake failed");
+                            crate::warn_throttled!(%peer, error = %e, "syslog tls handshake failed");
                         }
                     },
                 }
@@ -104,7 +104,7 @@ impl SyslogIngest {
                     Err(e) => {
                         self.publish(&mut batch).await;
                         self.metrics.syslog_malformed(e.reason());
-                        tracing::warn!(%peer, reason = %e, "closing syslog connection");
+                        crate::warn_throttled!(%peer, reason = %e, "closing syslog connection");
                         return;
                     }
                 }
@@ -139,7 +139,7 @@ impl SyslogIngest {
                         h = self.frames.take(target) => h,
                         () = tokio::time::sleep_until(late) => {
                             self.metrics.syslog_malformed("no_buffer_room");
-                            tracing::warn!(%peer, "closing syslog connection: no room for its frame in ingest.buffer_budget_bytes");
+                            crate::warn_throttled!(%peer, "closing syslog connection: no room for its frame in ingest.buffer_budget_bytes");
                             return;
                         }
                         () = shutdown.cancelled() => return,
@@ -157,7 +157,7 @@ impl SyslogIngest {
                 () = sleep_until_some(deadline) => {
                     if frame_started.is_some() {
                         self.metrics.syslog_malformed("frame_timeout");
-                        tracing::warn!(%peer, timeout_secs = self.frame_timeout.as_secs(), "closing syslog connection: frame not complete in time");
+                        crate::warn_throttled!(%peer, timeout_secs = self.frame_timeout.as_secs(), "closing syslog connection: frame not complete in time");
                     } else {
                         tracing::debug!(%peer, "closing idle syslog connection");
                     }
@@ -174,7 +174,7 @@ impl SyslogIngest {
                         self.publish(&mut batch).await;
                     } else if !rest.is_empty() {
                         self.metrics.syslog_malformed("truncated");
-                        tracing::warn!(%peer, bytes = rest.len(), "syslog connection closed in the middle of a frame");
+                        crate::warn_throttled!(%peer, bytes = rest.len(), "syslog connection closed in the middle of a frame");
                     }
                     return;
                 }
@@ -229,7 +229,7 @@ impl SyslogIngest {
                         }
                         Err(e) => {
                             self.metrics.syslog_refused(e.reason(), n);
-                            tracing::warn!(reason = %e, "syslog message refused");
+                            crate::warn_throttled!(reason = %e, "syslog message refused");
                         }
                     }
                     if !dropped.is_empty() && announced.elapsed() >= Duration::from_secs(1) {
@@ -275,7 +275,7 @@ impl SyslogIngest {
     fn keep_admitted(&self, batch: &mut Vec<Envelope>) {
         if let Some((e, dropped)) = self.router.keep_admitted(batch) {
             self.metrics.syslog_refused(e.reason(), dropped as u64);
-            tracing::warn!(reason = %e, messages = dropped, "syslog messages refused");
+            crate::warn_throttled!(reason = %e, messages = dropped, "syslog messages refused");
         }
     }
 
@@ -297,7 +297,7 @@ impl SyslogIngest {
                 // parse_message validated each envelope and its sources are held: this is a
                 // bug if it happens.
                 self.metrics.syslog_refused(e.reason(), n);
-                tracing::warn!(reason = %e, "syslog batch refused");
+                crate::warn_throttled!(reason = %e, "syslog batch refused");
             }
         }
     }
