@@ -386,6 +386,19 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
             .await
             .is_ok()
     );
+    // The web page cannot see a refused handshake's status; it asks the source's stats why.
+    let why = server
+        .client
+        .get(server.url("/api/v1/sources/f/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(why.status(), 404);
+    let why = why.text().await.unwrap();
+    assert!(
+        why.contains("sluice holds 3 sources, its limit (router.max_sources)"),
+        "{why}"
+    );
 
     // Syslog cannot be answered: a new source's lines are dropped and counted, and the held
     // sources' lines around them in the same stream are all kept.

@@ -98,8 +98,17 @@ async fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
         .source_stats(&state.router, id)
         .await
         .ok_or_else(|| {
+            // The web page asks here why a tail was refused: at the limit, that is the reason.
+            let max = state.router.config().max_sources;
+            let full = if state.router.source_count() >= max {
+                format!(
+                    "; sluice holds {max} sources, its limit (router.max_sources), so a tail cannot wait for it either"
+                )
+            } else {
+                String::new()
+            };
             ApiError::not_found(format!(
-                "unknown source {id:?}: no logs have been received for it"
+                "unknown source {id:?}: no logs have been received for it{full}"
             ))
         })?;
     Ok(warp::reply::json(&stats).into_response())
