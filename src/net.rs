@@ -148,9 +148,9 @@ pub(crate) async fn accept_loop<L: Accept>(
     const MOST: Duration = Duration::from_secs(1);
     let mut pause = FIRST;
     let mut failures = 0u64;
-    // Refusals are logged once a second at most: a flood must not become a flood of logs.
-    let mut refused = 0u64;
-    let mut last_refusal_log: Option<tokio::time::Instant> = None;
+    // Refusals are logged once a second at most, per listener: a flood must not become a
+    // flood of logs.
+    let refusals = Throttle::new();
     loop {
         let accepted = tokio::select! {
             a = listener.next() => a,
@@ -166,16 +166,13 @@ pub(crate) async fn accept_loop<L: Accept>(
                 match limit.slots.clone().try_acquire_owned() {
                     Ok(permit) => on_connection(stream, peer, Slot(permit)),
                     Err(_) => {
-                        refused += 1;
-                        if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        if let Some(held_back) = refusals.admit() {
                             tracing::warn!(
                                 listener = limit.what,
                                 max_connections = limit.max,
-                                refused,
+                                refused = held_back + 1,
                                 "refusing connections: the listener is at its limit"
                             );
-                            last_refusal_log = Some(tokio::time::Instant::now());
-                            refused = 0;
                         }
                         on_refused(stream, peer);
                     }

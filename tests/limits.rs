@@ -375,11 +375,7 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
     );
 
     // A tail of a new source is refused before the upgrade; one of a held source opens.
-    let status = match tokio_tungstenite::connect_async(server.ws("/api/v1/sources/f/stream")).await
-    {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        other => panic!("a tail of a new source opened: {:?}", other.map(|_| ())),
-    };
+    let (status, _) = server.ws_refused("/api/v1/sources/f/stream").await;
     assert_eq!(status, 429);
     assert!(
         tokio_tungstenite::connect_async(server.ws("/api/v1/sources/a/stream"))
@@ -387,14 +383,8 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
             .is_ok()
     );
     // The web page cannot see a refused handshake's status; it asks the source's stats why.
-    let why = server
-        .client
-        .get(server.url("/api/v1/sources/f/stats"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(why.status(), 404);
-    let why = why.text().await.unwrap();
+    let (status, why) = server.get_text("/api/v1/sources/f/stats").await;
+    assert_eq!(status, 404);
     assert!(
         why.contains("sluice holds 3 sources, its limit (router.max_sources)"),
         "{why}"
@@ -448,9 +438,9 @@ async fn reads_that_gather_lines_share_a_budget_and_one_that_stalls_holds_only_i
     // A stored log of 150,000 lines (~30 MiB), as an earlier run wrote it.
     common::write_big_job(&server.logs.join("big.jsonl"), 150_000);
     let recent = async |limit: usize| {
-        let url = server.url(&format!("/api/v1/sources/big/recent?limit={limit}"));
-        let resp = server.client.get(url).send().await.unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        server
+            .get_text(&format!("/api/v1/sources/big/recent?limit={limit}"))
+            .await
     };
     // A tail asks for 100,000 lines back, all from storage, and never reads: more than the
     // sockets' buffers hold, so its backfill stays in the server, and so does its share.

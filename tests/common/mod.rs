@@ -160,6 +160,24 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET path`; returns the status and the body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Opens a WebSocket at `path` that the server must refuse before the upgrade; returns the
+    /// status and the body of its answer.
+    pub async fn ws_refused(&self, path: &str) -> (u16, String) {
+        match tokio_tungstenite::connect_async(self.ws(path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
+                resp.status().as_u16(),
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+            ),
+            other => panic!("{path} was not refused: {:?}", other.map(|_| ())),
+        }
+    }
+
     /// `POST path` with a JSON body; returns the status and the JSON answer.
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let resp = self
