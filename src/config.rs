@@ -242,6 +242,11 @@ pub struct Http {
     pub max_connections: usize,
     /// A request's headers must arrive within this long (a slow client holds nothing longer).
     pub header_read_timeout_secs: u64,
+    /// A response whose client takes none of it for this long is cut off (nginx's
+    /// `send_timeout`), and so is a tail's backfill from storage: what they hold (their share
+    /// of `read_budget_lines`) goes back. A tail past its backfill is never cut off for
+    /// reading slowly: it is overwritten and told what it missed.
+    pub send_timeout_secs: u64,
     /// `/metrics` gives series of their own (`sluice_source_*{source="..."}`) to this many
     /// sources, the busiest by envelopes: bounded however many sources there are. 0: none.
     pub metrics_per_source_top: usize,
@@ -260,6 +265,7 @@ impl Default for Http {
             socket_unsent_limit_bytes: 64 * 1024,
             max_connections: 16_384,
             header_read_timeout_secs: 10,
+            send_timeout_secs: 60,
             metrics_per_source_top: crate::metrics::DEFAULT_PER_SOURCE_TOP,
             read_budget_lines: 500_000,
         }
@@ -432,6 +438,7 @@ impl Config {
                 "http.header_read_timeout_secs",
                 self.http.header_read_timeout_secs,
             ),
+            ("http.send_timeout_secs", self.http.send_timeout_secs),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -690,6 +697,10 @@ mod tests {
             (
                 "http:\n  header_read_timeout_secs: 0\n",
                 "http.header_read_timeout_secs must be at least 1",
+            ),
+            (
+                "http:\n  send_timeout_secs: 0\n",
+                "http.send_timeout_secs must be at least 1",
             ),
             (
                 "log_storage:\n  writers: 33\n",

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub tail_missed: Counter,
     pub tails_opened: Counter,
     pub tails_closed: Counter,
+    /// HTTP responses and tail backfills cut off at `http.send_timeout_secs`.
+    pub http_send_timeouts: Counter,
     /// SIGHUP reloads, by result (`applied`, `refused`).
     reloads: Family<Label, Counter>,
     /// Each listener's connection limit, whose open count a scrape reads.
@@ -150,6 +152,10 @@ impl Metrics {
         );
         let tails_opened = counter("sluice_tails_opened", "WebSocket tails opened.");
         let tails_closed = counter("sluice_tails_closed", "WebSocket tails closed.");
+        let http_send_timeouts = counter(
+            "sluice_http_send_timeouts",
+            "HTTP responses and tail backfills cut off because the client took nothing for http.send_timeout_secs.",
+        );
         let mut family = |name: &str, help: &str| {
             let f = Family::<Label, Counter>::default();
             registry.register(name, help, f.clone());
@@ -214,6 +220,7 @@ impl Metrics {
             tail_missed,
             tails_opened,
             tails_closed,
+            http_send_timeouts,
             reloads,
             listeners: Mutex::new(Vec::new()),
             per_source_top,

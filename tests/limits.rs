@@ -474,3 +474,67 @@ async fn reads_that_gather_lines_share_a_budget_and_one_that_stalls_holds_only_i
     .await;
     assert_eq!(lines.as_array().unwrap().len(), 100_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_client_takes_nothing_is_cut_off_and_gives_its_share_back() {
+    let server = Server::start("http:\n  read_budget_lines: 100000\n  send_timeout_secs: 1\n");
+    common::write_big_job(&server.logs.join("big.jsonl"), 100_000);
+    let recent = async |limit: usize| {
+        server
+            .get_text(&format!("/api/v1/sources/big/recent?limit={limit}"))
+            .await
+    };
+    let held = async || {
+        common::eventually("a stalled read holding the whole budget", 30, async || {
+            (recent(1).await.0 == 503).then_some(())
+        })
+        .await
+    };
+    let given_back = async || {
+        common::eventually("the stalled read's share back", 30, async || {
+            let (status, body) = recent(100_000).await;
+            (status == 200).then_some(body)
+        })
+        .await
+    };
+
+    // A `recent` answer of 100,000 lines (~25 MB, far more than the sockets' buffers) to a
+    // client that sends its request and then reads nothing, and keeps the connection open.
+    let addr = server.http.trim_start_matches("http://").to_owned();
+    let mut stalled = TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(b"GET /api/v1/sources/big/recent?limit=100000 HTTP/1.1\r\nhost: sluice\r\n\r\n")
+        .await
+        .unwrap();
+    held().await;
+    let whole = given_back().await;
+    server
+        .wait_metric("sluice_http_send_timeouts_total", 1)
+        .await;
+    // The server closed it, part way through the body.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut got))
+        .await
+        .expect("the server closed the stalled connection");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < whole.len(), "{} of {}", got.len(), whole.len());
+
+    // A tail's backfill from storage, which its client never reads, likewise.
+    let url = server.ws("/api/v1/sources/big/stream?backfill=100000");
+    let (mut tail, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    held().await;
+    given_back().await;
+    server
+        .wait_metric("sluice_http_send_timeouts_total", 2)
+        .await;
+    let mut lines = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        use futures_util::StreamExt as _;
+        while let Some(Ok(m)) = tail.next().await {
+            lines += usize::from(m.is_text());
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server closed the stalled tail");
+    assert!(lines < 100_000, "{lines}");
+}

@@ -66,7 +66,11 @@ async fn read_all(ws: &mut Ws, progress: &AtomicU64) -> Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tail_learns_exactly_what_it_missed_and_a_fast_one_misses_nothing() {
-    let server = Server::start(&format!("router:\n  ring_max_entries: {RING}\n"));
+    // A tail is never cut off for reading slowly, however long it stalls: the send timeout
+    // is for responses and backfills, not live tails.
+    let server = Server::start(&format!(
+        "router:\n  ring_max_entries: {RING}\nhttp:\n  send_timeout_secs: 1\n"
+    ));
     let path = "/api/v1/sources/busy/stream";
     // The cursor is opened before the upgrade completes: both tails are live from here on.
     let (mut slow, _) = connect_async(server.ws(path)).await.unwrap();
@@ -111,7 +115,9 @@ async fn a_stalled_tail_learns_exactly_what_it_missed_and_a_fast_one_misses_noth
         "server resident memory {rss} bytes"
     );
 
-    // Now the slow tail reads: what the socket buffers held, then the notice, then the ring.
+    // Stalled past the send timeout, then it reads: what the socket buffers held, then the
+    // notice, then the ring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let slow_got = read_all(&mut slow, &AtomicU64::new(0)).await;
     let missed: u64 = slow_got.notices.iter().map(|n| n.0).sum();
     assert!(missed > 0, "the stalled tail was overtaken");

@@ -212,6 +212,7 @@ pub(crate) async fn pump(
     state.metrics.tails_opened.inc();
     let (mut tx, mut rx) = socket.split();
     let period = Duration::from_secs(state.config.http.ping_interval_secs);
+    let send_timeout = Duration::from_secs(state.config.http.send_timeout_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH_MIN);
     let mut batch_max = BATCH_MIN;
@@ -244,7 +245,21 @@ pub(crate) async fn pump(
                 match read {
                     Some(mut lines) => {
                         let messages = render(&mut lines);
-                        if let Err(e) = send(&mut tx, messages).await {
+                        // While it holds a share of the read budget, a backfill that the
+                        // client does not take is cut off, as a response is.
+                        let sent = match &reading {
+                            None => send(&mut tx, messages).await,
+                            Some(_) => tokio::time::timeout(send_timeout, send(&mut tx, messages))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    state.metrics.http_send_timeouts.inc();
+                                    Err(super::ws::Error::Io(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "the client took no backfill for http.send_timeout_secs",
+                                    )))
+                                }),
+                        };
+                        if let Err(e) = sent {
                             break Err(e);
                         }
                     }

@@ -43,6 +43,9 @@ pub struct Upgrade {
     /// The `bearer.TOKEN` subprotocol a browser offered its token in: a client that offers
     /// subprotocols must get one of them back.
     protocol: Option<String>,
+    /// The connection's send timeout, stopped once it is a WebSocket: a tail that reads slowly
+    /// is overwritten, not cut off.
+    clock: Option<super::serve::SendClock>,
 }
 
 /// Why a streaming endpoint refused a plain HTTP request.
@@ -62,8 +65,11 @@ impl std::fmt::Display for NotAWebSocket {
 pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> + Clone {
     warp::header::headers_cloned()
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<super::serve::SendClock>())
         .and_then(
-            |headers: warp::http::HeaderMap, on_upgrade: Option<OnUpgrade>| async move {
+            |headers: warp::http::HeaderMap,
+             on_upgrade: Option<OnUpgrade>,
+             clock: Option<super::serve::SendClock>| async move {
                 let has = |name: header::HeaderName, token: &str| {
                     headers.get_all(name).iter().any(|v| {
                         v.to_str().is_ok_and(|v| {
@@ -99,6 +105,7 @@ pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> +
                     key: key.to_owned(),
                     on_upgrade,
                     protocol,
+                    clock,
                 })
             },
         )
@@ -118,9 +125,13 @@ impl Upgrade {
             )
             .into_response();
         };
+        let clock = self.clock;
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
+                    if let Some(clock) = clock {
+                        clock.stop();
+                    }
                     let io = TokioIo::new(upgraded);
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await;
