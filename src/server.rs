@@ -398,6 +398,38 @@ pub struct Running {
 
 /// Starts every listener's task, the persister, the archiver and the configured drains, and
 /// returns once they run.
+/// Says in the log, once each, when the sources held come near `router.max_sources` and when
+/// they reach it: past it new sources are refused until a restart, and an operator should
+/// hear of that before the first producer is turned away (the gauges show it too).
+async fn watch_sources(router: Router, shutdown: CancellationToken) {
+    let max = router.config().max_sources;
+    let near = max - max / 10;
+    let mut said = (false, false);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held = router.source_count();
+        if held >= max && !said.1 {
+            tracing::warn!(
+                held,
+                "at router.max_sources ({max}): new sources are refused from now on; those held \
+                 go on, and sources are forgotten only at a restart"
+            );
+            said = (true, true);
+        } else if held >= near && !said.0 {
+            tracing::warn!(
+                held,
+                "{held} of router.max_sources ({max}) sources held: past it new sources are \
+                 refused; sources are forgotten only at a restart"
+            );
+            said.0 = true;
+        }
+    }
+}
+
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
     // Each source continues the seqs storage already has of it; after a crash, past what the
@@ -441,6 +473,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<Running, Star
     }
 
     let (persister, persister_thread) = start_persister(&config, &router, lock)?;
+    tasks.spawn(watch_sources(router.clone(), shutdown.clone()));
     let archive = match &config.log_storage.s3 {
         None => None,
         Some(s3) => {

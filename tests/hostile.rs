@@ -550,37 +550,7 @@ async fn emit_ack_durable_exits_0_only_when_every_line_is_on_disk() {
 /// closed for a bad frame, against `sluice serve` with its stderr read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_a_client_causes_are_logged_at_most_once_a_second() {
-    sluice::install_crypto_provider();
-    let dir = common::temp_dir("throttled-logs");
-    let config = dir.join("sluice.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: {}\n",
-            dir.join("logs").display()
-        ),
-    )
-    .unwrap();
-    let serve = common::Watched::spawn(
-        std::process::Command::new(common::SLUICE)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("SLUICE_LOG", "warn"),
-    );
-    let lines = common::eventually("the server to be ready", 30, async || {
-        let out = serve.stdout();
-        out.contains("ready\n").then_some(out)
-    })
-    .await;
-    let addr = |name: &str| {
-        let prefix = format!("listening {name}=");
-        lines
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap()
-            .to_owned()
-    };
-    let (ingest, http) = (addr("ingest"), addr("http"));
+    let (serve, ingest, http) = common::serve_watched("throttled-logs", "").await;
 
     let mut conn = connect_ingest(&IngestAddr::Tcp(ingest.clone()))
         .await
@@ -624,4 +594,31 @@ async fn refusals_a_client_causes_are_logged_at_most_once_a_second() {
         "{closed} lines for 200 closed connections:\n{err}"
     );
     assert!(err.contains("held_back="), "{err}");
+}
+
+/// An operator hears of `router.max_sources` before producers are turned away: once when the
+/// sources held reach nine tenths of it, once when they reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_when_sources_near_and_reach_max_sources() {
+    let (serve, ingest, _) =
+        common::serve_watched("near-max-sources", "router:\n  max_sources: 10\n").await;
+    let mut conn = connect_ingest(&IngestAddr::Tcp(ingest)).await.unwrap();
+    let new_sources = async |conn: &mut sluice::client::IngestConnection,
+                             ids: std::ops::Range<u32>| {
+        let batch: Vec<Envelope> = ids.map(|i| Envelope::new(format!("s{i}"), "x")).collect();
+        conn.send_batch(&batch).await
+    };
+    new_sources(&mut conn, 0..8).await.unwrap();
+    new_sources(&mut conn, 8..9).await.unwrap();
+    serve
+        .stderr_says("9 of router.max_sources (10) sources held")
+        .await;
+    new_sources(&mut conn, 9..10).await.unwrap();
+    serve
+        .stderr_says("at router.max_sources (10): new sources are refused")
+        .await;
+    assert!(new_sources(&mut conn, 10..11).await.is_err());
+    let err = serve.stderr();
+    assert_eq!(err.matches("of router.max_sources").count(), 1, "{err}");
+    assert_eq!(err.matches("at router.max_sources").count(), 1, "{err}");
 }

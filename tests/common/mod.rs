@@ -563,6 +563,44 @@ pub async fn until<T, E: std::fmt::Debug>(
     }
 }
 
+/// `sluice serve` on loopback (native ingest and HTTP; no syslog) with `extra` in its config,
+/// its stdout and stderr collected (`SLUICE_LOG=warn`), once it says it is ready: the server
+/// and its ingest and HTTP addresses. For tests that read what the server logs.
+pub async fn serve_watched(name: &str, extra: &str) -> (Watched, String, String) {
+    sluice::install_crypto_provider();
+    let dir = temp_dir(name);
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  http: 127.0.0.1:0\n  ingest: 127.0.0.1:0\n  syslog_tcp: null\n  syslog_udp: null\nlog_storage:\n  local_dir: {}\n{extra}",
+            dir.join("logs").display()
+        ),
+    )
+    .unwrap();
+    let serve = Watched::spawn(
+        Command::new(SLUICE)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SLUICE_LOG", "warn"),
+    );
+    let lines = eventually("the server to be ready", 30, async || {
+        let out = serve.stdout();
+        out.contains("ready\n").then_some(out)
+    })
+    .await;
+    let addr = |name: &str| {
+        let prefix = format!("listening {name}=");
+        lines
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap()
+            .to_owned()
+    };
+    let (ingest, http) = (addr("ingest"), addr("http"));
+    (serve, ingest, http)
+}
+
 /// A child process (a client command) whose stdout and stderr are collected as they come;
 /// killed on drop.
 pub struct Watched {
