@@ -296,6 +296,7 @@ impl Metrics {
             retained_entries,
             source_count,
             max_sources: router.config().max_sources as u64,
+            awaited_sources: router.awaited_sources().0 as u64,
             sources: sources
                 .into_iter()
                 .map(|s| {
@@ -356,6 +357,7 @@ struct Scrape {
     retained_entries: u64,
     source_count: u64,
     max_sources: u64,
+    awaited_sources: u64,
     /// Source id, envelopes (its newest seq), ring entries, ring bytes.
     sources: Vec<(String, u64, u64, u64)>,
     /// lines, bytes, lost, errors, rotations, deleted lines, open files.
@@ -446,6 +448,13 @@ impl Collector for Scrape {
             "Most sources the router holds (router.max_sources): a new source past it is refused.",
             Gauge,
             self.max_sources,
+        )?;
+        one(
+            e,
+            "sluice_router_awaited_sources",
+            "Sources readers opened that have no line yet: past a tenth of router.max_sources a reader's new source is refused.",
+            Gauge,
+            self.awaited_sources,
         )?;
         let by_source = |f: fn(&(String, u64, u64, u64)) -> u64| {
             self.sources

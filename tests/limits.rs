@@ -538,3 +538,68 @@ async fn a_read_whose_client_takes_nothing_is_cut_off_and_gives_its_share_back()
     assert!(ended.is_ok(), "the server closed the stalled tail");
     assert!(lines < 100_000, "{lines}");
 }
+
+/// A reader can make a source wait for its first line, but only a tenth of `max_sources` such
+/// sources at once: a token with the read scope alone cannot take every source from producers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_wait_for_at_most_a_tenth_of_max_sources_and_producers_keep_the_rest() {
+    let server = Server::start("router:\n  max_sources: 20\n");
+    let tail = async |id: &str| {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(server.ws(&format!("/api/v1/sources/{id}/stream")))
+                .await
+                .unwrap();
+        ws
+    };
+    let mut w1 = tail("w1").await;
+    let _w2 = tail("w2").await;
+    let (status, body) = server.ws_refused("/api/v1/sources/w3/stream").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains(
+            "readers have opened 2 sources that have no lines yet, the most they may (a tenth of router.max_sources)"
+        ),
+        "{body}"
+    );
+    // The web page asks a source's stats why its tail was refused.
+    let (status, body) = server.get_text("/api/v1/sources/w3/stats").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("a tenth of router.max_sources"), "{body}");
+    assert_eq!(server.metric("sluice_router_awaited_sources").await, 2);
+
+    // Producers have the rest: 17 sources of their own, then w1's first line.
+    let mut native = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch: Vec<Envelope> = (0..17)
+        .map(|i| Envelope::new(format!("p{i}"), "x"))
+        .collect();
+    assert_eq!(native.send_batch(&batch).await.unwrap(), 17);
+    assert_eq!(
+        native
+            .send_batch(&[Envelope::new("w1", "at last")])
+            .await
+            .unwrap(),
+        1
+    );
+    let got = common::next_json(&mut w1, 1).await;
+    assert_eq!(got[0]["message"], "at last");
+    // w1 has a line: no longer waited for, so another reader may wait for one.
+    assert_eq!(server.metric("sluice_router_awaited_sources").await, 1);
+    let _w3 = tail("w3").await;
+    assert_eq!(server.metric("sluice_router_sources").await, 20);
+    let err = native
+        .send_batch(&[Envelope::new("p17", "x")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("router.max_sources"), "{err}");
+
+    // One tail names at most 1,000 sources.
+    let many: Vec<String> = (0..1001).map(|i| format!("m{i}")).collect();
+    let (status, body) = server
+        .ws_refused(&format!("/api/v1/firehose?sources={}", many.join(",")))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("more than 1000"), "{body}");
+}

@@ -282,6 +282,12 @@ pub enum EnvelopeError {
         "new source {source_id:?} refused: sluice holds {max} sources, its limit (router.max_sources); lines for the sources it holds are still taken. Raise the limit, or restart to drop the sources seen since the start"
     )]
     TooManySources { source_id: String, max: usize },
+    /// A reader asked for a source with no lines yet (to wait for its first), and `max` such
+    /// sources that readers opened, a tenth of `router.max_sources`, are held already.
+    #[error(
+        "new source {source_id:?} refused: readers have opened {max} sources that have no lines yet, the most they may (a tenth of router.max_sources); a source counts as a reader's until its first line arrives"
+    )]
+    TooManyWaitingSources { source_id: String, max: usize },
 }
 
 impl EnvelopeError {
@@ -292,7 +298,9 @@ impl EnvelopeError {
             EnvelopeError::Origin(_) => "origin",
             EnvelopeError::InstanceId(_) => "instance_id",
             EnvelopeError::Reserved(_) => "reserved",
-            EnvelopeError::TooManySources { .. } => "too_many_sources",
+            EnvelopeError::TooManySources { .. } | EnvelopeError::TooManyWaitingSources { .. } => {
+                "too_many_sources"
+            }
         }
     }
 }

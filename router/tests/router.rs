@@ -833,7 +833,12 @@ async fn held_shards_read_every_line_of_busy_sources_among_idle_ones() {
     const SHARDS: usize = 2;
     const BUSY: usize = 300;
     const LINES: u64 = 200;
-    let r = router(16);
+    // Room for 10,000 idle sources made by readers (a tenth of max_sources may be).
+    let r = Router::new(RouterConfig {
+        ring_max_entries: 16,
+        max_sources: 200_000,
+        ..RouterConfig::default()
+    });
     for i in 0..10_000 {
         r.touch(&format!("idle-{i}")).unwrap();
     }
@@ -1013,4 +1018,57 @@ async fn writers_held_by_the_budget_go_on_as_the_held_cursor_reads() {
         .unwrap();
     assert!(got.iter().all(|d| matches!(d, Delivery::Log(_))), "no loss");
     assert!(r.evicted_for_budget_total() > 0);
+}
+
+#[test]
+fn readers_wait_for_at_most_a_tenth_of_max_sources_each_until_its_first_line() {
+    let r = Router::new(RouterConfig {
+        max_sources: 20,
+        ..RouterConfig::default()
+    });
+    let tail = |id: &str| r.subscribe(Selector::Source(id.into()), Filter::default(), Start::Live);
+    let mut a = tail("a").unwrap();
+    let _b = r.touch("b").unwrap();
+    assert_eq!(r.awaited_sources(), (2, 2));
+    let err = tail("c").unwrap_err();
+    assert_eq!(err.reason(), "too_many_sources");
+    assert!(
+        err.to_string().starts_with(
+            "new source \"c\" refused: readers have opened 2 sources that have no lines yet"
+        ),
+        "{err}"
+    );
+    assert!(r.source_stats("c").is_none(), "nothing made of it");
+    assert_eq!(r.shard_of("c", 2), None);
+    // Sources held, and producers' new ones, are not held to it.
+    assert!(tail("a").is_ok());
+    publish(&r, "p", 1);
+    // A's first line: a producer's source now, and room for another reader's.
+    publish(&r, "a", 1);
+    let mut out = Vec::new();
+    assert_eq!(a.poll_into(&mut out, 10), 1);
+    assert_eq!(r.awaited_sources(), (1, 2));
+    assert!(tail("c").is_ok());
+    assert_eq!(r.awaited_sources(), (2, 2));
+    // Readers racing for the last places: never more than the most.
+    let r2 = Router::new(RouterConfig {
+        max_sources: 1000,
+        ..RouterConfig::default()
+    });
+    let opened: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let r = r2.clone();
+                s.spawn(move || {
+                    (0..50)
+                        .filter(|i| r.touch(&format!("t{t}-{i}")).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(opened, 100);
+    assert_eq!(r2.awaited_sources(), (100, 100));
+    assert_eq!(r2.source_count(), 100);
 }

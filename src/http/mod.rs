@@ -168,7 +168,10 @@ impl ApiError {
     /// `router.max_sources` already (as Loki answers a stream past its limit), else `status`.
     pub fn envelope(e: sluice_router::EnvelopeError, status: StatusCode) -> Self {
         let status = match e {
-            sluice_router::EnvelopeError::TooManySources { .. } => StatusCode::TOO_MANY_REQUESTS,
+            sluice_router::EnvelopeError::TooManySources { .. }
+            | sluice_router::EnvelopeError::TooManyWaitingSources { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             _ => status,
         };
         ApiError {

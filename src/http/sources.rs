@@ -100,9 +100,14 @@ async fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
         .ok_or_else(|| {
             // The web page asks here why a tail was refused: at the limit, that is the reason.
             let max = state.router.config().max_sources;
+            let (awaited, most) = state.router.awaited_sources();
             let full = if state.router.source_count() >= max {
                 format!(
                     "; sluice holds {max} sources, its limit (router.max_sources), so a tail cannot wait for it either"
+                )
+            } else if awaited >= most {
+                format!(
+                    "; readers wait already for {most} sources that have no lines yet, the most they may (a tenth of router.max_sources), so a tail cannot wait for it either"
                 )
             } else {
                 String::new()

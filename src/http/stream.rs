@@ -38,6 +38,9 @@ const BATCH_MAX: usize = 512;
 const FAST_STREAK: u32 = 64;
 /// A write that takes longer than this waited for the client.
 const SLOW_WRITE: Duration = Duration::from_millis(1);
+/// Most sources one tail may name in `sources=`: each is a member of its cursor (and, if new,
+/// a source made to wait for). More is what the firehose with a filter is for.
+const MAX_SOURCES_PER_TAIL: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -126,7 +129,14 @@ fn open(
         let selector = match (source, q.get("sources")) {
             (Some(id), _) => Selector::Source(id),
             (None, Some(list)) if !list.is_empty() => {
-                Selector::Sources(list.split(',').map(str::to_owned).collect())
+                let ids: Vec<String> = list.split(',').map(str::to_owned).collect();
+                if ids.len() > MAX_SOURCES_PER_TAIL {
+                    return Err(ApiError::bad_request(format!(
+                        "sources names {} sources, more than {MAX_SOURCES_PER_TAIL}: tail the firehose (no sources=) with a filter, or open several tails",
+                        ids.len()
+                    )));
+                }
+                Selector::Sources(ids)
             }
             (None, _) => Selector::All,
         };

@@ -22,7 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -163,6 +163,8 @@ struct Shared {
     ready_lists: Box<[Mutex<Vec<usize>>]>,
     /// The next source's place in creation order (its shard).
     next_ordinal: AtomicUsize,
+    /// Sources readers opened that have no line yet (see [`Maker::Reader`]).
+    awaited: AtomicUsize,
     /// Wakes publishers waiting for a held cursor to make room.
     room: Notify,
     room_waiting: AtomicUsize,
@@ -230,6 +232,21 @@ struct Source {
     gate: AtomicU64,
     /// The `sources_version` this source was created under.
     created_version: u64,
+    /// Opened by a reader and no line yet: counted in `Shared::awaited` until one arrives.
+    awaited: AtomicBool,
+}
+
+/// Who makes a new source, and so what limits it is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Maker {
+    /// A producer's lines: `max_sources`.
+    Producer,
+    /// A reader that waits for the source's first line (a tail, a source's stats):
+    /// `max_sources`, and [`Shared::awaited_max`] for such sources until their first line, so
+    /// that a reader, who only needs the read scope, cannot take every source from producers.
+    Reader,
+    /// Sluice's own notices: never refused.
+    Sluice,
 }
 
 impl Router {
@@ -262,6 +279,7 @@ impl Router {
                 claimed: AtomicU64::new(0),
                 ready_lists: (0..READY_LISTS).map(|_| Mutex::default()).collect(),
                 next_ordinal: AtomicUsize::new(0),
+                awaited: AtomicUsize::new(0),
                 room: Notify::new(),
                 room_waiting: AtomicUsize::new(0),
                 waited_for_room: AtomicU64::new(0),
@@ -349,7 +367,7 @@ impl Router {
     /// `max_sources` is refused, as a producer's lines would be.
     pub fn publish_producer_notice(&self, notice: Envelope) -> Result<usize, EnvelopeError> {
         notice.validate_fields()?;
-        self.shared.source(&notice.source_id, true)?;
+        self.shared.source(&notice.source_id, Maker::Producer)?;
         self.publish_notice(notice)
     }
 
@@ -384,7 +402,12 @@ impl Router {
         let mut runs: Vec<Arc<Source>> = Vec::new();
         for e in &batch {
             if runs.last().is_none_or(|s| *s.id != *e.source_id) {
-                runs.push(shared.source(&e.source_id, !overshoot)?);
+                let maker = if overshoot {
+                    Maker::Sluice
+                } else {
+                    Maker::Producer
+                };
+                runs.push(shared.source(&e.source_id, maker)?);
             }
         }
         let mut runs = runs.into_iter();
@@ -423,6 +446,13 @@ impl Router {
                     i += 1;
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
+                if ring.next_seq > first_seq
+                    && source.awaited.load(Ordering::Relaxed)
+                    && source.awaited.swap(false, Ordering::Relaxed)
+                {
+                    // Its first line: no longer a reader's.
+                    shared.awaited.fetch_sub(1, Ordering::Relaxed);
+                }
                 if ring.enters_queue() {
                     queued.push(source.ordinal);
                 }
@@ -536,7 +566,7 @@ impl Router {
     /// a new one past `max_sources` (no shard will ever write it).
     pub fn shard_of(&self, source_id: &str, of: usize) -> Option<usize> {
         validate_source_id(source_id).ok()?;
-        let source = self.shared.source(source_id, true).ok()?;
+        let source = self.shared.source(source_id, Maker::Reader).ok()?;
         Some(source.ordinal % of.max(1))
     }
 
@@ -576,7 +606,7 @@ impl Router {
         match selector {
             Selector::Source(id) => {
                 validate_source_id(&id)?;
-                let source = cursor.shared.source(&id, true)?;
+                let source = cursor.shared.source(&id, Maker::Reader)?;
                 cursor.add_member(source.clone(), start);
                 cursor.wait_on = WaitOn::Source(source);
             }
@@ -587,7 +617,7 @@ impl Router {
                 let mut seen = HashSet::new();
                 for id in ids {
                     if seen.insert(id.clone()) {
-                        let source = cursor.shared.source(&id, true)?;
+                        let source = cursor.shared.source(&id, Maker::Reader)?;
                         cursor.add_member(source, start);
                     }
                 }
@@ -643,7 +673,7 @@ impl Router {
     /// has not been seen yet and fits under `max_sources`.
     pub fn touch(&self, source_id: &str) -> Result<SourceStats, EnvelopeError> {
         validate_source_id(source_id)?;
-        Ok(self.shared.source(source_id, true)?.stats())
+        Ok(self.shared.source(source_id, Maker::Reader)?.stats())
     }
 
     pub fn source_stats(&self, source_id: &str) -> Option<SourceStats> {
@@ -654,6 +684,16 @@ impl Router {
     /// How many sources the router holds (each counts against `max_sources`).
     pub fn source_count(&self) -> usize {
         self.shared.next_ordinal.load(Ordering::Relaxed)
+    }
+
+    /// How many sources readers opened that have no line yet, and the most there may be (a
+    /// tenth of `max_sources`): past it a reader's new source is refused
+    /// ([`EnvelopeError::TooManyWaitingSources`]).
+    pub fn awaited_sources(&self) -> (usize, usize) {
+        (
+            self.shared.awaited.load(Ordering::Relaxed),
+            self.shared.awaited_max(),
+        )
     }
 
     /// Drops from `batch` the envelopes whose source is new and does not fit under
@@ -680,7 +720,7 @@ impl Router {
             } else if last_refused.as_ref() == Some(&e.source_id) {
                 dropped += 1;
             } else {
-                match shared.source(&e.source_id, true) {
+                match shared.source(&e.source_id, Maker::Producer) {
                     Ok(_) => batch.push(e),
                     Err(err) => {
                         first.get_or_insert(err);
@@ -830,12 +870,18 @@ impl Shared {
         of > 0 && mask & (1 << (ordinal % of)) != 0
     }
 
-    /// The source `id`, created (empty, its seqs continuing from storage) if it is new. With
-    /// `capped`, a new source past `max_sources` is refused; Sluice's own notices never are.
-    fn source(&self, id: &str, capped: bool) -> Result<Arc<Source>, EnvelopeError> {
+    /// Most sources readers may have opened that have no line yet: a tenth of `max_sources`.
+    fn awaited_max(&self) -> usize {
+        (self.config.max_sources / 10).max(1)
+    }
+
+    /// The source `id`, created (empty, its seqs continuing from storage) if it is new, within
+    /// the limits of its `maker`.
+    fn source(&self, id: &str, maker: Maker) -> Result<Arc<Source>, EnvelopeError> {
         if let Some(s) = self.sources.get(id) {
             return Ok(s.value().clone());
         }
+        let capped = maker != Maker::Sluice;
         let max = self.config.max_sources;
         let refused = || EnvelopeError::TooManySources {
             source_id: id.to_owned(),
@@ -865,13 +911,30 @@ impl Shared {
             dashmap::mapref::entry::Entry::Occupied(o) => o.get().clone(),
             dashmap::mapref::entry::Entry::Vacant(v) => {
                 let id = v.key().clone();
+                let awaited = maker == Maker::Reader;
+                if awaited {
+                    let most = self.awaited_max();
+                    self.awaited
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            (n < most).then_some(n + 1)
+                        })
+                        .map_err(|_| EnvelopeError::TooManyWaitingSources {
+                            source_id: id.to_string(),
+                            max: most,
+                        })?;
+                }
                 // Ordinals are the count of sources: one is taken only under the limit.
                 let ordinal = if capped {
                     self.next_ordinal
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                             (n < max).then_some(n + 1)
                         })
-                        .map_err(|_| refused())?
+                        .map_err(|_| {
+                            if awaited {
+                                self.awaited.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            refused()
+                        })?
                 } else {
                     self.next_ordinal.fetch_add(1, Ordering::Relaxed)
                 };
@@ -912,6 +975,8 @@ impl Shared {
                         u64::MAX
                     }),
                     created_version: self.sources_version.load(Ordering::Acquire) + 1,
+                    // A notice of a crash is its first line already.
+                    awaited: AtomicBool::new(awaited && notice_bytes == 0),
                 }))
                 .value()
                 .clone()
@@ -922,6 +987,9 @@ impl Shared {
             if notice_bytes > 0 {
                 self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
                 self.published.fetch_add(1, Ordering::Relaxed);
+                if maker == Maker::Reader {
+                    self.awaited.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             if queue_it {
                 self.to_evict.lock().push(source.ordinal);
