@@ -241,7 +241,7 @@ struct Source {
 enum Maker {
     /// A producer's lines: `max_sources`.
     Producer,
-    /// A reader that waits for the source's first line (a tail, a source's stats):
+    /// A reader that waits for the source's first line (a tail, a drain):
     /// `max_sources`, and [`Shared::awaited_max`] for such sources until their first line, so
     /// that a reader, who only needs the read scope, cannot take every source from producers.
     Reader,
