@@ -566,7 +566,8 @@ impl Router {
     /// a new one past `max_sources` (no shard will ever write it).
     pub fn shard_of(&self, source_id: &str, of: usize) -> Option<usize> {
         validate_source_id(source_id).ok()?;
-        let source = self.shared.source(source_id, Maker::Reader).ok()?;
+        // Asked by the writer of a completion (a producer's act): not a reader's wait.
+        let source = self.shared.source(source_id, Maker::Producer).ok()?;
         Some(source.ordinal % of.max(1))
     }
 
