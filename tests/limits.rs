@@ -557,7 +557,7 @@ async fn readers_wait_for_at_most_a_tenth_of_max_sources_and_producers_keep_the_
     assert_eq!(status, 429, "{body}");
     assert!(
         body.contains(
-            "readers have opened 2 sources that have no lines yet, the most they may (a tenth of router.max_sources)"
+            "readers have opened as many sources that have no lines yet as they may (2, a tenth of router.max_sources)"
         ),
         "{body}"
     );

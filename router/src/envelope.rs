@@ -285,7 +285,7 @@ pub enum EnvelopeError {
     /// A reader asked for a source with no lines yet (to wait for its first), and `max` such
     /// sources that readers opened, a tenth of `router.max_sources`, are held already.
     #[error(
-        "new source {source_id:?} refused: readers have opened {max} sources that have no lines yet, the most they may (a tenth of router.max_sources); a source counts as a reader's until its first line arrives"
+        "new source {source_id:?} refused: readers have opened as many sources that have no lines yet as they may ({max}, a tenth of router.max_sources); a source counts as a reader's until its first line arrives"
     )]
     TooManyWaitingSources { source_id: String, max: usize },
 }

@@ -107,7 +107,7 @@ async fn stats(state: &AppState, id: &str) -> Result<Response, ApiError> {
                 )
             } else if awaited >= most {
                 format!(
-                    "; readers wait already for {most} sources that have no lines yet, the most they may (a tenth of router.max_sources), so a tail cannot wait for it either"
+                    "; readers wait already for as many sources that have no lines yet as they may ({most}, a tenth of router.max_sources), so a tail cannot wait for it either"
                 )
             } else {
                 String::new()
