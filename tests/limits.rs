@@ -432,16 +432,20 @@ async fn past_max_sources_a_new_source_is_refused_by_every_way_in_and_the_held_o
     );
 }
 
+/// `GET /api/v1/sources/big/recent?limit=N` (the stored job `common::write_big_job` wrote):
+/// the status and the body.
+async fn recent_of_big(server: &Server, limit: usize) -> (u16, String) {
+    server
+        .get_text(&format!("/api/v1/sources/big/recent?limit={limit}"))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_that_gather_lines_share_a_budget_and_one_that_stalls_holds_only_its_share() {
     let server = Server::start("http:\n  read_budget_lines: 150000\n");
     // A stored log of 150,000 lines (~30 MiB), as an earlier run wrote it.
     common::write_big_job(&server.logs.join("big.jsonl"), 150_000);
-    let recent = async |limit: usize| {
-        server
-            .get_text(&format!("/api/v1/sources/big/recent?limit={limit}"))
-            .await
-    };
+    let recent = async |limit: usize| recent_of_big(&server, limit).await;
     // A tail asks for 100,000 lines back, all from storage, and never reads: more than the
     // sockets' buffers hold, so its backfill stays in the server, and so does its share.
     let url = server.ws("/api/v1/sources/big/stream?backfill=100000");
@@ -479,11 +483,7 @@ async fn reads_that_gather_lines_share_a_budget_and_one_that_stalls_holds_only_i
 async fn a_read_whose_client_takes_nothing_is_cut_off_and_gives_its_share_back() {
     let server = Server::start("http:\n  read_budget_lines: 100000\n  send_timeout_secs: 1\n");
     common::write_big_job(&server.logs.join("big.jsonl"), 100_000);
-    let recent = async |limit: usize| {
-        server
-            .get_text(&format!("/api/v1/sources/big/recent?limit={limit}"))
-            .await
-    };
+    let recent = async |limit: usize| recent_of_big(&server, limit).await;
     let held = async || {
         common::eventually("a stalled read holding the whole budget", 30, async || {
             (recent(1).await.0 == 503).then_some(())

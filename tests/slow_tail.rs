@@ -74,6 +74,7 @@ async fn a_stalled_tail_learns_exactly_what_it_missed_and_a_fast_one_misses_noth
     let path = "/api/v1/sources/busy/stream";
     // The cursor is opened before the upgrade completes: both tails are live from here on.
     let (mut slow, _) = connect_async(server.ws(path)).await.unwrap();
+    let stalled_since = tokio::time::Instant::now();
     let (mut fast, _) = connect_async(server.ws(path)).await.unwrap();
 
     let fast_progress = Arc::new(AtomicU64::new(0));
@@ -115,9 +116,10 @@ async fn a_stalled_tail_learns_exactly_what_it_missed_and_a_fast_one_misses_noth
         "server resident memory {rss} bytes"
     );
 
-    // Stalled past the send timeout, then it reads: what the socket buffers held, then the
-    // notice, then the ring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stalled past the send timeout (the stall's length is what is tested; publishing above
+    // usually took that long already, and then nothing is waited for here), then it reads:
+    // what the socket buffers held, then the notice, then the ring.
+    tokio::time::sleep_until(stalled_since + Duration::from_secs(2)).await;
     let slow_got = read_all(&mut slow, &AtomicU64::new(0)).await;
     let missed: u64 = slow_got.notices.iter().map(|n| n.0).sum();
     assert!(missed > 0, "the stalled tail was overtaken");

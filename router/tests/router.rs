@@ -166,6 +166,15 @@ fn past_max_sources_a_batch_that_would_create_one_is_refused_whole_and_the_rest_
     assert_eq!(r.source_ids().len(), 4);
 }
 
+/// Runs `each(t)` on `threads` threads at once, `t` from 0; the sum of what they return.
+fn race(threads: usize, each: impl Fn(usize) -> usize + Sync) -> usize {
+    std::thread::scope(|s| {
+        let each = &each;
+        let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || each(t))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
 #[test]
 fn max_sources_holds_exactly_under_racing_writers_of_new_sources() {
     const MAX: usize = 1000;
@@ -175,26 +184,18 @@ fn max_sources_holds_exactly_under_racing_writers_of_new_sources() {
     });
     // Eight writers, each sending batches of 50 new sources: every batch is taken whole or
     // refused whole, and never more than MAX sources exist.
-    let taken: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let r = r.clone();
-                s.spawn(move || {
-                    let mut taken = 0;
-                    for b in 0..10 {
-                        let batch = (0..50)
-                            .map(|i| Envelope::new(format!("w{t}-b{b}-s{i}"), "x"))
-                            .collect();
-                        match r.publish(batch) {
-                            Ok(n) => taken += n,
-                            Err(e) => assert_eq!(e.reason(), "too_many_sources"),
-                        }
-                    }
-                    taken
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    let taken = race(8, |t| {
+        let mut taken = 0;
+        for b in 0..10 {
+            let batch = (0..50)
+                .map(|i| Envelope::new(format!("w{t}-b{b}-s{i}"), "x"))
+                .collect();
+            match r.publish(batch) {
+                Ok(n) => taken += n,
+                Err(e) => assert_eq!(e.reason(), "too_many_sources"),
+            }
+        }
+        taken
     });
     let ids = r.source_ids();
     assert!(ids.len() <= MAX, "{} sources", ids.len());
@@ -1057,18 +1058,10 @@ fn readers_wait_for_at_most_a_tenth_of_max_sources_each_until_its_first_line() {
         max_sources: 1000,
         ..RouterConfig::default()
     });
-    let opened: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let r = r2.clone();
-                s.spawn(move || {
-                    (0..50)
-                        .filter(|i| r.touch(&format!("t{t}-{i}")).is_ok())
-                        .count()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    let opened = race(8, |t| {
+        (0..50)
+            .filter(|i| r2.touch(&format!("t{t}-{i}")).is_ok())
+            .count()
     });
     assert_eq!(opened, 100);
     assert_eq!(r2.awaited_sources(), (100, 100));

@@ -82,7 +82,7 @@ pub async fn serve(
                     }
                 },
             };
-            if clock.0.expired.load(Ordering::Relaxed) {
+            if clock.expired() {
                 metrics.http_send_timeouts.inc();
             }
             if let Err(e) = ended {
@@ -125,6 +125,17 @@ impl SendClock {
     /// From now on, writes to the connection may wait as long as the client makes them.
     pub fn stop(&self) {
         self.0.running.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs it again: a WebSocket sending what it holds a share of a budget for (a tail's
+    /// backfill from storage) is cut off as a response would be.
+    pub fn start(&self) {
+        self.0.running.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it cut the connection off.
+    pub fn expired(&self) -> bool {
+        self.0.expired.load(Ordering::Relaxed)
     }
 }
 

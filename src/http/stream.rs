@@ -159,7 +159,12 @@ fn open(
         }
         .map_err(|e| ApiError::envelope(e, warp::http::StatusCode::BAD_REQUEST))?;
         // Served from the ring alone, it costs nothing to hold.
-        let reading = reading.filter(|_| prelude.is_some());
+        let reading = reading
+            .filter(|_| prelude.is_some())
+            .map(|permit| Gathered {
+                _permit: permit,
+                clock: ws.clock(),
+            });
         Ok((cursor, prelude, reading, format))
     })();
     match opened {
@@ -174,7 +179,7 @@ async fn tail(
     socket: Socket,
     cursor: Cursor,
     prelude: Option<Prelude>,
-    reading: Option<OwnedSemaphorePermit>,
+    reading: Option<Gathered>,
     format: Format,
     state: AppState,
 ) {
@@ -212,17 +217,19 @@ pub(crate) fn open_source(
 pub(crate) async fn pump(
     socket: Socket,
     mut cursor: Cursor,
-    (mut prelude, mut reading): (Option<Prelude>, Option<OwnedSemaphorePermit>),
+    (mut prelude, mut reading): (Option<Prelude>, Option<Gathered>),
     state: AppState,
     mut render: impl FnMut(&mut Vec<Delivery>) -> Vec<Message>,
     mut refill: impl FnMut(&sluice_router::MissedNotice) -> Option<Prelude>,
 ) {
     // warp spawns this task; the token makes shutdown wait for it all the same.
     let _running = state.tasks.token();
+    if let Some(backfill) = &reading {
+        backfill.start();
+    }
     state.metrics.tails_opened.inc();
     let (mut tx, mut rx) = socket.split();
     let period = Duration::from_secs(state.config.http.ping_interval_secs);
-    let send_timeout = Duration::from_secs(state.config.http.send_timeout_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH_MIN);
     let mut batch_max = BATCH_MIN;
@@ -255,21 +262,10 @@ pub(crate) async fn pump(
                 match read {
                     Some(mut lines) => {
                         let messages = render(&mut lines);
-                        // While it holds a share of the read budget, a backfill that the
-                        // client does not take is cut off, as a response is.
-                        let sent = match &reading {
-                            None => send(&mut tx, messages).await,
-                            Some(_) => tokio::time::timeout(send_timeout, send(&mut tx, messages))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    state.metrics.http_send_timeouts.inc();
-                                    Err(super::ws::Error::Io(std::io::Error::new(
-                                        std::io::ErrorKind::TimedOut,
-                                        "the client took no backfill for http.send_timeout_secs",
-                                    )))
-                                }),
-                        };
-                        if let Err(e) = sent {
+                        if let Err(e) = send(&mut tx, messages).await {
+                            if reading.as_ref().is_some_and(Gathered::expired) {
+                                state.metrics.http_send_timeouts.inc();
+                            }
                             break Err(e);
                         }
                     }
@@ -319,6 +315,36 @@ pub(crate) async fn pump(
         tracing::debug!(error = %e, "tail closed");
     }
     state.metrics.tails_closed.inc();
+}
+
+/// A tail's backfill from storage while it is being sent: its share of the read budget, and
+/// the connection's send timeout, which runs again meanwhile (a backfill the client takes
+/// none of is cut off, as a response is) and stops once it is sent or the tail goes.
+pub(crate) struct Gathered {
+    _permit: OwnedSemaphorePermit,
+    clock: Option<super::serve::SendClock>,
+}
+
+impl Gathered {
+    fn start(&self) {
+        if let Some(c) = &self.clock {
+            c.start();
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.clock
+            .as_ref()
+            .is_some_and(super::serve::SendClock::expired)
+    }
+}
+
+impl Drop for Gathered {
+    fn drop(&mut self) {
+        if let Some(c) = &self.clock {
+            c.stop();
+        }
+    }
 }
 
 /// Cuts `batch` at the first loss notice `refill` takes: the deliveries before it stay in

@@ -112,6 +112,11 @@ pub fn upgrade() -> impl Filter<Extract = (Upgrade,), Error = warp::Rejection> +
 }
 
 impl Upgrade {
+    /// The connection's send timeout, which the upgrade stops (see [`super::serve::SendClock`]).
+    pub fn clock(&self) -> Option<super::serve::SendClock> {
+        self.clock.clone()
+    }
+
     /// Answers `101 Switching Protocols` and runs `serve` on the socket once the client has it.
     pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
     where
