@@ -506,13 +506,17 @@ async fn a_read_whose_client_takes_nothing_is_cut_off_and_gives_its_share_back()
         .write_all(b"GET /api/v1/sources/big/recent?limit=100000 HTTP/1.1\r\nhost: sluice\r\n\r\n")
         .await
         .unwrap();
+    // Its status line first: it holds its share by then (a probe sent before it could take
+    // part of the budget, and have it refused).
+    let mut got = vec![0u8; 12];
+    stalled.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, b"HTTP/1.1 200");
     held().await;
     let whole = given_back().await;
     server
         .wait_metric("sluice_http_send_timeouts_total", 1)
         .await;
     // The server closed it, part way through the body.
-    let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut got))
         .await
         .expect("the server closed the stalled connection");
