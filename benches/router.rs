@@ -1,6 +1,8 @@
 //! Publishing into one source's ring with 0, 1, 100 and 1,000 cursors open (stalled: they never
 //! read, which is the worst case for neither side, and shows that writers never wait for them),
-//! and with one cursor draining everything published.
+//! and with one cursor draining everything published. And what forgetting idle sources costs:
+//! the look at 100,000 sources none of which may go yet (what the server pays every minute),
+//! and forgetting 10,000.
 
 // The allocator the `sluice` binary uses, so that figures match the server's.
 #[global_allocator]
@@ -75,5 +77,42 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, publish);
+/// A router holding `n` sources of one line each, every line on disk as far as it knows.
+fn stored_sources(n: usize) -> Router {
+    let router = Router::new(RouterConfig::default());
+    for i in 0..n {
+        let id = format!("job-{i}");
+        router
+            .publish(vec![Envelope::new(id.as_str(), "done")])
+            .unwrap();
+        router
+            .durability()
+            .update(&std::sync::Arc::from(id.as_str()), 1, 0);
+    }
+    router
+}
+
+fn forget(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forget");
+    group.sample_size(10);
+    let router = stored_sources(100_000);
+    let an_hour = std::time::Duration::from_secs(3600);
+    group.bench_function("look_at_100000_none_idle", |b| {
+        b.iter(|| assert_eq!(router.forget_idle(an_hour), 0))
+    });
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("forget_10000", |b| {
+        b.iter_batched(
+            || stored_sources(10_000),
+            |r| {
+                assert_eq!(r.forget_idle(std::time::Duration::ZERO), 10_000);
+                r
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, publish, forget);
 criterion_main!(benches);

@@ -292,6 +292,7 @@ impl Metrics {
             published: router.published_total(),
             waited: router.waited_for_room_total(),
             evicted: router.evicted_for_budget_total(),
+            forgotten: router.forgotten_total(),
             retained_bytes: router.retained_bytes() as u64,
             retained_entries,
             source_count,
@@ -353,6 +354,7 @@ struct Scrape {
     published: u64,
     waited: u64,
     evicted: u64,
+    forgotten: u64,
     retained_bytes: u64,
     retained_entries: u64,
     source_count: u64,
@@ -420,6 +422,13 @@ impl Collector for Scrape {
             "Envelopes evicted to keep all rings within the memory budget.",
             Counter,
             self.evicted,
+        )?;
+        one(
+            e,
+            "sluice_router_sources_forgotten",
+            "Sources forgotten after router.forget_idle_secs without a line (their lines stay in storage).",
+            Counter,
+            self.forgotten,
         )?;
         one(
             e,

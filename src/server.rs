@@ -396,14 +396,22 @@ pub struct Running {
     unix_path: Option<(PathBuf, UnixSocketId)>,
 }
 
-/// Starts every listener's task, the persister, the archiver and the configured drains, and
-/// returns once they run.
-/// Says in the log, once each, when the sources held come near `router.max_sources` and when
-/// they reach it: past it new sources are refused until a restart, and an operator should
-/// hear of that before the first producer is turned away (the gauges show it too).
+/// Forgets the sources idle for `router.forget_idle_secs` (looking every quarter of it, at
+/// most a minute apart), and says in the log, once each, when the sources held come near
+/// `router.max_sources` and when they reach it: past it new sources are refused until some are
+/// forgotten, and an operator should hear of that before the first producer is turned away
+/// (the gauges show it too). Said again after the count fell below nine tenths.
 async fn watch_sources(router: Router, shutdown: CancellationToken) {
     let max = router.config().max_sources;
     let near = max - max / 10;
+    let idle = router.config().forget_idle_secs;
+    let until = if idle > 0 {
+        format!("until sources idle for router.forget_idle_secs ({idle}) are forgotten")
+    } else {
+        "until a restart (router.forget_idle_secs is 0)".to_owned()
+    };
+    let every = Duration::from_secs((idle / 4).clamp(1, 60));
+    let mut looked = tokio::time::Instant::now();
     let mut said = (false, false);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -411,25 +419,44 @@ async fn watch_sources(router: Router, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if idle > 0 && looked.elapsed() >= every {
+            looked = tokio::time::Instant::now();
+            // A look at every source, each under its lock: off the runtime's threads.
+            let r = router.clone();
+            let forgotten =
+                tokio::task::spawn_blocking(move || r.forget_idle(Duration::from_secs(idle)))
+                    .await
+                    .unwrap_or(0);
+            if forgotten > 0 {
+                tracing::debug!(
+                    forgotten,
+                    held = router.source_count(),
+                    "idle sources forgotten"
+                );
+            }
+        }
         let held = router.source_count();
-        if held >= max && !said.1 {
+        if held < near {
+            said = (false, false);
+        } else if held >= max && !said.1 {
             tracing::warn!(
                 held,
-                "at router.max_sources ({max}): new sources are refused from now on; those held \
-                 go on, and sources are forgotten only at a restart"
+                "at router.max_sources ({max}): new sources are refused {until}; those held go on"
             );
             said = (true, true);
-        } else if held >= near && !said.0 {
+        } else if !said.0 {
             tracing::warn!(
                 held,
                 "{held} of router.max_sources ({max}) sources held: past it new sources are \
-                 refused; sources are forgotten only at a restart"
+                 refused {until}"
             );
             said.0 = true;
         }
     }
 }
 
+/// Starts every listener's task, the persister, the archiver and the configured drains, and
+/// returns once they run.
 pub async fn start(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     let config = Arc::new(config);
     // Each source continues the seqs storage already has of it; after a crash, past what the

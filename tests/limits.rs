@@ -607,3 +607,103 @@ async fn readers_wait_for_at_most_a_tenth_of_max_sources_and_producers_keep_the_
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("more than 1000"), "{body}");
 }
+
+/// The seqs of a source's recent lines (from memory and storage), oldest first.
+async fn recent_seqs(server: &Server, source: &str) -> Vec<u64> {
+    let lines = common::recent_lines(server, source, 1000).await;
+    lines.into_iter().map(|(seq, _)| seq).collect()
+}
+
+/// Sources are forgotten once idle for `router.forget_idle_secs`, every line on disk and no
+/// tail or drain of their own open: room under `router.max_sources` comes back without a
+/// restart, and a forgotten source reads and continues as it would after one. After a crash,
+/// a source made again skips no seqs a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sources_are_forgotten_and_come_back_whole() {
+    // Two writers: b (made second) is written by the second, and made again (fifth) by the
+    // first, which must start from the file the other left.
+    let mut server = Server::start(
+        "router:\n  max_sources: 3\n  forget_idle_secs: 1\nlog_storage:\n  local_dir: {logs}\n  writers: 2\n",
+    );
+    for source in ["a", "b", "c"] {
+        common::send_lines(&server, source, 3).await;
+    }
+    let (mut tail, _) = tokio_tungstenite::connect_async(server.ws("/api/v1/sources/c/stream"))
+        .await
+        .unwrap();
+    let ingest = |source: &str, message: &str| serde_json::json!([{"source_id": source, "message": message}]);
+    let (status, _) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("d", "1"))
+        .await;
+    assert_eq!(status, 429, "three sources held");
+
+    // a and b go; c has its tail.
+    server
+        .wait_metric("sluice_router_sources_forgotten_total", 2)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.metric("sluice_router_sources").await, 1);
+    assert_eq!(
+        server.metric("sluice_router_sources_forgotten_total").await,
+        2
+    );
+    let (status, body) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("d", "1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A forgotten source is read from storage, and its next line continues its seqs.
+    assert_eq!(recent_seqs(&server, "b").await, [1, 2, 3]);
+    let (status, _) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("b", "again"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(recent_seqs(&server, "b").await, [1, 2, 3, 4]);
+    let seqs: Vec<u64> = common::file_lines(&server.logs.join("b.jsonl"))
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    // The tail of c was never disturbed.
+    let (status, _) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("c", "live"))
+        .await;
+    assert_eq!(status, 200);
+    let got = common::next_json(&mut tail, 1).await;
+    assert_eq!(got[0]["seq"], 4, "{got:?}");
+    assert_eq!(got[0]["message"], "live");
+    drop(tail);
+
+    // After a crash each stored source skips seqs once, with a notice; made again after it
+    // was forgotten, it skips none.
+    server.crash_and_restart();
+    let (status, _) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("a", "after the crash"))
+        .await;
+    assert_eq!(status, 200);
+    let first = recent_seqs(&server, "a").await;
+    let skipped_to = *first.last().unwrap();
+    assert!(skipped_to > 4, "seqs skipped after the crash: {first:?}");
+    let forgotten = server.metric("sluice_router_sources_forgotten_total").await;
+    server
+        .wait_metric("sluice_router_sources_forgotten_total", forgotten + 1)
+        .await;
+    common::eventually("a to be forgotten", 30, async || {
+        (server.get_json("/api/v1/sources/a/stats").await["newest_seq"].is_null()).then_some(())
+    })
+    .await;
+    let (status, _) = server
+        .post_json("/api/v1/ingest?ack=durable", ingest("a", "later"))
+        .await;
+    assert_eq!(status, 200);
+    let then = recent_seqs(&server, "a").await;
+    assert_eq!(then.last(), Some(&(skipped_to + 1)), "{then:?}");
+    let notices = server.router_notices("a").await;
+    assert_eq!(
+        notices
+            .iter()
+            .filter(|n| n.contains("without a clean shutdown"))
+            .count(),
+        1,
+        "{notices:?}"
+    );
+}

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 
 use std::process::Command;
 
-use common::{SLUICE, Server, eventually, jsonl, output_ok};
+use common::{SLUICE, Server, eventually, file_lines, jsonl, output_ok, recent_lines};
 use futures_util::StreamExt;
 use serde_json::Value;
 use sluice::client::{IngestAddr, connect_ingest, connect_ingest_with};
@@ -318,33 +318,6 @@ async fn history_reads_join_storage_and_memory(server: &Server, id: &str, expect
 
 const SENDERS: usize = 8;
 const PER_SENDER: usize = 25_000;
-
-/// Every line of `path` as JSON.
-/// `(seq, message)` of the last `limit` lines of `id`, as `GET .../recent` gives them.
-async fn recent_lines(server: &Server, id: &str, limit: usize) -> Vec<(u64, String)> {
-    let recent = server
-        .get_json(&format!("/api/v1/sources/{id}/recent?limit={limit}"))
-        .await;
-    recent
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["seq"].as_u64().unwrap(),
-                e["message"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn file_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_when_behind_block_flat_out_senders_lose_nothing_on_disk_and_a_slow_tail_is_told_exactly()

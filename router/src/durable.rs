@@ -83,6 +83,22 @@ impl Durability {
         m.lost_through = m.lost_through.max(lost_through);
     }
 
+    /// The newest seq of `source` that is written or was given up on (0: none); every one
+    /// before it is one or the other.
+    pub fn through(&self, source: &str) -> u64 {
+        self.marks
+            .get(source)
+            .map_or(0, |m| m.written.max(m.lost_through))
+    }
+
+    /// Drops the marks of a source the router forgot, unless someone is waiting on marks now
+    /// (one may not have looked at its own yet): then they stay, a few bytes.
+    pub fn forget(&self, source: &str) {
+        if !self.has_waiters() {
+            self.marks.remove(source);
+        }
+    }
+
     /// Wakes every waiter to look at the marks again.
     pub fn notify_waiters(&self) {
         self.notify.notify_waiters();

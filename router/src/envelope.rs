@@ -279,7 +279,7 @@ pub enum EnvelopeError {
     Reserved(String),
     /// The source is new and the router holds `max` sources already.
     #[error(
-        "new source {source_id:?} refused: sluice holds {max} sources, its limit (router.max_sources); lines for the sources it holds are still taken. Raise the limit, or restart to drop the sources seen since the start"
+        "new source {source_id:?} refused: sluice holds {max} sources, its limit (router.max_sources); lines for the sources it holds are still taken. Sources idle for router.forget_idle_secs are forgotten (their lines stay stored), making room; or raise the limit"
     )]
     TooManySources { source_id: String, max: usize },
     /// A reader asked for a source with no lines yet (to wait for its first), and `max` such

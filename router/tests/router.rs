@@ -1067,3 +1067,245 @@ fn readers_wait_for_at_most_a_tenth_of_max_sources_each_until_its_first_line() {
     assert_eq!(r2.awaited_sources(), (100, 100));
     assert_eq!(r2.source_count(), 100);
 }
+
+/// Storage as the tests below keep it: what a source's newest stored seq is.
+#[derive(Debug, Default)]
+struct Kept(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl sluice_router::History for Kept {
+    fn last_seq(&self, source_id: &str) -> u64 {
+        self.0.lock().unwrap().get(source_id).copied().unwrap_or(0)
+    }
+}
+
+impl Kept {
+    /// What a persister does once it wrote `source` through `seq`: storage has it, and the
+    /// durability mark says so.
+    fn store(&self, r: &Router, source: &str, seq: u64) {
+        self.0.lock().unwrap().insert(source.to_owned(), seq);
+        r.durability().update(&std::sync::Arc::from(source), seq, 0);
+    }
+}
+
+#[test]
+fn an_idle_source_is_forgotten_once_stored_and_unread_and_its_next_line_continues_its_seqs() {
+    let kept = std::sync::Arc::new(Kept::default());
+    let r = Router::with_history(
+        RouterConfig {
+            max_sources: 3,
+            ..RouterConfig::default()
+        },
+        Some(kept.clone()),
+    );
+    let mut firehose = r
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    let mut persister = r
+        .subscribe(Selector::Shard(Shard::ALL), Filter::default(), Start::Live)
+        .unwrap();
+    persister.track_forgotten();
+    publish(&r, "a", 5);
+    publish(&r, "b", 2);
+    publish(&r, "c", 1);
+    let mut tail = r
+        .subscribe(Selector::Source("c".into()), Filter::default(), Start::Live)
+        .unwrap();
+    let mut out = Vec::new();
+    firehose.poll_into(&mut out, 3);
+    assert_eq!(seqs(&out), [1, 2, 3], "the firehose read 3 of a's 5");
+    assert_eq!(seqs(&drain(&mut persister)).len(), 8);
+    let idle = std::time::Duration::ZERO;
+    // Nothing is on disk yet: nothing is forgotten.
+    assert_eq!(r.forget_idle(idle), 0);
+    kept.store(&r, "a", 5);
+    kept.store(&r, "b", 2);
+    kept.store(&r, "c", 1);
+    // Not idle long enough.
+    assert_eq!(r.forget_idle(std::time::Duration::from_secs(60)), 0);
+    // a and b go; c has a tail of its own.
+    assert_eq!(r.forget_idle(idle), 2);
+    assert_eq!((r.source_count(), r.forgotten_total()), (1, 2));
+    assert!(r.source_stats("a").is_none() && r.recent("b", 10, &Filter::default()).is_none());
+    assert_eq!(r.retained_bytes(), {
+        let c = r.source_stats("c").unwrap();
+        c.retained_bytes
+    });
+    // The firehose is told of the lines of a and b it had not read, once each, and lets
+    // them go.
+    let got = drain(&mut firehose);
+    let mut missed: Vec<_> = got
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Missed(m) => Some((m.source_id.to_string(), m.count, m.last_missed_seq)),
+            Delivery::Log(_) => None,
+        })
+        .collect();
+    missed.sort();
+    assert_eq!(
+        missed,
+        [("a".to_owned(), 2, 5), ("b".to_owned(), 2, 2)],
+        "{got:?}"
+    );
+    assert_eq!(seqs(&got), [1], "c's line");
+    assert_eq!(firehose.positions().len(), 1);
+    assert_eq!(drain(&mut persister).len(), 0);
+    let mut gone: Vec<String> = persister
+        .take_forgotten()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["a", "b"]);
+    // Room for new sources again; a's next line continues from what storage holds.
+    publish(&r, "d", 1);
+    publish(&r, "a", 2);
+    assert_eq!(r.source_stats("a").unwrap().resumed_after, 5);
+    assert_eq!(seqs(&drain(&mut persister)), [1, 6, 7]);
+    assert_eq!(seqs(&drain(&mut firehose)), [1, 6, 7]);
+    assert_eq!(
+        firehose.positions().len(),
+        3,
+        "a again, c, d: places reused"
+    );
+    // With its tail gone, c is forgotten too.
+    assert_eq!(seqs(&drain(&mut tail)), Vec::<u64>::new());
+    drop(tail);
+    assert_eq!(r.forget_idle(idle), 1);
+    assert!(r.source_stats("c").is_none());
+}
+
+#[test]
+fn a_source_a_reader_made_and_left_without_a_line_is_forgotten() {
+    let r = Router::new(RouterConfig {
+        max_sources: 30,
+        ..RouterConfig::default()
+    });
+    let tails: Vec<_> = (0..3)
+        .map(|i| {
+            r.subscribe(
+                Selector::Source(format!("wait-{i}")),
+                Filter::default(),
+                Start::Live,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(r.awaited_sources().0, 3);
+    let idle = std::time::Duration::ZERO;
+    assert_eq!(r.forget_idle(idle), 0, "each has its reader");
+    drop(tails);
+    // Without storage only sources without a line of this process may go: these are.
+    publish(&r, "busy", 1);
+    assert_eq!(r.forget_idle(idle), 3);
+    assert_eq!(r.awaited_sources().0, 0);
+    assert_eq!(r.source_count(), 1, "busy has a line nothing stored");
+}
+
+/// Publishers, a persister-like held reader and the forgetting all at once: every line is read
+/// once, each source's seqs run on without a gap or a repeat across every time it is
+/// forgotten and made again, and nothing is left counted.
+#[test]
+fn sources_forgotten_while_written_to_lose_nothing_and_never_repeat_a_seq() {
+    const SOURCES: usize = 40;
+    const BATCHES: usize = 3000;
+    let kept = std::sync::Arc::new(Kept::default());
+    let r = Router::with_history(
+        RouterConfig {
+            // Room for a source made again while its forgotten self is still counted.
+            max_sources: SOURCES * 2,
+            ..RouterConfig::default()
+        },
+        Some(kept.clone()),
+    );
+    let mut held = r.subscribe_held(Shard::ALL, Filter::default(), Start::Live);
+    held.track_forgotten();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let mut read = 0usize;
+    let mut forgotten = 0usize;
+    let published = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let (r, done) = (&r, &done);
+                s.spawn(move || {
+                    let mut n = 0;
+                    for i in 0..BATCHES {
+                        let source = format!("s{}", (i * 7 + t * 13) % SOURCES);
+                        let batch: Vec<_> = (0..3)
+                            .map(|k| Envelope::new(source.as_str(), format!("{k}")))
+                            .collect();
+                        n += r.publish(batch).unwrap();
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    n
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst) == 3;
+            out.clear();
+            while held.poll_into(&mut out, 1000) > 0 {}
+            for d in &out {
+                let Delivery::Log(e) = d else {
+                    panic!("a held reader loses nothing: {d:?}")
+                };
+                let prev = last.insert(e.source_id().to_owned(), e.seq()).unwrap_or(0);
+                assert_eq!(e.seq(), prev + 1, "{}", e.source_id());
+                read += 1;
+            }
+            for (source, seq) in &last {
+                kept.store(&r, source, *seq);
+            }
+            forgotten += held.take_forgotten().len();
+            r.forget_idle(std::time::Duration::ZERO);
+            if finished && out.is_empty() {
+                break;
+            }
+        }
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .sum::<usize>()
+    });
+    assert_eq!(read, published);
+    assert_eq!(published, 3 * BATCHES * 3);
+    assert!(
+        forgotten > 0 && r.forgotten_total() > 0,
+        "some were forgotten on the way"
+    );
+    r.forget_idle(std::time::Duration::ZERO);
+    assert_eq!(r.source_count(), 0);
+    assert_eq!(r.retained_bytes(), 0);
+}
+
+#[test]
+fn a_source_made_since_a_firehose_last_looked_stays_until_it_has_looked() {
+    let kept = std::sync::Arc::new(Kept::default());
+    let r = Router::with_history(RouterConfig::default(), Some(kept.clone()));
+    let mut firehose = r
+        .subscribe(Selector::All, Filter::default(), Start::Live)
+        .unwrap();
+    publish(&r, "new", 4);
+    kept.store(&r, "new", 4);
+    let idle = std::time::Duration::ZERO;
+    // Forgotten now, the firehose would never hear of these four lines.
+    assert_eq!(r.forget_idle(idle), 0);
+    let mut out = Vec::new();
+    assert_eq!(
+        firehose.poll_into(&mut out, 1),
+        1,
+        "it looks, and reads one"
+    );
+    assert_eq!(r.forget_idle(idle), 1);
+    let got = drain(&mut firehose);
+    match got.as_slice() {
+        [Delivery::Missed(m)] => assert_eq!((m.count, m.last_missed_seq), (3, 4)),
+        other => panic!("{other:?}"),
+    }
+    // A firehose that is gone holds nothing back.
+    publish(&r, "later", 1);
+    kept.store(&r, "later", 1);
+    drop(firehose);
+    assert_eq!(r.forget_idle(idle), 1);
+}

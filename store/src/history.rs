@@ -23,6 +23,9 @@ use crate::persister::{file_path, names, rotated_path};
 pub struct StoredSeqs {
     dir: PathBuf,
     skipped: u64,
+    /// When this process took the directory, by the file system's clock (the lock file's
+    /// modification time): a file modified since was written by this process.
+    taken: Option<std::time::SystemTime>,
 }
 
 impl StoredSeqs {
@@ -30,14 +33,37 @@ impl StoredSeqs {
         StoredSeqs {
             dir: local_dir.to_owned(),
             skipped: 0,
+            taken: None,
         }
     }
 
     /// After a crash: each stored source skips `n` seqs past its stored ones (see
     /// [`crate::persister::DirLock::stopped_cleanly`] and [`crate::persister::unwritten_bound`]).
+    /// Call after the directory's lock is taken: a source whose files this process has
+    /// written since (one made again after the router forgot it) skips nothing more.
     pub fn skipping(mut self, n: u64) -> StoredSeqs {
         self.skipped = n;
+        self.taken = std::fs::metadata(self.dir.join(crate::persister::LOCK_FILE))
+            .and_then(|m| m.modified())
+            .ok();
         self
+    }
+
+    /// Whether this process has written `source_id`'s current or newest rotated file.
+    fn written_here(&self, source_id: &str) -> bool {
+        let Some(taken) = self.taken else {
+            return false;
+        };
+        [
+            file_path(&self.dir, source_id),
+            rotated_path(&self.dir, source_id, 1),
+        ]
+        .iter()
+        .any(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= taken)
+        })
     }
 }
 
@@ -59,8 +85,12 @@ impl History for StoredSeqs {
         }
     }
 
-    fn skipped_after_crash(&self) -> u64 {
-        self.skipped
+    fn skipped_after_crash(&self, source_id: &str) -> u64 {
+        if self.skipped == 0 || self.written_here(source_id) {
+            0
+        } else {
+            self.skipped
+        }
     }
 }
 

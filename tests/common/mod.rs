@@ -692,3 +692,31 @@ impl Drop for Watched {
         let _ = self.child.wait();
     }
 }
+
+/// `(seq, message)` of the last `limit` lines of `id`, as `GET .../recent` gives them (from
+/// memory and storage).
+pub async fn recent_lines(server: &Server, id: &str, limit: usize) -> Vec<(u64, String)> {
+    let recent = server
+        .get_json(&format!("/api/v1/sources/{id}/recent?limit={limit}"))
+        .await;
+    recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every line of the file at `path` as JSON (none if it is missing).
+pub fn file_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -24,6 +24,15 @@ pub struct Cursor {
     /// Set for the firehose: how it learns of sources created after it.
     pub(super) all: Option<AllSources>,
     pub(super) members: Vec<Member>,
+    /// Places in `members` of sources let go (forgotten), holding `Shared::vacant`: the next
+    /// member added takes one.
+    pub(super) free: Vec<usize>,
+    /// A cursor over one source or a list of them: while it is open, its sources are not
+    /// forgotten (each counts it in `Source::readers`).
+    pub(super) pinned: bool,
+    /// Set by [`Cursor::track_forgotten`]: the ids of the sources let go since
+    /// [`Cursor::take_forgotten`] was last called.
+    pub(super) forgotten: Option<Vec<Arc<str>>>,
     /// Where the next read starts among `members`, so a busy source cannot starve the others.
     pub(super) rr: usize,
     /// Set when this cursor reads by the sources published to (see [`Cursor::claim_any`])
@@ -71,6 +80,8 @@ pub(super) struct AllSources {
     pub(super) seen: usize,
     /// The sources it reads of those ([`Shard::ALL`]: every one).
     pub(super) shard: Shard,
+    /// `seen`, where forgetting looks (`Shared::taken`).
+    pub(super) taken: Arc<AtomicUsize>,
 }
 
 /// What a cursor that owns a ready list visits next.
@@ -166,7 +177,9 @@ impl Position {
 }
 
 impl Cursor {
-    pub(super) fn add_member(&mut self, source: Arc<Source>, start: Start) {
+    /// Adds `source` from `start`. Returns false, adding nothing, if it was forgotten (a
+    /// cursor over one source looks it up again).
+    pub(super) fn add_member(&mut self, source: Arc<Source>, start: Start) -> bool {
         let mut m = Position {
             next: 1,
             matched_before: 0,
@@ -175,6 +188,14 @@ impl Cursor {
         };
         {
             let ring = source.ring.lock();
+            if ring.retired {
+                return false;
+            }
+            if self.pinned {
+                // Under the lock, as forgetting looks: either it sees this reader, or this
+                // reader saw it forgotten.
+                source.readers.fetch_add(1, Ordering::Relaxed);
+            }
             let filter = &self.filter;
             let published = m.matching(&ring, filter, |k| k.published);
             match start {
@@ -226,11 +247,76 @@ impl Cursor {
                 }
             }
         }
+        let at = self.free.pop().unwrap_or(self.members.len());
         if let Some(r) = &mut self.ready {
-            r.insert(source.ordinal, self.members.len());
-            r.pending.push_back(self.members.len());
+            r.insert(source.ordinal, at);
+            r.pending.push_back(at);
         }
-        self.members.push(Member { source, state: m });
+        let member = Member { source, state: m };
+        match self.members.get_mut(at) {
+            Some(place) => *place = member,
+            None => self.members.push(member),
+        }
+        true
+    }
+
+    /// Adds `source` as a member that keeps it from being forgotten; if it was forgotten
+    /// meanwhile, the source made again under its id (storage holds what it had). Returns
+    /// the source added.
+    pub(super) fn pin(&mut self, mut source: Arc<Source>, start: Start) -> Arc<Source> {
+        while !self.add_member(source.clone(), start) {
+            source = self.shared.renew(&source);
+        }
+        source
+    }
+
+    /// Lets go of member `idx`, whose source was forgotten: first tells the reader of what
+    /// it had not read (the forgetting evicted it), then leaves its place to the next source
+    /// added.
+    fn let_go(&mut self, idx: usize, out: &mut Vec<Delivery>) {
+        {
+            let Member { source, state: m } = &mut self.members[idx];
+            let ring = source.ring.lock();
+            self.missed += overtaken(source, m, &ring, &self.filter, self.created_ns, out);
+        }
+        let vacant = Member {
+            source: self.shared.vacant.clone(),
+            state: Position {
+                next: u64::MAX,
+                matched_before: 0,
+                key_match: Vec::new(),
+                last_ts: 0,
+            },
+        };
+        let gone = std::mem::replace(&mut self.members[idx], vacant);
+        if let Some(r) = &mut self.ready
+            && let Some(place) = r.index_of.get_mut(gone.source.ordinal / r.of)
+        {
+            *place = usize::MAX;
+        }
+        if self.pinned {
+            gone.source.readers.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(ids) = &mut self.forgotten {
+            ids.push(gone.source.id.clone());
+        }
+        self.free.push(idx);
+    }
+
+    /// Has [`Cursor::take_forgotten`] say which sources this cursor let go because the
+    /// router forgot them (the persister drops what it kept of their files).
+    pub fn track_forgotten(&mut self) {
+        self.forgotten.get_or_insert_with(Vec::new);
+    }
+
+    /// The ids of the sources let go since the last call (see [`Cursor::track_forgotten`]).
+    /// Each was let go after everything it had was delivered (or reported missed) and before
+    /// anything of a source made again under its id.
+    pub fn take_forgotten(&mut self) -> Vec<Arc<str>> {
+        self.forgotten
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Reads by the first ready list of `lists` (a bit each) that no other cursor has, if
@@ -267,9 +353,19 @@ impl Cursor {
     pub(super) fn add_all(&mut self, shard: Shard, start: Start) {
         // Read the version first: every source created under it is in the list by now.
         let version = self.shared.sources_version.load(Ordering::Acquire);
-        let existing: Vec<Arc<Source>> = self.shared.created.lock().clone();
+        let (existing, taken) = {
+            let created = self.shared.created.lock();
+            // Registered while the list is locked: no source is forgotten past `seen` from
+            // here on.
+            let taken = Arc::new(AtomicUsize::new(created.len()));
+            self.shared
+                .taken
+                .lock()
+                .push((Arc::downgrade(&taken), shard));
+            (created.clone(), taken)
+        };
         let seen = existing.len();
-        for source in existing {
+        for source in existing.into_iter().flatten() {
             if shard.has(source.ordinal) {
                 self.add_member(source, start);
             }
@@ -279,6 +375,7 @@ impl Cursor {
             version,
             seen,
             shard,
+            taken,
         });
     }
 
@@ -292,12 +389,9 @@ impl Cursor {
             return;
         }
         let (created_under, seen, shard) = (all.created_under, all.seen, all.shard);
-        let fresh: Vec<Arc<Source>> = self.shared.created.lock()[seen..].to_vec();
-        if let Some(all) = &mut self.all {
-            all.version = version;
-            all.seen = seen + fresh.len();
-        }
-        for source in fresh.into_iter().filter(|s| shard.has(s.ordinal)) {
+        let fresh: Vec<Option<Arc<Source>>> = self.shared.created.lock()[seen..].to_vec();
+        let taken = seen + fresh.len();
+        for source in fresh.into_iter().flatten().filter(|s| shard.has(s.ordinal)) {
             // A source created after this cursor is read from its first line; one that raced
             // with the cursor's creation starts live, as the others did.
             let start = if source.created_version > created_under {
@@ -306,6 +400,12 @@ impl Cursor {
                 Start::Live
             };
             self.add_member(source, start);
+        }
+        if let Some(all) = &mut self.all {
+            all.version = version;
+            all.seen = taken;
+            // After the members: what is forgotten from here on, this cursor lets go of.
+            all.taken.store(taken, Ordering::Release);
         }
     }
 
@@ -387,28 +487,20 @@ impl Cursor {
     fn read_member(&mut self, idx: usize, out: &mut Vec<Delivery>, room: usize) {
         let Member { source, state: m } = &mut self.members[idx];
         if source.next_seq.load(Ordering::Acquire) <= m.next {
-            return; // nothing new, so nothing overwritten either
+            // Nothing new, so nothing overwritten either; unless it was forgotten (and listed
+            // for this visit).
+            if source.retired.load(Ordering::Acquire) {
+                self.let_go(idx, out);
+            }
+            return;
         }
         let ring = source.ring.lock();
-        if m.next < ring.first_seq {
-            let evicted = m.matching(&ring, &self.filter, |k| k.evicted);
-            let missed = evicted.saturating_sub(m.matched_before);
-            if missed > 0 {
-                out.push(Delivery::Missed(MissedNotice {
-                    source_id: source.id.clone(),
-                    count: missed,
-                    since_ns: if m.last_ts != 0 {
-                        m.last_ts
-                    } else {
-                        self.created_ns
-                    },
-                    last_missed_seq: ring.first_seq - 1,
-                }));
-                self.missed += missed;
-            }
-            m.matched_before = m.matched_before.max(evicted);
-            m.next = ring.first_seq;
+        if ring.retired {
+            drop(ring);
+            self.let_go(idx, out);
+            return;
         }
+        self.missed += overtaken(source, m, &ring, &self.filter, self.created_ns, out);
         let skip = (m.next - ring.first_seq) as usize;
         let mut taken = 0;
         let mut counted = 0;
@@ -472,13 +564,53 @@ impl Cursor {
     pub fn positions(&self) -> Vec<(Arc<str>, u64)> {
         self.members
             .iter()
+            .filter(|m| !Arc::ptr_eq(&m.source, &self.shared.vacant))
             .map(|m| (m.source.id.clone(), m.state.next))
             .collect()
     }
 }
 
+/// When the ring no longer holds `m.next`: moves `m` to the ring's first entry and, if any of
+/// what it skipped matched the filter, appends the loss notice to `out`. Returns how many.
+fn overtaken(
+    source: &Source,
+    m: &mut Position,
+    ring: &Ring,
+    filter: &Filter,
+    created_ns: i64,
+    out: &mut Vec<Delivery>,
+) -> u64 {
+    if m.next >= ring.first_seq {
+        return 0;
+    }
+    let evicted = m.matching(ring, filter, |k| k.evicted);
+    let missed = evicted.saturating_sub(m.matched_before);
+    if missed > 0 {
+        out.push(Delivery::Missed(MissedNotice {
+            source_id: source.id.clone(),
+            count: missed,
+            since_ns: if m.last_ts != 0 {
+                m.last_ts
+            } else {
+                created_ns
+            },
+            last_missed_seq: ring.first_seq - 1,
+        }));
+    }
+    m.matched_before = m.matched_before.max(evicted);
+    m.next = ring.first_seq;
+    missed
+}
+
 impl Drop for Cursor {
     fn drop(&mut self) {
+        if self.pinned {
+            for m in &self.members {
+                if !Arc::ptr_eq(&m.source, &self.shared.vacant) {
+                    m.source.readers.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
         if let Some(r) = &self.ready {
             // The next cursor to claim the list visits every member first (and so clears the
             // bits this one left set).

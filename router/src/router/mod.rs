@@ -56,11 +56,16 @@ pub struct RouterConfig {
     /// All rings together; past it the entries that arrived first, across sources, are evicted
     /// (by arrival, not by the timestamps producers put on them).
     pub memory_budget_bytes: usize,
-    /// Most sources this process holds. Each one seen since the start costs memory outside
-    /// the budget (its ring's bookkeeping, the persister's note of its file) until a restart,
-    /// so past this a batch or read that would create a source is refused
+    /// Most sources this process holds at once. Each one held costs memory outside the budget
+    /// (its ring's bookkeeping, the persister's note of its file) until it is forgotten (see
+    /// `forget_idle_secs`), so past this a batch or read that would create a source is refused
     /// ([`EnvelopeError::TooManySources`]); the sources already held go on as before.
     pub max_sources: usize,
+    /// A source nothing was published to for this long, that no reader of it alone holds (a
+    /// tail, a drain of that source), and whose every line is on disk is forgotten: its ring
+    /// and bookkeeping go, as at a restart, and its next line or reader makes it again, its
+    /// seqs continuing from storage. 0: sources are forgotten only at a restart.
+    pub forget_idle_secs: u64,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +75,7 @@ impl Default for RouterConfig {
             ring_max_bytes: 16 * 1024 * 1024,
             memory_budget_bytes: 1024 * 1024 * 1024,
             max_sources: 100_000,
+            forget_idle_secs: 3600,
         }
     }
 }
@@ -84,8 +90,10 @@ pub trait History: Send + Sync + std::fmt::Debug {
 
     /// How many seqs past its stored ones a stored source skips: 0 after a clean stop; after a
     /// crash, at least as many as the last process can have published and not yet written
-    /// (readers may have seen lines under those seqs, so they are never reused).
-    fn skipped_after_crash(&self) -> u64 {
+    /// (readers may have seen lines under those seqs, so they are never reused); 0 again for
+    /// a source this process has stored lines of (one made again after it was forgotten).
+    /// Asked only of a source with stored lines, after [`History::last_seq`].
+    fn skipped_after_crash(&self, _source_id: &str) -> u64 {
         0
     }
 }
@@ -119,13 +127,15 @@ struct Shared {
     durability: Arc<crate::Durability>,
     history: Option<Arc<dyn History>>,
     sources: DashMap<Arc<str>, Arc<Source>>,
-    /// Every source, in the order they were created (sources are never removed): firehose
-    /// cursors take only what was added since they last looked.
-    created: Mutex<Vec<Arc<Source>>>,
+    /// Every source, in the order they were created: firehose cursors take only what was
+    /// added since they last looked. A forgotten source's place is emptied, never reused (8
+    /// bytes per source ever made, where a held one costs a ring's bookkeeping).
+    created: Mutex<Vec<Option<Arc<Source>>>>,
     /// Bumped after each new source is inserted and listed; firehose cursors compare it to
     /// learn of new sources without looking at the list on every read.
     sources_version: AtomicU64,
-    /// Sum of all rings' bytes, for the global memory budget.
+    /// Sum of all rings' bytes, for the global memory budget; moved with wrapping adds and
+    /// subtracts, read through [`Shared::held_bytes`].
     total_bytes: AtomicUsize,
     /// Only one task evicts for the global budget at a time; others carry on publishing.
     evicting: Mutex<Evictor>,
@@ -161,8 +171,22 @@ struct Shared {
     /// Per list, the ordinals of the sources published to since its cursor last looked, each
     /// once (see `Source::listed`).
     ready_lists: Box<[Mutex<Vec<usize>>]>,
-    /// The next source's place in creation order (its shard).
+    /// The next source's place in creation order (its shard). Never reused: a source made
+    /// again after it was forgotten is a new one.
     next_ordinal: AtomicUsize,
+    /// Sources held now (what `max_sources` bounds).
+    live: AtomicUsize,
+    /// Sources forgotten since the start; also how makers learn that storage may have moved
+    /// under what they read of it.
+    forgotten: AtomicU64,
+    /// How much of `created` each cursor over every source (or a shard) has taken, and its
+    /// shard: a source with lines is forgotten only once every such cursor of its shard has
+    /// it (so each is told of what it did not read), never from under one that has not
+    /// looked since the source was made.
+    taken: Mutex<Vec<(std::sync::Weak<AtomicUsize>, Shard)>>,
+    /// What a cursor's place for a forgotten source holds until a new source takes it: never
+    /// published to, never forgotten.
+    vacant: Arc<Source>,
     /// Sources readers opened that have no line yet (see [`Maker::Reader`]).
     awaited: AtomicUsize,
     /// Wakes publishers waiting for a held cursor to make room.
@@ -234,6 +258,14 @@ struct Source {
     created_version: u64,
     /// Opened by a reader and no line yet: counted in `Shared::awaited` until one arrives.
     awaited: AtomicBool,
+    /// Its place in `Shared::created`.
+    created_at: usize,
+    /// Forgotten (set with `Ring::retired`, under the ring's lock): readers that find it so
+    /// look the id up again, and cursors over many sources let it go.
+    retired: AtomicBool,
+    /// Cursors over this source alone or a list of sources (tails, drains of it): while any
+    /// is open it is not forgotten. Moved under the ring's lock.
+    readers: AtomicUsize,
 }
 
 /// Who makes a new source, and so what limits it is held to.
@@ -258,11 +290,24 @@ impl Router {
     pub fn with_history(config: RouterConfig, history: Option<Arc<dyn History>>) -> Router {
         Router {
             shared: Arc::new(Shared {
-                config,
+                config: config.clone(),
                 durability: Arc::default(),
                 history,
                 sources: DashMap::new(),
                 created: Mutex::new(Vec::new()),
+                live: AtomicUsize::new(0),
+                forgotten: AtomicU64::new(0),
+                taken: Mutex::new(Vec::new()),
+                vacant: Arc::new(Source::new(
+                    Arc::from(""),
+                    usize::MAX,
+                    Ring::new(&config, 0),
+                    0,
+                    u64::MAX,
+                    0,
+                    false,
+                    usize::MAX,
+                )),
                 sources_version: AtomicU64::new(0),
                 total_bytes: AtomicUsize::new(0),
                 evicting: Mutex::new(Evictor::default()),
@@ -420,10 +465,19 @@ impl Router {
         let mut listed: Vec<(usize, usize)> = Vec::new();
         let mut queued: Vec<usize> = Vec::new();
         while i < batch.len() {
-            let source = runs.next().expect("a source per run");
+            let mut source = runs.next().expect("a source per run");
             let mut kept_out = false;
             {
-                let mut ring = source.ring.lock();
+                let mut ring = loop {
+                    let ring = source.ring.lock();
+                    if !ring.retired {
+                        break ring;
+                    }
+                    drop(ring);
+                    // Forgotten since it was looked up: made again (as Sluice's own, never
+                    // refused: the batch was admitted whole).
+                    source = shared.renew(&source);
+                };
                 let gate = source.gate.load(Ordering::Acquire);
                 let first_seq = ring.next_seq;
                 while let Some(e) = batch.get_mut(i)
@@ -446,6 +500,10 @@ impl Router {
                     i += 1;
                 }
                 source.next_seq.store(ring.next_seq, Ordering::Release);
+                if ring.next_seq > first_seq {
+                    ring.last_active = now;
+                }
+
                 if ring.next_seq > first_seq
                     && source.awaited.load(Ordering::Relaxed)
                     && source.awaited.swap(false, Ordering::Relaxed)
@@ -495,6 +553,9 @@ impl Router {
                 break;
             }
         }
+        // Counted once per batch, after the rings' locks: an evictor may have taken some of
+        // these entries (and their bytes) out already, so the sum can dip below zero for a
+        // moment (see `Shared::held_bytes`).
         if added >= freed {
             shared
                 .total_bytes
@@ -514,7 +575,7 @@ impl Router {
         if shared.waiting.load(Ordering::Relaxed) > 0 {
             shared.notify.notify_waiters();
         }
-        if shared.total_bytes.load(Ordering::Relaxed) > shared.config.memory_budget_bytes {
+        if shared.held_bytes() > shared.config.memory_budget_bytes {
             shared.enforce_budget(false);
         }
         Ok(count)
@@ -597,6 +658,9 @@ impl Router {
             filter,
             all: None,
             members: Vec::new(),
+            free: Vec::new(),
+            pinned: matches!(selector, Selector::Source(_) | Selector::Sources(_)),
+            forgotten: None,
             rr: 0,
             ready: None,
             delivered: 0,
@@ -608,7 +672,7 @@ impl Router {
             Selector::Source(id) => {
                 validate_source_id(&id)?;
                 let source = cursor.shared.source(&id, Maker::Reader)?;
-                cursor.add_member(source.clone(), start);
+                let source = cursor.pin(source, start);
                 cursor.wait_on = WaitOn::Source(source);
             }
             Selector::Sources(ids) => {
@@ -619,7 +683,7 @@ impl Router {
                 for id in ids {
                     if seen.insert(id.clone()) {
                         let source = cursor.shared.source(&id, Maker::Reader)?;
-                        cursor.add_member(source, start);
+                        cursor.pin(source, start);
                     }
                 }
             }
@@ -684,7 +748,12 @@ impl Router {
 
     /// How many sources the router holds (each counts against `max_sources`).
     pub fn source_count(&self) -> usize {
-        self.shared.next_ordinal.load(Ordering::Relaxed)
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Sources forgotten since the start (see [`RouterConfig::forget_idle_secs`]).
+    pub fn forgotten_total(&self) -> u64 {
+        self.shared.forgotten.load(Ordering::Relaxed)
     }
 
     /// How many sources readers opened that have no line yet, and the most there may be (a
@@ -794,9 +863,37 @@ impl Router {
         (keep, count, retained)
     }
 
+    /// Forgets every source nothing was published to for `idle`, that no cursor over it
+    /// alone or a list of sources reads, and whose lines are all on disk (those of this
+    /// process written by the persister; without one, only sources that got none): its ring
+    /// and bookkeeping go, cursors over every source (or a shard) let it go at their next
+    /// look (told of what they had not read, as of any eviction), and its next line or
+    /// reader makes it again, its seqs continuing from storage, as after a restart. Returns
+    /// how many were forgotten. One look at every source, so call it seldom.
+    pub fn forget_idle(&self, idle: std::time::Duration) -> usize {
+        let shared = &*self.shared;
+        let before = now_ns().saturating_sub(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));
+        let taken = shared.taken();
+        let candidates: Vec<Arc<Source>> = shared
+            .sources
+            .iter()
+            .filter(|e| {
+                let s = e.value();
+                s.readers.load(Ordering::Relaxed) == 0
+                    && shared.on_disk(s, s.next_seq.load(Ordering::Acquire))
+                    && s.taken_by(&taken, s.next_seq.load(Ordering::Acquire))
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|s| shared.forget(s, before))
+            .count()
+    }
+
     /// Bytes held by all rings together.
     pub fn retained_bytes(&self) -> usize {
-        self.shared.total_bytes.load(Ordering::Relaxed)
+        self.shared.held_bytes()
     }
 
     /// Envelopes published since start.
@@ -871,6 +968,114 @@ impl Shared {
         of > 0 && mask & (1 << (ordinal % of)) != 0
     }
 
+    /// The source that replaces `old`, which was forgotten: `old` leaves the map (if the
+    /// forgetting has not taken it out yet) and the id is made again, or found made. Never
+    /// refused: whoever holds `old` was admitted with it.
+    fn renew(&self, old: &Arc<Source>) -> Arc<Source> {
+        self.sources.remove_if(&old.id, |_, s| Arc::ptr_eq(s, old));
+        match self.source(&old.id, Maker::Sluice) {
+            Ok(s) => s,
+            Err(_) => unreachable!("Sluice's own sources are never refused"),
+        }
+    }
+
+    /// Whether every line of `source` before `next_seq` is in storage: none were published in
+    /// this process, or the persister has written (or given up on) them all.
+    fn on_disk(&self, source: &Source, next_seq: u64) -> bool {
+        let last = next_seq - 1;
+        last == source.resumed_after || self.durability.through(&source.id) >= last
+    }
+
+    /// How much of `created` each cursor over every source (or a shard) has taken, with its
+    /// shard.
+    fn taken(&self) -> Vec<(usize, Shard)> {
+        let mut all = self.taken.lock();
+        all.retain(|(w, _)| w.strong_count() > 0);
+        all.iter()
+            .filter_map(|(w, shard)| Some((w.upgrade()?.load(Ordering::Acquire), *shard)))
+            .collect()
+    }
+
+    /// Forgets `source` if it still may be (see [`Router::forget_idle`]). Returns whether it
+    /// was.
+    fn forget(&self, source: &Arc<Source>, idle_before: i64) -> bool {
+        let freed = {
+            let mut ring = source.ring.lock();
+            // Readers are counted, and lines published, under this lock: checked again here,
+            // nothing comes in after.
+            if ring.retired
+                || ring.last_active > idle_before
+                || source.readers.load(Ordering::Relaxed) != 0
+                || !self.on_disk(source, ring.next_seq)
+                || !source.taken_by(&self.taken(), ring.next_seq)
+            {
+                return false;
+            }
+            ring.retired = true;
+            source.retired.store(true, Ordering::Release);
+            // Evicted as the budget would (its counts kept): a cursor over every source that
+            // had not read them is told how many it lost.
+            let mut freed = 0;
+            loop {
+                let f = ring.evict_front();
+                if f == 0 {
+                    break;
+                }
+                freed += f;
+            }
+            ring.slots = std::collections::VecDeque::new();
+            freed
+        };
+        self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
+        if source.awaited.swap(false, Ordering::Relaxed) {
+            self.awaited.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        // Before it leaves the map: a maker that read storage before this sees the change
+        // when it finds the id gone, and reads storage again.
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        {
+            // The same lock order as a round of eviction.
+            let mut ev = self.evicting.lock();
+            if let Some(slot) = ev.by_ordinal.get_mut(source.ordinal) {
+                *slot = None;
+            }
+            self.created.lock()[source.created_at] = None;
+        }
+        // Every cursor that reads by a ready list visits it once more, to let it go; those
+        // that look at every member on each read are woken to.
+        let of = self.shards.load(Ordering::Relaxed);
+        let mine = if of > 0 {
+            ALL_SOURCES_LISTS | 1 << (source.ordinal % of)
+        } else {
+            ALL_SOURCES_LISTS
+        };
+        let want = self.claimed.load(Ordering::Acquire) & mine;
+        let newly = want & !source.listed.fetch_or(want, Ordering::AcqRel);
+        let mut listed = Vec::new();
+        let mut bits = newly;
+        while bits != 0 {
+            listed.push((bits.trailing_zeros() as usize, source.ordinal));
+            bits &= bits - 1;
+        }
+        self.list_ready(
+            &mut listed,
+            if of > 0 {
+                1 << (source.ordinal % of)
+            } else {
+                0
+            },
+        );
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+        self.durability.forget(&source.id);
+        self.sources
+            .remove_if(&source.id, |_, s| Arc::ptr_eq(s, source));
+        true
+    }
+
     /// Most sources readers may have opened that have no line yet: a tenth of `max_sources`.
     fn awaited_max(&self) -> usize {
         (self.config.max_sources / 10).max(1)
@@ -888,17 +1093,20 @@ impl Shared {
             source_id: id.to_owned(),
             max,
         };
-        if capped && self.next_ordinal.load(Ordering::Relaxed) >= max {
+        if capped && self.live.load(Ordering::Relaxed) >= max {
             // Refused before storage is asked (that may read a file).
             return Err(refused());
         }
-        // Looked up before the map's entry is locked: it may read a file.
+        // Looked up before the map's entry is locked: it may read a file. If a source is
+        // forgotten meanwhile, it may have been this one, made and stored since this read:
+        // looked up again.
+        let epoch = self.forgotten.load(Ordering::SeqCst);
         let (stored, skipped) = self.history.as_ref().map_or((0, 0), |h| {
             let stored = h.last_seq(id);
             (
                 stored,
                 if stored > 0 {
-                    h.skipped_after_crash()
+                    h.skipped_after_crash(id)
                 } else {
                     0
                 },
@@ -911,6 +1119,10 @@ impl Shared {
         let source = match self.sources.entry(Arc::from(id)) {
             dashmap::mapref::entry::Entry::Occupied(o) => o.get().clone(),
             dashmap::mapref::entry::Entry::Vacant(v) => {
+                if self.forgotten.load(Ordering::SeqCst) != epoch {
+                    drop(v);
+                    return self.source(id, maker);
+                }
                 let id = v.key().clone();
                 let awaited = maker == Maker::Reader;
                 if awaited {
@@ -924,9 +1136,9 @@ impl Shared {
                             max: most,
                         })?;
                 }
-                // Ordinals are the count of sources: one is taken only under the limit.
-                let ordinal = if capped {
-                    self.next_ordinal
+                // A place under the limit is taken before anything is made.
+                if capped {
+                    self.live
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                             (n < max).then_some(n + 1)
                         })
@@ -935,10 +1147,10 @@ impl Shared {
                                 self.awaited.fetch_sub(1, Ordering::Relaxed);
                             }
                             refused()
-                        })?
+                        })?;
                 } else {
-                    self.next_ordinal.fetch_add(1, Ordering::Relaxed)
-                };
+                    self.live.fetch_add(1, Ordering::Relaxed);
+                }
                 created = true;
                 let mut ring = Ring::new(&self.config, resumed_after);
                 if skipped > 0 {
@@ -959,32 +1171,32 @@ impl Shared {
                     ring.push(&notice, admit);
                     queue_it = ring.enters_queue();
                 }
-                let next_seq = ring.next_seq;
-                v.insert(Arc::new(Source {
+                // Its ordinal and its place in the list are taken together, so the list is in
+                // ordinal order and a forgotten source's place is found without a search.
+                let mut list = self.created.lock();
+                let ordinal = self.next_ordinal.fetch_add(1, Ordering::Relaxed);
+                let source = Arc::new(Source::new(
                     // The map's key: one allocation of the id for both.
                     id,
                     ordinal,
-                    listed: AtomicU64::new(0),
-                    ring: Mutex::new(ring),
-                    notify: Notify::new(),
-                    waiting: AtomicUsize::new(0),
-                    next_seq: AtomicU64::new(next_seq),
+                    ring,
                     resumed_after,
-                    gate: AtomicU64::new(if self.holds(ordinal) {
+                    if self.holds(ordinal) {
                         resumed_after + 1
                     } else {
                         u64::MAX
-                    }),
-                    created_version: self.sources_version.load(Ordering::Acquire) + 1,
+                    },
+                    self.sources_version.load(Ordering::Acquire) + 1,
                     // A notice of a crash is its first line already.
-                    awaited: AtomicBool::new(awaited && notice_bytes == 0),
-                }))
-                .value()
-                .clone()
+                    awaited && notice_bytes == 0,
+                    list.len(),
+                ));
+                list.push(Some(source.clone()));
+                drop(list);
+                v.insert(source).value().clone()
             }
         };
         if created {
-            self.created.lock().push(source.clone());
             if notice_bytes > 0 {
                 self.total_bytes.fetch_add(notice_bytes, Ordering::Relaxed);
                 self.published.fetch_add(1, Ordering::Relaxed);
@@ -1016,7 +1228,7 @@ impl Shared {
         };
         let budget = self.config.memory_budget_bytes;
         let low_water = budget - budget / 10;
-        if self.total_bytes.load(Ordering::Relaxed) <= low_water {
+        if self.held_bytes() <= low_water {
             return;
         }
         let reads = self.held_reads.load(Ordering::Acquire);
@@ -1028,9 +1240,10 @@ impl Shared {
         }
         let ev = &mut *ev;
         {
-            // Sources are never removed: only the end of the list is new.
+            // Only the end of the list is new (a forgotten source empties its place here and
+            // in `by_ordinal` together).
             let created = self.created.lock();
-            for source in &created[ev.seen..] {
+            for source in created[ev.seen..].iter().flatten() {
                 if source.ordinal >= ev.by_ordinal.len() {
                     ev.by_ordinal.resize(source.ordinal + 1, None);
                 }
@@ -1042,18 +1255,18 @@ impl Shared {
         let mut fresh = std::mem::take(&mut *self.to_evict.lock());
         fresh.append(&mut ev.blocked);
         for ordinal in fresh {
-            let Some(source) = &ev.by_ordinal[ordinal] else {
-                continue;
+            let Some(Some(source)) = ev.by_ordinal.get(ordinal) else {
+                continue; // forgotten
             };
             Evictor::requeue(&mut ev.queue, &mut source.ring.lock(), ordinal);
         }
-        while self.total_bytes.load(Ordering::Relaxed) > low_water {
+        while self.held_bytes() > low_water {
             let Some(Reverse((at, ordinal))) = ev.queue.pop() else {
                 break;
             };
-            let source = ev.by_ordinal[ordinal]
-                .as_ref()
-                .expect("queued sources exist");
+            let Some(Some(source)) = ev.by_ordinal.get(ordinal) else {
+                continue; // forgotten since it was queued
+            };
             let gate = source.gate.load(Ordering::Acquire);
             let mut ring = source.ring.lock();
             let Some(now) = ring.oldest_arrival() else {
@@ -1076,13 +1289,7 @@ impl Shared {
                 .min(gate.saturating_sub(ring.first_seq)) as usize;
             let mut freed = 0;
             let mut evicted = 0;
-            while evicted < chunk
-                && self
-                    .total_bytes
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(freed)
-                    > low_water
-            {
+            while evicted < chunk && self.held_bytes().saturating_sub(freed) > low_water {
                 let f = ring.evict_front();
                 if f == 0 {
                     break;
@@ -1099,21 +1306,68 @@ impl Shared {
             self.evicted_for_budget
                 .fetch_add(evicted as u64, Ordering::Relaxed);
         }
-        let stuck = ev.queue.is_empty() && self.total_bytes.load(Ordering::Relaxed) > low_water;
+        let stuck = ev.queue.is_empty() && self.held_bytes() > low_water;
         self.fruitless_at
             .store(if stuck { reads } else { u64::MAX }, Ordering::Release);
     }
 }
 
 impl Shared {
+    /// Bytes all rings hold. A publisher counts its batch after it released the rings' locks,
+    /// so an evictor can count entries out before they were counted in: the wrapped sum of
+    /// such a moment reads as 0.
+    fn held_bytes(&self) -> usize {
+        let v = self.total_bytes.load(Ordering::Relaxed);
+        if v > isize::MAX as usize { 0 } else { v }
+    }
+
     /// Past the memory budget by a tenth: what eviction could not free is held.
     fn over_budget(&self) -> bool {
         let budget = self.config.memory_budget_bytes;
-        self.total_bytes.load(Ordering::Relaxed) > budget.saturating_add(budget / 10)
+        self.held_bytes() > budget.saturating_add(budget / 10)
     }
 }
 
 impl Source {
+    /// Whether every cursor over every source (or its shard) has taken this source, by what
+    /// `taken` says they have, or it has no line of this process to tell them of (they pass
+    /// over a forgotten source they had not taken).
+    fn taken_by(&self, taken: &[(usize, Shard)], next_seq: u64) -> bool {
+        next_seq - 1 == self.resumed_after
+            || taken
+                .iter()
+                .all(|(seen, shard)| !shard.has(self.ordinal) || self.created_at < *seen)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: Arc<str>,
+        ordinal: usize,
+        ring: Ring,
+        resumed_after: u64,
+        gate: u64,
+        created_version: u64,
+        awaited: bool,
+        created_at: usize,
+    ) -> Source {
+        Source {
+            id,
+            ordinal,
+            listed: AtomicU64::new(0),
+            next_seq: AtomicU64::new(ring.next_seq),
+            ring: Mutex::new(ring),
+            notify: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            resumed_after,
+            gate: AtomicU64::new(gate),
+            created_version,
+            awaited: AtomicBool::new(awaited),
+            created_at,
+            retired: AtomicBool::new(false),
+            readers: AtomicUsize::new(0),
+        }
+    }
+
     fn stats(&self) -> SourceStats {
         let ring = self.ring.lock();
         let retained = ring.slots.len();

@@ -33,6 +33,11 @@ pub(super) struct Ring {
     /// Listed for the global budget's eviction (`Shared::to_evict`, then its queue) since it
     /// last gained an entry: publishers list a ring once, when this is false.
     pub(super) queued: bool,
+    /// Forgotten (`Source::retired` mirrors it for readers): a publisher that finds this set
+    /// under the lock looks the id up again.
+    pub(super) retired: bool,
+    /// When a line was last pushed (or the ring was made), in ns.
+    pub(super) last_active: i64,
 }
 
 /// How finely a ring remembers when its entries arrived: entries within this of the previous
@@ -103,6 +108,8 @@ impl Ring {
             last_arrival: 0,
             next_mark: u64::MAX,
             queued: false,
+            retired: false,
+            last_active: crate::envelope::now_ns(),
         }
     }
 

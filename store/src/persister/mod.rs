@@ -453,6 +453,7 @@ impl Persister {
         shutdown: CancellationToken,
     ) {
         self.lock.running();
+        cursor.track_forgotten();
         let mut deliveries = Vec::with_capacity(BATCH);
         let durability = self.durability.clone();
         let mut waits_seen = 0;
@@ -486,12 +487,20 @@ impl Persister {
                     linger = deliveries.len() < BATCH / 4 && !durability.has_waiters();
                 }
             }
+            // Before the lines read with them: a source made again after it was forgotten
+            // starts from its files, as after a restart.
+            for source in cursor.take_forgotten() {
+                self.forget(&source);
+            }
             self.write(&mut deliveries);
             self.write_out(asked);
             self.report();
         }
         // Shutting down: take what is already published, write it, sync it.
         while cursor.poll_into(&mut deliveries, BATCH) > 0 {
+            for source in cursor.take_forgotten() {
+                self.forget(&source);
+            }
             self.write(&mut deliveries);
         }
         self.write_out(true);
@@ -515,6 +524,37 @@ impl Persister {
         self.open_fds = 0;
         self.buffered = 0;
         self.report();
+    }
+
+    /// Drops what this writer keeps of a source the router forgot, every line of which it has
+    /// written: its descriptor (synced with the next interval's, as a file closed for room
+    /// is), its size, its rotated files' counts. A source made again under the id, by this
+    /// writer or another, starts from its files as after a restart.
+    fn forget(&mut self, source: &Arc<str>) {
+        if let Some(f) = self.files.get(source)
+            && (!f.buf.is_empty() || f.dropped > 0)
+        {
+            return; // not all written after all: kept, and written as usual
+        }
+        if let Some(mut f) = self.files.remove(source)
+            && let Some(file) = f.file.take()
+        {
+            self.lru.remove(&f.last_used);
+            self.open_fds -= 1;
+            if f.unsynced {
+                sync_closed(
+                    self.config.fsync,
+                    &file,
+                    &f.path,
+                    &self.counters,
+                    &mut self.closed_unsynced,
+                );
+            }
+        }
+        self.known.remove(source);
+        self.rotated.remove(source);
+        self.handled.remove(source);
+        self.failing.remove(source);
     }
 
     /// Moves the counters' `open_files` and `gathered_bytes` by what changed in this shard.
@@ -764,17 +804,13 @@ impl Persister {
         let file = f.file.take().expect("open");
         self.open_fds -= 1;
         if f.unsynced {
-            match self.config.fsync {
-                // Every write is synced before it is acknowledged: this one too, here.
-                Fsync::Always => {
-                    if let Err(e) = file.sync_data() {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
-                    }
-                }
-                Fsync::Interval => self.closed_unsynced.push(f.path.clone()),
-                Fsync::Never => {}
-            }
+            sync_closed(
+                self.config.fsync,
+                &file,
+                &f.path,
+                &self.counters,
+                &mut self.closed_unsynced,
+            );
             f.unsynced = false;
         }
         drop(file);
@@ -970,6 +1006,28 @@ impl Persister {
 }
 
 /// Counts a writer in `writers_running` for as long as it lives, however it ends.
+/// A file with unsynced writes is closing: with `always` it is synced here (every write is
+/// synced before it is acknowledged: this one too); with `interval` the next sync opens it by
+/// path (`closed_unsynced`), off the writer.
+fn sync_closed(
+    fsync: Fsync,
+    file: &File,
+    path: &Path,
+    counters: &PersisterCounters,
+    closed_unsynced: &mut Vec<PathBuf>,
+) {
+    match fsync {
+        Fsync::Always => {
+            if let Err(e) = file.sync_data() {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
+            }
+        }
+        Fsync::Interval => closed_unsynced.push(path.to_owned()),
+        Fsync::Never => {}
+    }
+}
+
 struct Running(Arc<PersisterCounters>);
 
 impl Running {
