@@ -89,6 +89,12 @@ impl Server {
         let logs = dir.join("logs");
         let extra = extra.replace("{logs}", &logs.display().to_string());
         let storage = if extra.contains("log_storage:") {
+            // The server's default would be `./sluice-data` of the checkout, shared by every
+            // run: a test that sets storage names its own directory.
+            assert!(
+                extra.contains("local_dir:"),
+                "a test's log_storage block names local_dir (`{{logs}}`)"
+            );
             String::new()
         } else {
             format!("log_storage:\n  local_dir: {}\n", logs.display())
