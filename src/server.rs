@@ -400,7 +400,8 @@ pub struct Running {
 /// most a minute apart), and says in the log, once each, when the sources held come near
 /// `router.max_sources` and when they reach it: past it new sources are refused until some are
 /// forgotten, and an operator should hear of that before the first producer is turned away
-/// (the gauges show it too). Said again after the count fell below nine tenths.
+/// (the gauges show it too). Said again after the count fell below three quarters, at most
+/// every ten minutes.
 async fn watch_sources(router: Router, shutdown: CancellationToken) {
     let max = router.config().max_sources;
     let near = max - max / 10;
@@ -413,6 +414,12 @@ async fn watch_sources(router: Router, shutdown: CancellationToken) {
     let every = Duration::from_secs((idle / 4).clamp(1, 60));
     let mut looked = tokio::time::Instant::now();
     let mut said = (false, false);
+    // Said again only once the count fell below three quarters, and not within ten minutes
+    // of the last time: a count that swings around the limit as idle sources are forgotten
+    // does not fill the log.
+    let low = max - max / 4;
+    const REMIND: Duration = Duration::from_secs(600);
+    let mut warned: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -436,7 +443,7 @@ async fn watch_sources(router: Router, shutdown: CancellationToken) {
             }
         }
         let held = router.source_count();
-        if held < near {
+        if held < low && warned.is_none_or(|t| t.elapsed() >= REMIND) {
             said = (false, false);
         } else if held >= max && !said.1 {
             tracing::warn!(
@@ -444,13 +451,15 @@ async fn watch_sources(router: Router, shutdown: CancellationToken) {
                 "at router.max_sources ({max}): new sources are refused {until}; those held go on"
             );
             said = (true, true);
-        } else if !said.0 {
+            warned = Some(tokio::time::Instant::now());
+        } else if held >= near && !said.0 {
             tracing::warn!(
                 held,
                 "{held} of router.max_sources ({max}) sources held: past it new sources are \
                  refused {until}"
             );
             said.0 = true;
+            warned = Some(tokio::time::Instant::now());
         }
     }
 }
