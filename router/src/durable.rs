@@ -22,6 +22,8 @@ pub struct Durability {
     /// many waits have begun, and the wake-up.
     began: AtomicU64,
     wanted: Notify,
+    /// The longest timeout any caller of [`Durability::wait`] asked for, in ns.
+    longest_wait: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -53,6 +55,10 @@ impl Durability {
         timeout: Duration,
     ) -> Result<(), DurableError> {
         let deadline = Instant::now() + timeout;
+        self.longest_wait.fetch_max(
+            u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _counted = Waiting(&self.waiting);
         self.began.fetch_add(1, Ordering::SeqCst);
@@ -91,10 +97,11 @@ impl Durability {
             .map_or(0, |m| m.written.max(m.lost_through))
     }
 
-    /// Drops the marks of a source the router forgot, unless someone is waiting on marks now
-    /// (one may not have looked at its own yet): then they stay, a few bytes.
-    pub fn forget(&self, source: &str) {
-        if !self.has_waiters() {
+    /// Drops the marks of a source the router forgot, which nothing was published to for
+    /// `idle_ns`: unless someone is waiting on marks now who may be waiting for this one's
+    /// (waiting since before `idle_ns`, and not yet looked again); then they stay, a few bytes.
+    pub fn forget(&self, source: &str, idle_ns: u64) {
+        if !self.has_waiters() || idle_ns > self.longest_wait.load(Ordering::Relaxed) {
             self.marks.remove(source);
         }
     }
@@ -133,5 +140,42 @@ struct Waiting<'a>(&'a AtomicUsize);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Durability;
+
+    fn written(d: &Durability, source: &str) -> u64 {
+        d.marks.get(source).map_or(0, |m| m.written)
+    }
+
+    /// A forgotten source's marks go, but not from under a caller that may still be waiting
+    /// for them: one that asked for a longer wait than the source has been idle.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_forgotten_sources_marks_stay_while_a_wait_may_need_them() {
+        let d = Arc::new(Durability::default());
+        let a: Arc<str> = Arc::from("a");
+        d.update(&a, 5, 0);
+        let waiter = tokio::spawn({
+            let d = d.clone();
+            async move { d.wait("b", 1, 1, Duration::from_secs(30)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(d.has_waiters());
+        let secs = |s: u64| Duration::from_secs(s).as_nanos() as u64;
+        d.forget("a", secs(10));
+        assert_eq!(written(&d, "a"), 5, "a wait of 30 s may be for it");
+        d.forget("a", secs(31));
+        assert_eq!(written(&d, "a"), 0);
+        waiter.abort();
+        let _ = waiter.await;
+        d.update(&a, 6, 0);
+        d.forget("a", 0);
+        assert_eq!(written(&d, "a"), 0, "nobody waits");
     }
 }

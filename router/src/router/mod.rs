@@ -999,7 +999,7 @@ impl Shared {
     /// Forgets `source` if it still may be (see [`Router::forget_idle`]). Returns whether it
     /// was.
     fn forget(&self, source: &Arc<Source>, idle_before: i64) -> bool {
-        let freed = {
+        let (freed, idle_ns) = {
             let mut ring = source.ring.lock();
             // Readers are counted, and lines published, under this lock: checked again here,
             // nothing comes in after.
@@ -1024,7 +1024,10 @@ impl Shared {
                 freed += f;
             }
             ring.slots = std::collections::VecDeque::new();
-            freed
+            (
+                freed,
+                u64::try_from(now_ns().saturating_sub(ring.last_active)).unwrap_or(0),
+            )
         };
         self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
         if source.awaited.swap(false, Ordering::Relaxed) {
@@ -1070,7 +1073,7 @@ impl Shared {
         if self.waiting.load(Ordering::Relaxed) > 0 {
             self.notify.notify_waiters();
         }
-        self.durability.forget(&source.id);
+        self.durability.forget(&source.id, idle_ns);
         self.sources
             .remove_if(&source.id, |_, s| Arc::ptr_eq(s, source));
         true
