@@ -93,7 +93,7 @@ const INGEST_MALFORMED: [&str; 10] = [
     "unauthenticated",
     "tls_handshake",
 ];
-const INGEST_REFUSED: [&str; 8] = [
+const INGEST_REFUSED: [&str; 9] = [
     "source_id",
     "origin",
     "instance_id",
@@ -102,8 +102,14 @@ const INGEST_REFUSED: [&str; 8] = [
     "batch_too_large",
     "forbidden",
     "too_many_sources",
+    "storage_unreadable",
 ];
-const SYSLOG_REFUSED: [&str; 3] = ["no_source", "invalid_source_id", "too_many_sources"];
+const SYSLOG_REFUSED: [&str; 4] = [
+    "no_source",
+    "invalid_source_id",
+    "too_many_sources",
+    "storage_unreadable",
+];
 const SYSLOG_MALFORMED: [&str; 6] = [
     "bad_octet_count",
     "frame_too_large",

@@ -707,3 +707,32 @@ async fn idle_sources_are_forgotten_and_come_back_whole() {
         "{notices:?}"
     );
 }
+
+/// A source whose stored file exists but cannot be read is refused with the reason (503: try
+/// again), not made with seqs from 1 again; nothing of the batch is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_file_cannot_be_read_is_refused_rather_than_restarted() {
+    let server = Server::start("");
+    common::send_lines(&server, "fine", 1).await;
+    // A directory where the file should be: opening it works, reading it does not.
+    std::fs::create_dir_all(server.logs.join("broken.jsonl")).unwrap();
+    let (status, body) = server
+        .post_json(
+            "/api/v1/ingest",
+            serde_json::json!([{"source_id": "fine", "message": "2"}, {"source_id": "broken", "message": "1"}]),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("\"broken\" refused for now: its stored lines cannot be read"),
+        "{error}"
+    );
+    assert_eq!(server.published("fine").await, 1);
+    assert_eq!(
+        server
+            .metric("sluice_ingest_refused_envelopes_total{reason=\"storage_unreadable\"}")
+            .await,
+        2
+    );
+}

@@ -288,6 +288,12 @@ pub enum EnvelopeError {
         "new source {source_id:?} refused: readers have opened as many sources that have no lines yet as they may ({max}, a tenth of router.max_sources); a source counts as a reader's until its first line arrives"
     )]
     TooManyWaitingSources { source_id: String, max: usize },
+    /// The source is not held and storage could not say where its seqs left off (a file that
+    /// exists could not be read): made now, it could hand out seqs it already has.
+    #[error(
+        "source {source_id:?} refused for now: its stored lines cannot be read ({reason}), so its seqs cannot be continued; try again"
+    )]
+    StorageUnreadable { source_id: String, reason: String },
 }
 
 impl EnvelopeError {
@@ -301,6 +307,7 @@ impl EnvelopeError {
             EnvelopeError::TooManySources { .. } | EnvelopeError::TooManyWaitingSources { .. } => {
                 "too_many_sources"
             }
+            EnvelopeError::StorageUnreadable { .. } => "storage_unreadable",
         }
     }
 }

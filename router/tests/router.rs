@@ -63,8 +63,12 @@ fn seqs_start_at_one_per_source_and_have_no_gaps() {
 struct Stored;
 
 impl sluice_router::History for Stored {
-    fn last_seq(&self, source_id: &str) -> u64 {
-        if source_id == "old" { 41 } else { 0 }
+    fn last_seq(&self, source_id: &str) -> Result<u64, String> {
+        match source_id {
+            "old" => Ok(41),
+            "unreadable" => Err("the disk said no".into()),
+            _ => Ok(0),
+        }
     }
 }
 
@@ -1073,8 +1077,8 @@ fn readers_wait_for_at_most_a_tenth_of_max_sources_each_until_its_first_line() {
 struct Kept(std::sync::Mutex<std::collections::HashMap<String, u64>>);
 
 impl sluice_router::History for Kept {
-    fn last_seq(&self, source_id: &str) -> u64 {
-        self.0.lock().unwrap().get(source_id).copied().unwrap_or(0)
+    fn last_seq(&self, source_id: &str) -> Result<u64, String> {
+        Ok(self.0.lock().unwrap().get(source_id).copied().unwrap_or(0))
     }
 }
 
@@ -1308,4 +1312,32 @@ fn a_source_made_since_a_firehose_last_looked_stays_until_it_has_looked() {
     kept.store(&r, "later", 1);
     drop(firehose);
     assert_eq!(r.forget_idle(idle), 1);
+}
+
+#[test]
+fn a_source_whose_storage_cannot_be_read_is_refused_not_restarted() {
+    let r = Router::with_history(RouterConfig::default(), Some(std::sync::Arc::new(Stored)));
+    let batch = vec![
+        Envelope::new("fine", "1".to_owned()),
+        Envelope::new("unreadable", "2".to_owned()),
+    ];
+    match r.publish(batch) {
+        Err(sluice_router::EnvelopeError::StorageUnreadable { source_id, reason }) => {
+            assert_eq!(
+                (source_id.as_str(), reason.as_str()),
+                ("unreadable", "the disk said no")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(r.source_stats("unreadable").is_none());
+    assert_eq!(r.published_total(), 0, "nothing of the batch was taken");
+    assert!(matches!(
+        r.subscribe(
+            Selector::Source("unreadable".into()),
+            Filter::default(),
+            Start::Live
+        ),
+        Err(sluice_router::EnvelopeError::StorageUnreadable { .. })
+    ));
 }

@@ -165,12 +165,16 @@ impl ApiError {
     }
 
     /// A refused envelope or source: 429 when the source is new and the router holds
-    /// `router.max_sources` already (as Loki answers a stream past its limit), else `status`.
+    /// `router.max_sources` already (as Loki answers a stream past its limit), 503 when its
+    /// storage cannot be read (try again), else `status`.
     pub fn envelope(e: sluice_router::EnvelopeError, status: StatusCode) -> Self {
         let status = match e {
             sluice_router::EnvelopeError::TooManySources { .. }
             | sluice_router::EnvelopeError::TooManyWaitingSources { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
+            }
+            sluice_router::EnvelopeError::StorageUnreadable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
             _ => status,
         };

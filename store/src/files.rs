@@ -23,10 +23,16 @@ const TAIL_LINES: usize = 64;
 /// The highest seq among the last whole JSONL lines of `path`; 0 if none (no file, an empty
 /// one, a legacy plain-text log).
 pub fn last_seq_in(path: &Path) -> u64 {
+    read_last_seq(path).unwrap_or(0)
+}
+
+/// [`last_seq_in`], except that a file that exists but cannot be opened or read is an error
+/// (only a missing one reads as 0).
+pub fn read_last_seq(path: &Path) -> std::io::Result<u64> {
     let mut seq = 0;
     let mut read = 0;
     let mut seen = 0;
-    let _ = lines_backwards(path, |line| {
+    let walked = lines_backwards(path, |line| {
         read += line.len() + 1;
         if let Some(s) = serde_json::from_slice::<Line>(line)
             .ok()
@@ -37,7 +43,10 @@ pub fn last_seq_in(path: &Path) -> u64 {
         }
         seen < TAIL_LINES && read < TAIL_LIMIT
     });
-    seq
+    match walked {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(seq),
+    }
 }
 
 /// Calls `f` with each whole line of `path` (without its newline), newest first, until it

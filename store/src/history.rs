@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use sluice_router::History;
 
 use crate::archive;
-use crate::files::last_seq_in;
+use crate::files::{last_seq_in, read_last_seq};
 use crate::persister::{file_path, names, rotated_path};
 
 /// The last seqs of sources in a storage directory, for [`sluice_router::Router::with_history`].
@@ -70,12 +70,18 @@ impl StoredSeqs {
 impl History for StoredSeqs {
     /// Reads a few small files: on a worker of a multi-thread runtime (a publish creating the
     /// source), the worker's other tasks move to another thread meanwhile.
-    fn last_seq(&self, source_id: &str) -> u64 {
+    fn last_seq(&self, source_id: &str) -> Result<u64, String> {
         let read = || {
-            let current = last_seq_in(&file_path(&self.dir, source_id));
-            let rotated = last_seq_in(&rotated_path(&self.dir, source_id, 1));
-            let archived = last_recorded_seq(&self.dir, source_id);
-            current.max(rotated).max(archived)
+            let mut newest = last_recorded_seq(&self.dir, source_id);
+            for path in [
+                file_path(&self.dir, source_id),
+                rotated_path(&self.dir, source_id, 1),
+            ] {
+                let seq = read_last_seq(&path)
+                    .map_err(|e| format!("{}: {}", path.display(), crate::short_reason(&e)))?;
+                newest = newest.max(seq);
+            }
+            Ok(newest)
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {

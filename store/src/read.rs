@@ -335,7 +335,7 @@ impl Stored {
         }
         let seqs = crate::history::StoredSeqs::new(&self.dir);
         let source = id.to_owned();
-        let stored = tokio::task::spawn_blocking(move || seqs.last_seq(&source))
+        let stored = tokio::task::spawn_blocking(move || seqs.last_seq(&source).unwrap_or(0))
             .await
             .unwrap_or(0);
         (stored > 0).then(|| SourceStats {

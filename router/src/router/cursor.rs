@@ -263,11 +263,15 @@ impl Cursor {
     /// Adds `source` as a member that keeps it from being forgotten; if it was forgotten
     /// meanwhile, the source made again under its id (storage holds what it had). Returns
     /// the source added.
-    pub(super) fn pin(&mut self, mut source: Arc<Source>, start: Start) -> Arc<Source> {
+    pub(super) fn pin(
+        &mut self,
+        mut source: Arc<Source>,
+        start: Start,
+    ) -> Result<Arc<Source>, crate::EnvelopeError> {
         while !self.add_member(source.clone(), start) {
-            source = self.shared.renew(&source);
+            source = self.shared.renew(&source)?;
         }
-        source
+        Ok(source)
     }
 
     /// Lets go of member `idx`, whose source was forgotten: first tells the reader of what

@@ -84,9 +84,11 @@ impl Default for RouterConfig {
 /// one it already has, so a reader resuming with `since_seq` across a restart is never handed a
 /// new line under an old number.
 pub trait History: Send + Sync + std::fmt::Debug {
-    /// The highest seq `source_id` has in storage; 0 if none. Asked once, when the source is
-    /// first seen in this process.
-    fn last_seq(&self, source_id: &str) -> u64;
+    /// The highest seq `source_id` has in storage; 0 if none. Asked whenever the source is
+    /// made: first seen in this process, or seen again after it was forgotten. An error (the
+    /// reason) when storage holds something of it that cannot be read: the source is refused
+    /// rather than given seqs it may already have.
+    fn last_seq(&self, source_id: &str) -> Result<u64, String>;
 
     /// How many seqs past its stored ones a stored source skips: 0 after a clean stop; after a
     /// crash, at least as many as the last process can have published and not yet written
@@ -474,9 +476,10 @@ impl Router {
                         break ring;
                     }
                     drop(ring);
-                    // Forgotten since it was looked up: made again (as Sluice's own, never
-                    // refused: the batch was admitted whole).
-                    source = shared.renew(&source);
+                    // Forgotten since it was looked up: made again (as Sluice's own, not held
+                    // to the limit: the batch was admitted whole). Refused only if storage
+                    // cannot be read, which then ends the batch where it is.
+                    source = shared.renew(&source)?;
                 };
                 let gate = source.gate.load(Ordering::Acquire);
                 let first_seq = ring.next_seq;
@@ -672,7 +675,7 @@ impl Router {
             Selector::Source(id) => {
                 validate_source_id(&id)?;
                 let source = cursor.shared.source(&id, Maker::Reader)?;
-                let source = cursor.pin(source, start);
+                let source = cursor.pin(source, start)?;
                 cursor.wait_on = WaitOn::Source(source);
             }
             Selector::Sources(ids) => {
@@ -683,7 +686,7 @@ impl Router {
                 for id in ids {
                     if seen.insert(id.clone()) {
                         let source = cursor.shared.source(&id, Maker::Reader)?;
-                        cursor.pin(source, start);
+                        cursor.pin(source, start)?;
                     }
                 }
             }
@@ -969,14 +972,12 @@ impl Shared {
     }
 
     /// The source that replaces `old`, which was forgotten: `old` leaves the map (if the
-    /// forgetting has not taken it out yet) and the id is made again, or found made. Never
-    /// refused: whoever holds `old` was admitted with it.
-    fn renew(&self, old: &Arc<Source>) -> Arc<Source> {
+    /// forgetting has not taken it out yet) and the id is made again, or found made. Not held
+    /// to `max_sources` (whoever holds `old` was admitted with it); refused only when storage
+    /// cannot be read.
+    fn renew(&self, old: &Arc<Source>) -> Result<Arc<Source>, EnvelopeError> {
         self.sources.remove_if(&old.id, |_, s| Arc::ptr_eq(s, old));
-        match self.source(&old.id, Maker::Sluice) {
-            Ok(s) => s,
-            Err(_) => unreachable!("Sluice's own sources are never refused"),
-        }
+        self.source(&old.id, Maker::Sluice)
     }
 
     /// Whether every line of `source` before `next_seq` is in storage: none were published in
@@ -1104,17 +1105,23 @@ impl Shared {
         // forgotten meanwhile, it may have been this one, made and stored since this read:
         // looked up again.
         let epoch = self.forgotten.load(Ordering::SeqCst);
-        let (stored, skipped) = self.history.as_ref().map_or((0, 0), |h| {
-            let stored = h.last_seq(id);
-            (
-                stored,
-                if stored > 0 {
+        let (stored, skipped) = match &self.history {
+            None => (0, 0),
+            Some(h) => {
+                let stored = h
+                    .last_seq(id)
+                    .map_err(|reason| EnvelopeError::StorageUnreadable {
+                        source_id: id.to_owned(),
+                        reason,
+                    })?;
+                let skipped = if stored > 0 {
                     h.skipped_after_crash(id)
                 } else {
                     0
-                },
-            )
-        });
+                };
+                (stored, skipped)
+            }
+        };
         let resumed_after = stored + skipped;
         let mut created = false;
         let mut notice_bytes = 0;
