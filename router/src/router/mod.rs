@@ -526,24 +526,9 @@ impl Router {
             // The ready lists that take this source: its shard's, and those over every
             // source. Loaded after the ring's lock: a list claimed before that lock was
             // taken is seen here; one claimed after first visits every source it reads.
-            let mine = if of > 0 {
-                let slot = source.ordinal % of;
-                shards_touched |= 1 << slot;
-                ALL_SOURCES_LISTS | 1 << slot
-            } else {
-                ALL_SOURCES_LISTS
-            };
-            let want = shared.claimed.load(Ordering::Acquire) & mine;
-            if want & !source.listed.load(Ordering::Acquire) != 0 {
-                // Each list's cursor visits it next time (clearing its bit before it reads);
-                // listed below, one lock per list for the whole batch.
-                let newly = want & !source.listed.fetch_or(want, Ordering::AcqRel);
-                let mut bits = newly;
-                while bits != 0 {
-                    listed.push((bits.trailing_zeros() as usize, source.ordinal));
-                    bits &= bits - 1;
-                }
-            }
+            shards_touched |= shared.shard_bit(&source, of);
+            // Listed below, one lock per list for the whole batch.
+            shared.to_list(&source, of, &mut listed);
             // Pairs with the fence in `WaitGuard::new`: either the waiter sees the new entries,
             // or we see the waiter and wake it.
             fence(Ordering::SeqCst);
@@ -882,9 +867,10 @@ impl Router {
             .iter()
             .filter(|e| {
                 let s = e.value();
+                let next_seq = s.next_seq.load(Ordering::Acquire);
                 s.readers.load(Ordering::Relaxed) == 0
-                    && shared.on_disk(s, s.next_seq.load(Ordering::Acquire))
-                    && s.taken_by(&taken, s.next_seq.load(Ordering::Acquire))
+                    && shared.on_disk(s, next_seq)
+                    && s.taken_by(&taken, next_seq)
             })
             .map(|e| e.value().clone())
             .collect();
@@ -961,6 +947,31 @@ impl Shared {
             if shard.waiting.load(Ordering::Relaxed) > 0 {
                 shard.notify.notify_waiters();
             }
+            bits &= bits - 1;
+        }
+    }
+
+    /// The bit of `source`'s shard among `of` (0 while no shard cursor is open).
+    fn shard_bit(&self, source: &Source, of: usize) -> u64 {
+        if of > 0 {
+            1 << (source.ordinal % of)
+        } else {
+            0
+        }
+    }
+
+    /// Adds to `listed` a `(list, ordinal)` for each claimed ready list that takes `source`
+    /// (its shard's, and those over every source) and does not list it yet: each list's
+    /// cursor visits it next time, clearing its bit before it reads.
+    fn to_list(&self, source: &Source, of: usize, listed: &mut Vec<(usize, usize)>) {
+        let mine = ALL_SOURCES_LISTS | self.shard_bit(source, of);
+        let want = self.claimed.load(Ordering::Acquire) & mine;
+        if want & !source.listed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut bits = want & !source.listed.fetch_or(want, Ordering::AcqRel);
+        while bits != 0 {
+            listed.push((bits.trailing_zeros() as usize, source.ordinal));
             bits &= bits - 1;
         }
     }
@@ -1049,27 +1060,9 @@ impl Shared {
         // Every cursor that reads by a ready list visits it once more, to let it go; those
         // that look at every member on each read are woken to.
         let of = self.shards.load(Ordering::Relaxed);
-        let mine = if of > 0 {
-            ALL_SOURCES_LISTS | 1 << (source.ordinal % of)
-        } else {
-            ALL_SOURCES_LISTS
-        };
-        let want = self.claimed.load(Ordering::Acquire) & mine;
-        let newly = want & !source.listed.fetch_or(want, Ordering::AcqRel);
         let mut listed = Vec::new();
-        let mut bits = newly;
-        while bits != 0 {
-            listed.push((bits.trailing_zeros() as usize, source.ordinal));
-            bits &= bits - 1;
-        }
-        self.list_ready(
-            &mut listed,
-            if of > 0 {
-                1 << (source.ordinal % of)
-            } else {
-                0
-            },
-        );
+        self.to_list(source, of, &mut listed);
+        self.list_ready(&mut listed, self.shard_bit(source, of));
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) > 0 {
             self.notify.notify_waiters();
