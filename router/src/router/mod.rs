@@ -266,7 +266,7 @@ struct Source {
     /// look the id up again, and cursors over many sources let it go.
     retired: AtomicBool,
     /// Cursors over this source alone or a list of sources (tails, drains of it): while any
-    /// is open it is not forgotten. Moved under the ring's lock.
+    /// is open it is not forgotten. Raised under the ring's lock, where forgetting looks.
     readers: AtomicUsize,
 }
 
