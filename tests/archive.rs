@@ -632,3 +632,86 @@ async fn readyz_fails_while_uploads_keep_failing_and_recovers_when_one_succeeds(
     })
     .await;
 }
+
+/// Sends `n` short lines to `source`, with `job_id` and the workspace and task tags when given,
+/// or with no tags at all.
+async fn send_lines_tagged(server: &Server, source: &str, job_id: Option<&str>, n: u64) {
+    let mut conn = connect_ingest(&IngestAddr::Tcp(server.ingest.clone()))
+        .await
+        .unwrap();
+    let batch: Vec<Envelope> = (0..n)
+        .map(|i| {
+            let mut e = Envelope::new(source, format!("line {i}"));
+            if let Some(job_id) = job_id {
+                e.tags.insert("workspace".into(), "acme".into());
+                e.tags.insert("task".into(), "nightly-build".into());
+                e.tags.insert("job_id".into(), job_id.into());
+            }
+            e
+        })
+        .collect();
+    conn.send_batch(&batch).await.unwrap();
+    server.wait_published(source, n).await;
+}
+
+async fn completed_key(server: &Server, source: &str) -> String {
+    let done = complete(server, source).await;
+    done["archive"]["key"].as_str().unwrap().to_owned()
+}
+
+/// The key takes each tag from the newest line that had it, whatever came after: lines without
+/// tags, Sluice's own notices, the router forgetting the source, a crash. (Lines on disk keep
+/// no tags: the persister keeps the key's beside them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_key_keeps_the_jobs_tags_across_forgetting_untagged_lines_and_a_crash() {
+    // S3 is down throughout: keys are chosen at completion, and each failed upload writes a
+    // notice (a line without tags) into its job's file.
+    let endpoint = format!("http://127.0.0.1:{}", free_tcp_port());
+    let mut server = Server::start(&format!(
+        "router:\n  forget_idle_secs: 1\n{}",
+        config(&endpoint, false)
+    ));
+    let dated = |key: &str, job: &str| {
+        key.starts_with("logs/acme/nightly-build/") && key.ends_with(&format!("_{job}.jsonl.gz"))
+    };
+
+    // Forgotten (idle, on disk, unread), then completed: the router holds nothing of it.
+    send_lines_tagged(&server, "build-1", Some("job-1"), 50).await;
+    send_lines_tagged(&server, "build-2", Some("job-2"), 50).await;
+    server
+        .wait_metric("sluice_router_sources_forgotten_total", 2)
+        .await;
+    let key = completed_key(&server, "build-1").await;
+    assert!(dated(&key, "job-1"), "{key}");
+
+    // Untagged lines after tagged ones, then a crash: the ring's newest lines have no tags, and
+    // after the restart no line in memory has any.
+    send_lines_tagged(&server, "build-2", None, 20).await;
+    server.crash_and_restart();
+    send_lines_tagged(&server, "build-2", None, 5).await;
+    let key = completed_key(&server, "build-2").await;
+    assert!(dated(&key, "job-2"), "{key}");
+
+    // The failed upload's notice is now build-1's newest line; a new job id on the same source
+    // wins over the old one, the other tags stay.
+    common::eventually("the failed upload's notice", 60, async || {
+        std::fs::read_to_string(server.logs.join("build-1.jsonl"))
+            .ok()?
+            .contains("failed to archive job logs to s3://")
+            .then_some(())
+    })
+    .await;
+    let key = completed_key(&server, "build-1").await;
+    assert!(dated(&key, "job-1"), "{key}");
+    send_lines_tagged(&server, "build-1", Some("job-1b"), 3).await;
+    let key = completed_key(&server, "build-1").await;
+    assert!(dated(&key, "job-1b"), "{key}");
+
+    // A source whose lines never had tags takes the documented defaults.
+    send_lines_tagged(&server, "plain", None, 3).await;
+    let key = completed_key(&server, "plain").await;
+    assert!(
+        key.starts_with("logs/default/default/") && key.ends_with("_plain.jsonl.gz"),
+        "{key}"
+    );
+}

@@ -143,11 +143,10 @@ pub fn records_of(local_dir: &Path, source: &str) -> Vec<Record> {
     records
 }
 
-/// Where a completion's files go before they are archived, and the key its object gets.
+/// A completion's number, and where its files go before they are archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
     pub completion: u32,
-    pub key: String,
     pub dir: PathBuf,
 }
 
@@ -300,15 +299,8 @@ impl Archive {
         &self.config.prefix
     }
 
-    /// Chooses the next completion of `source`: its number, a key no other record holds (Strøm's
-    /// key, or that key with `.2`, `.3`, ... before `.jsonl.gz`), and the folder its files move
-    /// to. The key is held from here on.
-    pub fn prepare(
-        &self,
-        source: &str,
-        tags: &BTreeMap<String, String>,
-        completed_ns: i64,
-    ) -> Prepared {
+    /// Chooses the next completion of `source`: its number, and the folder its files move to.
+    pub fn prepare(&self, source: &str) -> Prepared {
         // Found by name, not by reading every job's records.
         let local_dir = self.dir.parent().unwrap_or(&self.dir);
         let completion = records_of(local_dir, source)
@@ -317,6 +309,21 @@ impl Archive {
             .max()
             .unwrap_or(0)
             + 1;
+        let dir = self
+            .dir
+            .join("files")
+            .join(format!("{}#{completion}", file_stem(source)));
+        Prepared { completion, dir }
+    }
+
+    /// Holds a key no other record holds for `source` completed at `completed_ns`: Strøm's key
+    /// from `tags`, or that key with `.2`, `.3`, ... before `.jsonl.gz`.
+    pub fn hold_key(
+        &self,
+        source: &str,
+        tags: &BTreeMap<String, String>,
+        completed_ns: i64,
+    ) -> String {
         let base = object_key(&self.config.prefix, tags, source, completed_ns);
         let stem = base.strip_suffix(".jsonl.gz").unwrap_or(&base).to_owned();
         let mut keys = self.keys.lock().expect("not poisoned");
@@ -325,15 +332,7 @@ impl Archive {
             .find(|k| !keys.contains(k))
             .expect("an unused key");
         keys.insert(key.clone());
-        let dir = self
-            .dir
-            .join("files")
-            .join(format!("{}#{completion}", file_stem(source)));
-        Prepared {
-            completion,
-            key,
-            dir,
-        }
+        key
     }
 
     /// Records a job for upload, durably (written, synced, renamed into place), and wakes the
@@ -769,7 +768,8 @@ mod tests {
 
     /// Writes `texts` as the files of a completion of `source` and records it.
     fn recorded(archive: &Archive, dir: &Path, source: &str, texts: &[String]) -> Record {
-        let prepared = archive.prepare(source, &BTreeMap::new(), 1_739_357_805_000_000_000);
+        let prepared = archive.prepare(source);
+        let key = archive.hold_key(source, &BTreeMap::new(), 1_739_357_805_000_000_000);
         std::fs::create_dir_all(&prepared.dir).unwrap();
         let files: Vec<PathBuf> = texts
             .iter()
@@ -783,7 +783,7 @@ mod tests {
         let record = Record {
             source: source.into(),
             status: "completed".into(),
-            key: prepared.key,
+            key,
             files,
             completion: prepared.completion,
             last_seq: 0,

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sluice_router::Router;
 use sluice_router::envelope::now_ns;
-use sluice_router::{Fields, Filter, Router};
 
 use crate::archive::{Archive, Record};
 use crate::persister::{CompletionError, PersisterHandle, file_path, legacy_path, rotated_path};
@@ -57,7 +57,8 @@ pub enum CompleteError {
 
 /// Completes `id`: waits until the persister has written every line published so far, closes
 /// the file and, with an archive, moves the files aside and records them for upload. The key
-/// takes workspace, task and job_id from the job's newest line.
+/// takes workspace, task and job_id each from the newest line that had it (the persister keeps
+/// them beside the files, so a restart or a forgotten source changes nothing).
 pub async fn complete(
     router: &Router,
     persister: &PersisterHandle,
@@ -66,11 +67,7 @@ pub async fn complete(
     status: JobStatus,
 ) -> Result<Completion, CompleteError> {
     let stats = router.source_stats(id);
-    let tags = router
-        .recent(id, 1, &Filter::default())
-        .and_then(|mut r| r.pop())
-        .map(|e| e.tags().clone())
-        .unwrap_or_default();
+    let completed_ns = now_ns();
     // What storage has of the job, and where its archive goes: a few stats and reads of small
     // files, off the async runtime.
     let (known, prepared) = {
@@ -83,9 +80,7 @@ pub async fn complete(
                 || rotated_path(&dir, &source, 1).exists()
                 || !crate::persister::segments(&dir, &source).is_empty()
                 || legacy_path(&dir, &source).exists();
-            let prepared = archive
-                .filter(|_| known)
-                .map(|a| a.prepare(&source, &tags, now_ns()));
+            let prepared = archive.filter(|_| known).map(|a| a.prepare(&source));
             (known, prepared)
         })
         .await?
@@ -110,10 +105,11 @@ pub async fn complete(
     if let (Some(archive), Some(prepared)) = (archive, prepared)
         && !files.is_empty()
     {
+        let key = archive.hold_key(id, &done.tags, completed_ns);
         let record = Record {
             source: id.to_owned(),
             status: status.as_str().into(),
-            key: prepared.key.clone(),
+            key: key.clone(),
             files,
             completion: prepared.completion,
             last_seq,
@@ -122,7 +118,7 @@ pub async fn complete(
         blocking(move || queue.enqueue(&record))
             .await?
             .map_err(|e| CompleteError::Record(crate::short_reason(&e)))?;
-        target = Some((archive.bucket().to_owned(), prepared.key));
+        target = Some((archive.bucket().to_owned(), key));
     }
     Ok(Completion {
         file: done.path,

@@ -1,9 +1,11 @@
 //! A source's completion: written through, closed, and (for the archive) moved aside durably.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::keytags::KeyTags;
 use super::{Completed, Control, Persister, file_path, rotated_path, segments, segments_dir};
 
 /// Why the persister could not complete a source.
@@ -49,6 +51,15 @@ impl Persister {
                 }));
                 continue;
             }
+            let sync = self.config.fsync == super::Fsync::Always;
+            let dir = &self.config.local_dir;
+            let tags = match self.files.get_mut(&key) {
+                Some(f) => KeyTags::store(&mut f.key, dir, &source, sync),
+                None => match self.known.get_mut(&key) {
+                    Some(k) => KeyTags::store(&mut k.key, dir, &source, sync),
+                    None => super::keytags::read(dir, &source),
+                },
+            };
             // Its files move (or stay) as they are: the next line opens and looks again.
             self.known.remove(&key);
             self.rotated.remove(&key);
@@ -59,7 +70,8 @@ impl Persister {
                 self.open_fds -= 1;
                 let _ = file.sync_data();
             }
-            let done = self.completed(&source);
+            let mut done = self.completed(&source);
+            done.tags = tags;
             let _ = reply.send(match move_to {
                 None => Ok(done),
                 Some(dir) => {
@@ -83,7 +95,11 @@ impl Persister {
         // Segments are older than every rotated file.
         let mut all = segments(dir, source);
         all.append(&mut rotated);
-        Completed { path, rotated: all }
+        Completed {
+            path,
+            rotated: all,
+            tags: BTreeMap::new(),
+        }
     }
 }
 
@@ -114,5 +130,9 @@ fn move_completed(
             let _ = f.sync_all();
         }
     }
-    Ok(Completed { path, rotated })
+    Ok(Completed {
+        path,
+        rotated,
+        tags: done.tags,
+    })
 }

@@ -25,11 +25,13 @@
 //! - this module: the writer task (batches, buffers, retries, fsync, the LRU of open files).
 //! - `line`: the JSONL line, written by hand for speed. `names`: file names from source ids.
 //! - `rotate`: rotation, segments, deletions counted and announced, off the writer's thread.
+//! - `keytags`: the tags an archive key takes, kept beside the files (lines keep no tags).
 //! - `completion`: a source written through, closed and moved aside for the archive.
 //! - `lock`: the directory's lock and the mark a clean stop leaves (once every shard stopped
 //!   clean).
 
 mod completion;
+pub mod keytags;
 pub mod line;
 mod lock;
 pub mod names;
@@ -52,6 +54,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use completion::CompletionError;
+use keytags::KeyTags;
 pub use line::{Line, SERVER_STEP, write_line};
 use lock::SharedLock;
 pub use lock::{DirLock, LOCK_FILE};
@@ -145,6 +148,9 @@ pub struct Completed {
     pub path: Option<PathBuf>,
     /// Rotated files, oldest first.
     pub rotated: Vec<PathBuf>,
+    /// The archive key's tags, each as the newest line that had it gave it (kept across
+    /// restarts and forgetting: see `keytags`).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One writer of a sharded persister, and where its requests arrive.
@@ -218,6 +224,8 @@ struct OpenFile {
     /// them (it started the file); `None` otherwise. A rotation that deletes the file says
     /// how many lines went without reading it back (`rotate`).
     counted: Option<Counted>,
+    /// The archive key's tags its lines gave, while it has some (`keytags`).
+    key: Option<Box<KeyTags>>,
 }
 
 /// How many lines a file holds, and the seq of its first line.
@@ -243,10 +251,11 @@ impl Counted {
 }
 
 /// What the persister remembers of a file it closed: its size, and its lines when counted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Known {
     size: u64,
     counted: Option<Counted>,
+    key: Option<Box<KeyTags>>,
 }
 
 /// The persister task's state.
@@ -536,6 +545,13 @@ impl Persister {
         {
             return; // not all written after all: kept, and written as usual
         }
+        let sync = self.config.fsync == Fsync::Always;
+        let dir = &self.config.local_dir;
+        if let Some(f) = self.files.get_mut(source) {
+            KeyTags::store(&mut f.key, dir, source, sync);
+        } else if let Some(k) = self.known.get_mut(source) {
+            KeyTags::store(&mut k.key, dir, source, sync);
+        }
         if let Some(mut f) = self.files.remove(source)
             && let Some(file) = f.file.take()
         {
@@ -609,13 +625,19 @@ impl Persister {
             let file = self.open(&source);
             let started = file.buf.len();
             let mut full = false;
+            // Lines of one kind share a meta, so their tags are looked at once.
+            let mut previous: Option<Entry> = None;
             for env in lines.by_ref() {
+                if previous.as_ref().is_none_or(|p| !p.same_meta(&env)) {
+                    KeyTags::note(&mut file.key, env.tags());
+                }
                 let before = file.buf.len();
                 write_line(&env, &mut file.buf);
                 file.size += (file.buf.len() - before) as u64;
                 file.buf_lines += 1;
                 Counted::add(&mut file.counted, env.seq());
                 file.seq = file.seq.max(env.seq());
+                previous = Some(env);
                 if file.size >= max {
                     full = true;
                     break;
@@ -688,9 +710,9 @@ impl Persister {
     fn open(&mut self, source: &Arc<str>) -> &mut OpenFile {
         if !self.files.contains_key(source) {
             let path = file_path(&self.config.local_dir, source);
-            let (size, torn, counted) = match self.known.remove(source) {
+            let (size, torn, counted, key) = match self.known.remove(source) {
                 // Written by this persister, whole lines: nothing to look at.
-                Some(known) => (known.size, false, known.counted),
+                Some(known) => (known.size, false, known.counted, known.key),
                 None => {
                     // A long id's file name cannot give it back: keep it beside.
                     names::remember_id(&self.config.local_dir, &file_stem(source), source);
@@ -699,7 +721,7 @@ impl Persister {
                     // the next one is not glued to it. The torn line stays unreadable; the
                     // rest stay whole.
                     let torn = size > 0 && last_byte(&path).is_some_and(|b| b != b'\n');
-                    (size, torn, (size == 0).then_some(Counted::EMPTY))
+                    (size, torn, (size == 0).then_some(Counted::EMPTY), None)
                 }
             };
             self.buffered += usize::from(torn);
@@ -720,6 +742,7 @@ impl Persister {
                     partial: false,
                     last_error: None,
                     counted,
+                    key,
                 },
             );
         }
@@ -822,6 +845,7 @@ impl Persister {
                 let known = Known {
                     size: f.size,
                     counted: f.counted,
+                    key: f.key.take(),
                 };
                 self.files.remove(&victim);
                 self.known.insert(victim, known);
@@ -905,6 +929,10 @@ impl Persister {
                     if flush(f, &self.counters, &mut self.buffered).is_err() {
                         self.failing.insert(source.clone());
                     }
+                }
+                if KeyTags::unstored(&f.key) {
+                    let sync = self.config.fsync == Fsync::Always;
+                    KeyTags::store(&mut f.key, &self.config.local_dir, &source, sync);
                 }
                 touched.push(source);
             }
