@@ -15,7 +15,7 @@ use sluice_router::{Channel, Envelope, msgpack};
 use sluice_store::persister::write_line;
 
 use crate::config::Config;
-use crate::ingest::syslog::parse::{next_frame, parse_message};
+use crate::ingest::syslog::parse::{next_frame, parse_message, parse_message_general};
 
 /// One target's property.
 pub type Check = fn(&[u8]);
@@ -99,14 +99,23 @@ fn frames(stream: &[u8], chunk: usize, max: usize) -> (Vec<Vec<u8>>, bool) {
     (out, false)
 }
 
-/// Syslog over UDP: one datagram, one message.
+/// Syslog over UDP: one datagram, one message. (Every message checked, here and in
+/// `syslog_stream`, is also read without the fast RFC 5424 reader: both must agree.)
 pub fn syslog_datagram(data: &[u8]) {
     check_message(data, 1024);
 }
 
 fn check_message(raw: &[u8], max_message: usize) {
     let mut out = Vec::new();
-    match parse_message(raw, max_message, &mut out) {
+    let parsed = parse_message(raw, max_message, &mut out);
+    // The fast RFC 5424 reader reads what syslog_loose reads.
+    let mut general = Vec::new();
+    let general = (
+        parse_message_general(raw, max_message, &mut general),
+        general,
+    );
+    assert_eq!((parsed.clone(), out.clone()), general);
+    match parsed {
         Ok(()) => {
             for env in &out {
                 env.validate()

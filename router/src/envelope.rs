@@ -438,8 +438,9 @@ impl UtcTime {
     }
 }
 
-/// (year, month, day) to days since 1970-01-01: the inverse of [`civil_from_days`].
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+/// (year, month, day) to days since 1970-01-01 in the proleptic Gregorian calendar: the inverse
+/// of [`civil_from_days`].
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

@@ -8,6 +8,7 @@
 
 pub mod parse;
 pub mod rfc3164;
+pub mod rfc5424;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! Syslog messages to envelopes (SPEC §2.2): RFC 5424 through `syslog_loose`, RFC 3164 as
-//! rsyslog reads it ([`super::rfc3164`]), and RFC 6587 framing. Pure functions; the listeners
+//! Syslog messages to envelopes (SPEC §2.2): RFC 5424 through a fast reader for the usual shape
+//! ([`super::rfc5424`]) and `syslog_loose` for the rest, RFC 3164 as rsyslog reads it
+//! ([`super::rfc3164`]), and RFC 6587 framing. Pure functions; the listeners
 //! only move bytes.
 //!
 //! Mapping: APP-NAME (RFC 3164: the TAG's name) → `source_id`, else HOSTNAME; an RFC 5424
@@ -20,7 +21,7 @@ use sluice_router::envelope::{MAX_INSTANCE_ID_BYTES, is_router_origin, now_ns, v
 use sluice_router::{Channel, Envelope, validate_source_id};
 use syslog_loose::{ProcId, Protocol, Variant};
 
-use super::rfc3164;
+use super::{rfc3164, rfc5424};
 
 /// The origin given to syslog lines whose PROCID is not `[TYPE/INSTANCE]`.
 pub const SYSLOG_ORIGIN: &str = "SYSLOG";
@@ -47,8 +48,28 @@ pub fn parse_message(
     max_message_bytes: usize,
     out: &mut Vec<Envelope>,
 ) -> Result<(), SyslogError> {
+    parse_with(raw, max_message_bytes, out, true)
+}
+
+/// [`parse_message`] with every RFC 5424 message read by `syslog_loose`, none by the fast
+/// reader ([`rfc5424::parse`]): what that reader must agree with (tests and fuzzing).
+#[doc(hidden)]
+pub fn parse_message_general(
+    raw: &[u8],
+    max_message_bytes: usize,
+    out: &mut Vec<Envelope>,
+) -> Result<(), SyslogError> {
+    parse_with(raw, max_message_bytes, out, false)
+}
+
+fn parse_with(
+    raw: &[u8],
+    max_message_bytes: usize,
+    out: &mut Vec<Envelope>,
+    fast: bool,
+) -> Result<(), SyslogError> {
     let mut env = Envelope::new(String::new(), Bytes::new());
-    let body = match rfc5424(raw, &mut env) {
+    let body = match rfc5424(raw, &mut env, fast) {
         Some(body) => body?,
         None => Cow::Borrowed(rfc3164(raw, &mut env)?),
     };
@@ -83,11 +104,55 @@ fn looks_like_rfc5424(raw: &[u8]) -> bool {
 }
 
 /// An RFC 5424 message: the envelope's fields set and the message returned; `None` when `raw`
-/// is not one (RFC 3164 is tried next, as rsyslog does).
-fn rfc5424<'a>(raw: &'a [u8], env: &mut Envelope) -> Option<Result<Cow<'a, [u8]>, SyslogError>> {
+/// is not one (RFC 3164 is tried next, as rsyslog does). The usual shape is read by hand
+/// ([`rfc5424::parse`], unless `fast` is off), the rest by `syslog_loose`.
+fn rfc5424<'a>(
+    raw: &'a [u8],
+    env: &mut Envelope,
+    fast: bool,
+) -> Option<Result<Cow<'a, [u8]>, SyslogError>> {
     if !looks_like_rfc5424(raw) {
         return None;
     }
+    if let Some(h) = fast.then(|| rfc5424::parse(raw)).flatten() {
+        return Some(rfc5424_header(h, env).map(Cow::Borrowed));
+    }
+    rfc5424_general(raw, env)
+}
+
+/// The envelope's fields from a header read by [`rfc5424::parse`]: as [`rfc5424_general`] sets
+/// them from what `syslog_loose` reads.
+fn rfc5424_header<'a>(h: rfc5424::Header<'a>, env: &mut Envelope) -> Result<&'a [u8], SyslogError> {
+    set_source(env, h.appname.or(h.hostname))?;
+    match h.procid {
+        // syslog_loose reads a PROCID that is an i32 as a number ("+7" and "007" are "7").
+        Some(p) => match p.parse::<i32>() {
+            Ok(pid) if !canonical_i32(p) => set_procid(env, Some(&pid.to_string()), true),
+            _ => set_procid(env, Some(p), true),
+        },
+        None => set_procid(env, None, true),
+    }
+    env.channel = channel(Some(h.severity));
+    if let Some(ts) = h.timestamp {
+        env.timestamp = ts;
+    }
+    for (k, v) in h.tags {
+        env.tags.insert(k.to_owned(), unescape_param(v));
+    }
+    Ok(h.msg)
+}
+
+/// Whether `s`, an i32 in decimal, is written as `i32::to_string` writes it.
+fn canonical_i32(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !s.starts_with('+') && !(digits.starts_with('0') && (digits.len() > 1 || s.len() > 1))
+}
+
+/// Any RFC 5424 message, through `syslog_loose`; `None` when it does not read it as one.
+fn rfc5424_general<'a>(
+    raw: &'a [u8],
+    env: &mut Envelope,
+) -> Option<Result<Cow<'a, [u8]>, SyslogError>> {
     let text: Cow<'_, str> = String::from_utf8_lossy(raw);
     let parsed = syslog_loose::parse_message_with_year(
         &text,
@@ -201,14 +266,17 @@ fn set_procid(env: &mut Envelope, procid: Option<&str>, bracketed: bool) {
             Some((o, i)) if !o.is_empty() && !i.is_empty() => (o, i),
             _ => (inner, "0"),
         };
-        let mut origin = origin.to_owned();
-        if is_router_origin(&origin) {
+        let relayed;
+        let origin = if is_router_origin(origin) {
             // Another Sluice's notices, relayed by its drain: kept, but never to be taken for
             // this Sluice's own.
-            origin.insert_str(0, RELAYED_PREFIX);
-        }
+            relayed = format!("{RELAYED_PREFIX}{origin}");
+            relayed.as_str()
+        } else {
+            origin
+        };
         // (Found by the syslog_datagram fuzz target: the prefix once skipped this check.)
-        if validate_origin(&origin).is_ok() && fits(instance) {
+        if validate_origin(origin).is_ok() && fits(instance) {
             env.origin = origin.into();
             env.instance_id = instance.into();
             return;
