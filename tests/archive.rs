@@ -661,11 +661,10 @@ async fn completed_key(server: &Server, source: &str) -> String {
 
 /// The key takes each tag from the newest line that had it, whatever came after: lines without
 /// tags, Sluice's own notices, the router forgetting the source, a crash. (Lines on disk keep
-/// no tags: the persister keeps the key's beside them.)
+/// no tags: the persister keeps the key's beside them, until the job is archived.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archive_key_keeps_the_jobs_tags_across_forgetting_untagged_lines_and_a_crash() {
-    // S3 is down throughout: keys are chosen at completion, and each failed upload writes a
-    // notice (a line without tags) into its job's file.
+    // S3 is down throughout: keys are chosen at completion, the uploads wait.
     let endpoint = format!("http://127.0.0.1:{}", free_tcp_port());
     let mut server = Server::start(&format!(
         "router:\n  forget_idle_secs: 1\n{}",
@@ -674,15 +673,19 @@ async fn the_archive_key_keeps_the_jobs_tags_across_forgetting_untagged_lines_an
     let dated = |key: &str, job: &str| {
         key.starts_with("logs/acme/nightly-build/") && key.ends_with(&format!("_{job}.jsonl.gz"))
     };
+    let kept = |source: &str| server.logs.join(format!(".tags/{source}.json"));
 
-    // Forgotten (idle, on disk, unread), then completed: the router holds nothing of it.
+    // Forgotten (idle, on disk, unread), then completed: the router holds nothing of it. Once
+    // archived, the job leaves no tags behind.
     send_lines_tagged(&server, "build-1", Some("job-1"), 50).await;
     send_lines_tagged(&server, "build-2", Some("job-2"), 50).await;
     server
         .wait_metric("sluice_router_sources_forgotten_total", 2)
         .await;
+    assert!(kept("build-1").exists());
     let key = completed_key(&server, "build-1").await;
     assert!(dated(&key, "job-1"), "{key}");
+    assert!(!kept("build-1").exists());
 
     // Untagged lines after tagged ones, then a crash: the ring's newest lines have no tags, and
     // after the restart no line in memory has any.
@@ -692,17 +695,29 @@ async fn the_archive_key_keeps_the_jobs_tags_across_forgetting_untagged_lines_an
     let key = completed_key(&server, "build-2").await;
     assert!(dated(&key, "job-2"), "{key}");
 
-    // The failed upload's notice is now build-1's newest line; a new job id on the same source
-    // wins over the old one, the other tags stay.
-    common::eventually("the failed upload's notice", 60, async || {
-        std::fs::read_to_string(server.logs.join("build-1.jsonl"))
-            .ok()?
-            .contains("failed to archive job logs to s3://")
+    // A drain that cannot connect: its failure notice is the job's newest line.
+    send_lines_tagged(&server, "build-3", Some("job-3"), 10).await;
+    let url = format!("syslog://127.0.0.1:{}", free_tcp_port());
+    let (status, view) = server
+        .post_json(
+            "/api/v1/drains",
+            json!({"source_id": "build-3", "url": url}),
+        )
+        .await;
+    assert_eq!(status, 201, "{view}");
+    send_lines_tagged(&server, "build-3", None, 1).await;
+    common::eventually("the drain's failure notice", 60, async || {
+        let notices = server.router_notices("build-3").await;
+        notices
+            .iter()
+            .any(|n| n.starts_with("failed to connect to syslog drain"))
             .then_some(())
     })
     .await;
-    let key = completed_key(&server, "build-1").await;
-    assert!(dated(&key, "job-1"), "{key}");
+    let key = completed_key(&server, "build-3").await;
+    assert!(dated(&key, "job-3"), "{key}");
+
+    // The same source again, a new job id: the new tags.
     send_lines_tagged(&server, "build-1", Some("job-1b"), 3).await;
     let key = completed_key(&server, "build-1").await;
     assert!(dated(&key, "job-1b"), "{key}");

@@ -77,6 +77,14 @@ impl Persister {
                 Some(dir) => {
                     let moved = move_completed(done, &dir, &self.config.local_dir);
                     let _ = std::fs::remove_dir(segments_dir(&self.config.local_dir, &source));
+                    // Archived: the job leaves nothing behind here, its key's tags neither (the
+                    // next lines of the source give them again).
+                    if moved.is_ok() {
+                        let _ = std::fs::remove_file(super::keytags::tags_path(
+                            &self.config.local_dir,
+                            &source,
+                        ));
+                    }
                     moved
                 }
             });
