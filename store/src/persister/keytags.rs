@@ -23,8 +23,12 @@ pub const KEY_TAGS: [&str; 3] = [WORKSPACE_TAG, TASK_TAG, JOB_ID_TAG];
 /// Where the key tags of every source are kept.
 pub const TAGS_DIR: &str = ".tags";
 
-/// Longest file read back: three tags of at most a few KiB each.
-const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Longest value taken for the key: a longer one (a producer's mistake or worse) is passed over,
+/// so no line can make the writer keep and rewrite megabytes beside the files.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// Longest file read back: three values of [`MAX_VALUE_BYTES`], JSON-escaped.
+const MAX_FILE_BYTES: u64 = 128 * 1024;
 
 /// What a writer saw of one source's key tags since it opened the source.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -45,7 +49,10 @@ impl KeyTags {
         }
         let mut changed = false;
         for (i, name) in KEY_TAGS.iter().enumerate() {
-            let Some(value) = tags.get(*name).filter(|v| !v.is_empty()) else {
+            let Some(value) = tags
+                .get(*name)
+                .filter(|v| !v.is_empty() && v.len() <= MAX_VALUE_BYTES)
+            else {
                 continue;
             };
             let key = slot.get_or_insert_with(Box::default);
@@ -124,7 +131,9 @@ pub fn read(dir: &Path, source: &str) -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     let mut tags: BTreeMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
-    tags.retain(|k, v| KEY_TAGS.contains(&k.as_str()) && !v.is_empty());
+    tags.retain(|k, v| {
+        KEY_TAGS.contains(&k.as_str()) && !v.is_empty() && v.len() <= MAX_VALUE_BYTES
+    });
     tags
 }
 
@@ -179,6 +188,8 @@ mod tests {
         ));
         assert!(!KeyTags::note(&mut slot, &tags(&[("job_id", "7")])));
         assert!(!KeyTags::note(&mut slot, &tags(&[("job_id", "")])));
+        let huge = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert!(!KeyTags::note(&mut slot, &tags(&[("job_id", &huge)])));
         let stored = KeyTags::store(&mut slot, &dir, "a/b", false);
         assert_eq!(stored, tags(&[("workspace", "acme"), ("job_id", "7")]));
         assert!(!KeyTags::unstored(&slot));
