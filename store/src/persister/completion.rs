@@ -5,7 +5,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::keytags::KeyTags;
 use super::{Completed, Control, Persister, file_path, rotated_path, segments, segments_dir};
 
 /// Why the persister could not complete a source.
@@ -51,15 +50,7 @@ impl Persister {
                 }));
                 continue;
             }
-            let sync = self.config.fsync == super::Fsync::Always;
-            let dir = &self.config.local_dir;
-            let tags = match self.files.get_mut(&key) {
-                Some(f) => KeyTags::store(&mut f.key, dir, &source, sync),
-                None => match self.known.get_mut(&key) {
-                    Some(k) => KeyTags::store(&mut k.key, dir, &source, sync),
-                    None => super::keytags::read(dir, &source),
-                },
-            };
+            let tags = self.store_key_tags(&source);
             // Its files move (or stay) as they are: the next line opens and looks again.
             self.known.remove(&key);
             self.rotated.remove(&key);

@@ -70,17 +70,17 @@ impl KeyTags {
     }
 
     /// Writes what changed into `source`'s file under `dir` (what the file held of tags this
-    /// process saw none of stays), and returns the tags it holds now. A failure is logged once
-    /// and leaves the values to write with the next try.
+    /// process saw none of stays), and returns the tags it holds now, and whether it was
+    /// written. A failure is logged once and leaves the values to write with the next try.
     pub(super) fn store(
         slot: &mut Option<Box<KeyTags>>,
         dir: &Path,
         source: &str,
         sync: bool,
-    ) -> BTreeMap<String, String> {
+    ) -> (BTreeMap<String, String>, bool) {
         let mut tags = read(dir, source);
         let Some(key) = slot.as_mut() else {
-            return tags;
+            return (tags, false);
         };
         let before = tags.clone();
         for (name, value) in KEY_TAGS.iter().zip(&key.values) {
@@ -90,9 +90,10 @@ impl KeyTags {
         }
         if !key.unstored || tags == before {
             key.unstored = false;
-            return tags;
+            return (tags, false);
         }
-        match write(dir, source, &tags, sync) {
+        let written = write(dir, source, &tags, sync);
+        match &written {
             Ok(()) => {
                 key.unstored = false;
                 key.failed = false;
@@ -108,7 +109,7 @@ impl KeyTags {
                 key.failed = true;
             }
         }
-        tags
+        (tags, written.is_ok())
     }
 }
 
@@ -190,7 +191,12 @@ mod tests {
         assert!(!KeyTags::note(&mut slot, &tags(&[("job_id", "")])));
         let huge = "x".repeat(MAX_VALUE_BYTES + 1);
         assert!(!KeyTags::note(&mut slot, &tags(&[("job_id", &huge)])));
-        let stored = KeyTags::store(&mut slot, &dir, "a/b", false);
+        let (stored, written) = KeyTags::store(&mut slot, &dir, "a/b", false);
+        assert!(written);
+        assert!(
+            !KeyTags::store(&mut slot, &dir, "a/b", false).1,
+            "nothing new"
+        );
         assert_eq!(stored, tags(&[("workspace", "acme"), ("job_id", "7")]));
         assert!(!KeyTags::unstored(&slot));
         assert_eq!(read(&dir, "a/b"), stored);
@@ -199,7 +205,7 @@ mod tests {
         let mut again = None;
         assert!(KeyTags::note(&mut again, &tags(&[("task", "nightly")])));
         assert_eq!(
-            KeyTags::store(&mut again, &dir, "a/b", true),
+            KeyTags::store(&mut again, &dir, "a/b", true).0,
             tags(&[("workspace", "acme"), ("task", "nightly"), ("job_id", "7")])
         );
         assert!(KeyTags::note(&mut again, &tags(&[("job_id", "8")])));

@@ -545,13 +545,7 @@ impl Persister {
         {
             return; // not all written after all: kept, and written as usual
         }
-        let sync = self.config.fsync == Fsync::Always;
-        let dir = &self.config.local_dir;
-        if let Some(f) = self.files.get_mut(source) {
-            KeyTags::store(&mut f.key, dir, source, sync);
-        } else if let Some(k) = self.known.get_mut(source) {
-            KeyTags::store(&mut k.key, dir, source, sync);
-        }
+        self.store_key_tags(source);
         if let Some(mut f) = self.files.remove(source)
             && let Some(file) = f.file.take()
         {
@@ -571,6 +565,25 @@ impl Persister {
         self.rotated.remove(source);
         self.handled.remove(source);
         self.failing.remove(source);
+    }
+
+    /// Writes `source`'s key tags if a line changed one since they were last written (synced
+    /// as its lines are: at once with `fsync: always`, with the next interval's sync with
+    /// `interval`), and returns them as they are kept now.
+    fn store_key_tags(&mut self, source: &str) -> BTreeMap<String, String> {
+        let (dir, fsync) = (&self.config.local_dir, self.config.fsync);
+        let slot = match self.files.get_mut(source) {
+            Some(f) => &mut f.key,
+            None => match self.known.get_mut(source) {
+                Some(k) => &mut k.key,
+                None => return keytags::read(dir, source),
+            },
+        };
+        let (tags, written) = KeyTags::store(slot, dir, source, fsync == Fsync::Always);
+        if written && fsync == Fsync::Interval {
+            self.closed_unsynced.push(keytags::tags_path(dir, source));
+        }
+        tags
     }
 
     /// Moves the counters' `open_files` and `gathered_bytes` by what changed in this shard.
@@ -931,8 +944,7 @@ impl Persister {
                     }
                 }
                 if KeyTags::unstored(&f.key) {
-                    let sync = self.config.fsync == Fsync::Always;
-                    KeyTags::store(&mut f.key, &self.config.local_dir, &source, sync);
+                    self.store_key_tags(&source);
                 }
                 touched.push(source);
             }
