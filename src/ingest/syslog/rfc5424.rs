@@ -3,7 +3,7 @@
 //! RFC's grammar. Anything else (extra spaces, control bytes or UTF-8 in the header, a field
 //! ending in `:`, a leap second, loose structured data) is left to `syslog_loose`, so what this
 //! reads is exactly what that reads, only faster: the general parser went through a lossy UTF-8
-//! copy of every message, nom combinators and chrono, ~35% of the server's samples on the
+//! copy of every message, nom combinators and chrono, ~40% of the server's samples on the
 //! syslog path (BENCHMARKS.md). `differential` tests below, and the `syslog_datagram` fuzz
 //! target, hold the two to the same result.
 
