@@ -547,19 +547,16 @@ impl Persister {
         }
         self.store_key_tags(source);
         if let Some(mut f) = self.files.remove(source)
-            && let Some(file) = f.file.take()
+            && f.file.is_some()
         {
             self.lru.remove(&f.last_used);
-            self.open_fds -= 1;
-            if f.unsynced {
-                sync_closed(
-                    self.config.fsync,
-                    &file,
-                    &f.path,
-                    &self.counters,
-                    &mut self.closed_unsynced,
-                );
-            }
+            close_file(
+                &mut f,
+                self.config.fsync,
+                &self.counters,
+                &mut self.closed_unsynced,
+                &mut self.open_fds,
+            );
         }
         self.known.remove(source);
         self.rotated.remove(source);
@@ -837,19 +834,13 @@ impl Persister {
         let f = self.files.get_mut(&victim).expect("open files are known");
         f.last_used = 0;
         let written = flush(f, &self.counters, &mut self.buffered).is_ok();
-        let file = f.file.take().expect("open");
-        self.open_fds -= 1;
-        if f.unsynced {
-            sync_closed(
-                self.config.fsync,
-                &file,
-                &f.path,
-                &self.counters,
-                &mut self.closed_unsynced,
-            );
-            f.unsynced = false;
-        }
-        drop(file);
+        close_file(
+            f,
+            self.config.fsync,
+            &self.counters,
+            &mut self.closed_unsynced,
+            &mut self.open_fds,
+        );
         if written {
             self.durability.update(&victim, f.seq, 0);
             if f.dropped == 0 {
@@ -1046,25 +1037,30 @@ impl Persister {
 }
 
 /// Counts a writer in `writers_running` for as long as it lives, however it ends.
-/// A file with unsynced writes is closing: with `always` it is synced here (every write is
-/// synced before it is acknowledged: this one too); with `interval` the next sync opens it by
-/// path (`closed_unsynced`), off the writer.
-fn sync_closed(
+/// Closes `f`'s descriptor (counted out of `open_fds`; its place in the LRU is the caller's).
+/// If it has unsynced writes: with `always` it is synced here (every write is synced before it
+/// is acknowledged: this one too); with `interval` the next sync opens it by path
+/// (`closed_unsynced`), off the writer. Closing never waits for the disk otherwise.
+fn close_file(
+    f: &mut OpenFile,
     fsync: Fsync,
-    file: &File,
-    path: &Path,
     counters: &PersisterCounters,
     closed_unsynced: &mut Vec<PathBuf>,
+    open_fds: &mut usize,
 ) {
-    match fsync {
-        Fsync::Always => {
-            if let Err(e) = file.sync_data() {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(file = %path.display(), error = %e, "cannot sync log file");
+    let Some(file) = f.file.take() else { return };
+    *open_fds -= 1;
+    if std::mem::take(&mut f.unsynced) {
+        match fsync {
+            Fsync::Always => {
+                if let Err(e) = file.sync_data() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(file = %f.path.display(), error = %e, "cannot sync log file");
+                }
             }
+            Fsync::Interval => closed_unsynced.push(f.path.clone()),
+            Fsync::Never => {}
         }
-        Fsync::Interval => closed_unsynced.push(path.to_owned()),
-        Fsync::Never => {}
     }
 }
 
